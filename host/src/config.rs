@@ -1,0 +1,290 @@
+//! The host's configuration file (TOML).
+//!
+//! ```toml
+//! node_name = "node-1"                  # default: $NODE_NAME
+//! kubelet_root_dir = "/var/lib/kubelet"
+//! cdi_dir = "/var/run/cdi"
+//! cache_dir = "/var/cache/dra-wasm-host"  # compiled guests; omit to disable
+//! healthcheck_addr = "0.0.0.0:51515"    # gRPC liveness; omit to disable
+//! metrics_addr = "0.0.0.0:9400"         # Prometheus; omit to disable
+//!
+//! [claims]
+//! source = "api-server"                 # "file" only for the demo and tests
+//!
+//! [runtime]
+//! call_timeout_ms = 10000
+//! memory_limit_mib = 64
+//! max_instances = 8
+//!
+//! [[drivers]]
+//! name = "gpu.example.com"
+//! guest = "/etc/dra-wasm-host/guests/gpu.wasm"
+//! grants = ["nvml"]
+//! [drivers.config]                     # handed to the guest's init as JSON
+//! sharing = "mps"
+//! [drivers.policy]
+//! mount_host_prefixes = ["/run/nvidia/driver"]
+//! ```
+
+use crate::imports::Grant;
+use crate::policy::Policy;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("config {}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's name; `$NODE_NAME` (from the downward API) when absent.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default = "default_kubelet_root")]
+    pub kubelet_root_dir: PathBuf,
+    #[serde(default = "default_cdi_dir")]
+    pub cdi_dir: PathBuf,
+    /// Compiled guests are cached here; no caching when absent.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub healthcheck_addr: Option<SocketAddr>,
+    #[serde(default)]
+    pub metrics_addr: Option<SocketAddr>,
+    #[serde(default)]
+    pub claims: ClaimsConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    pub drivers: Vec<DriverConfig>,
+}
+
+fn default_kubelet_root() -> PathBuf {
+    PathBuf::from("/var/lib/kubelet")
+}
+fn default_cdi_dir() -> PathBuf {
+    PathBuf::from("/var/run/cdi")
+}
+
+/// Where ResourceClaims are read from.
+#[derive(Clone, Debug, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, tag = "source", rename_all = "kebab-case")]
+pub enum ClaimsConfig {
+    /// The Kubernetes API server (in-cluster config or `$KUBECONFIG`).
+    #[default]
+    ApiServer,
+    /// A local file of ResourceClaim objects: for the demo and tests only.
+    File { path: PathBuf },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Deadline for any one guest call.
+    #[serde(default = "default_timeout_ms")]
+    pub call_timeout_ms: u64,
+    /// Linear memory per guest instance.
+    #[serde(default = "default_memory_mib")]
+    pub memory_limit_mib: u64,
+    /// Guest instances per driver alive at once.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: usize,
+    /// Granularity of deadlines.
+    #[serde(default = "default_tick_ms")]
+    pub epoch_tick_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+fn default_memory_mib() -> u64 {
+    64
+}
+fn default_max_instances() -> usize {
+    8
+}
+fn default_tick_ms() -> u64 {
+    10
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            call_timeout_ms: default_timeout_ms(),
+            memory_limit_mib: default_memory_mib(),
+            max_instances: default_max_instances(),
+            epoch_tick_ms: default_tick_ms(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.epoch_tick_ms)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriverConfig {
+    /// The DRA driver name (DNS subdomain, at most 63 characters).
+    pub name: String,
+    /// The guest component (`.wasm`).
+    pub guest: PathBuf,
+    /// Capabilities granted to the guest beyond logging.
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+    /// CDI vendor; default `k8s.<driver name>`.
+    #[serde(default)]
+    pub cdi_vendor: Option<String>,
+    /// CDI class; default `device`.
+    #[serde(default)]
+    pub cdi_class: Option<String>,
+    /// Handed to the guest's `init` as JSON.
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+impl DriverConfig {
+    pub fn cdi_vendor(&self) -> String {
+        self.cdi_vendor.clone().unwrap_or_else(|| format!("k8s.{}", self.name))
+    }
+    pub fn cdi_class(&self) -> String {
+        self.cdi_class.clone().unwrap_or_else(|| "device".to_owned())
+    }
+    /// The guest config as JSON text (`{}` when absent).
+    pub fn guest_config_json(&self) -> String {
+        match &self.config {
+            Some(table) => serde_json::to_string(table).unwrap_or_else(|_| "{}".to_owned()),
+            None => "{}".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        // Relative paths are relative to the config file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for d in &mut config.drivers {
+            if d.guest.is_relative() {
+                d.guest = base.join(&d.guest);
+            }
+        }
+        if let ClaimsConfig::File { path: p } = &mut config.claims
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.drivers.is_empty() {
+            return Err("no [[drivers]] configured".into());
+        }
+        let mut names = HashSet::new();
+        for d in &self.drivers {
+            crate::kubelet::validate_driver_name(&d.name).map_err(|e| e.to_string())?;
+            if !names.insert(&d.name) {
+                return Err(format!("driver {} is configured twice", d.name));
+            }
+        }
+        for (what, dir) in [("kubelet_root_dir", &self.kubelet_root_dir), ("cdi_dir", &self.cdi_dir)] {
+            if !dir.is_absolute() {
+                return Err(format!("{what} {} must be an absolute path", dir.display()));
+            }
+        }
+        let r = &self.runtime;
+        if r.call_timeout_ms == 0 || r.epoch_tick_ms == 0 || r.epoch_tick_ms > r.call_timeout_ms {
+            return Err(
+                "runtime: call_timeout_ms and epoch_tick_ms must be positive, the tick no longer than the timeout"
+                    .into(),
+            );
+        }
+        if !(1..=4096).contains(&r.memory_limit_mib) {
+            return Err("runtime.memory_limit_mib must be between 1 and 4096".into());
+        }
+        if !(1..=256).contains(&r.max_instances) {
+            return Err("runtime.max_instances must be between 1 and 256".into());
+        }
+        Ok(())
+    }
+
+    /// The node name: from the file, else `$NODE_NAME`.
+    pub fn node_name(&self) -> Result<String, String> {
+        match &self.node_name {
+            Some(n) if !n.is_empty() => Ok(n.clone()),
+            _ => std::env::var("NODE_NAME")
+                .ok()
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| "no node_name in the config and $NODE_NAME is not set".to_owned()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("host.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load("[[drivers]]\nname = \"gpu.example.com\"\nguest = \"gpu.wasm\"\n").unwrap();
+        assert_eq!(c.kubelet_root_dir, Path::new("/var/lib/kubelet"));
+        assert_eq!(c.claims, ClaimsConfig::ApiServer);
+        assert_eq!(c.runtime.call_timeout(), Duration::from_secs(10));
+        assert_eq!(c.drivers[0].cdi_vendor(), "k8s.gpu.example.com");
+        assert!(c.drivers[0].guest.is_absolute());
+        assert_eq!(c.drivers[0].guest_config_json(), "{}");
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = load("[[drivers]]\nname = \"Bad Name\"\nguest = \"g.wasm\"\n").unwrap_err();
+        assert!(e.to_string().contains("Bad Name"), "{e}");
+        let e = load("[[drivers]]\nname = \"a.b\"\nguest = \"g.wasm\"\ngrants = [\"disk\"]\n").unwrap_err();
+        assert!(e.to_string().contains("disk"), "{e}");
+        let e = load("nodename = \"x\"\n[[drivers]]\nname = \"a.b\"\nguest = \"g.wasm\"\n").unwrap_err();
+        assert!(e.to_string().contains("nodename"), "{e}");
+        let e = load("drivers = []\n").unwrap_err();
+        assert!(e.to_string().contains("no [[drivers]]"), "{e}");
+    }
+
+    #[test]
+    fn guest_config_becomes_json() {
+        let c = load("[[drivers]]\nname = \"a.b\"\nguest = \"g.wasm\"\n[drivers.config]\ndevices = 4\n").unwrap();
+        assert_eq!(c.drivers[0].guest_config_json(), r#"{"devices":4}"#);
+    }
+}

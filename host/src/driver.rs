@@ -1,0 +1,342 @@
+//! The one place where prepare and unprepare are orchestrated across the
+//! claim source, the guest, the policy, CDI files and the checkpoint.
+//!
+//! Prepare of one claim:
+//! 1. already in the checkpoint → answer the stored devices (restoring the
+//!    CDI spec if the CDI directory lost it): prepare is idempotent;
+//! 2. fetch the ResourceClaim, check UID and allocation, keep our devices;
+//! 3. guest `prepare` under a deadline;
+//! 4. check the result against the allocation and the policy;
+//! 5. write the claim's CDI spec (durable), then commit the checkpoint
+//!    (durable); on failure undo what was done, guest included;
+//! 6. answer CDI device IDs.
+//!
+//! Unprepare: guest `unprepare` with the checkpointed state → remove the CDI
+//! spec → remove the checkpoint record. A claim the checkpoint does not know
+//! still gets a guest `unprepare` with empty state, so that a guest can clean
+//! up after a crash between its `prepare` and our checkpoint commit.
+//!
+//! Different claims proceed concurrently; calls for the same claim are
+//! serialized by a per-claim lock.
+
+use crate::claim::{ClaimRef, PreparedDevice, is_safe_uid, is_valid_object_name};
+use crate::guest::{Guest, GuestError, types};
+use crate::kube::{ClaimError, ClaimSource, FetchError, claim_for_driver};
+use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicyError};
+use crate::state::cdi::{self, CdiError, CdiWriter, SpecDevice};
+use crate::state::checkpoint::{Checkpoint, CheckpointError, ClaimRecord};
+use futures_util::future::join_all;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tracing::Instrument;
+
+/// Why one claim could not be prepared or unprepared. Its text is what the
+/// kubelet sees in that claim's `error`.
+#[derive(Debug, thiserror::Error)]
+pub enum OperationError {
+    #[error("invalid claim reference: {0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    #[error("guest output rejected: {0}")]
+    Rejected(#[from] PolicyError),
+    #[error(transparent)]
+    Cdi(#[from] CdiError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+/// One driver: a guest plus the state it prepares claims into.
+#[derive(Debug)]
+pub struct Driver {
+    name: String,
+    guest: Guest,
+    claims: Arc<dyn ClaimSource>,
+    cdi: CdiWriter,
+    checkpoint: Checkpoint,
+    policy: Policy,
+    metrics: Arc<Metrics>,
+    locks: ClaimLocks,
+}
+
+impl Driver {
+    pub fn new(
+        name: String,
+        guest: Guest,
+        claims: Arc<dyn ClaimSource>,
+        cdi: CdiWriter,
+        checkpoint: Checkpoint,
+        policy: Policy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        metrics.set_prepared_claims(&name, checkpoint.len());
+        let id = guest.identity();
+        metrics.set_guest_info(&name, &id.name, &id.version, &id.digest);
+        Self {
+            name,
+            guest,
+            claims,
+            cdi,
+            checkpoint,
+            policy,
+            metrics,
+            locks: ClaimLocks::default(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn guest(&self) -> &Guest {
+        &self.guest
+    }
+
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    /// Rewrite CDI specs of checkpointed claims that the CDI directory lost
+    /// (it is a tmpfs on most nodes, emptied by a reboot). Returns how many.
+    pub fn restore_cdi_specs(&self) -> Result<usize, CdiError> {
+        let mut restored = 0;
+        for record in self.checkpoint.records() {
+            if let Some(spec) = &record.cdi_spec
+                && !self.cdi.exists(&record.claim.uid)
+            {
+                self.cdi.write(&record.claim.uid, spec)?;
+                restored += 1;
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Prepare claims; one result per distinct claim UID.
+    pub async fn prepare(&self, claims: Vec<ClaimRef>) -> Vec<(String, Result<Vec<PreparedDevice>, OperationError>)> {
+        let claims = dedup(claims);
+        join_all(claims.into_iter().map(|c| async move {
+            let span = tracing::info_span!("prepare", driver = %self.name, claim.uid = %c.uid, claim.namespace = %c.namespace, claim.name = %c.name);
+            let started = Instant::now();
+            let result = self.prepare_one(&c).instrument(span.clone()).await;
+            self.metrics.claim_operation(&self.name, "prepare", result.is_ok(), started.elapsed());
+            span.in_scope(|| match &result {
+                Ok(devices) => tracing::info!(devices = devices.len(), took_us = started.elapsed().as_micros() as u64, "claim prepared"),
+                Err(e) => tracing::warn!(error = %e, "claim prepare failed"),
+            });
+            (c.uid, result)
+        }))
+        .await
+    }
+
+    /// Unprepare claims; one result per distinct claim UID.
+    pub async fn unprepare(&self, claims: Vec<ClaimRef>) -> Vec<(String, Result<(), OperationError>)> {
+        let claims = dedup(claims);
+        join_all(claims.into_iter().map(|c| async move {
+            let span = tracing::info_span!("unprepare", driver = %self.name, claim.uid = %c.uid, claim.namespace = %c.namespace, claim.name = %c.name);
+            let started = Instant::now();
+            let result = self.unprepare_one(&c).instrument(span.clone()).await;
+            self.metrics.claim_operation(&self.name, "unprepare", result.is_ok(), started.elapsed());
+            span.in_scope(|| match &result {
+                Ok(()) => tracing::info!(took_us = started.elapsed().as_micros() as u64, "claim unprepared"),
+                Err(e) => tracing::warn!(error = %e, "claim unprepare failed"),
+            });
+            (c.uid, result)
+        }))
+        .await
+    }
+
+    async fn prepare_one(&self, c: &ClaimRef) -> Result<Vec<PreparedDevice>, OperationError> {
+        validate_ref(c)?;
+        let _lock = self.locks.lock(&c.uid).await;
+
+        if let Some(record) = self.checkpoint.get(&c.uid) {
+            if let Some(spec) = &record.cdi_spec
+                && !self.cdi.exists(&c.uid)
+            {
+                tracing::warn!("CDI spec of a prepared claim was missing; restored it from the checkpoint");
+                self.cdi.write(&c.uid, spec)?;
+            }
+            tracing::debug!("claim already prepared; answering from the checkpoint");
+            return Ok(record.devices);
+        }
+
+        let object = self.claims.get(&c.namespace, &c.name).await?;
+        let driver_claim = claim_for_driver(&object, c, &self.name)?;
+        if driver_claim.claim.devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let identity = self.guest.identity();
+        let prepared = self.guest.prepare(driver_claim.claim.clone()).await?;
+
+        match self.commit_prepared(c, &driver_claim, &prepared, identity) {
+            Ok(devices) => Ok(devices),
+            Err(e) => {
+                // Nothing of this claim may stay half-prepared: undo the guest's work.
+                if let Err(undo) = self
+                    .guest
+                    .unprepare(driver_claim.claim.ref_.clone(), prepared.state)
+                    .await
+                {
+                    tracing::error!(error = %undo, "could not undo the guest's prepare after a failure");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Check the guest's answer, write the CDI spec and the checkpoint.
+    fn commit_prepared(
+        &self,
+        c: &ClaimRef,
+        driver_claim: &crate::kube::DriverClaim,
+        prepared: &types::PreparedClaim,
+        guest: crate::state::checkpoint::GuestIdentity,
+    ) -> Result<Vec<PreparedDevice>, OperationError> {
+        self.policy.check(&driver_claim.claim, prepared)?;
+
+        // Answer devices in allocation order.
+        let by_key: HashMap<(&str, &str, Option<&str>), &types::PreparedDevice> = prepared
+            .devices
+            .iter()
+            .map(|d| ((d.pool.as_str(), d.device.as_str(), d.share_id.as_deref()), d))
+            .collect();
+        let mut spec_devices = Vec::new();
+        let mut devices = Vec::with_capacity(driver_claim.claim.devices.len());
+        for (alloc, request) in driver_claim.claim.devices.iter().zip(&driver_claim.request_names) {
+            let key = (alloc.pool.as_str(), alloc.device.as_str(), alloc.share_id.as_deref());
+            let Some(p) = by_key.get(&key) else { continue }; // the policy check guarantees presence
+            // Several requests may be served by one device (the same
+            // allocation listed under different requests): one answer entry.
+            if let Some(existing) = devices.iter_mut().find(|d: &&mut PreparedDevice| {
+                d.pool == alloc.pool && d.device == alloc.device && d.share_id == alloc.share_id
+            }) {
+                if !existing.request_names.contains(request) {
+                    existing.request_names.push(request.clone());
+                }
+                continue;
+            }
+            let mut cdi_device_ids = p.cdi_device_ids.clone();
+            if cdi::has_edits(&p.edits) {
+                let name = CdiWriter::device_name(&c.uid, &p.device, p.share_id.as_deref());
+                cdi_device_ids.push(self.cdi.qualified_name(&name));
+                spec_devices.push(SpecDevice { name, edits: &p.edits });
+            }
+            devices.push(PreparedDevice {
+                request_names: vec![request.clone()],
+                pool: alloc.pool.clone(),
+                device: alloc.device.clone(),
+                share_id: alloc.share_id.clone(),
+                cdi_device_ids,
+            });
+        }
+
+        let cdi_spec = if spec_devices.is_empty() {
+            None
+        } else {
+            let spec = self.cdi.build_spec(&spec_devices)?;
+            self.cdi.write(&c.uid, &spec)?;
+            Some(spec)
+        };
+        let record = ClaimRecord {
+            claim: c.clone(),
+            devices: devices.clone(),
+            cdi_spec,
+            state: prepared.state.clone(),
+            guest,
+            prepared_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        if let Err(e) = self.checkpoint.commit(record) {
+            if let Err(undo) = self.cdi.remove(&c.uid) {
+                tracing::error!(error = %undo, "could not remove the CDI spec after a failed checkpoint commit");
+            }
+            return Err(e.into());
+        }
+        self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
+        Ok(devices)
+    }
+
+    async fn unprepare_one(&self, c: &ClaimRef) -> Result<(), OperationError> {
+        validate_ref(c)?;
+        let _lock = self.locks.lock(&c.uid).await;
+        let guest_ref = types::ClaimRef {
+            namespace: c.namespace.clone(),
+            name: c.name.clone(),
+            uid: c.uid.clone(),
+        };
+        match self.checkpoint.get(&c.uid) {
+            Some(record) => {
+                self.guest.unprepare(guest_ref, record.state).await?;
+                self.cdi.remove(&c.uid)?;
+                self.checkpoint.remove(&c.uid)?;
+                self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
+            }
+            None => {
+                // Unknown claim: already unprepared, or prepared by a guest
+                // whose result never reached the checkpoint (a crash in
+                // between). Let the guest clean up by claim, and remove a CDI
+                // spec a crash may have left behind.
+                self.guest.unprepare(guest_ref, Vec::new()).await?;
+                if self.cdi.remove(&c.uid)? {
+                    tracing::info!("removed a CDI spec left without a checkpoint record");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_ref(c: &ClaimRef) -> Result<(), OperationError> {
+    if !is_safe_uid(&c.uid) {
+        return Err(OperationError::InvalidRequest(format!(
+            "claim UID {:?} is not a valid UID",
+            c.uid
+        )));
+    }
+    if !is_valid_object_name(&c.namespace) || !is_valid_object_name(&c.name) {
+        return Err(OperationError::InvalidRequest(format!(
+            "claim {:?}/{:?} is not a valid namespace/name",
+            c.namespace, c.name
+        )));
+    }
+    Ok(())
+}
+
+/// Keep the first reference of each UID (the kubelet never repeats one, but
+/// the answer map can hold each UID only once anyway).
+fn dedup(claims: Vec<ClaimRef>) -> Vec<ClaimRef> {
+    let mut seen = std::collections::HashSet::new();
+    claims.into_iter().filter(|c| seen.insert(c.uid.clone())).collect()
+}
+
+/// Per-claim async locks, created on demand and freed when unused.
+#[derive(Debug, Default)]
+struct ClaimLocks {
+    locks: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl ClaimLocks {
+    async fn lock(&self, uid: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.retain(|_, w| w.strong_count() > 0);
+            match locks.get(uid).and_then(Weak::upgrade) {
+                Some(l) => l,
+                None => {
+                    let l = Arc::new(tokio::sync::Mutex::new(()));
+                    locks.insert(uid.to_owned(), Arc::downgrade(&l));
+                    l
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+}

@@ -1,0 +1,85 @@
+//! ResourceClaims from a local file: the demo and test stand-in for the API
+//! server (only used when the config says `claims.source = "file"`).
+//!
+//! The file holds ResourceClaim objects exactly as the API server returns
+//! them (resource.k8s.io/v1, JSON): either a JSON array or a `List` with
+//! `items`. It is re-read when its modification time changes, so a test or
+//! the demo can add claims while the host runs.
+
+use super::{ClaimSource, FetchError, FetchFuture};
+use k8s_openapi::api::resource::v1::ResourceClaim;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+/// Claims by (namespace, name), as of a modification time of the file.
+type Loaded = (SystemTime, HashMap<(String, String), ResourceClaim>);
+
+#[derive(Debug)]
+pub struct FileClaims {
+    path: PathBuf,
+    cache: Mutex<Option<Loaded>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum ClaimsDocument {
+    List { items: Vec<ResourceClaim> },
+    Array(Vec<ResourceClaim>),
+}
+
+impl FileClaims {
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            cache: Mutex::new(None),
+        }
+    }
+
+    fn lookup(&self, namespace: &str, name: &str) -> Result<ResourceClaim, FetchError> {
+        let failed = |message: String| FetchError::Failed {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            message: format!("claims file {}: {message}", self.path.display()),
+        };
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .map_err(|e| failed(e.to_string()))?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.as_ref().is_none_or(|(t, _)| *t != modified) {
+            let bytes = std::fs::read(&self.path).map_err(|e| failed(e.to_string()))?;
+            let doc: ClaimsDocument = serde_json::from_slice(&bytes).map_err(|e| failed(e.to_string()))?;
+            let items = match doc {
+                ClaimsDocument::List { items } | ClaimsDocument::Array(items) => items,
+            };
+            let map = items
+                .into_iter()
+                .map(|c| {
+                    let key = (
+                        c.metadata.namespace.clone().unwrap_or_default(),
+                        c.metadata.name.clone().unwrap_or_default(),
+                    );
+                    (key, c)
+                })
+                .collect();
+            *cache = Some((modified, map));
+        }
+        let Some((_, claims)) = cache.as_ref() else {
+            return Err(failed("could not be loaded".into()));
+        };
+        claims
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+            .ok_or_else(|| FetchError::NotFound {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+            })
+    }
+}
+
+impl ClaimSource for FileClaims {
+    fn get<'a>(&'a self, namespace: &'a str, name: &'a str) -> FetchFuture<'a> {
+        Box::pin(async move { self.lookup(namespace, name) })
+    }
+}

@@ -1,0 +1,177 @@
+//! The `DRAPlugin` service, v1 and v1beta1 from one implementation: v1beta1
+//! answers are the v1 answers without `share_id`, as the kubelet's own
+//! v1beta1 conversion does.
+
+use crate::claim::ClaimRef;
+use crate::driver::Driver;
+use dra_proto::dra::{v1, v1beta1};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+/// Process-wide request counter, like the Go helper's `requestID`, so the log
+/// lines of one kubelet call can be found together.
+static REQUEST_ID: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Clone)]
+pub struct DraService {
+    driver: Arc<Driver>,
+}
+
+impl DraService {
+    pub fn new(driver: Arc<Driver>) -> Self {
+        Self { driver }
+    }
+
+    async fn prepare(&self, claims: Vec<v1::Claim>, version: &'static str) -> v1::NodePrepareResourcesResponse {
+        let id = REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("NodePrepareResources", request_id = id, version, claims = claims.len());
+        async {
+            let refs = claims.into_iter().map(claim_ref).collect();
+            let results = self.driver.prepare(refs).await;
+            let claims: HashMap<String, v1::NodePrepareResourceResponse> = results
+                .into_iter()
+                .map(|(uid, result)| {
+                    let response = match result {
+                        Ok(devices) => v1::NodePrepareResourceResponse {
+                            devices: devices
+                                .into_iter()
+                                .map(|d| v1::Device {
+                                    request_names: d.request_names,
+                                    pool_name: d.pool,
+                                    device_name: d.device,
+                                    cdi_device_ids: d.cdi_device_ids,
+                                    share_id: d.share_id,
+                                })
+                                .collect(),
+                            error: String::new(),
+                        },
+                        Err(e) => v1::NodePrepareResourceResponse {
+                            devices: vec![],
+                            error: e.to_string(),
+                        },
+                    };
+                    (uid, response)
+                })
+                .collect();
+            v1::NodePrepareResourcesResponse { claims }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn unprepare(&self, claims: Vec<v1::Claim>, version: &'static str) -> v1::NodeUnprepareResourcesResponse {
+        let id = REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!(
+            "NodeUnprepareResources",
+            request_id = id,
+            version,
+            claims = claims.len()
+        );
+        async {
+            let refs = claims.into_iter().map(claim_ref).collect();
+            let claims = self
+                .driver
+                .unprepare(refs)
+                .await
+                .into_iter()
+                .map(|(uid, r)| {
+                    let error = r.err().map(|e| e.to_string()).unwrap_or_default();
+                    (uid, v1::NodeUnprepareResourceResponse { error })
+                })
+                .collect();
+            v1::NodeUnprepareResourcesResponse { claims }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn claim_ref(c: v1::Claim) -> ClaimRef {
+    ClaimRef {
+        namespace: c.namespace,
+        name: c.name,
+        uid: c.uid,
+    }
+}
+
+#[tonic::async_trait]
+impl v1::dra_plugin_server::DraPlugin for DraService {
+    async fn node_prepare_resources(
+        &self,
+        request: Request<v1::NodePrepareResourcesRequest>,
+    ) -> Result<Response<v1::NodePrepareResourcesResponse>, Status> {
+        Ok(Response::new(self.prepare(request.into_inner().claims, "v1").await))
+    }
+
+    async fn node_unprepare_resources(
+        &self,
+        request: Request<v1::NodeUnprepareResourcesRequest>,
+    ) -> Result<Response<v1::NodeUnprepareResourcesResponse>, Status> {
+        Ok(Response::new(self.unprepare(request.into_inner().claims, "v1").await))
+    }
+}
+
+fn claims_from_v1beta1(claims: Vec<v1beta1::Claim>) -> Vec<v1::Claim> {
+    claims
+        .into_iter()
+        .map(|c| v1::Claim {
+            namespace: c.namespace,
+            uid: c.uid,
+            name: c.name,
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl v1beta1::dra_plugin_server::DraPlugin for DraService {
+    async fn node_prepare_resources(
+        &self,
+        request: Request<v1beta1::NodePrepareResourcesRequest>,
+    ) -> Result<Response<v1beta1::NodePrepareResourcesResponse>, Status> {
+        let response = self
+            .prepare(claims_from_v1beta1(request.into_inner().claims), "v1beta1")
+            .await;
+        let claims = response
+            .claims
+            .into_iter()
+            .map(|(uid, r)| {
+                let devices = r
+                    .devices
+                    .into_iter()
+                    .map(|d| v1beta1::Device {
+                        request_names: d.request_names,
+                        pool_name: d.pool_name,
+                        device_name: d.device_name,
+                        cdi_device_ids: d.cdi_device_ids,
+                    })
+                    .collect();
+                (
+                    uid,
+                    v1beta1::NodePrepareResourceResponse {
+                        devices,
+                        error: r.error,
+                    },
+                )
+            })
+            .collect();
+        Ok(Response::new(v1beta1::NodePrepareResourcesResponse { claims }))
+    }
+
+    async fn node_unprepare_resources(
+        &self,
+        request: Request<v1beta1::NodeUnprepareResourcesRequest>,
+    ) -> Result<Response<v1beta1::NodeUnprepareResourcesResponse>, Status> {
+        let response = self
+            .unprepare(claims_from_v1beta1(request.into_inner().claims), "v1beta1")
+            .await;
+        let claims = response
+            .claims
+            .into_iter()
+            .map(|(uid, r)| (uid, v1beta1::NodeUnprepareResourceResponse { error: r.error }))
+            .collect();
+        Ok(Response::new(v1beta1::NodeUnprepareResourcesResponse { claims }))
+    }
+}

@@ -1,0 +1,31 @@
+//! dra-wasm-host: a Kubernetes DRA driver host that runs hardware-specific
+//! logic as sandboxed WebAssembly components.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`kubelet`] | registration socket, DRA socket (DRAPlugin v1/v1beta1), gRPC liveness |
+//! | [`kube`] | ResourceClaims: where they come from, what part is this driver's |
+//! | [`guest`] | wasmtime engine, compile cache, instance pool, limits and deadlines, the swappable guest handle |
+//! | [`imports`] | host implementations of WIT imports (`log`; `nvml`, `net` when granted) |
+//! | [`state`] | checkpoint of prepared claims, CDI spec files, durable file writes |
+//! | [`policy`] | what guest output the host accepts |
+//! | [`driver`] | the prepare/unprepare flow across all of the above |
+//! | [`claim`], [`config`], [`metrics`] | shared claim types, the config file, Prometheus metrics |
+
+pub mod claim;
+pub mod config;
+pub mod driver;
+pub mod guest;
+pub mod imports;
+pub mod kube;
+pub mod kubelet;
+pub mod metrics;
+pub mod policy;
+pub mod state;
+
+/// Folder holding the guest components built with this host (example and
+/// test guests), set by the build script.
+pub const BUILT_GUESTS_DIR: &str = env!("DRA_GUEST_DIR");
+
+/// The example guest, embedded so that `dra-wasm-host demo` needs no files.
+pub const EXAMPLE_GUEST: &[u8] = include_bytes!(concat!(env!("DRA_GUEST_DIR"), "/example_driver.wasm"));

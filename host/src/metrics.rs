@@ -1,0 +1,276 @@
+//! Prometheus metrics, and the small HTTP server that exposes them.
+//!
+//! Names start with `dra_host_`. Label values are bounded sets (driver names
+//! from the config, fixed operation and outcome names): never claim UIDs.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DriverLabel {
+    driver: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    driver: String,
+    operation: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurationLabels {
+    driver: String,
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuestCallLabels {
+    driver: String,
+    export: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuestExportLabels {
+    driver: String,
+    export: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuestInfoLabels {
+    driver: String,
+    guest: String,
+    version: String,
+    digest: String,
+}
+
+/// Every metric the host exports.
+pub struct Metrics {
+    registry: Registry,
+    claim_operations: Family<OperationLabels, Counter>,
+    claim_duration: Family<DurationLabels, Histogram>,
+    guest_calls: Family<GuestCallLabels, Counter>,
+    guest_call_duration: Family<GuestExportLabels, Histogram>,
+    guest_instances: Family<DriverLabel, Counter>,
+    prepared_claims: Family<DriverLabel, Gauge>,
+    registered: Family<DriverLabel, Gauge>,
+    guest_info: Family<GuestInfoLabels, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~13 s: prepare is sub-millisecond when healthy, guests may take seconds.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.00005, 2.0, 19,
+    ))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("dra_host");
+        let claim_operations = Family::default();
+        registry.register(
+            "claim_operations",
+            "Claims prepared or unprepared, by driver, operation and result",
+            claim_operations.clone(),
+        );
+        let claim_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "claim_operation_duration_seconds",
+            "Time to prepare or unprepare one claim, including guest call, CDI write and checkpoint",
+            claim_duration.clone(),
+        );
+        let guest_calls = Family::default();
+        registry.register(
+            "guest_calls",
+            "Calls into guest components, by driver, export and outcome (ok, guest_error, trap, timeout, limit)",
+            guest_calls.clone(),
+        );
+        let guest_call_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "guest_call_duration_seconds",
+            "Wall-clock time of calls into guest components",
+            guest_call_duration.clone(),
+        );
+        let guest_instances = Family::default();
+        registry.register(
+            "guest_instances_created",
+            "Guest instances created (first use, after a trap, or recycling)",
+            guest_instances.clone(),
+        );
+        let prepared_claims = Family::default();
+        registry.register("prepared_claims", "Claims currently prepared", prepared_claims.clone());
+        let registered = Family::default();
+        registry.register(
+            "kubelet_registered",
+            "1 when the kubelet reported the plugin registered, 0 after a failed registration",
+            registered.clone(),
+        );
+        let guest_info = Family::default();
+        registry.register(
+            "guest_info",
+            "The guest component serving each driver",
+            guest_info.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            claim_operations,
+            claim_duration,
+            guest_calls,
+            guest_call_duration,
+            guest_instances,
+            prepared_claims,
+            registered,
+            guest_info,
+        })
+    }
+
+    pub fn claim_operation(&self, driver: &str, operation: &'static str, ok: bool, took: Duration) {
+        let result = if ok { "ok" } else { "error" };
+        self.claim_operations
+            .get_or_create(&OperationLabels {
+                driver: driver.to_owned(),
+                operation,
+                result,
+            })
+            .inc();
+        self.claim_duration
+            .get_or_create(&DurationLabels {
+                driver: driver.to_owned(),
+                operation,
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn guest_call(&self, driver: &str, export: &'static str, outcome: &'static str, took: Duration) {
+        self.guest_calls
+            .get_or_create(&GuestCallLabels {
+                driver: driver.to_owned(),
+                export,
+                outcome,
+            })
+            .inc();
+        self.guest_call_duration
+            .get_or_create(&GuestExportLabels {
+                driver: driver.to_owned(),
+                export,
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn guest_instance_created(&self, driver: &str) {
+        self.guest_instances
+            .get_or_create(&DriverLabel {
+                driver: driver.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn set_prepared_claims(&self, driver: &str, n: usize) {
+        self.prepared_claims
+            .get_or_create(&DriverLabel {
+                driver: driver.to_owned(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_registered(&self, driver: &str, registered: bool) {
+        self.registered
+            .get_or_create(&DriverLabel {
+                driver: driver.to_owned(),
+            })
+            .set(i64::from(registered));
+    }
+
+    pub fn set_guest_info(&self, driver: &str, guest: &str, version: &str, digest: &str) {
+        // One series per driver: forget the previous component's.
+        self.guest_info.clear();
+        self.guest_info
+            .get_or_create(&GuestInfoLabels {
+                driver: driver.to_owned(),
+                guest: guest.to_owned(),
+                version: version.to_owned(),
+                digest: digest.to_owned(),
+            })
+            .set(1);
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serve `GET /metrics` on `addr` until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::{Request, Response, StatusCode};
+
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving metrics");
+    Ok(tokio::spawn(async move {
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = &mut shutdown => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics listener accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let metrics = Arc::clone(&metrics);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let metrics = Arc::clone(&metrics);
+                    async move {
+                        let mut resp = Response::new(Full::new(Bytes::new()));
+                        if req.uri().path() == "/metrics" {
+                            *resp.body_mut() = Full::new(Bytes::from(metrics.encode()));
+                            resp.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static(
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                ),
+                            );
+                        } else {
+                            *resp.status_mut() = StatusCode::NOT_FOUND;
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await
+                {
+                    tracing::debug!(error = %e, "metrics connection ended with an error");
+                }
+            });
+        }
+    }))
+}

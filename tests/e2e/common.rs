@@ -1,0 +1,104 @@
+//! Shared set-up for the end-to-end tests.
+
+use dra_test_support::claims::ClaimsFile;
+use dra_test_support::host::{DriverSpec, HostEnv, HostProcess};
+use dra_test_support::kubelet::{Plugin, TestKubelet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DRIVER: &str = "example.dra.dev";
+pub const POOL: &str = "test-node";
+pub const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dra-wasm-host"))
+}
+
+pub fn guest(file: &str) -> PathBuf {
+    PathBuf::from(dra_wasm_host::BUILT_GUESTS_DIR).join(file)
+}
+
+/// Compiled guests are shared by all tests of a run: each guest compiles once.
+pub fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guest-cache")
+}
+
+/// A node with the test kubelet and one running host.
+pub struct Node {
+    pub env: HostEnv,
+    pub kubelet: TestKubelet,
+    pub claims: ClaimsFile,
+    pub host: HostProcess,
+    pub plugin: Plugin,
+    drivers: Vec<DriverSpec>,
+    runtime: String,
+}
+
+impl Node {
+    /// The example guest with `devices` simulated devices.
+    pub async fn example(devices: u32) -> Node {
+        let spec = DriverSpec::new(DRIVER, &guest("example_driver.wasm")).config(&format!("devices = {devices}"));
+        Node::start(vec![spec], "").await
+    }
+
+    pub async fn start(drivers: Vec<DriverSpec>, runtime: &str) -> Node {
+        let env = HostEnv::new(&cache_dir()).expect("temporary node");
+        let claims = ClaimsFile::new(&env.claims_path).expect("claims file");
+        env.write_config(&drivers, runtime).expect("config");
+        let kubelet = TestKubelet::start(&env.kubelet_root).expect("test kubelet");
+        let host = env.start(&binary()).expect("host");
+        let plugin = wait_registered(&kubelet, &host, &drivers[0].name).await;
+        Node {
+            env,
+            kubelet,
+            claims,
+            host,
+            plugin,
+            drivers,
+            runtime: runtime.to_owned(),
+        }
+    }
+
+    /// kill -9 the host and start it again on the same state.
+    pub async fn crash_and_restart(&mut self) {
+        self.host.kill9().expect("kill -9");
+        self.restart().await;
+    }
+
+    /// Start the host again (after it stopped) and wait for registration.
+    pub async fn restart(&mut self) {
+        self.env.write_config(&self.drivers, &self.runtime).expect("config");
+        self.host = self.env.start(&binary()).expect("host");
+        // The previous registration socket is replaced: wait for the new one.
+        self.plugin = wait_registered(&self.kubelet, &self.host, &self.drivers[0].name).await;
+    }
+
+    pub fn cdi_spec_path(&self, uid: &str) -> PathBuf {
+        self.env.cdi_dir.join(format!("k8s.{DRIVER}-device_{uid}.json"))
+    }
+
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.env.kubelet_root.join("plugins").join(DRIVER).join("claims")
+    }
+}
+
+async fn wait_registered(kubelet: &TestKubelet, host: &HostProcess, driver: &str) -> Plugin {
+    let deadline = std::time::Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(p) = kubelet.plugin(driver) {
+            // After a restart, the kubelet may still hold the dead instance's
+            // registration until the new socket shows up: check the new one answers.
+            if p.prepare(&[]).await.is_ok() {
+                return p;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "driver {driver} did not register; kubelet events {:?}\nhost log:\n{}",
+                kubelet.events(),
+                host.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

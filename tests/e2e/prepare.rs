@@ -1,0 +1,203 @@
+//! Prepare and unprepare through the kubelet API: answers, CDI files,
+//! idempotency, and one answer entry per claim whatever goes wrong.
+
+use crate::common::*;
+use dra_test_support::claims::{Claim, uid};
+use serde_json::Value;
+
+fn cdi_id(claim_uid: &str, device: &str) -> String {
+    format!("k8s.{DRIVER}/device={claim_uid}_{device}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_writes_cdi_spec_and_unprepare_removes_it() {
+    let mut node = Node::example(4).await;
+    let claim = Claim::new("default", "one", &uid(10))
+        .device(DRIVER, POOL, "gpu-0", "gpu/small")
+        .device(DRIVER, POOL, "gpu-2", "gpu/small")
+        .device("other.example.com", "elsewhere", "nic-0", "nic")
+        .opaque_config(
+            "FromClass",
+            DRIVER,
+            &[],
+            serde_json::json!({"sharing": {"strategy": "SpacePartitioning"}}),
+        )
+        .opaque_config(
+            "FromClaim",
+            DRIVER,
+            &["gpu"],
+            serde_json::json!({"sharing": {"strategy": "TimeSlicing"}}),
+        );
+    node.claims.put(std::slice::from_ref(&claim)).unwrap();
+
+    let answer = node.plugin.prepare(&[claim.reference()]).await.unwrap();
+    assert_eq!(answer.len(), 1);
+    let entry = &answer[&uid(10)];
+    assert_eq!(entry.error, "");
+    // Only this driver's devices, in allocation order, subrequest stripped.
+    let devices: Vec<_> = entry
+        .devices
+        .iter()
+        .map(|d| (d.pool_name.as_str(), d.device_name.as_str()))
+        .collect();
+    assert_eq!(devices, [(POOL, "gpu-0"), (POOL, "gpu-2")]);
+    assert_eq!(entry.devices[0].request_names, ["gpu"]);
+    assert_eq!(entry.devices[0].cdi_device_ids, [cdi_id(&uid(10), "gpu-0")]);
+    assert_eq!(entry.devices[0].share_id, None);
+
+    let spec_path = node.cdi_spec_path(&uid(10));
+    let spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+    assert_eq!(spec["kind"], format!("k8s.{DRIVER}/device"));
+    assert_eq!(
+        spec["cdiVersion"], "0.5.0",
+        "minimum version for names starting with a digit"
+    );
+    let env: Vec<&str> = spec["devices"][1]["containerEdits"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(env.contains(&"GPU_DEVICE_2=gpu-2"), "{env:?}");
+    // The claim's config (TimeSlicing) overrides the class's.
+    assert!(env.contains(&"GPU_DEVICE_2_SHARING_STRATEGY=TimeSlicing"), "{env:?}");
+    assert!(node.checkpoint_dir().join(format!("{}.json", uid(10))).is_file());
+
+    let errors = node.plugin.unprepare(&[claim.reference()]).await.unwrap();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[&uid(10)], "");
+    assert!(!spec_path.exists());
+    assert!(!node.checkpoint_dir().join(format!("{}.json", uid(10))).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_claims_in_one_call_and_repeated_prepare_is_idempotent() {
+    let mut node = Node::example(8).await;
+    let claims: Vec<Claim> = (0..8u64)
+        .map(|i| {
+            Claim::new("team-a", &format!("claim-{i}"), &uid(100 + i)).device(DRIVER, POOL, &format!("gpu-{i}"), "gpu")
+        })
+        .collect();
+    node.claims.put(&claims).unwrap();
+    let refs: Vec<_> = claims.iter().map(Claim::reference).collect();
+
+    let first = node.plugin.prepare(&refs).await.unwrap();
+    assert_eq!(first.len(), 8);
+    for (i, c) in claims.iter().enumerate() {
+        let e = &first[&c.uid];
+        assert_eq!(e.error, "", "claim {i}");
+        assert_eq!(e.devices[0].cdi_device_ids, [cdi_id(&c.uid, &format!("gpu-{i}"))]);
+    }
+    // The kubelet repeats prepare after its restarts: same answer.
+    let second = node.plugin.prepare(&refs).await.unwrap();
+    assert_eq!(first, second);
+
+    let errors = node.plugin.unprepare(&refs).await.unwrap();
+    assert_eq!(errors.len(), 8);
+    assert!(errors.values().all(String::is_empty), "{errors:?}");
+    assert_eq!(std::fs::read_dir(&node.env.cdi_dir).unwrap().count(), 0);
+    // Unprepare is idempotent too.
+    let again = node.plugin.unprepare(&refs).await.unwrap();
+    assert!(again.values().all(String::is_empty), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprepare_of_an_unknown_claim_succeeds() {
+    let node = Node::example(1).await;
+    let errors = node
+        .plugin
+        .unprepare(&[Claim::new("default", "never-seen", &uid(999)).reference()])
+        .await
+        .unwrap();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[&uid(999)], "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_requested_claim_gets_an_answer_entry() {
+    let mut node = Node::example(2).await;
+    let good = Claim::new("default", "good", &uid(1)).device(DRIVER, POOL, "gpu-0", "gpu");
+    let unallocated = Claim::new("default", "unallocated", &uid(2)).unallocated();
+    let replaced = Claim::new("default", "replaced", &uid(3)).device(DRIVER, POOL, "gpu-1", "gpu");
+    let no_such_device = Claim::new("default", "no-such-device", &uid(4)).device(DRIVER, POOL, "gpu-7", "gpu");
+    let bad_config = Claim::new("default", "bad-config", &uid(5))
+        .device(DRIVER, POOL, "gpu-1", "gpu")
+        .opaque_config(
+            "FromClaim",
+            DRIVER,
+            &[],
+            serde_json::json!({"sharing": {"strategy": "TimeSlicing", "colour": "red"}}),
+        );
+    node.claims
+        .put(&[
+            good.clone(),
+            unallocated.clone(),
+            replaced.clone(),
+            no_such_device.clone(),
+            bad_config.clone(),
+        ])
+        .unwrap();
+    let mut replaced_ref = replaced.reference();
+    replaced_ref.uid = uid(33);
+    let missing = Claim::new("default", "missing", &uid(6)).reference();
+    let bad_uid = dra_test_support::kubelet::ClaimRef::new("default", "bad-uid", "../../etc");
+
+    let refs = vec![
+        good.reference(),
+        unallocated.reference(),
+        replaced_ref,
+        no_such_device.reference(),
+        bad_config.reference(),
+        missing,
+        bad_uid,
+    ];
+    let answer = node.plugin.prepare(&refs).await.unwrap();
+    assert_eq!(answer.len(), refs.len(), "{answer:?}");
+    assert_eq!(answer[&uid(1)].error, "");
+    let err = |u: &str| answer[u].error.clone();
+    assert!(err(&uid(2)).contains("not allocated"), "{}", err(&uid(2)));
+    assert!(err(&uid(33)).contains("replaced"), "{}", err(&uid(33)));
+    assert!(err(&uid(4)).contains("gpu-7"), "{}", err(&uid(4)));
+    assert!(
+        err(&uid(5)).contains("colour"),
+        "the guest names the unknown field: {}",
+        err(&uid(5))
+    );
+    assert!(err(&uid(6)).contains("not found"), "{}", err(&uid(6)));
+    assert!(err("../../etc").contains("not a valid UID"), "{}", err("../../etc"));
+    // Failed claims leave nothing behind.
+    for u in [uid(2), uid(33), uid(4), uid(5), uid(6)] {
+        assert!(!node.cdi_spec_path(&u).exists());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_prepare_and_unprepare_then_restart() {
+    let mut node = Node::example(2).await;
+    let claim = Claim::new("default", "survivor", &uid(42)).device(DRIVER, POOL, "gpu-1", "gpu");
+    node.claims.put(std::slice::from_ref(&claim)).unwrap();
+    let before = node.plugin.prepare(&[claim.reference()]).await.unwrap();
+    assert_eq!(before[&uid(42)].error, "");
+
+    // kill -9, and lose the CDI directory as a reboot loses /var/run.
+    node.host.kill9().unwrap();
+    std::fs::remove_dir_all(&node.env.cdi_dir).unwrap();
+    node.restart().await;
+    assert!(
+        node.cdi_spec_path(&uid(42)).is_file(),
+        "CDI spec restored from the checkpoint at start"
+    );
+
+    let after = node.plugin.prepare(&[claim.reference()]).await.unwrap();
+    assert_eq!(
+        before, after,
+        "a repeated prepare after a restart returns the same CDI IDs"
+    );
+
+    // Crash again, then unprepare after the restart.
+    node.crash_and_restart().await;
+    let errors = node.plugin.unprepare(&[claim.reference()]).await.unwrap();
+    assert_eq!(errors[&uid(42)], "");
+    assert!(!node.cdi_spec_path(&uid(42)).exists());
+    assert_eq!(std::fs::read_dir(node.checkpoint_dir()).unwrap().count(), 0);
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The project's test command (see README): installs what the tests need, then
+# runs every test: unit tests, end-to-end tests against the real binary, and
+# the example guest's logic tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The guests are wasm32-wasip2 components (host/build.rs would add the target too).
+rustup target add wasm32-wasip2 >/dev/null
+
+cargo test --workspace --locked
+cargo test --locked --manifest-path guests/Cargo.toml -p example-driver

@@ -1,0 +1,204 @@
+//! The real `dra-wasm-host` binary in a temporary node layout.
+
+use anyhow::{Context, Result, bail};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A temporary node: kubelet root, CDI directory, claims file, config.
+#[derive(Debug)]
+pub struct HostEnv {
+    dir: tempfile::TempDir,
+    pub kubelet_root: PathBuf,
+    pub cdi_dir: PathBuf,
+    pub claims_path: PathBuf,
+    pub config_path: PathBuf,
+    pub cache_dir: PathBuf,
+}
+
+/// One driver in the host config.
+#[derive(Clone, Debug)]
+pub struct DriverSpec {
+    pub name: String,
+    pub guest: PathBuf,
+    /// TOML for the `[drivers.config]` table body, e.g. `devices = 4`.
+    pub config_toml: String,
+    /// Extra TOML lines for the `[[drivers]]` table (e.g. `grants = [...]`).
+    pub extra_toml: String,
+}
+
+impl DriverSpec {
+    pub fn new(name: &str, guest: &Path) -> Self {
+        Self {
+            name: name.into(),
+            guest: guest.to_owned(),
+            config_toml: String::new(),
+            extra_toml: String::new(),
+        }
+    }
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config_toml = toml.into();
+        self
+    }
+}
+
+impl HostEnv {
+    /// A fresh layout; compiled guests are cached in `cache_dir` (share one
+    /// across tests to compile each guest once).
+    pub fn new(cache_dir: &Path) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("dra-host-").tempdir()?;
+        let kubelet_root = dir.path().join("kubelet");
+        let cdi_dir = dir.path().join("cdi");
+        std::fs::create_dir_all(&kubelet_root)?;
+        Ok(Self {
+            claims_path: dir.path().join("claims.json"),
+            config_path: dir.path().join("host.toml"),
+            cache_dir: cache_dir.to_owned(),
+            kubelet_root,
+            cdi_dir,
+            dir,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Keep the directory after the environment is dropped (the demo's `--keep`).
+    pub fn keep(self) -> PathBuf {
+        self.dir.keep()
+    }
+
+    /// Write the host config for `drivers`, with `runtime_toml` as the body of `[runtime]`.
+    pub fn write_config(&self, drivers: &[DriverSpec], runtime_toml: &str) -> Result<()> {
+        let mut text = format!(
+            "node_name = \"test-node\"\nkubelet_root_dir = {:?}\ncdi_dir = {:?}\ncache_dir = {:?}\n\n[claims]\nsource = \"file\"\npath = {:?}\n\n[runtime]\n{runtime_toml}\n",
+            self.kubelet_root, self.cdi_dir, self.cache_dir, self.claims_path
+        );
+        for d in drivers {
+            text.push_str(&format!(
+                "\n[[drivers]]\nname = {:?}\nguest = {:?}\n{}\n",
+                d.name, d.guest, d.extra_toml
+            ));
+            if !d.config_toml.is_empty() {
+                text.push_str(&format!("[drivers.config]\n{}\n", d.config_toml));
+            }
+        }
+        std::fs::write(&self.config_path, text)?;
+        Ok(())
+    }
+
+    /// Start the binary in node mode with this environment's config.
+    pub fn start(&self, binary: &Path) -> Result<HostProcess> {
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log_path = self.dir.path().join(format!("host-{n}.log"));
+        let log = File::create(&log_path)?;
+        let child = Command::new(binary)
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("DRA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(HostProcess {
+            child: Some(child),
+            log_path,
+        })
+    }
+}
+
+/// Numbers the log files of successive starts.
+static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A running host. Killed (SIGKILL) when dropped if still running.
+#[derive(Debug)]
+pub struct HostProcess {
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl HostProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Everything the host logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// `kill -9`: no cleanup runs in the host.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("host is not running")
+        };
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        if rc != 0 {
+            bail!("kill(SIGTERM): {}", std::io::Error::last_os_error());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("host did not exit within {timeout:?} of SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process has exited (and with what), without waiting.
+    pub fn try_status(&mut self) -> Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => Ok(c.try_wait()?),
+            None => bail!("host is not running"),
+        }
+    }
+
+    /// Wait for the process to exit on its own (e.g. after a start-up error).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_status()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("host still running after {timeout:?}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! A test kubelet: the plugin-facing half of the kubelet's DRA support.
+//!
+//! What it does, as the kubelet does (see shared/reference §1.3, §2.4, §2.5):
+//! - watches `<root>/plugins_registry` with inotify (and walks it at start),
+//!   considering only Unix sockets whose names do not start with `.`;
+//! - for a new socket: dials it, calls `GetInfo` with a 1 s timeout, checks
+//!   type, name and endpoint, picks the first of the plugin's
+//!   `supported_versions` that it knows, and calls
+//!   `NotifyRegistrationStatus` with a 5 s timeout (false plus the reason when
+//!   a check fails);
+//! - on removal of the socket: deregisters the plugin;
+//! - calls `NodePrepareResources` / `NodeUnprepareResources` with a 45 s
+//!   deadline, through v1 or v1beta1 as picked, converting v1beta1 answers to
+//!   v1 as the kubelet's wrapper does.
+
+use anyhow::{Context, Result, anyhow, bail};
+use dra_proto::dra::{v1, v1beta1};
+use dra_proto::pluginregistration::registration_client::RegistrationClient;
+use dra_proto::pluginregistration::{InfoRequest, RegistrationStatus};
+use dra_proto::services;
+use notify::Watcher;
+use std::collections::HashMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc};
+use tonic::transport::Channel;
+
+/// The kubelet's deadline for prepare/unprepare calls.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(45);
+const GET_INFO_TIMEOUT: Duration = Duration::from_secs(1);
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which DRAPlugin service the kubelet talks to a plugin through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    V1,
+    V1beta1,
+}
+
+/// Something the test kubelet did, for tests and the demo to show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Registered {
+        driver: String,
+        endpoint: String,
+        supported_versions: Vec<String>,
+        service: Service,
+    },
+    Refused {
+        socket: PathBuf,
+        reason: String,
+    },
+    Deregistered {
+        driver: String,
+    },
+}
+
+/// A registered plugin, ready to be called.
+#[derive(Clone, Debug)]
+pub struct Plugin {
+    pub driver: String,
+    pub endpoint: PathBuf,
+    pub service: Service,
+    pub supported_versions: Vec<String>,
+    registration_socket: PathBuf,
+    inode: u64,
+    channel: Channel,
+}
+
+/// A claim reference as the kubelet sends it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl ClaimRef {
+    pub fn new(namespace: &str, name: &str, uid: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            uid: uid.into(),
+        }
+    }
+}
+
+impl Plugin {
+    /// `NodePrepareResources`, answered in v1 terms whatever the service.
+    pub async fn prepare(
+        &self,
+        claims: &[ClaimRef],
+    ) -> Result<HashMap<String, v1::NodePrepareResourceResponse>, tonic::Status> {
+        match self.service {
+            Service::V1 => {
+                let mut client = v1::dra_plugin_client::DraPluginClient::new(self.channel.clone());
+                let claims = claims
+                    .iter()
+                    .map(|c| v1::Claim {
+                        namespace: c.namespace.clone(),
+                        uid: c.uid.clone(),
+                        name: c.name.clone(),
+                    })
+                    .collect();
+                let mut req = tonic::Request::new(v1::NodePrepareResourcesRequest { claims });
+                req.set_timeout(CALL_TIMEOUT);
+                Ok(client.node_prepare_resources(req).await?.into_inner().claims)
+            }
+            Service::V1beta1 => {
+                let mut client = v1beta1::dra_plugin_client::DraPluginClient::new(self.channel.clone());
+                let claims = claims
+                    .iter()
+                    .map(|c| v1beta1::Claim {
+                        namespace: c.namespace.clone(),
+                        uid: c.uid.clone(),
+                        name: c.name.clone(),
+                    })
+                    .collect();
+                let mut req = tonic::Request::new(v1beta1::NodePrepareResourcesRequest { claims });
+                req.set_timeout(CALL_TIMEOUT);
+                let claims = client.node_prepare_resources(req).await?.into_inner().claims;
+                Ok(claims
+                    .into_iter()
+                    .map(|(uid, r)| {
+                        let devices = r
+                            .devices
+                            .into_iter()
+                            .map(|d| v1::Device {
+                                request_names: d.request_names,
+                                pool_name: d.pool_name,
+                                device_name: d.device_name,
+                                cdi_device_ids: d.cdi_device_ids,
+                                share_id: None,
+                            })
+                            .collect();
+                        (
+                            uid,
+                            v1::NodePrepareResourceResponse {
+                                devices,
+                                error: r.error,
+                            },
+                        )
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// `NodeUnprepareResources`, answered in v1 terms.
+    pub async fn unprepare(&self, claims: &[ClaimRef]) -> Result<HashMap<String, String>, tonic::Status> {
+        match self.service {
+            Service::V1 => {
+                let mut client = v1::dra_plugin_client::DraPluginClient::new(self.channel.clone());
+                let claims = claims
+                    .iter()
+                    .map(|c| v1::Claim {
+                        namespace: c.namespace.clone(),
+                        uid: c.uid.clone(),
+                        name: c.name.clone(),
+                    })
+                    .collect();
+                let mut req = tonic::Request::new(v1::NodeUnprepareResourcesRequest { claims });
+                req.set_timeout(CALL_TIMEOUT);
+                Ok(client
+                    .node_unprepare_resources(req)
+                    .await?
+                    .into_inner()
+                    .claims
+                    .into_iter()
+                    .map(|(k, v)| (k, v.error))
+                    .collect())
+            }
+            Service::V1beta1 => {
+                let mut client = v1beta1::dra_plugin_client::DraPluginClient::new(self.channel.clone());
+                let claims = claims
+                    .iter()
+                    .map(|c| v1beta1::Claim {
+                        namespace: c.namespace.clone(),
+                        uid: c.uid.clone(),
+                        name: c.name.clone(),
+                    })
+                    .collect();
+                let mut req = tonic::Request::new(v1beta1::NodeUnprepareResourcesRequest { claims });
+                req.set_timeout(CALL_TIMEOUT);
+                Ok(client
+                    .node_unprepare_resources(req)
+                    .await?
+                    .into_inner()
+                    .claims
+                    .into_iter()
+                    .map(|(k, v)| (k, v.error))
+                    .collect())
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    plugins: Mutex<HashMap<String, Plugin>>,
+    events: Mutex<Vec<Event>>,
+    changed: Notify,
+}
+
+impl Shared {
+    fn push(&self, e: Event) {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+        self.changed.notify_waiters();
+    }
+}
+
+/// The test kubelet. Dropping it stops watching.
+pub struct TestKubelet {
+    root: PathBuf,
+    shared: Arc<Shared>,
+    _watcher: notify::RecommendedWatcher,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestKubelet {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestKubelet {
+    /// A kubelet (1.34+) with root dir `root`, knowing v1 and v1beta1.
+    pub fn start(root: &Path) -> Result<Self> {
+        Self::start_with_services(root, &[services::DRA_PLUGIN_V1, services::DRA_PLUGIN_V1BETA1])
+    }
+
+    /// A kubelet that only knows `known` services (e.g. only v1beta1, like 1.32/1.33).
+    pub fn start_with_services(root: &Path, known: &[&str]) -> Result<Self> {
+        let registry = root.join("plugins_registry");
+        std::fs::create_dir_all(&registry).with_context(|| format!("creating {}", registry.display()))?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+        let watch_tx = tx.clone();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(event) = res {
+                for p in event.paths {
+                    let _ = watch_tx.send(p);
+                }
+            }
+        })?;
+        watcher.watch(&registry, notify::RecursiveMode::Recursive)?;
+        // Sockets that exist already, as the kubelet's start-up walk finds them.
+        for entry in std::fs::read_dir(&registry)?.flatten() {
+            let _ = tx.send(entry.path());
+        }
+        let shared = Arc::new(Shared::default());
+        let known: Vec<String> = known.iter().map(|s| s.to_string()).collect();
+        let (root2, shared2) = (root.to_owned(), Arc::clone(&shared));
+        let task = tokio::spawn(async move {
+            while let Some(path) = rx.recv().await {
+                reconcile(&root2, &known, &shared2, &path).await;
+            }
+        });
+        Ok(Self {
+            root: root.to_owned(),
+            shared,
+            _watcher: watcher,
+            task,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Everything the kubelet did so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.shared.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn plugin(&self, driver: &str) -> Option<Plugin> {
+        self.shared
+            .plugins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(driver)
+            .cloned()
+    }
+
+    /// Wait until `driver` is registered.
+    pub async fn wait_for_plugin(&self, driver: &str, timeout: Duration) -> Result<Plugin> {
+        self.wait(timeout, || self.plugin(driver)).await.with_context(|| {
+            format!(
+                "driver {driver} did not register within {timeout:?}; kubelet events: {:?}",
+                self.events()
+            )
+        })
+    }
+
+    /// Wait until `driver` is deregistered (its registration socket removed).
+    pub async fn wait_for_deregistration(&self, driver: &str, timeout: Duration) -> Result<()> {
+        self.wait(timeout, || self.plugin(driver).is_none().then_some(()))
+            .await
+            .with_context(|| format!("driver {driver} was still registered after {timeout:?}"))
+    }
+
+    async fn wait<T>(&self, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.shared.changed.notified();
+            if let Some(v) = check() {
+                return Ok(v);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("timed out");
+            }
+            // Also re-check periodically: a notification may race the check.
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), notified).await;
+        }
+    }
+}
+
+async fn reconcile(root: &Path, known: &[String], shared: &Shared, path: &Path) {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    if name.starts_with('.') {
+        return;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            let already = shared
+                .plugins
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .any(|p| p.registration_socket == path && p.inode == meta.ino());
+            if already {
+                return;
+            }
+            match register(root, known, path, meta.ino()).await {
+                Ok(plugin) => {
+                    shared.push(Event::Registered {
+                        driver: plugin.driver.clone(),
+                        endpoint: plugin.endpoint.display().to_string(),
+                        supported_versions: plugin.supported_versions.clone(),
+                        service: plugin.service,
+                    });
+                    shared
+                        .plugins
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(plugin.driver.clone(), plugin);
+                    shared.changed.notify_waiters();
+                }
+                Err(e) => shared.push(Event::Refused {
+                    socket: path.to_owned(),
+                    reason: format!("{e:#}"),
+                }),
+            }
+        }
+        Ok(_) => {}
+        Err(_) => {
+            // Removed: deregister whoever registered through this socket.
+            let removed: Vec<String> = {
+                let mut plugins = shared.plugins.lock().unwrap_or_else(|p| p.into_inner());
+                let gone: Vec<String> = plugins
+                    .iter()
+                    .filter(|(_, p)| p.registration_socket == path)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in &gone {
+                    plugins.remove(k);
+                }
+                gone
+            };
+            for driver in removed {
+                shared.push(Event::Deregistered { driver });
+            }
+        }
+    }
+}
+
+async fn register(root: &Path, known: &[String], socket: &Path, inode: u64) -> Result<Plugin> {
+    let channel = tokio::time::timeout(Duration::from_secs(10), dra_proto::connect_uds(socket))
+        .await
+        .context("dialing the registration socket timed out")??;
+    let mut client = RegistrationClient::new(channel);
+    let mut req = tonic::Request::new(InfoRequest {});
+    req.set_timeout(GET_INFO_TIMEOUT);
+    let info = client.get_info(req).await.context("GetInfo")?.into_inner();
+
+    let checked = (|| -> Result<(PathBuf, Service)> {
+        if info.r#type != services::DRA_PLUGIN_TYPE {
+            bail!("no handler registered for plugin type {:?}", info.r#type);
+        }
+        validate_driver_name(&info.name)?;
+        let endpoint = if info.endpoint.is_empty() {
+            socket.to_owned()
+        } else {
+            PathBuf::from(&info.endpoint)
+        };
+        validate_endpoint(&endpoint, root)?;
+        if info.supported_versions.is_empty() {
+            bail!("empty list of supported gRPC services (aka supported versions)");
+        }
+        let service = info
+            .supported_versions
+            .iter()
+            .find(|v| known.contains(v))
+            .ok_or_else(|| {
+                anyhow!(
+                    "none of the plugin's services {:?} is supported",
+                    info.supported_versions
+                )
+            })?;
+        let service = if service == services::DRA_PLUGIN_V1 {
+            Service::V1
+        } else {
+            Service::V1beta1
+        };
+        Ok((endpoint, service))
+    })();
+
+    let (registered, error) = match &checked {
+        Ok(_) => (true, String::new()),
+        Err(e) => (false, format!("{e:#}")),
+    };
+    let mut req = tonic::Request::new(RegistrationStatus {
+        plugin_registered: registered,
+        error,
+    });
+    req.set_timeout(NOTIFY_TIMEOUT);
+    let notified = client.notify_registration_status(req).await;
+    let (endpoint, service) = checked?;
+    notified.context("NotifyRegistrationStatus")?;
+    let channel = dra_proto::connect_uds(&endpoint)
+        .await
+        .with_context(|| format!("dialing {}", endpoint.display()))?;
+    Ok(Plugin {
+        driver: info.name,
+        endpoint,
+        service,
+        supported_versions: info.supported_versions,
+        registration_socket: socket.to_owned(),
+        inode,
+        channel,
+    })
+}
+
+/// The kubelet's (1.38+) driver-name rule: a DNS subdomain of at most 63 characters.
+fn validate_driver_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if !ok {
+        bail!("driver name {name:?} is not valid");
+    }
+    Ok(())
+}
+
+/// The kubelet's (1.38+) endpoint rule: absolute, shorter than 108 bytes,
+/// inside the kubelet root directory.
+fn validate_endpoint(endpoint: &Path, root: &Path) -> Result<()> {
+    if !endpoint.is_absolute() {
+        bail!("endpoint {} is not absolute", endpoint.display());
+    }
+    if endpoint.as_os_str().len() >= 108 {
+        bail!("endpoint {} is 108 bytes or longer", endpoint.display());
+    }
+    let mut cleaned = PathBuf::new();
+    for c in endpoint.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                cleaned.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => cleaned.push(other.as_os_str()),
+        }
+    }
+    if !cleaned.starts_with(root) {
+        bail!(
+            "endpoint {} is not inside the kubelet root directory {}",
+            endpoint.display(),
+            root.display()
+        );
+    }
+    Ok(())
+}

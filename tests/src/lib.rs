@@ -1,0 +1,12 @@
+//! Stand-ins for the parts of a Kubernetes node that the host talks to, used
+//! by the end-to-end tests and by `dra-wasm-host demo`:
+//!
+//! - [`kubelet::TestKubelet`]: watches the registration directory and calls
+//!   plugins exactly as the kubelet does on the wire;
+//! - [`host::HostEnv`] / [`host::HostProcess`]: a temporary node layout and
+//!   the real `dra-wasm-host` binary running in it;
+//! - [`claims`]: ResourceClaim objects in the resource.k8s.io/v1 shape.
+
+pub mod claims;
+pub mod host;
+pub mod kubelet;
