@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (see README): installs what the tests need, then
 # runs every test: unit tests, end-to-end tests against the real binary, and
-# the example guest's logic tests.
+# the guests' logic tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,4 +9,5 @@ cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null
 
 cargo test --workspace --locked
-cargo test --locked --manifest-path guests/Cargo.toml -p example-driver
+# The guests' logic compiled natively (the component glue is wasm-only).
+cargo test --locked --manifest-path guests/Cargo.toml --target-dir target/guest-logic -p example-driver -p gpu-driver

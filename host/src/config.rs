@@ -11,6 +11,9 @@
 //! [claims]
 //! source = "api-server"                 # "file" only for the demo and tests
 //!
+//! [nvml]                                # only for drivers granted "nvml"
+//! driver_root = "/run/nvidia/driver"    # where the driver's user-space files are; default "/"
+//!
 //! [runtime]
 //! call_timeout_ms = 10000
 //! memory_limit_mib = 64
@@ -65,7 +68,44 @@ pub struct Config {
     pub claims: ClaimsConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub nvml: NvmlConfig,
     pub drivers: Vec<DriverConfig>,
+}
+
+/// NVML access for drivers granted `nvml`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NvmlConfig {
+    /// Root of the NVIDIA driver's user-space files on this node (`/` for a
+    /// driver installed on the host, `/run/nvidia/driver` under the GPU operator).
+    #[serde(default = "default_driver_root")]
+    pub driver_root: PathBuf,
+    /// Use simulated GPUs instead of the real NVML (tests and demos only).
+    #[serde(default)]
+    pub simulated: Option<SimulatedNvmlConfig>,
+}
+
+impl Default for NvmlConfig {
+    fn default() -> Self {
+        Self {
+            driver_root: default_driver_root(),
+            simulated: None,
+        }
+    }
+}
+
+fn default_driver_root() -> PathBuf {
+    PathBuf::from("/")
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedNvmlConfig {
+    /// JSON file describing the GPUs.
+    pub gpus: PathBuf,
+    /// Unix socket that accepts injected events as JSON lines.
+    pub events_socket: PathBuf,
 }
 
 fn default_kubelet_root() -> PathBuf {
@@ -196,6 +236,13 @@ impl Config {
             && p.is_relative()
         {
             *p = base.join(&*p);
+        }
+        if let Some(sim) = &mut config.nvml.simulated {
+            for p in [&mut sim.gpus, &mut sim.events_socket] {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
         }
         config.validate().map_err(|message| ConfigError::Invalid {
             path: path.to_owned(),

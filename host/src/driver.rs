@@ -21,6 +21,7 @@
 
 use crate::claim::{ClaimRef, PreparedDevice, is_safe_uid, is_valid_object_name};
 use crate::guest::{Guest, GuestError, types};
+use crate::health::Health;
 use crate::kube::{ClaimError, ClaimSource, FetchError, claim_for_driver};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError};
@@ -61,20 +62,36 @@ pub struct Driver {
     cdi: CdiWriter,
     checkpoint: Checkpoint,
     policy: Policy,
+    health: Arc<Health>,
     metrics: Arc<Metrics>,
     locks: ClaimLocks,
 }
 
+/// Everything a [`Driver`] is made of, named.
+#[derive(Debug)]
+pub struct DriverParts {
+    pub name: String,
+    pub guest: Guest,
+    pub claims: Arc<dyn ClaimSource>,
+    pub cdi: CdiWriter,
+    pub checkpoint: Checkpoint,
+    pub policy: Policy,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+}
+
 impl Driver {
-    pub fn new(
-        name: String,
-        guest: Guest,
-        claims: Arc<dyn ClaimSource>,
-        cdi: CdiWriter,
-        checkpoint: Checkpoint,
-        policy: Policy,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(parts: DriverParts) -> Self {
+        let DriverParts {
+            name,
+            guest,
+            claims,
+            cdi,
+            checkpoint,
+            policy,
+            health,
+            metrics,
+        } = parts;
         metrics.set_prepared_claims(&name, checkpoint.len());
         let id = guest.identity();
         metrics.set_guest_info(&name, &id.name, &id.version, &id.digest);
@@ -85,6 +102,7 @@ impl Driver {
             cdi,
             checkpoint,
             policy,
+            health,
             metrics,
             locks: ClaimLocks::default(),
         }
@@ -100,6 +118,23 @@ impl Driver {
 
     pub fn checkpoint(&self) -> &Checkpoint {
         &self.checkpoint
+    }
+
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Hand every event from the driver's event sources to its guest and
+    /// apply the health it reports. Runs until the sources are gone.
+    pub async fn run_events(self: Arc<Self>, mut events: tokio::sync::mpsc::Receiver<types::Event>) {
+        while let Some(event) = events.recv().await {
+            match self.guest.on_event(event).await {
+                Ok(reports) => {
+                    self.health.apply(&reports);
+                }
+                Err(e) => tracing::warn!(driver = %self.name, error = %e, "guest could not handle an event"),
+            }
+        }
     }
 
     /// Rewrite CDI specs of checkpointed claims that the CDI directory lost

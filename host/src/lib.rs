@@ -8,6 +8,7 @@
 //! | [`guest`] | wasmtime engine, compile cache, instance pool, limits and deadlines, the swappable guest handle |
 //! | [`imports`] | host implementations of WIT imports (`log`; `nvml`, `net` when granted) |
 //! | [`state`] | checkpoint of prepared claims, CDI spec files, durable file writes |
+//! | [`health`] | current device health per driver, fanned out to the kubelet's health streams |
 //! | [`policy`] | what guest output the host accepts |
 //! | [`driver`] | the prepare/unprepare flow across all of the above |
 //! | [`claim`], [`config`], [`metrics`] | shared claim types, the config file, Prometheus metrics |
@@ -16,6 +17,7 @@ pub mod claim;
 pub mod config;
 pub mod driver;
 pub mod guest;
+pub mod health;
 pub mod imports;
 pub mod kube;
 pub mod kubelet;

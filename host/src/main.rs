@@ -1,14 +1,16 @@
 //! The `dra-wasm-host` binary: `run` is node mode; `demo` walks through a
 //! prepare/unprepare with the example guest and an in-process test kubelet.
 
+mod call;
 mod demo;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use dra_wasm_host::config::{ClaimsConfig, Config};
-use dra_wasm_host::driver::Driver;
+use dra_wasm_host::config::{ClaimsConfig, Config, DriverConfig};
+use dra_wasm_host::driver::{Driver, DriverParts};
 use dra_wasm_host::guest::{CompileCache, Guest, GuestSpec, Limits, Runtime, types};
-use dra_wasm_host::imports::Imports;
+use dra_wasm_host::health::Health;
+use dra_wasm_host::imports::{Capabilities, Grant, Imports, nvml};
 use dra_wasm_host::kube::{ClaimSource, FileClaims};
 use dra_wasm_host::kubelet::{self, PluginPaths, liveness};
 use dra_wasm_host::metrics::{self, Metrics};
@@ -16,7 +18,7 @@ use dra_wasm_host::state::cdi::CdiWriter;
 use dra_wasm_host::state::checkpoint::Checkpoint;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 #[derive(Parser)]
 #[command(
@@ -52,12 +54,31 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Work with guest components without serving them.
+    #[command(subcommand)]
+    Guest(GuestCommand),
+    /// Call a DRA plugin's sockets as the kubelet does (prints JSON).
+    #[command(subcommand)]
+    Call(call::CallCommand),
+}
+
+#[derive(Subcommand)]
+enum GuestCommand {
+    /// Load each driver's guest as `run` would, run its self-test (init +
+    /// inventory) and print the inventory as JSON.
+    Validate {
+        #[arg(long, env = "DRA_CONFIG")]
+        config: PathBuf,
+        /// Only this driver.
+        #[arg(long)]
+        driver: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Demo { .. } => "warn",
+        Command::Demo { .. } | Command::Guest(_) | Command::Call(_) => "warn",
         Command::Run { .. } => "info",
     };
     init_tracing(cli.log_format, default_filter);
@@ -72,6 +93,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Run { config } => run(&config).await,
             Command::Demo { keep } => demo::run(keep).await,
+            Command::Guest(GuestCommand::Validate { config, driver }) => validate(&config, driver.as_deref()).await,
+            Command::Call(cmd) => call::run(cmd).await,
         }
     });
     match result {
@@ -112,83 +135,28 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
             .await
             .with_context(|| format!("serving metrics on {addr}"))?;
     }
-
-    let cache =
-        CompileCache::new(config.cache_dir.clone()).with_context(|| format!("compile cache {:?}", config.cache_dir))?;
-    let runtime = Runtime::new(cache, config.runtime.tick()).context("starting the wasm engine")?;
-    let claims: Arc<dyn ClaimSource> = match &config.claims {
-        ClaimsConfig::File { path } => {
-            tracing::warn!(path = %path.display(), "reading ResourceClaims from a local file (demo/test mode)");
-            Arc::new(FileClaims::new(path))
-        }
-        ClaimsConfig::ApiServer => {
-            bail!(
-                "claims.source = \"api-server\" is not available in this build yet; use source = \"file\" for local runs"
-            )
-        }
-    };
-    let limits = Limits {
-        call_timeout: config.runtime.call_timeout(),
-        memory_bytes: usize::try_from(config.runtime.memory_limit_mib << 20).unwrap_or(usize::MAX),
-        max_instances: config.runtime.max_instances,
-        ..Limits::default()
-    };
+    let host = Host::new(&config, &node, Arc::clone(&metrics))?;
 
     let mut plugins = Vec::new();
     let mut probes = Vec::new();
     for d in &config.drivers {
-        let paths = PluginPaths::new(&config.kubelet_root_dir, &d.name);
-        paths.validate().with_context(|| format!("driver {}", d.name))?;
-        let checkpoint = Checkpoint::open(&paths.plugin_dir.join("claims"), &d.name)?;
-        let cdi = CdiWriter::new(&config.cdi_dir, &d.cdi_vendor(), &d.cdi_class())
-            .with_context(|| format!("driver {}", d.name))?;
-        let imports = Imports::new(&d.grants).map_err(|e| anyhow::anyhow!("driver {}: {e}", d.name))?;
-        let spec = GuestSpec {
-            path: d.guest.clone(),
-            ctx: types::InitContext {
-                driver_name: d.name.clone(),
-                node_name: node.clone(),
-                config: d.guest_config_json(),
-            },
-            limits: limits.clone(),
-            imports,
-        };
-        let (guest, report) = Guest::load(&runtime, &metrics, &spec)
-            .await
-            .with_context(|| format!("driver {}: loading guest", d.name))?;
-        let id = guest.identity();
-        tracing::info!(
-            driver = %d.name, guest = %id.name, version = %id.version, digest = %id.digest,
-            cache = ?report.cache, took_ms = report.duration.as_millis() as u64,
-            pools = report.inventory.len(),
-            devices = report.inventory.iter().map(|p| p.devices.len()).sum::<usize>(),
-            "guest loaded"
-        );
-        let driver = Arc::new(Driver::new(
-            d.name.clone(),
-            guest,
-            Arc::clone(&claims),
-            cdi,
-            checkpoint,
-            d.policy.clone(),
-            Arc::clone(&metrics),
-        ));
-        let restored = driver
-            .restore_cdi_specs()
-            .with_context(|| format!("driver {}", d.name))?;
-        if restored > 0 {
-            tracing::info!(driver = %d.name, restored, "restored CDI specs of prepared claims");
+        match host.start_driver(d).await {
+            Ok((plugin, probe)) => {
+                metrics.set_driver_up(&d.name, true);
+                plugins.push(plugin);
+                probes.push(probe);
+            }
+            Err(e) => {
+                metrics.set_driver_up(&d.name, false);
+                tracing::error!(driver = %d.name, error = format!("{e:#}"), "driver failed to start; the other drivers are served");
+                if config.drivers.len() == 1 {
+                    return Err(e);
+                }
+            }
         }
-        tracing::info!(driver = %d.name, prepared = driver.checkpoint().len(), "checkpoint loaded");
-        let plugin = kubelet::serve(Arc::clone(&driver), &paths, Arc::clone(&metrics))
-            .await
-            .with_context(|| format!("driver {}", d.name))?;
-        probes.push(liveness::Probe {
-            driver: d.name.clone(),
-            registration_socket: paths.registration_socket.clone(),
-            dra_socket: paths.dra_socket.clone(),
-        });
-        plugins.push(plugin);
+    }
+    if plugins.is_empty() {
+        bail!("no driver could be started");
     }
     if let Some(addr) = config.healthcheck_addr {
         liveness::serve(addr, liveness::Liveness::new(probes), stopped())
@@ -204,6 +172,218 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What every driver of this process shares.
+struct Host {
+    node: String,
+    metrics: Arc<Metrics>,
+    runtime: Arc<Runtime>,
+    claims: Arc<dyn ClaimSource>,
+    caps: Capabilities,
+    limits: Limits,
+    kubelet_root: PathBuf,
+    cdi_dir: PathBuf,
+}
+
+impl Host {
+    fn new(config: &Config, node: &str, metrics: Arc<Metrics>) -> Result<Self> {
+        let cache = CompileCache::new(config.cache_dir.clone())
+            .with_context(|| format!("compile cache {:?}", config.cache_dir))?;
+        let runtime = Runtime::new(cache, config.runtime.tick()).context("starting the wasm engine")?;
+        let claims: Arc<dyn ClaimSource> = match &config.claims {
+            ClaimsConfig::File { path } => {
+                tracing::warn!(path = %path.display(), "reading ResourceClaims from a local file (demo/test mode)");
+                Arc::new(FileClaims::new(path))
+            }
+            ClaimsConfig::ApiServer => bail!(
+                "claims.source = \"api-server\" is not available in this build yet; use source = \"file\" for local runs"
+            ),
+        };
+        Ok(Self {
+            node: node.to_owned(),
+            metrics,
+            runtime,
+            claims,
+            caps: capabilities(config)?,
+            limits: limits(config),
+            kubelet_root: config.kubelet_root_dir.clone(),
+            cdi_dir: config.cdi_dir.clone(),
+        })
+    }
+
+    /// Load a driver's state and guest, and serve it to the kubelet.
+    async fn start_driver(&self, d: &DriverConfig) -> Result<(kubelet::RunningPlugin, liveness::Probe)> {
+        let paths = PluginPaths::new(&self.kubelet_root, &d.name);
+        paths.validate().with_context(|| format!("driver {}", d.name))?;
+        let checkpoint = Checkpoint::open(&paths.plugin_dir.join("claims"), &d.name)?;
+        let cdi = CdiWriter::new(&self.cdi_dir, &d.cdi_vendor(), &d.cdi_class())
+            .with_context(|| format!("driver {}", d.name))?;
+        let (events_tx, events_rx) = mpsc::channel(nvml::EVENT_QUEUE);
+        let imports = Imports::new(&d.grants, &d.name, &self.caps, &events_tx)
+            .map_err(|e| anyhow::anyhow!("driver {}: {e}", d.name))?;
+        let spec = guest_spec(d, &self.node, &self.limits, imports);
+        let (guest, report) = Guest::load(&self.runtime, &self.metrics, &spec)
+            .await
+            .with_context(|| format!("driver {}: loading guest", d.name))?;
+        let id = guest.identity();
+        tracing::info!(
+            driver = %d.name, guest = %id.name, version = %id.version, digest = %id.digest,
+            cache = ?report.cache, took_ms = report.duration.as_millis() as u64,
+            pools = report.inventory.len(),
+            devices = report.inventory.iter().map(|p| p.devices.len()).sum::<usize>(),
+            "guest loaded"
+        );
+        let health = Arc::new(Health::new(&d.name, Arc::clone(&self.metrics)));
+        health.set_inventory(&report.inventory);
+        let driver = Arc::new(Driver::new(DriverParts {
+            name: d.name.clone(),
+            guest,
+            claims: Arc::clone(&self.claims),
+            cdi,
+            checkpoint,
+            policy: d.policy.clone(),
+            health,
+            metrics: Arc::clone(&self.metrics),
+        }));
+        tokio::spawn(Arc::clone(&driver).run_events(events_rx));
+        let restored = driver
+            .restore_cdi_specs()
+            .with_context(|| format!("driver {}", d.name))?;
+        if restored > 0 {
+            tracing::info!(driver = %d.name, restored, "restored CDI specs of prepared claims");
+        }
+        tracing::info!(driver = %d.name, prepared = driver.checkpoint().len(), "checkpoint loaded");
+        let plugin = kubelet::serve(Arc::clone(&driver), &paths, Arc::clone(&self.metrics))
+            .await
+            .with_context(|| format!("driver {}", d.name))?;
+        let probe = liveness::Probe {
+            driver: d.name.clone(),
+            registration_socket: paths.registration_socket.clone(),
+            dra_socket: paths.dra_socket.clone(),
+        };
+        Ok((plugin, probe))
+    }
+}
+
+fn limits(config: &Config) -> Limits {
+    Limits {
+        call_timeout: config.runtime.call_timeout(),
+        memory_bytes: usize::try_from(config.runtime.memory_limit_mib << 20).unwrap_or(usize::MAX),
+        max_instances: config.runtime.max_instances,
+        ..Limits::default()
+    }
+}
+
+fn guest_spec(d: &DriverConfig, node: &str, limits: &Limits, imports: Imports) -> GuestSpec {
+    GuestSpec {
+        path: d.guest.clone(),
+        ctx: types::InitContext {
+            driver_name: d.name.clone(),
+            node_name: node.to_owned(),
+            config: d.guest_config_json(),
+        },
+        limits: limits.clone(),
+        imports,
+    }
+}
+
+/// Host capabilities, created only when some driver is granted them.
+fn capabilities(config: &Config) -> Result<Capabilities> {
+    let mut caps = Capabilities::default();
+    if config.drivers.iter().any(|d| d.grants.contains(&Grant::Nvml)) {
+        let backend: Box<dyn nvml::Backend> = match &config.nvml.simulated {
+            Some(sim) => Box::new(
+                nvml::simulated::SimulatedNvml::start(&sim.gpus, &sim.events_socket, &config.nvml.driver_root)
+                    .context("simulated NVML")?,
+            ),
+            None => Box::new(nvml::real::RealNvml::load(&config.nvml.driver_root)),
+        };
+        caps.nvml = Some(nvml::Nvml::new(backend));
+    }
+    Ok(caps)
+}
+
+/// `guest validate`: load each driver's guest as `run` would (grants, init
+/// config, limits), run its self-test and print its inventory as JSON.
+async fn validate(config_path: &std::path::Path, only: Option<&str>) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let node = config.node_name().unwrap_or_else(|_| "validate".to_owned());
+    let metrics = Metrics::new();
+    let cache = CompileCache::new(config.cache_dir.clone())?;
+    let runtime = Runtime::new(cache, config.runtime.tick())?;
+    let caps = capabilities(&config)?;
+    let mut out = serde_json::Map::new();
+    for d in config.drivers.iter().filter(|d| only.is_none_or(|n| n == d.name)) {
+        let (tx, _rx) = mpsc::channel(nvml::EVENT_QUEUE);
+        let imports =
+            Imports::new(&d.grants, &d.name, &caps, &tx).map_err(|e| anyhow::anyhow!("driver {}: {e}", d.name))?;
+        let spec = guest_spec(d, &node, &limits(&config), imports);
+        let (guest, report) = Guest::load(&runtime, &metrics, &spec)
+            .await
+            .with_context(|| format!("driver {}: loading guest", d.name))?;
+        let id = guest.identity();
+        out.insert(
+            d.name.clone(),
+            serde_json::json!({
+                "guest": { "name": id.name, "version": id.version, "digest": id.digest },
+                "loadMs": report.duration.as_millis() as u64,
+                "cache": format!("{:?}", report.cache),
+                "pools": report.inventory.iter().map(pool_json).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    if out.is_empty() {
+        bail!("no driver named {:?} in {}", only.unwrap_or(""), config_path.display());
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// A pool as JSON, in the shape of ResourceSlice devices.
+fn pool_json(p: &types::Pool) -> serde_json::Value {
+    use types::AttributeValue as V;
+    let devices: Vec<_> = p
+        .devices
+        .iter()
+        .map(|d| {
+            let attributes: serde_json::Map<_, _> = d
+                .attributes
+                .iter()
+                .map(|a| {
+                    let v = match &a.value {
+                        V::Boolean(b) => serde_json::json!({ "bool": b }),
+                        V::Integer(i) => serde_json::json!({ "int": i }),
+                        V::Text(s) => serde_json::json!({ "string": s }),
+                        V::Version(v) => serde_json::json!({ "version": v }),
+                    };
+                    (a.name.clone(), v)
+                })
+                .collect();
+            let capacity: serde_json::Map<_, _> = d
+                .capacity
+                .iter()
+                .map(|c| {
+                    let mut v = serde_json::json!({ "value": c.value });
+                    if let Some(rp) = &c.request_policy {
+                        v["requestPolicy"] = serde_json::json!({
+                            "default": rp.default,
+                            "validValues": rp.valid_values,
+                            "validRange": rp.valid_range.as_ref().map(|r| serde_json::json!({"min": r.min, "max": r.max, "step": r.step})),
+                        });
+                    }
+                    (c.name.clone(), v)
+                })
+                .collect();
+            serde_json::json!({
+                "name": d.name,
+                "attributes": attributes,
+                "capacity": capacity,
+                "allowMultipleAllocations": d.allow_multiple_allocations,
+            })
+        })
+        .collect();
+    serde_json::json!({ "name": p.name, "devices": devices })
 }
 
 async fn wait_for_signal() -> Result<()> {

@@ -63,6 +63,15 @@ pub struct Metrics {
     prepared_claims: Family<DriverLabel, Gauge>,
     registered: Family<DriverLabel, Gauge>,
     guest_info: Family<GuestInfoLabels, Gauge>,
+    health_changes: Family<HealthLabels, Counter>,
+    health_streams: Family<DriverLabel, Gauge>,
+    driver_up: Family<DriverLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabels {
+    driver: String,
+    health: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -125,6 +134,20 @@ impl Metrics {
             "The guest component serving each driver",
             guest_info.clone(),
         );
+        let health_changes = Family::default();
+        registry.register(
+            "device_health_changes",
+            "Device health changes, by driver and the health changed to",
+            health_changes.clone(),
+        );
+        let health_streams = Family::default();
+        registry.register("health_streams", "Open kubelet health streams", health_streams.clone());
+        let driver_up = Family::default();
+        registry.register(
+            "driver_up",
+            "1 when the driver's guest loaded and its sockets are served, 0 when it failed to start",
+            driver_up.clone(),
+        );
         Arc::new(Self {
             registry,
             claim_operations,
@@ -135,6 +158,9 @@ impl Metrics {
             prepared_claims,
             registered,
             guest_info,
+            health_changes,
+            health_streams,
+            driver_up,
         })
     }
 
@@ -206,6 +232,31 @@ impl Metrics {
                 digest: digest.to_owned(),
             })
             .set(1);
+    }
+
+    pub fn health_change(&self, driver: &str, health: &'static str) {
+        self.health_changes
+            .get_or_create(&HealthLabels {
+                driver: driver.to_owned(),
+                health,
+            })
+            .inc();
+    }
+
+    pub fn health_stream_opened(&self, driver: &str, delta: i64) {
+        self.health_streams
+            .get_or_create(&DriverLabel {
+                driver: driver.to_owned(),
+            })
+            .inc_by(delta);
+    }
+
+    pub fn set_driver_up(&self, driver: &str, up: bool) {
+        self.driver_up
+            .get_or_create(&DriverLabel {
+                driver: driver.to_owned(),
+            })
+            .set(i64::from(up));
     }
 
     /// The text exposition format.

@@ -32,6 +32,7 @@ pub struct Node {
     pub plugin: Plugin,
     drivers: Vec<DriverSpec>,
     runtime: String,
+    tables: String,
 }
 
 impl Node {
@@ -42,9 +43,19 @@ impl Node {
     }
 
     pub async fn start(drivers: Vec<DriverSpec>, runtime: &str) -> Node {
-        let env = HostEnv::new(&cache_dir()).expect("temporary node");
+        Self::start_in(
+            HostEnv::new(&cache_dir()).expect("temporary node"),
+            drivers,
+            runtime,
+            "",
+        )
+        .await
+    }
+
+    /// Start in a prepared environment, with extra top-level config `tables`.
+    pub async fn start_in(env: HostEnv, drivers: Vec<DriverSpec>, runtime: &str, tables: &str) -> Node {
         let claims = ClaimsFile::new(&env.claims_path).expect("claims file");
-        env.write_config(&drivers, runtime).expect("config");
+        env.write_config_with(&drivers, runtime, tables).expect("config");
         let kubelet = TestKubelet::start(&env.kubelet_root).expect("test kubelet");
         let host = env.start(&binary()).expect("host");
         let plugin = wait_registered(&kubelet, &host, &drivers[0].name).await;
@@ -56,6 +67,7 @@ impl Node {
             plugin,
             drivers,
             runtime: runtime.to_owned(),
+            tables: tables.to_owned(),
         }
     }
 
@@ -67,7 +79,9 @@ impl Node {
 
     /// Start the host again (after it stopped) and wait for registration.
     pub async fn restart(&mut self) {
-        self.env.write_config(&self.drivers, &self.runtime).expect("config");
+        self.env
+            .write_config_with(&self.drivers, &self.runtime, &self.tables)
+            .expect("config");
         self.host = self.env.start(&binary()).expect("host");
         // The previous registration socket is replaced: wait for the new one.
         self.plugin = wait_registered(&self.kubelet, &self.host, &self.drivers[0].name).await;

@@ -3,6 +3,7 @@
 
 mod common;
 mod faults;
+mod gpu;
 mod lifecycle;
 mod prepare;
 mod registration;

@@ -10,7 +10,15 @@ use std::time::Duration;
 async fn registers_with_v1_first_and_an_absolute_endpoint() {
     let node = Node::example(2).await;
     assert_eq!(node.plugin.service, Service::V1, "a 1.34+ kubelet picks v1");
-    assert_eq!(node.plugin.supported_versions, ["v1.DRAPlugin", "v1beta1.DRAPlugin"]);
+    assert_eq!(
+        node.plugin.supported_versions,
+        [
+            "v1.DRAPlugin",
+            "v1beta1.DRAPlugin",
+            "v1.DRAResourceHealth",
+            "v1alpha1.DRAResourceHealth"
+        ]
+    );
     let expected = node.env.kubelet_root.join("plugins").join(DRIVER).join("dra.sock");
     assert_eq!(node.plugin.endpoint, expected);
     let registered = node

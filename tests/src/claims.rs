@@ -34,11 +34,24 @@ impl Claim {
         self
     }
 
-    /// Add an allocated share of a device that allows multiple allocations.
-    pub fn shared_device(mut self, driver: &str, pool: &str, device: &str, request: &str, share_id: &str) -> Self {
-        self.results.push(json!({
+    /// Add an allocated share of a device that allows multiple allocations,
+    /// with the capacity it consumes (name, quantity).
+    pub fn shared_device(
+        mut self,
+        driver: &str,
+        pool: &str,
+        device: &str,
+        request: &str,
+        share_id: &str,
+        consumed: &[(&str, &str)],
+    ) -> Self {
+        let mut r = json!({
             "request": request, "driver": driver, "pool": pool, "device": device, "shareID": share_id
-        }));
+        });
+        if !consumed.is_empty() {
+            r["consumedCapacity"] = consumed.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+        }
+        self.results.push(r);
         self
     }
 

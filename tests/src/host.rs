@@ -41,6 +41,11 @@ impl DriverSpec {
         self.config_toml = toml.into();
         self
     }
+    /// Extra keys of the `[[drivers]]` table, e.g. `grants = ["nvml"]`.
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra_toml = toml.into();
+        self
+    }
 }
 
 impl HostEnv {
@@ -72,8 +77,13 @@ impl HostEnv {
 
     /// Write the host config for `drivers`, with `runtime_toml` as the body of `[runtime]`.
     pub fn write_config(&self, drivers: &[DriverSpec], runtime_toml: &str) -> Result<()> {
+        self.write_config_with(drivers, runtime_toml, "")
+    }
+
+    /// Like [`Self::write_config`], plus `tables`: TOML tables such as `[nvml]`.
+    pub fn write_config_with(&self, drivers: &[DriverSpec], runtime_toml: &str, tables: &str) -> Result<()> {
         let mut text = format!(
-            "node_name = \"test-node\"\nkubelet_root_dir = {:?}\ncdi_dir = {:?}\ncache_dir = {:?}\n\n[claims]\nsource = \"file\"\npath = {:?}\n\n[runtime]\n{runtime_toml}\n",
+            "node_name = \"test-node\"\nkubelet_root_dir = {:?}\ncdi_dir = {:?}\ncache_dir = {:?}\n\n[claims]\nsource = \"file\"\npath = {:?}\n\n[runtime]\n{runtime_toml}\n\n{tables}\n",
             self.kubelet_root, self.cdi_dir, self.cache_dir, self.claims_path
         );
         for d in drivers {

@@ -11,10 +11,13 @@
 //! - on removal of the socket: deregisters the plugin;
 //! - calls `NodePrepareResources` / `NodeUnprepareResources` with a 45 s
 //!   deadline, through v1 or v1beta1 as picked, converting v1beta1 answers to
-//!   v1 as the kubelet's wrapper does.
+//!   v1 as the kubelet's wrapper does;
+//! - watches device health as a 1.37 kubelet does: through
+//!   `v1.DRAResourceHealth` when advertised, else `v1alpha1`, else not at all.
 
 use anyhow::{Context, Result, anyhow, bail};
 use dra_proto::dra::{v1, v1beta1};
+use dra_proto::health::{v1 as health_v1, v1alpha1 as health_v1alpha1};
 use dra_proto::pluginregistration::registration_client::RegistrationClient;
 use dra_proto::pluginregistration::{InfoRequest, RegistrationStatus};
 use dra_proto::services;
@@ -37,6 +40,40 @@ const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Service {
     V1,
     V1beta1,
+}
+
+/// Which DRAResourceHealth service the kubelet watches a plugin through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealthService {
+    V1,
+    V1alpha1,
+}
+
+/// A stream of complete device health lists, in v1 terms.
+pub struct HealthWatch {
+    rx: mpsc::Receiver<Result<Vec<health_v1::DeviceHealth>, tonic::Status>>,
+}
+
+impl HealthWatch {
+    /// The next list, or `None` when nothing arrived within `timeout` or the stream ended.
+    pub async fn next(&mut self, timeout: Duration) -> Option<Vec<health_v1::DeviceHealth>> {
+        match tokio::time::timeout(timeout, self.rx.recv()).await {
+            Ok(Some(Ok(list))) => Some(list),
+            _ => None,
+        }
+    }
+
+    /// Whether the stream has ended (the plugin closed it).
+    pub async fn ended(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), self.rx.recv()).await {
+                Ok(None) | Ok(Some(Err(_))) => return true,
+                Ok(Some(Ok(_))) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
 }
 
 /// Something the test kubelet did, for tests and the demo to show.
@@ -63,6 +100,7 @@ pub struct Plugin {
     pub driver: String,
     pub endpoint: PathBuf,
     pub service: Service,
+    pub health: Option<HealthService>,
     pub supported_versions: Vec<String>,
     registration_socket: PathBuf,
     inode: u64,
@@ -88,6 +126,68 @@ impl ClaimRef {
 }
 
 impl Plugin {
+    /// Open a health stream as the kubelet does after registration.
+    pub async fn watch_health(&self) -> Result<HealthWatch> {
+        let (tx, rx) = mpsc::channel(64);
+        match self.health {
+            None => bail!("the plugin advertises no health service"),
+            Some(HealthService::V1) => {
+                let mut client =
+                    health_v1::dra_resource_health_client::DraResourceHealthClient::new(self.channel.clone());
+                let mut stream = client
+                    .node_watch_resources(health_v1::NodeWatchResourcesRequest {})
+                    .await?
+                    .into_inner();
+                tokio::spawn(async move {
+                    loop {
+                        let item = match stream.message().await {
+                            Ok(Some(m)) => Ok(m.devices),
+                            Ok(None) => break,
+                            Err(e) => Err(e),
+                        };
+                        if tx.send(item).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Some(HealthService::V1alpha1) => {
+                let mut client =
+                    health_v1alpha1::dra_resource_health_client::DraResourceHealthClient::new(self.channel.clone());
+                let mut stream = client
+                    .node_watch_resources(health_v1alpha1::NodeWatchResourcesRequest {})
+                    .await?
+                    .into_inner();
+                tokio::spawn(async move {
+                    loop {
+                        let item = match stream.message().await {
+                            Ok(Some(m)) => Ok(m
+                                .devices
+                                .into_iter()
+                                .map(|d| health_v1::DeviceHealth {
+                                    device: d.device.map(|i| health_v1::DeviceIdentifier {
+                                        pool_name: i.pool_name,
+                                        device_name: i.device_name,
+                                    }),
+                                    health: d.health,
+                                    last_updated_time: d.last_updated_time,
+                                    health_check_timeout_seconds: d.health_check_timeout_seconds,
+                                    message: d.message,
+                                })
+                                .collect()),
+                            Ok(None) => break,
+                            Err(e) => Err(e),
+                        };
+                        if tx.send(item).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+        Ok(HealthWatch { rx })
+    }
+
     /// `NodePrepareResources`, answered in v1 terms whatever the service.
     pub async fn prepare(
         &self,
@@ -387,7 +487,7 @@ async fn register(root: &Path, known: &[String], socket: &Path, inode: u64) -> R
     req.set_timeout(GET_INFO_TIMEOUT);
     let info = client.get_info(req).await.context("GetInfo")?.into_inner();
 
-    let checked = (|| -> Result<(PathBuf, Service)> {
+    let checked = (|| -> Result<(PathBuf, Service, Option<HealthService>)> {
         if info.r#type != services::DRA_PLUGIN_TYPE {
             bail!("no handler registered for plugin type {:?}", info.r#type);
         }
@@ -416,7 +516,16 @@ async fn register(root: &Path, known: &[String], socket: &Path, inode: u64) -> R
         } else {
             Service::V1beta1
         };
-        Ok((endpoint, service))
+        // 1.37: v1 preferred whatever the plugin's order; only what is advertised.
+        let has = |s: &str| info.supported_versions.iter().any(|v| v == s);
+        let health = if has(services::HEALTH_V1) {
+            Some(HealthService::V1)
+        } else if has(services::HEALTH_V1ALPHA1) {
+            Some(HealthService::V1alpha1)
+        } else {
+            None
+        };
+        Ok((endpoint, service, health))
     })();
 
     let (registered, error) = match &checked {
@@ -429,7 +538,7 @@ async fn register(root: &Path, known: &[String], socket: &Path, inode: u64) -> R
     });
     req.set_timeout(NOTIFY_TIMEOUT);
     let notified = client.notify_registration_status(req).await;
-    let (endpoint, service) = checked?;
+    let (endpoint, service, health) = checked?;
     notified.context("NotifyRegistrationStatus")?;
     let channel = dra_proto::connect_uds(&endpoint)
         .await
@@ -438,6 +547,7 @@ async fn register(root: &Path, known: &[String], socket: &Path, inode: u64) -> R
         driver: info.name,
         endpoint,
         service,
+        health,
         supported_versions: info.supported_versions,
         registration_socket: socket.to_owned(),
         inode,

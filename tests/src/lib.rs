@@ -5,8 +5,10 @@
 //!   plugins exactly as the kubelet does on the wire;
 //! - [`host::HostEnv`] / [`host::HostProcess`]: a temporary node layout and
 //!   the real `dra-wasm-host` binary running in it;
-//! - [`claims`]: ResourceClaim objects in the resource.k8s.io/v1 shape.
+//! - [`claims`]: ResourceClaim objects in the resource.k8s.io/v1 shape;
+//! - [`gpus`]: simulated GPUs and NVML event injection.
 
 pub mod claims;
+pub mod gpus;
 pub mod host;
 pub mod kubelet;

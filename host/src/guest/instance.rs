@@ -8,6 +8,7 @@
 use super::bindings::{DriverHost as Host, DriverHostPre as HostPre, types};
 use super::engine::{Limits, Runtime};
 use super::error::{Export, GuestError, LimitExceeded};
+use crate::imports::Imports;
 use crate::imports::log::GuestLog;
 use crate::metrics::Metrics;
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use wasmtime::{ResourceLimiter, Store, Trap};
 pub struct StoreState {
     limiter: GuestLimiter,
     pub(crate) log: GuestLog,
+    pub(crate) imports: Imports,
 }
 
 struct GuestLimiter {
@@ -77,6 +79,7 @@ pub struct LoadedGuest {
     pre: HostPre<StoreState>,
     ctx: types::InitContext,
     limits: Limits,
+    imports: Imports,
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
     idle: Mutex<Vec<Instance>>,
@@ -97,6 +100,7 @@ impl LoadedGuest {
         pre: HostPre<StoreState>,
         ctx: types::InitContext,
         limits: Limits,
+        imports: Imports,
         runtime: Arc<Runtime>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, GuestError> {
@@ -111,6 +115,7 @@ impl LoadedGuest {
             ctx,
             slots: Arc::new(Semaphore::new(limits.max_instances.max(1))),
             limits,
+            imports,
             runtime,
             metrics,
             idle: Mutex::new(Vec::new()),
@@ -198,6 +203,7 @@ impl LoadedGuest {
                 table_elements: self.limits.table_elements,
             },
             log: GuestLog::new(Arc::from(self.ctx.driver_name.as_str())),
+            imports: self.imports.clone(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);

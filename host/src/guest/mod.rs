@@ -13,7 +13,8 @@ mod engine;
 mod error;
 mod instance;
 
-pub(crate) use bindings::dra::driver::log as bindings_log;
+pub use bindings::dra::driver::log as bindings_log;
+pub use bindings::dra::driver::nvml as bindings_nvml;
 pub use bindings::types;
 pub use cache::{CacheOutcome, CompileCache, digest};
 pub use engine::{Limits, Runtime};
@@ -211,6 +212,7 @@ fn link(
         pre,
         spec.ctx.clone(),
         spec.limits.clone(),
+        spec.imports.clone(),
         Arc::clone(runtime),
         Arc::clone(metrics),
     )?;

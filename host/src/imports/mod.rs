@@ -5,9 +5,13 @@
 //! was not granted fails to load (see `guest::check_import`).
 
 pub mod log;
+pub mod nvml;
 
 use crate::guest::StoreState;
-use wasmtime::component::Linker;
+use crate::guest::types::Event;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use wasmtime::component::{HasSelf, Linker};
 
 /// A capability an operator can grant a guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
@@ -37,25 +41,52 @@ impl Grant {
     }
 }
 
+/// Host-side capabilities that grants draw on (created once per process).
+#[derive(Clone, Debug, Default)]
+pub struct Capabilities {
+    pub nvml: Option<Arc<nvml::Nvml>>,
+}
+
 /// The host imports one guest is linked with. Cloned into every store.
 #[derive(Clone, Debug, Default)]
 pub struct Imports {
     grants: Vec<Grant>,
+    pub(crate) nvml: Option<nvml::NvmlGrant>,
 }
 
 impl Imports {
-    /// Imports for a guest granted `grants`. Fails for capabilities this
-    /// build cannot provide.
-    pub fn new(grants: &[Grant]) -> Result<Self, String> {
-        if let Some(g) = grants.first() {
-            return Err(format!(
-                "the {} capability is not available in this build of the host",
-                g.as_str()
-            ));
-        }
-        Ok(Self {
+    /// Imports for `driver`'s guest, granted `grants`; events the guest
+    /// subscribes to go to `events`. Fails for capabilities the host does
+    /// not have.
+    pub fn new(
+        grants: &[Grant],
+        driver: &str,
+        caps: &Capabilities,
+        events: &mpsc::Sender<Event>,
+    ) -> Result<Self, String> {
+        let mut imports = Self {
             grants: grants.to_vec(),
-        })
+            nvml: None,
+        };
+        for grant in grants {
+            match grant {
+                Grant::Nvml => {
+                    let nvml = caps
+                        .nvml
+                        .clone()
+                        .ok_or("the nvml grant needs NVML access in the host (internal error)")?;
+                    imports.nvml = Some(nvml::NvmlGrant {
+                        nvml,
+                        driver: Arc::from(driver),
+                        events: events.clone(),
+                    });
+                }
+                Grant::Net => {
+                    return Err("the net capability is not available in this build of the host".into());
+                }
+            }
+        }
+        Ok(imports)
     }
 
     pub fn grants(&self, grant: Grant) -> bool {
@@ -64,6 +95,9 @@ impl Imports {
 }
 
 /// Add the granted imports (besides `log`) to a guest's linker.
-pub(crate) fn add_granted(_linker: &mut Linker<StoreState>, _imports: &Imports) -> wasmtime::Result<()> {
+pub(crate) fn add_granted(linker: &mut Linker<StoreState>, imports: &Imports) -> wasmtime::Result<()> {
+    if imports.nvml.is_some() {
+        crate::guest::bindings_nvml::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |s| s)?;
+    }
     Ok(())
 }

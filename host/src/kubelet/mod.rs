@@ -1,11 +1,14 @@
 //! Everything the kubelet talks to: the registration socket, the DRA socket
-//! (DRAPlugin v1 and v1beta1) and the gRPC liveness service.
+//! (DRAPlugin v1 and v1beta1, DRAResourceHealth v1 and v1alpha1) and the
+//! gRPC liveness service.
 //!
 //! Start order matters: the DRA socket is listening before the registration
 //! socket appears, so the kubelet can call the plugin as soon as it sees it.
-//! Stop order is the reverse: the registration socket goes first (the kubelet
-//! deregisters the plugin), then the DRA server drains and its socket goes.
+//! Stop order is the reverse: health streams end, the registration socket goes
+//! (the kubelet deregisters the plugin), then the DRA server drains and its
+//! socket goes.
 
+pub mod health;
 pub mod liveness;
 pub mod names;
 mod plugin;
@@ -18,6 +21,7 @@ pub use registration::RegistrationState;
 use crate::driver::Driver;
 use crate::metrics::Metrics;
 use dra_proto::dra::{v1, v1beta1};
+use dra_proto::health as health_api;
 use dra_proto::pluginregistration::PluginInfo;
 use dra_proto::pluginregistration::registration_server::RegistrationServer;
 use dra_proto::services;
@@ -72,6 +76,7 @@ pub struct RunningPlugin {
     registration: Server,
     dra: Server,
     state: watch::Receiver<RegistrationState>,
+    stopping: watch::Sender<bool>,
 }
 
 struct Server {
@@ -108,6 +113,9 @@ impl RunningPlugin {
 
     /// Deregister (remove the registration socket), then drain and close the DRA socket.
     pub async fn stop(self) {
+        // Long-lived health streams end first, so the drain below only waits
+        // for prepare/unprepare calls in flight.
+        self.stopping.send_replace(true);
         self.registration.stop().await;
         self.dra.stop().await;
         tracing::info!(driver = %self.driver, "plugin sockets closed");
@@ -117,10 +125,14 @@ impl RunningPlugin {
 /// The services a plugin advertises, preferred first (the kubelet picks the
 /// first one it knows).
 pub fn supported_versions() -> Vec<String> {
-    vec![
-        services::DRA_PLUGIN_V1.to_owned(),
-        services::DRA_PLUGIN_V1BETA1.to_owned(),
+    [
+        services::DRA_PLUGIN_V1,
+        services::DRA_PLUGIN_V1BETA1,
+        services::HEALTH_V1,
+        services::HEALTH_V1ALPHA1,
     ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// Serve a driver: DRA socket first, then the registration socket.
@@ -140,10 +152,19 @@ pub async fn serve(
     crate::state::fsutil::ensure_dir(reg_dir, 0o750).map_err(socket_err(reg_dir))?;
 
     let service = plugin::DraService::new(Arc::clone(&driver));
+    let (stopping, stopping_rx) = watch::channel(false);
+    let health = health::HealthService::new(
+        driver.name(),
+        Arc::clone(driver.health()),
+        stopping_rx,
+        Arc::clone(&metrics),
+    );
     let (listener, socket) = SocketFile::bind(&paths.dra_socket).map_err(socket_err(&paths.dra_socket))?;
     let router = tonic::transport::Server::builder()
         .add_service(v1::dra_plugin_server::DraPluginServer::new(service.clone()))
-        .add_service(v1beta1::dra_plugin_server::DraPluginServer::new(service));
+        .add_service(v1beta1::dra_plugin_server::DraPluginServer::new(service))
+        .add_service(health_api::v1::dra_resource_health_server::DraResourceHealthServer::new(health.clone()))
+        .add_service(health_api::v1alpha1::dra_resource_health_server::DraResourceHealthServer::new(health));
     let dra = spawn(router, listener, socket, "DRA");
 
     let info = PluginInfo {
@@ -168,6 +189,7 @@ pub async fn serve(
         registration,
         dra,
         state,
+        stopping,
     })
 }
 

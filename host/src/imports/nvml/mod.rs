@@ -1,0 +1,182 @@
+//! `dra:driver/nvml`: NVIDIA Management Library access for guests granted
+//! `nvml`.
+//!
+//! One [`Nvml`] per process, over one [`Backend`]:
+//! - [`real`]: `libnvidia-ml.so.1` loaded at run time through nvml-wrapper.
+//!   On a node without the driver the host still starts; every call answers
+//!   `not-available` and a GPU guest's `init` fails with that reason.
+//! - [`simulated`]: GPUs described in a JSON file, events injected through a
+//!   Unix socket. For tests and the demo, only when the config says so.
+//!
+//! Events are pushed, never polled: the backend delivers each event to the
+//! [`EventRouter`], which forwards it to every driver subscribed to that GPU
+//! and kind; the driver hands it to its guest's `on-event`.
+
+pub mod real;
+pub mod simulated;
+
+use crate::guest::StoreState;
+use crate::guest::bindings_nvml::{DriverFile, GpuInfo, Host, NvmlError};
+use crate::guest::types::{Event, GpuEvent, GpuEventKind};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// Events waiting for a driver's guest beyond this are dropped (and counted):
+/// an event storm must not grow the host's memory without bound.
+pub const EVENT_QUEUE: usize = 1024;
+
+/// What an NVML implementation provides.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    fn driver_version(&self) -> Result<String, NvmlError>;
+    fn cuda_driver_version(&self) -> Result<(u32, u32), NvmlError>;
+    fn device_count(&self) -> Result<u32, NvmlError>;
+    fn device_info(&self, index: u32) -> Result<GpuInfo, NvmlError>;
+    fn driver_files(&self) -> Result<Vec<DriverFile>, NvmlError>;
+    /// Start delivering events to `router` (called once, at the first
+    /// subscription). Fails for kinds this backend cannot watch.
+    fn start_events(&self, router: Arc<EventRouter>, kinds: &[GpuEventKind]) -> Result<(), NvmlError>;
+    /// The kinds of event this backend can deliver.
+    fn event_kinds(&self) -> &'static [GpuEventKind];
+}
+
+/// One driver's subscription.
+#[derive(Debug)]
+struct Subscription {
+    uuids: Vec<String>,
+    kinds: Vec<GpuEventKind>,
+    sink: mpsc::Sender<Event>,
+}
+
+/// Routes backend events to the drivers that subscribed to them.
+#[derive(Debug, Default)]
+pub struct EventRouter {
+    subscriptions: Mutex<HashMap<String, Subscription>>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl EventRouter {
+    /// Deliver one event; returns how many drivers received it.
+    pub fn deliver(&self, event: GpuEvent) -> usize {
+        let subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut delivered = 0;
+        for (driver, sub) in subs.iter() {
+            let wants_gpu = event.uuid.is_empty() || sub.uuids.contains(&event.uuid);
+            if !wants_gpu || !sub.kinds.contains(&event.kind) {
+                continue;
+            }
+            match sub.sink.try_send(Event::Gpu(event.clone())) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(driver = %driver, uuid = %event.uuid, "GPU event dropped: the driver's event queue is full");
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        delivered
+    }
+
+    /// Events dropped because a driver's queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The process-wide NVML access.
+#[derive(Debug)]
+pub struct Nvml {
+    backend: Box<dyn Backend>,
+    router: Arc<EventRouter>,
+    events_started: Mutex<bool>,
+}
+
+impl Nvml {
+    pub fn new(backend: Box<dyn Backend>) -> Arc<Self> {
+        Arc::new(Self {
+            backend,
+            router: Arc::new(EventRouter::default()),
+            events_started: Mutex::new(false),
+        })
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    pub fn router(&self) -> &Arc<EventRouter> {
+        &self.router
+    }
+
+    fn subscribe(
+        &self,
+        driver: &str,
+        uuids: Vec<String>,
+        kinds: Vec<GpuEventKind>,
+        sink: mpsc::Sender<Event>,
+    ) -> Result<(), NvmlError> {
+        let supported = self.backend.event_kinds();
+        if kinds.iter().any(|k| !supported.contains(k)) {
+            return Err(NvmlError::NotSupported);
+        }
+        {
+            let mut started = self.events_started.lock().unwrap_or_else(|p| p.into_inner());
+            if !*started {
+                self.backend.start_events(Arc::clone(&self.router), supported)?;
+                *started = true;
+            }
+        }
+        let mut subs = self.router.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = subs.get(driver).is_none_or(|s| s.uuids != uuids || s.kinds != kinds);
+        if changed {
+            tracing::info!(driver, gpus = uuids.len(), kinds = ?kinds, "GPU event subscription");
+        }
+        subs.insert(driver.to_owned(), Subscription { uuids, kinds, sink });
+        Ok(())
+    }
+}
+
+/// A driver's grant of `nvml`: the process-wide access plus where its events go.
+#[derive(Clone, Debug)]
+pub struct NvmlGrant {
+    pub nvml: Arc<Nvml>,
+    pub driver: Arc<str>,
+    pub events: mpsc::Sender<Event>,
+}
+
+fn grant(state: &StoreState) -> Result<&NvmlGrant, NvmlError> {
+    // Linking only adds this interface for guests granted `nvml`, so a
+    // missing grant here means a host bug, not a guest's doing.
+    state.imports.nvml.as_ref().ok_or(NvmlError::NotAvailable)
+}
+
+impl Host for StoreState {
+    fn driver_version(&mut self) -> Result<String, NvmlError> {
+        grant(self)?.nvml.backend.driver_version()
+    }
+
+    fn cuda_driver_version(&mut self) -> Result<(u32, u32), NvmlError> {
+        grant(self)?.nvml.backend.cuda_driver_version()
+    }
+
+    fn device_count(&mut self) -> Result<u32, NvmlError> {
+        grant(self)?.nvml.backend.device_count()
+    }
+
+    fn device_info(&mut self, index: u32) -> Result<GpuInfo, NvmlError> {
+        grant(self)?.nvml.backend.device_info(index)
+    }
+
+    fn driver_files(&mut self) -> Result<Vec<DriverFile>, NvmlError> {
+        grant(self)?.nvml.backend.driver_files()
+    }
+
+    fn subscribe(&mut self, uuids: Vec<String>, kinds: Vec<GpuEventKind>) -> Result<(), NvmlError> {
+        const MAX_GPUS: usize = 1024;
+        if uuids.len() > MAX_GPUS || kinds.len() > 16 {
+            return Err(NvmlError::Failed);
+        }
+        let g = grant(self)?;
+        g.nvml.subscribe(&g.driver, uuids, kinds, g.events.clone())
+    }
+}

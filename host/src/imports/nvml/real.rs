@@ -1,0 +1,314 @@
+//! NVML through nvml-wrapper, with `libnvidia-ml.so.1` loaded at run time.
+//!
+//! Events: one thread blocks in `nvmlEventSetWait` on an event set holding
+//! every GPU's critical events (Xid, double- and single-bit ECC). It wakes
+//! only when the driver reports an event, or every few seconds to notice
+//! that the process is stopping; it never queries devices on a timer.
+
+use super::{Backend, EventRouter};
+use crate::guest::bindings_nvml::{DriverFile, DriverFileKind, GpuInfo, NvmlError, PciInfo};
+use crate::guest::types::{GpuEvent, GpuEventKind};
+use nvml_wrapper::Nvml as Lib;
+use nvml_wrapper::bitmasks::event::EventTypes;
+use nvml_wrapper::enums::event::XidError;
+use nvml_wrapper::error::NvmlError as LibError;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const WAIT_MS: u32 = 5_000;
+const KINDS: &[GpuEventKind] = &[
+    GpuEventKind::XidCriticalError,
+    GpuEventKind::DoubleBitEccError,
+    GpuEventKind::SingleBitEccError,
+];
+
+/// The real NVML, or the reason it could not be loaded.
+#[derive(Debug)]
+pub struct RealNvml {
+    lib: Result<&'static Lib, String>,
+    driver_root: PathBuf,
+}
+
+impl RealNvml {
+    /// Load libnvidia-ml. Never fails: without the library every call
+    /// answers `not-available` and the reason is logged once here.
+    pub fn load(driver_root: &Path) -> Self {
+        let lib = match Lib::init() {
+            // NVML lives as long as the process: leaking the handle lets the
+            // event thread and every call borrow it for 'static.
+            Ok(lib) => Ok(&*Box::leak(Box::new(lib))),
+            Err(e) => {
+                tracing::warn!(error = %e, "NVML is not available on this node; GPU guests will fail to initialise");
+                Err(e.to_string())
+            }
+        };
+        Self {
+            lib,
+            driver_root: driver_root.to_owned(),
+        }
+    }
+
+    fn lib(&self) -> Result<&'static Lib, NvmlError> {
+        self.lib.as_ref().copied().map_err(|_| NvmlError::NotAvailable)
+    }
+}
+
+fn map(e: LibError) -> NvmlError {
+    match e {
+        LibError::NotSupported => NvmlError::NotSupported,
+        LibError::NotFound | LibError::InvalidArg => NvmlError::NotFound,
+        LibError::LibloadingError(_)
+        | LibError::LibraryNotFound
+        | LibError::DriverNotLoaded
+        | LibError::Uninitialized => NvmlError::NotAvailable,
+        other => {
+            tracing::debug!(error = %other, "NVML call failed");
+            NvmlError::Failed
+        }
+    }
+}
+
+impl Backend for RealNvml {
+    fn driver_version(&self) -> Result<String, NvmlError> {
+        self.lib()?.sys_driver_version().map_err(map)
+    }
+
+    fn cuda_driver_version(&self) -> Result<(u32, u32), NvmlError> {
+        let v = self.lib()?.sys_cuda_driver_version().map_err(map)?;
+        let major = nvml_wrapper::cuda_driver_version_major(v);
+        let minor = nvml_wrapper::cuda_driver_version_minor(v);
+        Ok((u32::try_from(major).unwrap_or(0), u32::try_from(minor).unwrap_or(0)))
+    }
+
+    fn device_count(&self) -> Result<u32, NvmlError> {
+        self.lib()?.device_count().map_err(map)
+    }
+
+    fn device_info(&self, index: u32) -> Result<GpuInfo, NvmlError> {
+        let d = self.lib()?.device_by_index(index).map_err(map)?;
+        let cc = d.cuda_compute_capability().map_err(map)?;
+        let pci = d.pci_info().map_err(map)?;
+        let mig_enabled = match d.mig_mode() {
+            Ok(m) => m.current == 1,
+            Err(LibError::NotSupported) => false,
+            Err(e) => return Err(map(e)),
+        };
+        Ok(GpuInfo {
+            index,
+            uuid: d.uuid().map_err(map)?,
+            product_name: d.name().map_err(map)?,
+            brand: d.brand().map(|b| format!("{b:?}")).map_err(map)?,
+            architecture: d.architecture().map(|a| a.to_string()).map_err(map)?,
+            cuda_compute_capability: (
+                u32::try_from(cc.major).unwrap_or(0),
+                u32::try_from(cc.minor).unwrap_or(0),
+            ),
+            memory_total_bytes: d.memory_info().map_err(map)?.total,
+            pci: PciInfo {
+                bus_id: pci.bus_id,
+                device_id: pci.pci_device_id,
+                subsystem_id: pci.pci_sub_system_id.unwrap_or(0),
+            },
+            minor_number: d.minor_number().map_err(map)?,
+            mig_enabled,
+        })
+    }
+
+    fn driver_files(&self) -> Result<Vec<DriverFile>, NvmlError> {
+        let version = self.driver_version()?;
+        Ok(find_driver_files(&self.driver_root, &version))
+    }
+
+    fn event_kinds(&self) -> &'static [GpuEventKind] {
+        KINDS
+    }
+
+    fn start_events(&self, router: Arc<EventRouter>, _kinds: &[GpuEventKind]) -> Result<(), NvmlError> {
+        let lib = self.lib()?;
+        let mut set = lib.create_event_set().map_err(map)?;
+        let count = lib.device_count().map_err(map)?;
+        let wanted =
+            EventTypes::CRITICAL_XID_ERROR | EventTypes::DOUBLE_BIT_ECC_ERROR | EventTypes::SINGLE_BIT_ECC_ERROR;
+        let mut registered = 0;
+        for i in 0..count {
+            let device = lib.device_by_index(i).map_err(map)?;
+            let supported = device.supported_event_types().map_err(map)?;
+            let types = supported & wanted;
+            if types.is_empty() {
+                tracing::warn!(index = i, "GPU supports none of the critical NVML events");
+                continue;
+            }
+            set = device.register_events(types, set).map_err(|e| map(e.error))?;
+            tracing::info!(index = i, events = ?types, "watching NVML events");
+            registered += 1;
+        }
+        std::thread::Builder::new()
+            .name("nvml-events".into())
+            .spawn(move || event_loop(set, router))
+            .map_err(|_| NvmlError::Failed)?;
+        tracing::info!(gpus = registered, "NVML event thread started");
+        Ok(())
+    }
+}
+
+fn event_loop(set: nvml_wrapper::event::EventSet<'static>, router: Arc<EventRouter>) {
+    loop {
+        match set.wait(WAIT_MS) {
+            Ok(data) => {
+                let uuid = data.device.uuid().unwrap_or_default();
+                let types = data.event_type;
+                let deliver = |kind, value| {
+                    router.deliver(GpuEvent {
+                        uuid: uuid.clone(),
+                        kind,
+                        data: value,
+                    });
+                };
+                if types.contains(EventTypes::CRITICAL_XID_ERROR) {
+                    let xid = match data.event_data {
+                        Some(XidError::Value(v)) => v,
+                        _ => 0,
+                    };
+                    deliver(GpuEventKind::XidCriticalError, xid);
+                }
+                if types.contains(EventTypes::DOUBLE_BIT_ECC_ERROR) {
+                    deliver(GpuEventKind::DoubleBitEccError, 0);
+                }
+                if types.contains(EventTypes::SINGLE_BIT_ECC_ERROR) {
+                    deliver(GpuEventKind::SingleBitEccError, 0);
+                }
+            }
+            Err(LibError::Timeout) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "waiting for NVML events failed; GPU health events stop");
+                return;
+            }
+        }
+    }
+}
+
+/// Library name prefixes of the NVIDIA user-space driver that CUDA and
+/// monitoring workloads need (the core of what NVIDIA's container toolkit
+/// mounts), and the tools.
+const LIBRARIES: &[&str] = &[
+    "libcuda.so.",
+    "libcudadebugger.so.",
+    "libnvidia-ml.so.",
+    "libnvidia-ptxjitcompiler.so.",
+    "libnvidia-nvvm.so.",
+    "libnvidia-gpucomp.so.",
+    "libnvidia-allocator.so.",
+    "libnvidia-cfg.so.",
+    "libnvidia-opencl.so.",
+];
+const BINARIES: &[&str] = &[
+    "nvidia-smi",
+    "nvidia-debugdump",
+    "nvidia-persistenced",
+    "nvidia-cuda-mps-control",
+    "nvidia-cuda-mps-server",
+];
+/// Relative to the driver root: distribution layouts, and the flat
+/// `lib64/` + `bin/` layout of a driver mounted at e.g. /usr/local/nvidia.
+/// Not `lib/` or `usr/lib/`: on multilib systems they hold 32-bit copies.
+const LIBRARY_DIRS: &[&str] = &[
+    "usr/lib/x86_64-linux-gnu",
+    "usr/lib64",
+    "usr/lib/aarch64-linux-gnu",
+    "lib64",
+    "lib/x86_64-linux-gnu",
+    "lib/aarch64-linux-gnu",
+];
+const BINARY_DIRS: &[&str] = &["usr/bin", "usr/local/bin", "bin"];
+
+/// Find the driver's files under `root` (a bounded listing of a few
+/// well-known directories; symlinks are not followed out of the root).
+pub fn find_driver_files(root: &Path, driver_version: &str) -> Vec<DriverFile> {
+    let mut files = Vec::new();
+    // One entry per real file: a directory that is a symlink to another
+    // (lib -> lib64) must not offer each file twice.
+    let mut seen = std::collections::HashSet::new();
+    let mut add = |kind, dir: &str, name: &str| {
+        let rel = format!("/{dir}/{name}");
+        let host = root.join(dir).join(name);
+        // Resolve the host path to a regular file inside the root.
+        let Ok(real) = std::fs::canonicalize(&host) else { return };
+        let Ok(root_real) = std::fs::canonicalize(root) else {
+            return;
+        };
+        if !real.starts_with(&root_real) || !real.is_file() || !seen.insert(real) {
+            return;
+        }
+        files.push(DriverFile {
+            kind,
+            host_path: host.to_string_lossy().into_owned(),
+            container_path: rel,
+        });
+    };
+    for dir in LIBRARY_DIRS {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // The versioned file itself (e.g. libcuda.so.580.159.04).
+            if LIBRARIES
+                .iter()
+                .any(|p| name.starts_with(p) && name.ends_with(driver_version))
+            {
+                add(DriverFileKind::Library, dir, &name);
+            }
+        }
+    }
+    for dir in BINARY_DIRS {
+        for name in BINARIES {
+            add(DriverFileKind::Binary, dir, name);
+        }
+    }
+    let firmware = format!("lib/firmware/nvidia/{driver_version}");
+    if let Ok(entries) = std::fs::read_dir(root.join(&firmware)) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".bin") {
+                add(DriverFileKind::Firmware, &firmware, &name);
+            }
+        }
+    }
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_versioned_libraries_binaries_and_firmware_inside_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let lib = root.path().join("usr/lib/x86_64-linux-gnu");
+        std::fs::create_dir_all(&lib).unwrap();
+        std::fs::write(lib.join("libcuda.so.580.159.04"), b"").unwrap();
+        std::fs::write(lib.join("libcuda.so.570.1.1"), b"").unwrap(); // another version: skipped
+        std::os::unix::fs::symlink("libcuda.so.580.159.04", lib.join("libcuda.so.1")).unwrap();
+        // A second directory that links to the first offers nothing new.
+        std::os::unix::fs::symlink("x86_64-linux-gnu", root.path().join("usr/lib/aarch64-linux-gnu")).unwrap();
+        std::fs::create_dir_all(root.path().join("usr/bin")).unwrap();
+        std::fs::write(root.path().join("usr/bin/nvidia-smi"), b"").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.path().join("usr/bin/nvidia-debugdump")).unwrap();
+        let fw = root.path().join("lib/firmware/nvidia/580.159.04");
+        std::fs::create_dir_all(&fw).unwrap();
+        std::fs::write(fw.join("gsp_ga10x.bin"), b"").unwrap();
+
+        let files = find_driver_files(root.path(), "580.159.04");
+        let paths: Vec<_> = files.iter().map(|f| f.container_path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/usr/lib/x86_64-linux-gnu/libcuda.so.580.159.04",
+                "/usr/bin/nvidia-smi",
+                "/lib/firmware/nvidia/580.159.04/gsp_ga10x.bin"
+            ],
+            "a symlink escaping the root is not offered"
+        );
+        assert!(files[0].host_path.starts_with(&*root.path().to_string_lossy()));
+    }
+}

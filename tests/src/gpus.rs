@@ -1,0 +1,82 @@
+//! Simulated GPUs for the host's `[nvml.simulated]` backend, and injection of
+//! NVML events through its events socket.
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use std::path::Path;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+pub const DRIVER_VERSION: &str = "580.159.04";
+
+/// The UUID of simulated GPU `index`.
+pub fn uuid(index: u32) -> String {
+    format!("GPU-{index:08x}-5a1d-4c0e-9f00-00000000beef")
+}
+
+/// Write a GPUs file describing `n` H100s.
+pub fn write_gpus_file(path: &Path, n: u32) -> Result<()> {
+    let gpus: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({
+                "uuid": uuid(i),
+                "productName": "NVIDIA H100 80GB HBM3",
+                "brand": "Nvidia",
+                "architecture": "Hopper",
+                "cudaComputeCapability": [9, 0],
+                "memoryTotalBytes": 85_520_809_984u64,
+                "pciBusId": format!("00000000:{:02X}:00.0", 0x19 + i),
+                "minorNumber": i,
+            })
+        })
+        .collect();
+    let doc = json!({ "driverVersion": DRIVER_VERSION, "cudaDriverVersion": [13, 0], "gpus": gpus });
+    std::fs::write(path, serde_json::to_vec_pretty(&doc)?)?;
+    Ok(())
+}
+
+/// Lay out a fake driver root holding the files the host looks for.
+pub fn write_driver_root(root: &Path) -> Result<()> {
+    let lib = root.join("usr/lib/x86_64-linux-gnu");
+    std::fs::create_dir_all(&lib)?;
+    std::fs::write(lib.join(format!("libcuda.so.{DRIVER_VERSION}")), b"\x7fELF")?;
+    std::fs::write(lib.join(format!("libnvidia-ml.so.{DRIVER_VERSION}")), b"\x7fELF")?;
+    std::fs::create_dir_all(root.join("usr/bin"))?;
+    std::fs::write(root.join("usr/bin/nvidia-smi"), b"\x7fELF")?;
+    Ok(())
+}
+
+/// Injects events into a running host's simulated NVML.
+pub struct Injector {
+    lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    write: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Injector {
+    pub async fn connect(socket: &Path) -> Result<Self> {
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .with_context(|| format!("connecting to {}", socket.display()))?;
+        let (read, write) = stream.into_split();
+        Ok(Self {
+            lines: BufReader::new(read).lines(),
+            write,
+        })
+    }
+
+    /// Inject one event; returns how many drivers received it.
+    pub async fn inject(&mut self, uuid: &str, kind: &str, data: u64) -> Result<u64> {
+        let line = json!({ "uuid": uuid, "kind": kind, "data": data }).to_string() + "\n";
+        self.write.write_all(line.as_bytes()).await?;
+        let reply = self.lines.next_line().await?.context("events socket closed")?;
+        let reply: Value = serde_json::from_str(&reply)?;
+        match reply.get("delivered").and_then(Value::as_u64) {
+            Some(n) => Ok(n),
+            None => bail!("injection refused: {reply}"),
+        }
+    }
+
+    /// An Xid on GPU `index`.
+    pub async fn xid(&mut self, index: u32, xid: u64) -> Result<u64> {
+        self.inject(&uuid(index), "xid-critical-error", xid).await
+    }
+}
