@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 # The guests are wasm32-wasip2 components (host/build.rs would add the target too).
 rustup target add wasm32-wasip2 >/dev/null
 
+# Manifests and generated ResourceSlices are validated against the 1.37 schemas.
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore kubernetes-validate==1.37.0
+
 cargo test --workspace --locked
 # The guests' logic compiled natively (the component glue is wasm-only).
 cargo test --locked --manifest-path guests/Cargo.toml --target-dir target/guest-logic -p example-driver -p gpu-driver

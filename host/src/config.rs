@@ -11,6 +11,11 @@
 //! [claims]
 //! source = "api-server"                 # "file" only for the demo and tests
 //!
+//! [kubernetes]                          # API-server client (in-cluster config or $KUBECONFIG)
+//! qps = 5.0                             # client-side rate limit, as client-go's
+//! burst = 10
+//! node_uid = "…"                        # optional; looked up once (GET node) when absent
+//!
 //! [nvml]                                # only for drivers granted "nvml"
 //! driver_root = "/run/nvidia/driver"    # where the driver's user-space files are; default "/"
 //!
@@ -70,7 +75,41 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     #[serde(default)]
     pub nvml: NvmlConfig,
+    #[serde(default)]
+    pub kubernetes: KubernetesConfig,
     pub drivers: Vec<DriverConfig>,
+}
+
+/// The API-server client.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// Sustained requests per second to the API server.
+    #[serde(default = "default_qps")]
+    pub qps: f64,
+    /// Requests allowed at once above the sustained rate.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// UID of this node's Node object (owner of our ResourceSlices); looked up when absent.
+    #[serde(default)]
+    pub node_uid: Option<String>,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            qps: default_qps(),
+            burst: default_burst(),
+            node_uid: None,
+        }
+    }
+}
+
+fn default_qps() -> f64 {
+    5.0
+}
+fn default_burst() -> u32 {
+    10
 }
 
 /// NVML access for drivers granted `nvml`.
@@ -197,6 +236,10 @@ pub struct DriverConfig {
     pub config: Option<toml::Table>,
     #[serde(default)]
     pub policy: Policy,
+    /// Taint a device in its ResourceSlice (`<driver>/unhealthy`, NoSchedule)
+    /// while it is unhealthy, so the scheduler avoids it.
+    #[serde(default)]
+    pub taint_unhealthy: bool,
 }
 
 impl DriverConfig {
@@ -276,6 +319,10 @@ impl Config {
         }
         if !(1..=4096).contains(&r.memory_limit_mib) {
             return Err("runtime.memory_limit_mib must be between 1 and 4096".into());
+        }
+        let k = &self.kubernetes;
+        if !(k.qps > 0.0 && k.qps.is_finite()) || k.burst == 0 {
+            return Err("kubernetes: qps must be positive and burst at least 1".into());
         }
         if !(1..=256).contains(&r.max_instances) {
             return Err("runtime.max_instances must be between 1 and 256".into());

@@ -22,7 +22,7 @@
 use crate::claim::{ClaimRef, PreparedDevice, is_safe_uid, is_valid_object_name};
 use crate::guest::{Guest, GuestError, types};
 use crate::health::Health;
-use crate::kube::{ClaimError, ClaimSource, FetchError, claim_for_driver};
+use crate::kube::{ClaimError, ClaimSource, FetchError, StatusError, claim_for_driver};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError};
 use crate::state::cdi::{self, CdiError, CdiWriter, SpecDevice};
@@ -51,6 +51,8 @@ pub enum OperationError {
     Cdi(#[from] CdiError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Status(#[from] StatusError),
 }
 
 /// One driver: a guest plus the state it prepares claims into.
@@ -65,6 +67,7 @@ pub struct Driver {
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     locks: ClaimLocks,
+    inventory: tokio::sync::watch::Sender<Arc<Vec<types::Pool>>>,
 }
 
 /// Everything a [`Driver`] is made of, named.
@@ -78,6 +81,8 @@ pub struct DriverParts {
     pub policy: Policy,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
+    /// The guest's inventory, as its self-test returned it.
+    pub inventory: Vec<types::Pool>,
 }
 
 impl Driver {
@@ -91,6 +96,7 @@ impl Driver {
             policy,
             health,
             metrics,
+            inventory,
         } = parts;
         metrics.set_prepared_claims(&name, checkpoint.len());
         let id = guest.identity();
@@ -105,6 +111,7 @@ impl Driver {
             health,
             metrics,
             locks: ClaimLocks::default(),
+            inventory: tokio::sync::watch::channel(Arc::new(inventory)).0,
         }
     }
 
@@ -122,6 +129,11 @@ impl Driver {
 
     pub fn health(&self) -> &Arc<Health> {
         &self.health
+    }
+
+    /// The current inventory, and every later one.
+    pub fn inventory(&self) -> tokio::sync::watch::Receiver<Arc<Vec<types::Pool>>> {
+        self.inventory.subscribe()
     }
 
     /// Hand every event from the driver's event sources to its guest and
@@ -197,6 +209,12 @@ impl Driver {
                 tracing::warn!("CDI spec of a prepared claim was missing; restored it from the checkpoint");
                 self.cdi.write(&c.uid, spec)?;
             }
+            if !record.device_status.is_empty() {
+                // Cheap when the API server already has it (a read, no write).
+                self.claims
+                    .set_driver_status(c, &self.name, record.device_status.clone())
+                    .await?;
+            }
             tracing::debug!("claim already prepared; answering from the checkpoint");
             return Ok(record.devices);
         }
@@ -210,7 +228,14 @@ impl Driver {
         let prepared = self.guest.prepare(driver_claim.claim.clone()).await?;
 
         match self.commit_prepared(c, &driver_claim, &prepared, identity) {
-            Ok(devices) => Ok(devices),
+            Ok((devices, status)) => {
+                // Prepared and durable. Should writing the status fail, the
+                // kubelet retries and the repeated prepare writes it again.
+                if !status.is_empty() {
+                    self.claims.set_driver_status(c, &self.name, status).await?;
+                }
+                Ok(devices)
+            }
             Err(e) => {
                 // Nothing of this claim may stay half-prepared: undo the guest's work.
                 if let Err(undo) = self
@@ -232,7 +257,13 @@ impl Driver {
         driver_claim: &crate::kube::DriverClaim,
         prepared: &types::PreparedClaim,
         guest: crate::state::checkpoint::GuestIdentity,
-    ) -> Result<Vec<PreparedDevice>, OperationError> {
+    ) -> Result<
+        (
+            Vec<PreparedDevice>,
+            Vec<k8s_openapi::api::resource::v1::AllocatedDeviceStatus>,
+        ),
+        OperationError,
+    > {
         self.policy.check(&driver_claim.claim, prepared)?;
 
         // Answer devices in allocation order.
@@ -278,6 +309,22 @@ impl Driver {
             self.cdi.write(&c.uid, &spec)?;
             Some(spec)
         };
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let device_status: Vec<_> = prepared
+            .devices
+            .iter()
+            .filter_map(|p| {
+                let status = p.status.as_ref()?;
+                Some(crate::kube::status::entry(
+                    &self.name,
+                    &p.pool,
+                    &p.device,
+                    p.share_id.as_deref(),
+                    status,
+                    now,
+                ))
+            })
+            .collect();
         let record = ClaimRecord {
             claim: c.clone(),
             devices: devices.clone(),
@@ -288,6 +335,7 @@ impl Driver {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            device_status: device_status.clone(),
         };
         if let Err(e) = self.checkpoint.commit(record) {
             if let Err(undo) = self.cdi.remove(&c.uid) {
@@ -296,7 +344,7 @@ impl Driver {
             return Err(e.into());
         }
         self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
-        Ok(devices)
+        Ok((devices, device_status))
     }
 
     async fn unprepare_one(&self, c: &ClaimRef) -> Result<(), OperationError> {
@@ -313,6 +361,13 @@ impl Driver {
                 self.cdi.remove(&c.uid)?;
                 self.checkpoint.remove(&c.uid)?;
                 self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
+                if !record.device_status.is_empty() {
+                    // Informational only: the devices are released whether or
+                    // not the API server hears about it now.
+                    if let Err(e) = self.claims.set_driver_status(c, &self.name, Vec::new()).await {
+                        tracing::warn!(error = %e, "could not remove this driver's status.devices entries");
+                    }
+                }
             }
             None => {
                 // Unknown claim: already unprepared, or prepared by a guest

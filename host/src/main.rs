@@ -11,7 +11,9 @@ use dra_wasm_host::driver::{Driver, DriverParts};
 use dra_wasm_host::guest::{CompileCache, Guest, GuestSpec, Limits, Runtime, types};
 use dra_wasm_host::health::Health;
 use dra_wasm_host::imports::{Capabilities, Grant, Imports, nvml};
-use dra_wasm_host::kube::{ClaimSource, FileClaims};
+use dra_wasm_host::kube::client::ApiClient;
+use dra_wasm_host::kube::publisher::{self, Publisher};
+use dra_wasm_host::kube::{ApiClaims, ClaimSource, FileClaims};
 use dra_wasm_host::kubelet::{self, PluginPaths, liveness};
 use dra_wasm_host::metrics::{self, Metrics};
 use dra_wasm_host::state::cdi::CdiWriter;
@@ -73,6 +75,17 @@ enum GuestCommand {
         #[arg(long)]
         driver: Option<String>,
     },
+    /// Print a ConfigMap (YAML) holding guest components as binaryData, for
+    /// the DaemonSet's guests volume. Fails past the 1 MiB ConfigMap limit.
+    Configmap {
+        #[arg(long, default_value = "dra-wasm-host-guests")]
+        name: String,
+        #[arg(long, default_value = "dra-wasm-host")]
+        namespace: String,
+        /// Guest `.wasm` files; each becomes a key named after the file.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -94,6 +107,7 @@ fn main() -> std::process::ExitCode {
             Command::Run { config } => run(&config).await,
             Command::Demo { keep } => demo::run(keep).await,
             Command::Guest(GuestCommand::Validate { config, driver }) => validate(&config, driver.as_deref()).await,
+            Command::Guest(GuestCommand::Configmap { name, namespace, files }) => configmap(&name, &namespace, &files),
             Command::Call(cmd) => call::run(cmd).await,
         }
     });
@@ -135,7 +149,7 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
             .await
             .with_context(|| format!("serving metrics on {addr}"))?;
     }
-    let host = Host::new(&config, &node, Arc::clone(&metrics))?;
+    let host = Host::new(&config, &node, Arc::clone(&metrics)).await?;
 
     let mut plugins = Vec::new();
     let mut probes = Vec::new();
@@ -180,6 +194,10 @@ struct Host {
     metrics: Arc<Metrics>,
     runtime: Arc<Runtime>,
     claims: Arc<dyn ClaimSource>,
+    /// The API-server client, when claims come from the API server (then
+    /// ResourceSlices are published too).
+    api: Option<ApiClient>,
+    node_uid: Option<String>,
     caps: Capabilities,
     limits: Limits,
     kubelet_root: PathBuf,
@@ -187,24 +205,27 @@ struct Host {
 }
 
 impl Host {
-    fn new(config: &Config, node: &str, metrics: Arc<Metrics>) -> Result<Self> {
+    async fn new(config: &Config, node: &str, metrics: Arc<Metrics>) -> Result<Self> {
         let cache = CompileCache::new(config.cache_dir.clone())
             .with_context(|| format!("compile cache {:?}", config.cache_dir))?;
         let runtime = Runtime::new(cache, config.runtime.tick()).context("starting the wasm engine")?;
-        let claims: Arc<dyn ClaimSource> = match &config.claims {
+        let (claims, api): (Arc<dyn ClaimSource>, Option<ApiClient>) = match &config.claims {
             ClaimsConfig::File { path } => {
-                tracing::warn!(path = %path.display(), "reading ResourceClaims from a local file (demo/test mode)");
-                Arc::new(FileClaims::new(path))
+                tracing::warn!(path = %path.display(), "reading ResourceClaims from a local file (demo/test mode); no ResourceSlices are published");
+                (Arc::new(FileClaims::new(path)), None)
             }
-            ClaimsConfig::ApiServer => bail!(
-                "claims.source = \"api-server\" is not available in this build yet; use source = \"file\" for local runs"
-            ),
+            ClaimsConfig::ApiServer => {
+                let api = ApiClient::new(&config.kubernetes).await?;
+                (Arc::new(ApiClaims::new(api.clone())), Some(api))
+            }
         };
         Ok(Self {
             node: node.to_owned(),
             metrics,
             runtime,
             claims,
+            api,
+            node_uid: config.kubernetes.node_uid.clone(),
             caps: capabilities(config)?,
             limits: limits(config),
             kubelet_root: config.kubelet_root_dir.clone(),
@@ -245,6 +266,7 @@ impl Host {
             policy: d.policy.clone(),
             health,
             metrics: Arc::clone(&self.metrics),
+            inventory: report.inventory.clone(),
         }));
         tokio::spawn(Arc::clone(&driver).run_events(events_rx));
         let restored = driver
@@ -257,6 +279,26 @@ impl Host {
         let plugin = kubelet::serve(Arc::clone(&driver), &paths, Arc::clone(&self.metrics))
             .await
             .with_context(|| format!("driver {}", d.name))?;
+        match &self.api {
+            Some(api) => {
+                let publisher = Publisher::new(
+                    api.clone(),
+                    &d.name,
+                    &self.node,
+                    self.node_uid.clone(),
+                    Arc::clone(&self.metrics),
+                );
+                let inputs = publisher::Inputs {
+                    inventory: driver.inventory(),
+                    health: d.taint_unhealthy.then(|| driver.health().subscribe()),
+                };
+                tokio::spawn(publisher.run(inputs));
+            }
+            None if d.taint_unhealthy => {
+                tracing::warn!(driver = %d.name, "taint_unhealthy needs claims.source = \"api-server\": no slices are published");
+            }
+            None => {}
+        }
         let probe = liveness::Probe {
             driver: d.name.clone(),
             registration_socket: paths.registration_socket.clone(),
@@ -337,6 +379,50 @@ async fn validate(config_path: &std::path::Path, only: Option<&str>) -> Result<(
         bail!("no driver named {:?} in {}", only.unwrap_or(""), config_path.display());
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// The size limit of a ConfigMap (all of its data together).
+const CONFIGMAP_LIMIT: usize = 1 << 20;
+
+fn configmap(name: &str, namespace: &str, files: &[PathBuf]) -> Result<()> {
+    use base64::Engine as _;
+    let mut out =
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {namespace}\nbinaryData:\n");
+    let mut total = 0;
+    let mut keys = std::collections::HashSet::new();
+    for f in files {
+        let key = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            bail!(
+                "{}: the file name cannot be a ConfigMap key (letters, digits, '-', '_', '.')",
+                f.display()
+            );
+        }
+        if !keys.insert(key.clone()) {
+            bail!("two files are named {key}");
+        }
+        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        if !bytes.starts_with(b"\0asm") {
+            bail!("{} is not a WebAssembly file", f.display());
+        }
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        total += encoded.len();
+        out.push_str(&format!("  {key}: {encoded}\n"));
+    }
+    if total > CONFIGMAP_LIMIT {
+        bail!(
+            "the guests take {total} bytes encoded; a ConfigMap holds at most {CONFIGMAP_LIMIT}: build them smaller (release profile, opt-level \"s\", LTO, strip) or split them"
+        );
+    }
+    print!("{out}");
     Ok(())
 }
 

@@ -66,6 +66,14 @@ pub struct Metrics {
     health_changes: Family<HealthLabels, Counter>,
     health_streams: Family<DriverLabel, Gauge>,
     driver_up: Family<DriverLabel, Gauge>,
+    slice_writes: Family<VerbLabels, Counter>,
+    slice_sync_errors: Family<DriverLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerbLabels {
+    driver: String,
+    verb: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,6 +150,18 @@ impl Metrics {
         );
         let health_streams = Family::default();
         registry.register("health_streams", "Open kubelet health streams", health_streams.clone());
+        let slice_writes = Family::default();
+        registry.register(
+            "resourceslice_writes",
+            "ResourceSlice creates, updates and deletes by driver",
+            slice_writes.clone(),
+        );
+        let slice_sync_errors = Family::default();
+        registry.register(
+            "resourceslice_sync_errors",
+            "Failed ResourceSlice syncs (API errors or an inventory the API would reject)",
+            slice_sync_errors.clone(),
+        );
         let driver_up = Family::default();
         registry.register(
             "driver_up",
@@ -161,6 +181,8 @@ impl Metrics {
             health_changes,
             health_streams,
             driver_up,
+            slice_writes,
+            slice_sync_errors,
         })
     }
 
@@ -257,6 +279,23 @@ impl Metrics {
                 driver: driver.to_owned(),
             })
             .set(i64::from(up));
+    }
+
+    pub fn slice_write(&self, driver: &str, verb: &'static str) {
+        self.slice_writes
+            .get_or_create(&VerbLabels {
+                driver: driver.to_owned(),
+                verb,
+            })
+            .inc();
+    }
+
+    pub fn slice_sync_error(&self, driver: &str) {
+        self.slice_sync_errors
+            .get_or_create(&DriverLabel {
+                driver: driver.to_owned(),
+            })
+            .inc();
     }
 
     /// The text exposition format.

@@ -289,10 +289,20 @@ fn check_status(s: &types::DeviceStatus) -> Result<(), String> {
         if !valid_type {
             return Err(format!("condition type {:?} is not valid", c.condition_type));
         }
-        if c.message.len() > bounds::CONDITION_MESSAGE_BYTES || c.reason.len() > 1024 {
+        if c.message.len() > bounds::CONDITION_MESSAGE_BYTES {
+            return Err(format!("condition {} has an oversized message", c.condition_type));
+        }
+        // metav1.Condition: a CamelCase reason is required.
+        let valid_reason = c.reason.len() <= 1024
+            && c.reason.starts_with(|ch: char| ch.is_ascii_alphabetic())
+            && c.reason
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | ',' | ':'))
+            && !c.reason.ends_with([',', ':']);
+        if !valid_reason {
             return Err(format!(
-                "condition {} has an oversized reason or message",
-                c.condition_type
+                "condition {}: reason {:?} is not a CamelCase word",
+                c.condition_type, c.reason
             ));
         }
     }

@@ -1,9 +1,11 @@
 //! End-to-end tests: the real `dra-wasm-host` binary, real Unix sockets, the
 //! test kubelet, and guest components built from `guests/` and `tests/guests/`.
 
+mod api;
 mod common;
 mod faults;
 mod gpu;
 mod lifecycle;
+mod manifests;
 mod prepare;
 mod registration;

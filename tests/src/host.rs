@@ -15,6 +15,8 @@ pub struct HostEnv {
     pub claims_path: PathBuf,
     pub config_path: PathBuf,
     pub cache_dir: PathBuf,
+    /// Set: claims come from the API server this kubeconfig names.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// One driver in the host config.
@@ -60,6 +62,7 @@ impl HostEnv {
             claims_path: dir.path().join("claims.json"),
             config_path: dir.path().join("host.toml"),
             cache_dir: cache_dir.to_owned(),
+            kubeconfig: None,
             kubelet_root,
             cdi_dir,
             dir,
@@ -68,6 +71,14 @@ impl HostEnv {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Read claims from (and publish slices to) `server` through a kubeconfig.
+    pub fn use_api_server(&mut self, server: &crate::apiserver::TestApiServer) -> Result<()> {
+        let path = self.dir.path().join("kubeconfig");
+        server.write_kubeconfig(&path)?;
+        self.kubeconfig = Some(path);
+        Ok(())
     }
 
     /// Keep the directory after the environment is dropped (the demo's `--keep`).
@@ -82,9 +93,13 @@ impl HostEnv {
 
     /// Like [`Self::write_config`], plus `tables`: TOML tables such as `[nvml]`.
     pub fn write_config_with(&self, drivers: &[DriverSpec], runtime_toml: &str, tables: &str) -> Result<()> {
+        let claims = match &self.kubeconfig {
+            Some(_) => "[claims]\nsource = \"api-server\"\n".to_owned(),
+            None => format!("[claims]\nsource = \"file\"\npath = {:?}\n", self.claims_path),
+        };
         let mut text = format!(
-            "node_name = \"test-node\"\nkubelet_root_dir = {:?}\ncdi_dir = {:?}\ncache_dir = {:?}\n\n[claims]\nsource = \"file\"\npath = {:?}\n\n[runtime]\n{runtime_toml}\n\n{tables}\n",
-            self.kubelet_root, self.cdi_dir, self.cache_dir, self.claims_path
+            "node_name = \"test-node\"\nkubelet_root_dir = {:?}\ncdi_dir = {:?}\ncache_dir = {:?}\n\n{claims}\n[runtime]\n{runtime_toml}\n\n{tables}\n",
+            self.kubelet_root, self.cdi_dir, self.cache_dir
         );
         for d in drivers {
             text.push_str(&format!(
@@ -104,7 +119,11 @@ impl HostEnv {
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log_path = self.dir.path().join(format!("host-{n}.log"));
         let log = File::create(&log_path)?;
-        let child = Command::new(binary)
+        let mut cmd = Command::new(binary);
+        if let Some(kubeconfig) = &self.kubeconfig {
+            cmd.env("KUBECONFIG", kubeconfig);
+        }
+        let child = cmd
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env(

@@ -5,9 +5,12 @@
 //!   plugins exactly as the kubelet does on the wire;
 //! - [`host::HostEnv`] / [`host::HostProcess`]: a temporary node layout and
 //!   the real `dra-wasm-host` binary running in it;
+//! - [`apiserver::TestApiServer`]: the resource.k8s.io/v1 endpoints the host
+//!   uses, in memory, reached through a kubeconfig;
 //! - [`claims`]: ResourceClaim objects in the resource.k8s.io/v1 shape;
 //! - [`gpus`]: simulated GPUs and NVML event injection.
 
+pub mod apiserver;
 pub mod claims;
 pub mod gpus;
 pub mod host;

@@ -6,7 +6,9 @@
 //! `items`. It is re-read when its modification time changes, so a test or
 //! the demo can add claims while the host runs.
 
-use super::{ClaimSource, FetchError, FetchFuture};
+use super::{ClaimSource, FetchError, FetchFuture, StatusFuture};
+use crate::claim::ClaimRef;
+use k8s_openapi::api::resource::v1::AllocatedDeviceStatus;
 use k8s_openapi::api::resource::v1::ResourceClaim;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -81,5 +83,18 @@ impl FileClaims {
 impl ClaimSource for FileClaims {
     fn get<'a>(&'a self, namespace: &'a str, name: &'a str) -> FetchFuture<'a> {
         Box::pin(async move { self.lookup(namespace, name) })
+    }
+
+    /// The file is the host's input only: device status has nowhere to go.
+    fn set_driver_status<'a>(
+        &'a self,
+        claim: &'a ClaimRef,
+        _: &'a str,
+        entries: Vec<AllocatedDeviceStatus>,
+    ) -> StatusFuture<'a> {
+        if !entries.is_empty() {
+            tracing::debug!(claim = %claim, entries = entries.len(), "file claim source: device status not written anywhere");
+        }
+        Box::pin(async { Ok(()) })
     }
 }

@@ -1,18 +1,25 @@
-//! The API-server side: where ResourceClaims come from, and turning one into
-//! what a guest prepares.
+//! The API-server side: ResourceClaims (fetching them, writing this driver's
+//! `status.devices` entries) and ResourceSlice publishing.
 //!
 //! Prepare needs the ResourceClaim object (its allocation and opaque
-//! configs). [`ClaimSource`] is the one seam for that: the production source
-//! reads the API server; [`FileClaims`] reads a local file and exists only for
-//! the demo and tests (the config must say `claims.source = "file"`).
+//! configs). [`ClaimSource`] is the one seam for that: [`ApiClaims`] reads
+//! the API server; [`FileClaims`] reads a local file and exists only for the
+//! demo and tests (the config must say `claims.source = "file"`).
 
 mod allocation;
+mod api;
+pub mod client;
 mod file;
+pub mod publisher;
+pub mod slices;
+pub mod status;
 
 pub use allocation::{ClaimError, DriverClaim, claim_for_driver};
+pub use api::ApiClaims;
 pub use file::FileClaims;
 
-use k8s_openapi::api::resource::v1::ResourceClaim;
+use crate::claim::ClaimRef;
+use k8s_openapi::api::resource::v1::{AllocatedDeviceStatus, ResourceClaim};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -29,9 +36,28 @@ pub enum FetchError {
     },
 }
 
-pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<ResourceClaim, FetchError>> + Send + 'a>>;
+/// Why a claim's `status.devices` could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("writing status.devices of ResourceClaim {namespace}/{name}: {message}")]
+pub struct StatusError {
+    pub namespace: String,
+    pub name: String,
+    pub message: String,
+}
 
-/// Where the host reads ResourceClaims from.
+pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<ResourceClaim, FetchError>> + Send + 'a>>;
+pub type StatusFuture<'a> = Pin<Box<dyn Future<Output = Result<(), StatusError>> + Send + 'a>>;
+
+/// Where the host reads ResourceClaims from, and writes device status to.
 pub trait ClaimSource: Send + Sync + std::fmt::Debug {
     fn get<'a>(&'a self, namespace: &'a str, name: &'a str) -> FetchFuture<'a>;
+
+    /// Make `driver`'s entries in the claim's `status.devices` exactly
+    /// `entries` (none: remove ours), leaving other drivers' entries alone.
+    fn set_driver_status<'a>(
+        &'a self,
+        claim: &'a ClaimRef,
+        driver: &'a str,
+        entries: Vec<AllocatedDeviceStatus>,
+    ) -> StatusFuture<'a>;
 }

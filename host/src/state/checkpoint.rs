@@ -51,6 +51,10 @@ pub struct ClaimRecord {
     pub guest: GuestIdentity,
     /// Unix seconds.
     pub prepared_at: u64,
+    /// This driver's entries for the claim's `status.devices`, kept so that
+    /// they can be written again until the API server has them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_status: Vec<k8s_openapi::api::resource::v1::AllocatedDeviceStatus>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -277,6 +281,7 @@ mod tests {
                 digest: "ab".into(),
             },
             prepared_at: 1,
+            device_status: vec![],
         }
     }
 

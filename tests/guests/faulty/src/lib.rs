@@ -13,6 +13,7 @@
 //! | `escape`               | mounts `/etc` from the host                      |
 //! | `bigstate`             | returns a 1 MiB state blob                       |
 //! | `badenv`               | returns an environment variable with `=` in its name |
+//! | `status`               | prepares normally and reports device status (Ready, data, network data) |
 //! | anything else          | prepares normally with one env var per device    |
 //!
 //! `init` fails when the config says `{"failInit": true}`.
@@ -155,6 +156,23 @@ impl exports::dra::driver::device_driver::Guest for Faulty {
             }
         } else if name.starts_with("bigstate") {
             state = vec![7; 1 << 20];
+        } else if name.starts_with("status") {
+            for (i, d) in devices.iter_mut().enumerate() {
+                d.status = Some(DeviceStatus {
+                    conditions: vec![Condition {
+                        condition_type: "Ready".into(),
+                        status: ConditionStatus::True,
+                        reason: "Prepared".into(),
+                        message: format!("device {} is ready", d.device),
+                    }],
+                    data: Some(format!("{{\"slot\":{i}}}")),
+                    network_data: Some(NetworkData {
+                        interface_name: format!("net{i}"),
+                        ips: vec![format!("192.0.2.{}/24", 10 + i)],
+                        hardware_address: format!("02:00:00:00:00:{i:02x}"),
+                    }),
+                });
+            }
         } else if name.starts_with("badenv") {
             if let Some(d) = devices.first_mut() {
                 d.edits.env.push(EnvVar {

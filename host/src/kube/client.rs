@@ -1,0 +1,180 @@
+//! The host's one API-server client.
+//!
+//! Every request goes through [`ApiClient::call`], which applies a
+//! client-side rate limit (token bucket with QPS and burst, as client-go
+//! does) and retries what is worth retrying (429, 5xx, transport errors)
+//! with capped exponential backoff and jitter. Nothing here loops without
+//! waiting.
+
+use crate::config::KubernetesConfig;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant as Clock;
+
+/// Attempts per call, the first included (≈ 3 s of backoff in all).
+const ATTEMPTS: u32 = 6;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no Kubernetes client configuration (neither in-cluster nor $KUBECONFIG): {0}")]
+    Config(String),
+    #[error("building the Kubernetes client: {0}")]
+    Build(String),
+}
+
+#[derive(Clone)]
+pub struct ApiClient {
+    client: kube::Client,
+    limiter: std::sync::Arc<RateLimiter>,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient").field("limiter", &self.limiter).finish()
+    }
+}
+
+impl ApiClient {
+    /// In-cluster configuration, or the kubeconfig named by `$KUBECONFIG` (or `~/.kube/config`).
+    pub async fn new(config: &KubernetesConfig) -> Result<Self, ClientError> {
+        let kube_config = kube::Config::infer()
+            .await
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        tracing::info!(server = %kube_config.cluster_url, qps = config.qps, burst = config.burst, "Kubernetes API client");
+        let client = kube::Client::try_from(kube_config).map_err(|e| ClientError::Build(e.to_string()))?;
+        Ok(Self {
+            client,
+            limiter: std::sync::Arc::new(RateLimiter::new(config.qps, config.burst)),
+        })
+    }
+
+    /// Run one API operation under the rate limit, retrying transient failures.
+    pub async fn call<T, F, Fut>(&self, what: &str, op: F) -> Result<T, kube::Error>
+    where
+        F: Fn(kube::Client) -> Fut,
+        Fut: Future<Output = Result<T, kube::Error>>,
+    {
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            self.limiter.acquire().await;
+            match op(self.client.clone()).await {
+                Err(e) if attempt < ATTEMPTS && retryable(&e) => {
+                    let wait = jitter(backoff);
+                    tracing::debug!(what, attempt, error = %e, wait_ms = wait.as_millis() as u64, "API request failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+}
+
+/// 429 (throttled), 5xx, and failures to reach the server.
+pub fn retryable(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 429 || (500..600).contains(&s.code),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+/// The HTTP status of an API error, if it is one.
+pub fn status_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// ±25 % so that many nodes retrying together spread out.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()))
+        .unwrap_or(0)
+        ^ u64::from(std::process::id());
+    let spread = (nanos % 500) as f64 / 1000.0 + 0.75;
+    d.mul_f64(spread)
+}
+
+/// A token bucket: `burst` tokens, refilled at `qps` per second.
+#[derive(Debug)]
+pub struct RateLimiter {
+    qps: f64,
+    burst: f64,
+    state: Mutex<(f64, Clock)>,
+}
+
+impl RateLimiter {
+    pub fn new(qps: f64, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            qps,
+            burst,
+            state: Mutex::new((burst, Clock::now())),
+        }
+    }
+
+    /// Wait for a token.
+    pub async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Clock::now();
+                s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.qps).min(self.burst);
+                s.1 = now;
+                if s.0 >= 1.0 {
+                    s.0 -= 1.0;
+                    return;
+                }
+                Duration::from_secs_f64((1.0 - s.0) / self.qps)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn bucket_allows_a_burst_then_the_rate() {
+        let l = RateLimiter::new(10.0, 5);
+        let start = tokio::time::Instant::now();
+        for _ in 0..5 {
+            l.acquire().await;
+        }
+        assert!(start.elapsed() < Duration::from_millis(1), "the burst is immediate");
+        for _ in 0..10 {
+            l.acquire().await;
+        }
+        // 10 more tokens at 10/s take about a second.
+        assert!(start.elapsed() >= Duration::from_millis(900), "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn retries_only_transient_errors() {
+        let api = |code| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                message: String::new(),
+                reason: String::new(),
+                status: None,
+                metadata: None,
+                details: None,
+            }))
+        };
+        assert!(retryable(&api(429)));
+        assert!(retryable(&api(503)));
+        assert!(!retryable(&api(404)));
+        assert!(!retryable(&api(409)));
+        assert!(!retryable(&api(403)));
+    }
+}

@@ -1,0 +1,421 @@
+//! From a guest's inventory to the ResourceSlices that publish it: device
+//! conversion, the checks the API server would make (so a bad inventory is
+//! an error naming the device, not a rejected write), and splitting a pool
+//! into slices within the per-slice limits.
+
+use crate::guest::types;
+use k8s_openapi::api::resource::v1 as resource;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use std::collections::{BTreeMap, HashSet};
+
+/// `ResourceSliceMaxDevices`.
+pub const MAX_DEVICES: usize = 128;
+/// `ResourceSliceMaxDevicesWithAdvancedFeatures` (taints, counters, list attributes).
+pub const MAX_DEVICES_WITH_TAINTS: usize = 64;
+/// `ResourceSliceMaxAttributesAndCapacitiesPerDevice`.
+pub const MAX_ATTRIBUTES_AND_CAPACITIES: usize = 32;
+/// `DeviceAttributeMaxValueLength`.
+pub const MAX_VALUE_LENGTH: usize = 64;
+/// `DeviceTaintsMaxLength`.
+pub const MAX_TAINTS: usize = 16;
+
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
+pub enum SliceError {
+    #[error("pool {pool:?}: {reason}")]
+    Pool { pool: String, reason: String },
+    #[error("pool {pool:?}, device {device:?}: {reason}")]
+    Device {
+        pool: String,
+        device: String,
+        reason: String,
+    },
+}
+
+/// A taint the host adds to a device (e.g. while it is unhealthy).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTaint {
+    pub pool: String,
+    pub device: String,
+    pub key: String,
+    pub value: Option<String>,
+    pub effect: &'static str,
+}
+
+/// The slices one pool is published as, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredPool {
+    pub name: String,
+    pub slices: Vec<Vec<resource::Device>>,
+}
+
+/// Convert and check every pool; split each into slices.
+pub fn desired_pools(pools: &[types::Pool], taints: &[HostTaint]) -> Result<Vec<DesiredPool>, SliceError> {
+    let mut names = HashSet::new();
+    let mut out = Vec::with_capacity(pools.len());
+    for pool in pools {
+        check_pool_name(&pool.name)?;
+        if !names.insert(pool.name.as_str()) {
+            return Err(SliceError::Pool {
+                pool: pool.name.clone(),
+                reason: "listed twice in the inventory".into(),
+            });
+        }
+        let mut seen = HashSet::new();
+        let mut devices = Vec::with_capacity(pool.devices.len());
+        for d in &pool.devices {
+            if !seen.insert(d.name.as_str()) {
+                return Err(SliceError::Device {
+                    pool: pool.name.clone(),
+                    device: d.name.clone(),
+                    reason: "device name used twice in the pool".into(),
+                });
+            }
+            let extra: Vec<&HostTaint> = taints
+                .iter()
+                .filter(|t| t.pool == pool.name && t.device == d.name)
+                .collect();
+            devices.push(device(d, &extra).map_err(|reason| SliceError::Device {
+                pool: pool.name.clone(),
+                device: d.name.clone(),
+                reason,
+            })?);
+        }
+        out.push(DesiredPool {
+            name: pool.name.clone(),
+            slices: split(devices),
+        });
+    }
+    Ok(out)
+}
+
+/// Greedy split: a slice holds 128 devices, or 64 once it holds a tainted one.
+/// An empty pool is still published as one empty slice ("empty pool" is not "no pool").
+fn split(devices: Vec<resource::Device>) -> Vec<Vec<resource::Device>> {
+    let mut slices = Vec::new();
+    let mut current: Vec<resource::Device> = Vec::new();
+    for d in devices {
+        let tainted = current.iter().chain(std::iter::once(&d)).any(|x| x.taints.is_some());
+        let limit = if tainted { MAX_DEVICES_WITH_TAINTS } else { MAX_DEVICES };
+        if current.len() + 1 > limit {
+            slices.push(std::mem::take(&mut current));
+        }
+        current.push(d);
+    }
+    slices.push(current);
+    slices
+}
+
+fn device(d: &types::Device, extra: &[&HostTaint]) -> Result<resource::Device, String> {
+    if !is_dns_label(&d.name) {
+        return Err("the name is not a DNS label (lower-case letters, digits, '-', at most 63)".into());
+    }
+    let total = d.attributes.len() + d.capacity.len();
+    if total > MAX_ATTRIBUTES_AND_CAPACITIES {
+        return Err(format!(
+            "{total} attributes and capacities; at most {MAX_ATTRIBUTES_AND_CAPACITIES} are allowed"
+        ));
+    }
+    let mut attributes = BTreeMap::new();
+    for a in &d.attributes {
+        check_qualified_name(&a.name).map_err(|r| format!("attribute {:?}: {r}", a.name))?;
+        let mut v = resource::DeviceAttribute::default();
+        match &a.value {
+            types::AttributeValue::Boolean(b) => v.bool = Some(*b),
+            types::AttributeValue::Integer(i) => v.int = Some(*i),
+            types::AttributeValue::Text(s) => {
+                if s.chars().count() > MAX_VALUE_LENGTH {
+                    return Err(format!(
+                        "attribute {:?}: string longer than {MAX_VALUE_LENGTH} characters",
+                        a.name
+                    ));
+                }
+                v.string = Some(s.clone());
+            }
+            types::AttributeValue::Version(s) => {
+                if s.len() > MAX_VALUE_LENGTH || !is_semver(s) {
+                    return Err(format!("attribute {:?}: {s:?} is not a semantic version", a.name));
+                }
+                v.version = Some(s.clone());
+            }
+        }
+        if attributes.insert(a.name.clone(), v).is_some() {
+            return Err(format!("attribute {:?} listed twice", a.name));
+        }
+    }
+    let mut capacity = BTreeMap::new();
+    for c in &d.capacity {
+        check_qualified_name(&c.name).map_err(|r| format!("capacity {:?}: {r}", c.name))?;
+        if attributes.contains_key(&c.name) {
+            return Err(format!("{:?} is both an attribute and a capacity", c.name));
+        }
+        let q = |s: &str| {
+            if is_quantity(s) {
+                Ok(Quantity(s.to_owned()))
+            } else {
+                Err(format!("capacity {:?}: {s:?} is not a quantity", c.name))
+            }
+        };
+        let request_policy = match &c.request_policy {
+            None => None,
+            Some(p) => Some(resource::CapacityRequestPolicy {
+                default: p.default.as_deref().map(q).transpose()?,
+                valid_values: if p.valid_values.is_empty() {
+                    None
+                } else {
+                    Some(p.valid_values.iter().map(|v| q(v)).collect::<Result<_, _>>()?)
+                },
+                valid_range: match &p.valid_range {
+                    None => None,
+                    Some(r) => Some(resource::CapacityRequestPolicyRange {
+                        min: q(&r.min)?,
+                        max: r.max.as_deref().map(q).transpose()?,
+                        step: r.step.as_deref().map(q).transpose()?,
+                    }),
+                },
+            }),
+        };
+        if request_policy
+            .as_ref()
+            .is_some_and(|p| p.valid_values.is_some() && p.valid_range.is_some())
+        {
+            return Err(format!(
+                "capacity {:?}: validValues and validRange are mutually exclusive",
+                c.name
+            ));
+        }
+        if capacity
+            .insert(
+                c.name.clone(),
+                resource::DeviceCapacity {
+                    value: q(&c.value)?,
+                    request_policy,
+                },
+            )
+            .is_some()
+        {
+            return Err(format!("capacity {:?} listed twice", c.name));
+        }
+    }
+    let mut taints: Vec<resource::DeviceTaint> = d
+        .taints
+        .iter()
+        .map(|t| resource::DeviceTaint {
+            key: t.key.clone(),
+            value: t.value.clone(),
+            effect: match t.effect {
+                types::TaintEffect::NoSchedule => "NoSchedule",
+                types::TaintEffect::NoExecute => "NoExecute",
+                types::TaintEffect::None => "None",
+            }
+            .to_owned(),
+            time_added: None,
+        })
+        .collect();
+    taints.extend(extra.iter().map(|t| resource::DeviceTaint {
+        key: t.key.clone(),
+        value: t.value.clone(),
+        effect: t.effect.to_owned(),
+        time_added: None,
+    }));
+    if taints.len() > MAX_TAINTS {
+        return Err(format!("{} taints; at most {MAX_TAINTS} are allowed", taints.len()));
+    }
+    for t in &taints {
+        check_qualified_name(&t.key).map_err(|r| format!("taint key {:?}: {r}", t.key))?;
+    }
+    Ok(resource::Device {
+        name: d.name.clone(),
+        attributes: (!attributes.is_empty()).then_some(attributes),
+        capacity: (!capacity.is_empty()).then_some(capacity),
+        allow_multiple_allocations: d.allow_multiple_allocations.then_some(true),
+        taints: (!taints.is_empty()).then_some(taints),
+        ..Default::default()
+    })
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+fn is_c_identifier(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `<C identifier ≤ 32>` or `<DNS subdomain ≤ 63>/<C identifier ≤ 32>`.
+fn check_qualified_name(s: &str) -> Result<(), &'static str> {
+    let ok = match s.split_once('/') {
+        None => is_c_identifier(s),
+        Some((domain, id)) => domain.len() <= 63 && is_dns_subdomain(domain) && is_c_identifier(id),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err("not a C identifier (≤ 32) optionally prefixed by a DNS subdomain and '/'")
+    }
+}
+
+/// DNS subdomains separated by '/', at most 253 characters.
+fn check_pool_name(s: &str) -> Result<(), SliceError> {
+    if s.len() <= 253 && s.split('/').all(is_dns_subdomain) {
+        Ok(())
+    } else {
+        Err(SliceError::Pool {
+            pool: s.to_owned(),
+            reason: "not DNS subdomains separated by '/' (at most 253)".into(),
+        })
+    }
+}
+
+fn is_semver(s: &str) -> bool {
+    let core = s.split(['-', '+']).next().unwrap_or("");
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (p.len() == 1 || !p.starts_with('0')))
+}
+
+/// The forms of Kubernetes quantity a driver publishes: an integer or
+/// decimal with an optional binary, decimal SI or exponent suffix.
+fn is_quantity(s: &str) -> bool {
+    let num_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(num_end);
+    let num = num.strip_prefix(['+', '-']).unwrap_or(num);
+    let valid_num =
+        !num.is_empty() && num.bytes().filter(|b| *b == b'.').count() <= 1 && num.bytes().any(|b| b.is_ascii_digit());
+    let valid_suffix = matches!(
+        suffix,
+        "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "n" | "u" | "m" | "k" | "M" | "G" | "T" | "P" | "E"
+    ) || (suffix.starts_with(['e', 'E'])
+        && suffix[1..]
+            .strip_prefix(['+', '-'])
+            .unwrap_or(&suffix[1..])
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        && suffix.len() > 1);
+    valid_num && valid_suffix
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(name: &str) -> types::Device {
+        types::Device {
+            name: name.into(),
+            attributes: vec![types::Attribute {
+                name: "model".into(),
+                value: types::AttributeValue::Text("X".into()),
+            }],
+            capacity: vec![types::Capacity {
+                name: "memory".into(),
+                value: "80Gi".into(),
+                request_policy: None,
+            }],
+            allow_multiple_allocations: false,
+            taints: vec![],
+        }
+    }
+
+    fn pool(n: usize) -> types::Pool {
+        types::Pool {
+            name: "node-a".into(),
+            devices: (0..n).map(|i| dev(&format!("d{i}"))).collect(),
+        }
+    }
+
+    #[test]
+    fn splits_at_128_and_at_64_once_tainted() {
+        let p = desired_pools(&[pool(300)], &[]).unwrap();
+        assert_eq!(p[0].slices.iter().map(Vec::len).collect::<Vec<_>>(), [128, 128, 44]);
+        let taint = HostTaint {
+            pool: "node-a".into(),
+            device: "d0".into(),
+            key: "x.com/unhealthy".into(),
+            value: None,
+            effect: "NoSchedule",
+        };
+        let p = desired_pools(&[pool(130)], &[taint]).unwrap();
+        assert_eq!(p[0].slices.iter().map(Vec::len).collect::<Vec<_>>(), [64, 66]);
+        assert_eq!(
+            desired_pools(&[pool(0)], &[]).unwrap()[0].slices,
+            vec![Vec::<resource::Device>::new()]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_device() {
+        let mut p = pool(2);
+        p.devices[1].name = "d0".into();
+        let e = desired_pools(&[p], &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("\"d0\"") && e.to_string().contains("twice"),
+            "{e}"
+        );
+
+        let mut p = pool(1);
+        for i in 0..32 {
+            p.devices[0].attributes.push(types::Attribute {
+                name: format!("a{i}"),
+                value: types::AttributeValue::Integer(i),
+            });
+        }
+        assert!(desired_pools(&[p], &[]).unwrap_err().to_string().contains("at most 32"));
+
+        let mut p = pool(1);
+        p.devices[0].attributes[0].value = types::AttributeValue::Text("x".repeat(65));
+        assert!(
+            desired_pools(&[p], &[])
+                .unwrap_err()
+                .to_string()
+                .contains("longer than 64")
+        );
+
+        let mut p = pool(1);
+        p.devices[0].attributes[0].value = types::AttributeValue::Version("580.159.04".into());
+        assert!(
+            desired_pools(&[p], &[])
+                .unwrap_err()
+                .to_string()
+                .contains("semantic version")
+        );
+
+        let mut p = pool(1);
+        p.devices[0].capacity[0].value = "lots".into();
+        assert!(
+            desired_pools(&[p], &[])
+                .unwrap_err()
+                .to_string()
+                .contains("not a quantity")
+        );
+    }
+
+    #[test]
+    fn names_and_quantities() {
+        assert!(check_qualified_name("gpu.example.com/productName").is_ok());
+        assert!(check_qualified_name("index").is_ok());
+        assert!(check_qualified_name("bad name").is_err());
+        assert!(check_qualified_name("Example.com/x").is_err());
+        for q in ["80Gi", "5", "1.5G", "100m", "1e3", "81559Mi"] {
+            assert!(is_quantity(q), "{q}");
+        }
+        for q in ["", "Gi", "5GB", "1.2.3"] {
+            assert!(!is_quantity(q), "{q}");
+        }
+        assert!(is_semver("12.4.0") && is_semver("1.0.0-rc.1") && !is_semver("1.0") && !is_semver("01.0.0"));
+    }
+}

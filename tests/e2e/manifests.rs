@@ -1,0 +1,116 @@
+//! Everything an operator applies, and every ResourceSlice the host
+//! generates, validated against the Kubernetes 1.37 schemas with
+//! `kubernetes-validate` (installed by tests/run.sh).
+
+use crate::common::*;
+use dra_test_support::apiserver::TestApiServer;
+use dra_test_support::gpus::{self, Injector};
+use dra_test_support::host::{DriverSpec, HostEnv};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn validate(files: &[PathBuf]) {
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", "-k", "1.37.0"])
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| panic!("kubernetes-validate is not installed ({e}); tests/run.sh installs it: pip install kubernetes-validate==1.37.0"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    let passed = text.matches(" passed ").count();
+    assert!(passed >= files.len(), "expected every file to pass:\n{text}");
+}
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+#[test]
+fn deploy_manifests_and_the_guests_configmap_are_valid_kubernetes_1_37() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 7, "{files:?}");
+
+    let out = Command::new(binary())
+        .args(["guest", "configmap"])
+        .arg(guest("example_driver.wasm"))
+        .arg(guest("gpu_driver.wasm"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let cm = dir.path().join("guests-configmap.yaml");
+    std::fs::write(&cm, &out.stdout).unwrap();
+    files.push(cm);
+    validate(&files);
+
+    // Past the 1 MiB limit: a clear refusal.
+    let big = dir.path().join("big.wasm");
+    let mut bytes = b"\0asm".to_vec();
+    bytes.resize(900 << 10, 0);
+    std::fs::write(&big, bytes).unwrap();
+    let out = Command::new(binary())
+        .args(["guest", "configmap"])
+        .arg(&big)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 1048576"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_resource_slices_are_valid_kubernetes_1_37() {
+    const GPU: &str = "gpu.dra.dev";
+    let api = TestApiServer::start().await.unwrap();
+    api.put_node("test-node", "6a1b2c3d-0000-4000-8000-00000000a0de");
+    let mut env = HostEnv::new(&cache_dir()).unwrap();
+    env.use_api_server(&api).unwrap();
+    let gpus_file = env.dir().join("gpus.json");
+    gpus::write_gpus_file(&gpus_file, 3).unwrap();
+    let events = env.dir().join("events.sock");
+    let drivers = vec![
+        DriverSpec::new(DRIVER, &guest("example_driver.wasm")).config("devices = 130"),
+        // Shared GPUs (request policy) with a taint on an unhealthy one.
+        DriverSpec::new(GPU, &guest("gpu_driver.wasm"))
+            .extra("grants = [\"nvml\"]\ntaint_unhealthy = true\n")
+            .config("sharing = {}\ncdi = { mode = \"base-spec\", kind = \"nvidia.com/gpu\" }"),
+    ];
+    let tables = format!("[nvml.simulated]\ngpus = {gpus_file:?}\nevents_socket = {events:?}\n");
+    let node = Node::start_in(env, drivers, "", &tables).await;
+    node.kubelet.wait_for_plugin(GPU, START_TIMEOUT).await.unwrap();
+    Injector::connect(&events).await.unwrap().xid(1, 79).await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let slices = loop {
+        let s = api.slices();
+        let tainted = s
+            .iter()
+            .any(|x| x["spec"]["driver"] == GPU && x["spec"]["devices"][1]["taints"].is_array());
+        if s.len() == 3 && tainted {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "slices: {s:#?}\n{}", node.host.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = slices
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let path = dir.path().join(format!("slice-{i}.json"));
+            std::fs::write(&path, serde_json::to_vec_pretty(s).unwrap()).unwrap();
+            path
+        })
+        .collect();
+    validate(&files);
+}
