@@ -119,12 +119,9 @@ pub async fn run(keep: bool) -> Result<()> {
         .count();
     ensure!(sockets_left == 0, "{sockets_left} socket files left after shutdown");
     println!("7. SIGTERM: host deregistered, drained and exited cleanly ({status}); no sockets left");
-    println!(
-        "\ndemo finished in {:.1?}; host log: {}",
-        started.elapsed(),
-        host.log_path().display()
-    );
+    println!("\ndemo finished in {:.1?}", started.elapsed());
     if keep {
+        println!("host log: {}", host.log_path().display());
         let dir = env.keep();
         println!("kept {}", dir.display());
     }
