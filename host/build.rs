@@ -59,7 +59,12 @@ fn main() {
         );
     }
     let out = target_dir.join("wasm32-wasip2").join("release");
-    for guest in ["example_driver.wasm", "gpu_driver.wasm", "faulty_driver.wasm"] {
+    for guest in [
+        "example_driver.wasm",
+        "gpu_driver.wasm",
+        "faulty_driver.wasm",
+        "faulty_next.wasm",
+    ] {
         assert!(
             out.join(guest).is_file(),
             "guest build did not produce {}",

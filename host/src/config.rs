@@ -19,6 +19,12 @@
 //! [nvml]                                # only for drivers granted "nvml"
 //! driver_root = "/run/nvidia/driver"    # where the driver's user-space files are; default "/"
 //!
+//! [hot_swap]                           # replace guests when their files change
+//! enabled = true
+//! debounce_ms = 100                     # wait for a burst of file events to settle
+//! probation_calls = 50                  # a new guest's first calls ...
+//! max_failed_calls = 5                  # ... may fail this often; one more rolls back
+//!
 //! [runtime]
 //! call_timeout_ms = 10000
 //! memory_limit_mib = 64
@@ -77,7 +83,58 @@ pub struct Config {
     pub nvml: NvmlConfig,
     #[serde(default)]
     pub kubernetes: KubernetesConfig,
+    #[serde(default)]
+    pub hot_swap: HotSwapConfig,
     pub drivers: Vec<DriverConfig>,
+}
+
+/// Replacing a driver's guest while the host runs.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HotSwapConfig {
+    /// Watch each driver's guest file and swap in new content.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Quiet time after a file event before the file is read.
+    #[serde(default = "default_debounce_ms")]
+    pub debounce_ms: u64,
+    /// Calls a new guest is on probation for (0: no automatic rollback).
+    #[serde(default = "default_probation_calls")]
+    pub probation_calls: u64,
+    /// Failed calls (traps, timeouts, limits, internal errors) tolerated during
+    /// probation; one more returns to the previous guest.
+    #[serde(default = "default_max_failed_calls")]
+    pub max_failed_calls: u64,
+}
+
+impl Default for HotSwapConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            debounce_ms: default_debounce_ms(),
+            probation_calls: default_probation_calls(),
+            max_failed_calls: default_max_failed_calls(),
+        }
+    }
+}
+
+impl HotSwapConfig {
+    pub fn debounce(&self) -> Duration {
+        Duration::from_millis(self.debounce_ms)
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_debounce_ms() -> u64 {
+    100
+}
+fn default_probation_calls() -> u64 {
+    50
+}
+fn default_max_failed_calls() -> u64 {
+    5
 }
 
 /// The API-server client.
@@ -323,6 +380,13 @@ impl Config {
         let k = &self.kubernetes;
         if !(k.qps > 0.0 && k.qps.is_finite()) || k.burst == 0 {
             return Err("kubernetes: qps must be positive and burst at least 1".into());
+        }
+        let h = &self.hot_swap;
+        if h.debounce_ms > 10_000 {
+            return Err("hot_swap.debounce_ms must be at most 10000".into());
+        }
+        if h.probation_calls > 0 && h.max_failed_calls >= h.probation_calls {
+            return Err("hot_swap.max_failed_calls must be smaller than hot_swap.probation_calls".into());
         }
         if !(1..=256).contains(&r.max_instances) {
             return Err("runtime.max_instances must be between 1 and 256".into());

@@ -17,16 +17,25 @@
 //! up after a crash between its `prepare` and our checkpoint commit.
 //!
 //! Different claims proceed concurrently; calls for the same claim are
-//! serialized by a per-claim lock.
+//! serialized by a per-claim lock. In rolling-update mode each kubelet call
+//! also runs under the node-wide serialization lock shared with the other
+//! host process, after re-reading the checkpoint (see [`crate::state::serialize`]).
+//!
+//! Guest updates: [`Driver::run_guest_updates`] replaces the guest when its
+//! file changes (load and self-test off the request path, then one pointer
+//! swap), republishes the inventory only when it changed, and reports swaps,
+//! refused files and automatic rollbacks (log, metric, Kubernetes Event).
 
 use crate::claim::{ClaimRef, PreparedDevice, is_safe_uid, is_valid_object_name};
-use crate::guest::{Guest, GuestError, types};
+use crate::guest::{Guest, GuestError, GuestFileWatcher, GuestSpec, Replaced, Rollback, Runtime, types};
 use crate::health::Health;
+use crate::kube::events::{EventRecorder, EventType};
 use crate::kube::{ClaimError, ClaimSource, FetchError, StatusError, claim_for_driver};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError};
 use crate::state::cdi::{self, CdiError, CdiWriter, SpecDevice};
 use crate::state::checkpoint::{Checkpoint, CheckpointError, ClaimRecord};
+use crate::state::serialize::SerializeLock;
 use futures_util::future::join_all;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -53,6 +62,9 @@ pub enum OperationError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Status(#[from] StatusError),
+    /// Rolling-update mode: the node-wide lock or the checkpoint re-read failed.
+    #[error("serializing with the other host process: {0}")]
+    Serialize(String),
 }
 
 /// One driver: a guest plus the state it prepares claims into.
@@ -68,6 +80,7 @@ pub struct Driver {
     metrics: Arc<Metrics>,
     locks: ClaimLocks,
     inventory: tokio::sync::watch::Sender<Arc<Vec<types::Pool>>>,
+    serialize: Option<SerializeLock>,
 }
 
 /// Everything a [`Driver`] is made of, named.
@@ -83,6 +96,19 @@ pub struct DriverParts {
     pub metrics: Arc<Metrics>,
     /// The guest's inventory, as its self-test returned it.
     pub inventory: Vec<types::Pool>,
+    /// Rolling-update mode: the lock shared with the other host process.
+    pub serialize: Option<SerializeLock>,
+}
+
+/// What a driver needs to replace its guest while it runs.
+#[derive(Debug)]
+pub struct GuestUpdates {
+    pub runtime: Arc<Runtime>,
+    /// The spec the current guest was loaded with; new files load with it too.
+    pub spec: GuestSpec,
+    pub watcher: GuestFileWatcher,
+    /// Where to report swaps as Kubernetes Events (when an API server is configured).
+    pub events: Option<EventRecorder>,
 }
 
 impl Driver {
@@ -97,6 +123,7 @@ impl Driver {
             health,
             metrics,
             inventory,
+            serialize,
         } = parts;
         metrics.set_prepared_claims(&name, checkpoint.len());
         let id = guest.identity();
@@ -112,6 +139,7 @@ impl Driver {
             metrics,
             locks: ClaimLocks::default(),
             inventory: tokio::sync::watch::channel(Arc::new(inventory)).0,
+            serialize,
         }
     }
 
@@ -167,6 +195,15 @@ impl Driver {
     /// Prepare claims; one result per distinct claim UID.
     pub async fn prepare(&self, claims: Vec<ClaimRef>) -> Vec<(String, Result<Vec<PreparedDevice>, OperationError>)> {
         let claims = dedup(claims);
+        let _serialized = match self.serialize().await {
+            Ok(guard) => guard,
+            Err(e) => {
+                return claims
+                    .into_iter()
+                    .map(|c| (c.uid, Err(OperationError::Serialize(e.clone()))))
+                    .collect();
+            }
+        };
         join_all(claims.into_iter().map(|c| async move {
             let span = tracing::info_span!("prepare", driver = %self.name, claim.uid = %c.uid, claim.namespace = %c.namespace, claim.name = %c.name);
             let started = Instant::now();
@@ -184,6 +221,15 @@ impl Driver {
     /// Unprepare claims; one result per distinct claim UID.
     pub async fn unprepare(&self, claims: Vec<ClaimRef>) -> Vec<(String, Result<(), OperationError>)> {
         let claims = dedup(claims);
+        let _serialized = match self.serialize().await {
+            Ok(guard) => guard,
+            Err(e) => {
+                return claims
+                    .into_iter()
+                    .map(|c| (c.uid, Err(OperationError::Serialize(e.clone()))))
+                    .collect();
+            }
+        };
         join_all(claims.into_iter().map(|c| async move {
             let span = tracing::info_span!("unprepare", driver = %self.name, claim.uid = %c.uid, claim.namespace = %c.namespace, claim.name = %c.name);
             let started = Instant::now();
@@ -196,6 +242,151 @@ impl Driver {
             (c.uid, result)
         }))
         .await
+    }
+
+    /// Rolling-update mode: take the node-wide lock and re-read the
+    /// checkpoint under it. Otherwise nothing.
+    async fn serialize(&self) -> Result<Option<crate::state::serialize::SerializeGuard>, String> {
+        let Some(lock) = &self.serialize else { return Ok(None) };
+        let guard = lock.acquire().await.map_err(|e| e.to_string())?;
+        self.checkpoint.reload().map_err(|e| e.to_string())?;
+        self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
+        Ok(Some(guard))
+    }
+
+    /// Replace the guest as its file changes, and report what happens,
+    /// until the watch ends.
+    pub async fn run_guest_updates(self: Arc<Self>, mut updates: GuestUpdates) {
+        let mut rollbacks = self.guest.take_rollbacks();
+        loop {
+            tokio::select! {
+                changed = updates.watcher.changed() => {
+                    if changed.is_none() {
+                        tracing::warn!(driver = %self.name, "guest file watch ended; no more hot swaps");
+                        return;
+                    }
+                    self.update_guest(&updates.runtime, &updates.spec, updates.events.as_ref()).await;
+                }
+                Some(rollback) = async { match rollbacks.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                    self.rolled_back(rollback, updates.events.as_ref()).await;
+                }
+            }
+        }
+    }
+
+    /// Load the guest file again and swap it in if its content changed and
+    /// it passes the checks and self-test. Returns whether a swap happened.
+    pub async fn update_guest(&self, runtime: &Arc<Runtime>, spec: &GuestSpec, events: Option<&EventRecorder>) -> bool {
+        let started = Instant::now();
+        match self.guest.replace(runtime, &self.metrics, spec).await {
+            Ok(Replaced::Unchanged) => {
+                tracing::debug!(driver = %self.name, "guest file event; content unchanged");
+                false
+            }
+            Ok(Replaced::Swapped { from, to, report }) => {
+                let took = started.elapsed();
+                self.metrics.guest_swap(&self.name, "swapped");
+                self.metrics.guest_swap_duration(&self.name, took);
+                self.metrics
+                    .set_guest_info(&self.name, &to.name, &to.version, &to.digest);
+                let republished = self.set_inventory(report.inventory);
+                tracing::info!(
+                    driver = %self.name,
+                    from.version = %from.version, from.digest = %from.digest,
+                    to.guest = %to.name, to.version = %to.version, to.digest = %to.digest,
+                    cache = ?report.cache, took_ms = took.as_millis() as u64,
+                    inventory_changed = republished,
+                    "guest swapped"
+                );
+                if let Some(ev) = events {
+                    ev.record(
+                        &self.name,
+                        EventType::Normal,
+                        "GuestSwapped",
+                        format!(
+                            "now serving {} {} ({}), was {} ({})",
+                            to.name,
+                            to.version,
+                            short(&to.digest),
+                            from.version,
+                            short(&from.digest)
+                        ),
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                self.metrics.guest_swap(&self.name, "rejected");
+                let current = self.guest.identity();
+                tracing::error!(
+                    driver = %self.name, error = %e,
+                    serving.version = %current.version, serving.digest = %current.digest,
+                    "new guest refused; the current guest keeps serving"
+                );
+                if let Some(ev) = events {
+                    ev.record(
+                        &self.name,
+                        EventType::Warning,
+                        "GuestRejected",
+                        format!("{e}; still serving {} ({})", current.version, short(&current.digest)),
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    async fn rolled_back(&self, rollback: Rollback, events: Option<&EventRecorder>) {
+        let Rollback {
+            from,
+            to,
+            calls,
+            failures,
+            last_error,
+        } = rollback;
+        self.metrics.guest_swap(&self.name, "rolled_back");
+        self.metrics
+            .set_guest_info(&self.name, &to.name, &to.version, &to.digest);
+        tracing::error!(
+            driver = %self.name, failed.version = %from.version, failed.digest = %from.digest,
+            restored.version = %to.version, restored.digest = %to.digest,
+            calls, failures, last_error = %last_error,
+            "new guest failed too many of its first calls; rolled back to the previous guest"
+        );
+        if let Some(ev) = events {
+            ev.record(
+                &self.name,
+                EventType::Warning,
+                "GuestRolledBack",
+                format!(
+                    "{} ({}) failed {failures} of its first {calls} calls (last: {last_error}); back to {} ({})",
+                    from.version,
+                    short(&from.digest),
+                    to.version,
+                    short(&to.digest)
+                ),
+            );
+        }
+        match self.guest.inventory().await {
+            Ok(pools) => {
+                self.set_inventory(pools);
+            }
+            Err(e) => tracing::error!(driver = %self.name, error = %e, "restored guest's inventory failed"),
+        }
+    }
+
+    /// Make `pools` the published inventory. Returns whether it differs from
+    /// the previous one (only then are ResourceSlices rewritten).
+    fn set_inventory(&self, pools: Vec<types::Pool>) -> bool {
+        self.health.set_inventory(&pools);
+        self.inventory.send_if_modified(|current| {
+            if **current == pools {
+                false
+            } else {
+                *current = Arc::new(pools);
+                true
+            }
+        })
     }
 
     async fn prepare_one(&self, c: &ClaimRef) -> Result<Vec<PreparedDevice>, OperationError> {
@@ -224,8 +415,7 @@ impl Driver {
         if driver_claim.claim.devices.is_empty() {
             return Ok(Vec::new());
         }
-        let identity = self.guest.identity();
-        let prepared = self.guest.prepare(driver_claim.claim.clone()).await?;
+        let (prepared, identity) = self.guest.prepare(driver_claim.claim.clone()).await?;
 
         match self.commit_prepared(c, &driver_claim, &prepared, identity) {
             Ok((devices, status)) => {
@@ -382,6 +572,11 @@ impl Driver {
         }
         Ok(())
     }
+}
+
+/// The first 12 hex digits of a digest, as in log lines and events.
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
 }
 
 fn validate_ref(c: &ClaimRef) -> Result<(), OperationError> {

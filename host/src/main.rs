@@ -6,18 +6,20 @@ mod demo;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use dra_wasm_host::config::{ClaimsConfig, Config, DriverConfig};
-use dra_wasm_host::driver::{Driver, DriverParts};
-use dra_wasm_host::guest::{CompileCache, Guest, GuestSpec, Limits, Runtime, types};
+use dra_wasm_host::config::{ClaimsConfig, Config, DriverConfig, HotSwapConfig};
+use dra_wasm_host::driver::{Driver, DriverParts, GuestUpdates};
+use dra_wasm_host::guest::{CompileCache, ErrorBudget, Guest, GuestFileWatcher, GuestSpec, Limits, Runtime, types};
 use dra_wasm_host::health::Health;
 use dra_wasm_host::imports::{Capabilities, Grant, Imports, nvml};
 use dra_wasm_host::kube::client::ApiClient;
+use dra_wasm_host::kube::events::EventRecorder;
 use dra_wasm_host::kube::publisher::{self, Publisher};
 use dra_wasm_host::kube::{ApiClaims, ClaimSource, FileClaims};
 use dra_wasm_host::kubelet::{self, PluginPaths, liveness};
 use dra_wasm_host::metrics::{self, Metrics};
 use dra_wasm_host::state::cdi::CdiWriter;
 use dra_wasm_host::state::checkpoint::Checkpoint;
+use dra_wasm_host::state::serialize::SerializeLock;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -49,6 +51,12 @@ enum Command {
         /// The host config file (TOML).
         #[arg(long, env = "DRA_CONFIG")]
         config: PathBuf,
+        /// Serve in the kubelet's rolling-update mode (kubelet >= 1.33,
+        /// DaemonSet `maxSurge: 1`): sockets named with this pod UID, claim
+        /// operations serialized with the other pod by a file lock. Pass the
+        /// pod's `metadata.uid` from the downward API.
+        #[arg(long, value_name = "POD_UID")]
+        rolling_update_uid: Option<String>,
     },
     /// Walk through registration, prepare and unprepare with the example guest.
     Demo {
@@ -68,13 +76,24 @@ enum Command {
 enum GuestCommand {
     /// Load each driver's guest as `run` would, run its self-test (init +
     /// inventory) and print the inventory as JSON.
+    ///
+    /// With FILE, load that component instead of the configured one, with the
+    /// driver's grants and config: the same checks and self-test a hot swap
+    /// runs before it lets a new guest serve.
     Validate {
+        /// A candidate guest component for the driver (needs --driver when
+        /// the config has several drivers).
+        file: Option<PathBuf>,
         #[arg(long, env = "DRA_CONFIG")]
         config: PathBuf,
         /// Only this driver.
         #[arg(long)]
         driver: Option<String>,
     },
+    /// Describe a guest component without running it: world, WIT version,
+    /// imports and the grants they need, size, SHA-256, and whether this
+    /// host can link it (prints JSON).
+    Inspect { file: PathBuf },
     /// Print a ConfigMap (YAML) holding guest components as binaryData, for
     /// the DaemonSet's guests volume. Fails past the 1 MiB ConfigMap limit.
     Configmap {
@@ -104,9 +123,15 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => run(&config).await,
+            Command::Run {
+                config,
+                rolling_update_uid,
+            } => run(&config, rolling_update_uid).await,
             Command::Demo { keep } => demo::run(keep).await,
-            Command::Guest(GuestCommand::Validate { config, driver }) => validate(&config, driver.as_deref()).await,
+            Command::Guest(GuestCommand::Validate { file, config, driver }) => {
+                validate(&config, driver.as_deref(), file.as_deref()).await
+            }
+            Command::Guest(GuestCommand::Inspect { file }) => inspect(&file),
             Command::Guest(GuestCommand::Configmap { name, namespace, files }) => configmap(&name, &namespace, &files),
             Command::Call(cmd) => call::run(cmd).await,
         }
@@ -133,8 +158,12 @@ fn init_tracing(format: LogFormat, default_filter: &str) {
     }
 }
 
-async fn run(config_path: &std::path::Path) -> Result<()> {
+async fn run(config_path: &std::path::Path, rolling_update_uid: Option<String>) -> Result<()> {
     let config = Config::load(config_path)?;
+    if let Some(uid) = &rolling_update_uid {
+        kubelet::validate_pod_uid(uid)?;
+        tracing::info!(pod_uid = %uid, "rolling-update mode: sockets named with the pod UID, claim operations serialized by file lock");
+    }
     let node = config.node_name().map_err(anyhow::Error::msg)?;
     let metrics = Metrics::new();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -149,7 +178,7 @@ async fn run(config_path: &std::path::Path) -> Result<()> {
             .await
             .with_context(|| format!("serving metrics on {addr}"))?;
     }
-    let host = Host::new(&config, &node, Arc::clone(&metrics)).await?;
+    let host = Host::new(&config, &node, Arc::clone(&metrics), rolling_update_uid).await?;
 
     let mut plugins = Vec::new();
     let mut probes = Vec::new();
@@ -202,10 +231,17 @@ struct Host {
     limits: Limits,
     kubelet_root: PathBuf,
     cdi_dir: PathBuf,
+    hot_swap: HotSwapConfig,
+    rolling_update_uid: Option<String>,
 }
 
 impl Host {
-    async fn new(config: &Config, node: &str, metrics: Arc<Metrics>) -> Result<Self> {
+    async fn new(
+        config: &Config,
+        node: &str,
+        metrics: Arc<Metrics>,
+        rolling_update_uid: Option<String>,
+    ) -> Result<Self> {
         let cache = CompileCache::new(config.cache_dir.clone())
             .with_context(|| format!("compile cache {:?}", config.cache_dir))?;
         let runtime = Runtime::new(cache, config.runtime.tick()).context("starting the wasm engine")?;
@@ -230,13 +266,33 @@ impl Host {
             limits: limits(config),
             kubelet_root: config.kubelet_root_dir.clone(),
             cdi_dir: config.cdi_dir.clone(),
+            hot_swap: config.hot_swap.clone(),
+            rolling_update_uid,
         })
     }
 
     /// Load a driver's state and guest, and serve it to the kubelet.
     async fn start_driver(&self, d: &DriverConfig) -> Result<(kubelet::RunningPlugin, liveness::Probe)> {
-        let paths = PluginPaths::new(&self.kubelet_root, &d.name);
+        let paths = match &self.rolling_update_uid {
+            Some(uid) => PluginPaths::rolling_update(&self.kubelet_root, &d.name, uid),
+            None => PluginPaths::new(&self.kubelet_root, &d.name),
+        };
         paths.validate().with_context(|| format!("driver {}", d.name))?;
+        // In rolling-update mode the other pod may be committing claims right
+        // now: open the checkpoint (which clears unfinished writes) under the
+        // shared lock.
+        let serialize = match &self.rolling_update_uid {
+            Some(_) => {
+                dra_wasm_host::state::fsutil::ensure_dir(&paths.plugin_dir, 0o750)
+                    .with_context(|| format!("creating {}", paths.plugin_dir.display()))?;
+                Some(SerializeLock::open(&paths.plugin_dir)?)
+            }
+            None => None,
+        };
+        let guard = match &serialize {
+            Some(lock) => Some(lock.acquire().await?),
+            None => None,
+        };
         let checkpoint = Checkpoint::open(&paths.plugin_dir.join("claims"), &d.name)?;
         let cdi = CdiWriter::new(&self.cdi_dir, &d.cdi_vendor(), &d.cdi_class())
             .with_context(|| format!("driver {}", d.name))?;
@@ -247,6 +303,10 @@ impl Host {
         let (guest, report) = Guest::load(&self.runtime, &self.metrics, &spec)
             .await
             .with_context(|| format!("driver {}: loading guest", d.name))?;
+        let guest = guest.with_error_budget(ErrorBudget {
+            calls: self.hot_swap.probation_calls,
+            failures: self.hot_swap.max_failed_calls,
+        });
         let id = guest.identity();
         tracing::info!(
             driver = %d.name, guest = %id.name, version = %id.version, digest = %id.digest,
@@ -267,11 +327,28 @@ impl Host {
             health,
             metrics: Arc::clone(&self.metrics),
             inventory: report.inventory.clone(),
+            serialize,
         }));
         tokio::spawn(Arc::clone(&driver).run_events(events_rx));
         let restored = driver
             .restore_cdi_specs()
             .with_context(|| format!("driver {}", d.name))?;
+        drop(guard);
+        if self.hot_swap.enabled {
+            let watcher = GuestFileWatcher::new(&d.guest, self.hot_swap.debounce())
+                .with_context(|| format!("driver {}", d.name))?;
+            let updates = GuestUpdates {
+                runtime: Arc::clone(&self.runtime),
+                spec: spec.clone(),
+                watcher,
+                events: self
+                    .api
+                    .as_ref()
+                    .map(|api| EventRecorder::new(api.clone(), &self.node, self.node_uid.clone())),
+            };
+            tokio::spawn(Arc::clone(&driver).run_guest_updates(updates));
+            tracing::info!(driver = %d.name, guest = %d.guest.display(), "watching the guest file for updates");
+        }
         if restored > 0 {
             tracing::info!(driver = %d.name, restored, "restored CDI specs of prepared claims");
         }
@@ -348,8 +425,25 @@ fn capabilities(config: &Config) -> Result<Capabilities> {
 
 /// `guest validate`: load each driver's guest as `run` would (grants, init
 /// config, limits), run its self-test and print its inventory as JSON.
-async fn validate(config_path: &std::path::Path, only: Option<&str>) -> Result<()> {
-    let config = Config::load(config_path)?;
+async fn validate(config_path: &std::path::Path, only: Option<&str>, file: Option<&std::path::Path>) -> Result<()> {
+    let mut config = Config::load(config_path)?;
+    if let Some(file) = file {
+        let target = match only {
+            Some(name) => name.to_owned(),
+            None if config.drivers.len() == 1 => config.drivers[0].name.clone(),
+            None => bail!(
+                "{} configures {} drivers: name the one {} is for with --driver",
+                config_path.display(),
+                config.drivers.len(),
+                file.display()
+            ),
+        };
+        let Some(d) = config.drivers.iter_mut().find(|d| d.name == target) else {
+            bail!("no driver named {target:?} in {}", config_path.display());
+        };
+        d.guest = file.to_owned();
+        config.drivers.retain(|d| d.name == target);
+    }
     let node = config.node_name().unwrap_or_else(|_| "validate".to_owned());
     let metrics = Metrics::new();
     let cache = CompileCache::new(config.cache_dir.clone())?;
@@ -379,6 +473,21 @@ async fn validate(config_path: &std::path::Path, only: Option<&str>) -> Result<(
         bail!("no driver named {:?} in {}", only.unwrap_or(""), config_path.display());
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// `guest inspect`: describe a component file as JSON.
+fn inspect(file: &std::path::Path) -> Result<()> {
+    let runtime = Runtime::new(CompileCache::new(None)?, std::time::Duration::from_millis(10))?;
+    let inspection = dra_wasm_host::guest::inspect(runtime.engine(), file)?;
+    println!("{}", serde_json::to_string_pretty(&inspection)?);
+    if !inspection.compatible {
+        bail!(
+            "{} cannot be served by this host: {}",
+            file.display(),
+            inspection.problem.as_deref().unwrap_or("unknown")
+        );
+    }
     Ok(())
 }
 

@@ -68,6 +68,16 @@ pub struct Metrics {
     driver_up: Family<DriverLabel, Gauge>,
     slice_writes: Family<VerbLabels, Counter>,
     slice_sync_errors: Family<DriverLabel, Counter>,
+    guest_swaps: Family<SwapLabels, Counter>,
+    guest_swap_duration: Family<DriverLabel, Histogram>,
+    /// The `guest_info` series of each driver, to remove it on a swap.
+    guest_info_current: std::sync::Mutex<std::collections::HashMap<String, GuestInfoLabels>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SwapLabels {
+    driver: String,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -168,8 +178,23 @@ impl Metrics {
             "1 when the driver's guest loaded and its sockets are served, 0 when it failed to start",
             driver_up.clone(),
         );
+        let guest_swaps = Family::default();
+        registry.register(
+            "guest_swaps",
+            "Guest component replacements, by driver and result (swapped, rejected, rolled_back)",
+            guest_swaps.clone(),
+        );
+        let guest_swap_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "guest_swap_duration_seconds",
+            "From noticing a changed guest file to the new component serving (load, checks, self-test, swap)",
+            guest_swap_duration.clone(),
+        );
         Arc::new(Self {
             registry,
+            guest_swaps,
+            guest_swap_duration,
+            guest_info_current: Default::default(),
             claim_operations,
             claim_duration,
             guest_calls,
@@ -244,16 +269,36 @@ impl Metrics {
     }
 
     pub fn set_guest_info(&self, driver: &str, guest: &str, version: &str, digest: &str) {
+        let labels = GuestInfoLabels {
+            driver: driver.to_owned(),
+            guest: guest.to_owned(),
+            version: version.to_owned(),
+            digest: digest.to_owned(),
+        };
         // One series per driver: forget the previous component's.
-        self.guest_info.clear();
-        self.guest_info
-            .get_or_create(&GuestInfoLabels {
+        let mut current = self.guest_info_current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = current.insert(driver.to_owned(), labels.clone()) {
+            self.guest_info.remove(&old);
+        }
+        self.guest_info.get_or_create(&labels).set(1);
+    }
+
+    /// A guest replacement ended with `result` (`swapped`, `rejected`, `rolled_back`).
+    pub fn guest_swap(&self, driver: &str, result: &'static str) {
+        self.guest_swaps
+            .get_or_create(&SwapLabels {
                 driver: driver.to_owned(),
-                guest: guest.to_owned(),
-                version: version.to_owned(),
-                digest: digest.to_owned(),
+                result,
             })
-            .set(1);
+            .inc();
+    }
+
+    pub fn guest_swap_duration(&self, driver: &str, took: Duration) {
+        self.guest_swap_duration
+            .get_or_create(&DriverLabel {
+                driver: driver.to_owned(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     pub fn health_change(&self, driver: &str, health: &'static str) {

@@ -5,6 +5,8 @@
 wasmtime::component::bindgen!({
     world: "driver-host",
     path: "../wit",
+    // Inventories are compared to republish slices only when they change.
+    additional_derives: [PartialEq],
 });
 
 pub use dra::driver::types;

@@ -83,6 +83,17 @@ impl GuestError {
         }
     }
 
+    /// Whether the error is the component's fault (as opposed to the claim's
+    /// or the node's): traps, timeouts, limits, and errors the guest itself
+    /// calls internal. These count against a new component's error budget.
+    pub fn is_guest_fault(&self) -> bool {
+        match self {
+            GuestError::Driver { kind, .. } => matches!(kind, types::ErrorKind::Internal),
+            GuestError::Timeout { .. } | GuestError::Limit { .. } | GuestError::Trap { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Whether the instance that produced this error may be reused. After a
     /// trap (timeouts and limits are traps too) an instance is poisoned.
     pub(crate) fn poisons_instance(&self) -> bool {

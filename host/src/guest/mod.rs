@@ -11,7 +11,9 @@ mod bindings;
 mod cache;
 mod engine;
 mod error;
+mod inspect;
 mod instance;
+mod watch;
 
 pub use bindings::dra::driver::log as bindings_log;
 pub use bindings::dra::driver::nvml as bindings_nvml;
@@ -19,7 +21,9 @@ pub use bindings::types;
 pub use cache::{CacheOutcome, CompileCache, digest};
 pub use engine::{Limits, Runtime};
 pub use error::{Export, GuestError, LimitExceeded};
+pub use inspect::{Inspection, inspect};
 pub use instance::{LoadedGuest, StoreState};
+pub use watch::{GuestFileWatcher, WatchError};
 
 use crate::imports::{Grant, Imports};
 use crate::metrics::Metrics;
@@ -27,8 +31,9 @@ use crate::state::checkpoint::GuestIdentity;
 use arc_swap::ArcSwap;
 use bindings::{DriverHostPre as HostPre, dra};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tokio::sync::mpsc;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{HasSelf, Linker};
 
@@ -43,8 +48,22 @@ pub struct GuestSpec {
 }
 
 /// The guest a driver calls through; its component can be replaced at run time.
+///
+/// A replacement ([`Guest::replace`]) is loaded and self-tested off the
+/// request path, then published with one pointer swap: calls in flight finish
+/// on the component they started with, new calls go to the new one. The
+/// previous component is kept while the new one is on probation (its first
+/// [`ErrorBudget::calls`] calls); if too many of those fail the host swaps
+/// back by itself and reports a [`Rollback`].
 pub struct Guest {
     current: ArcSwap<LoadedGuest>,
+    budget: ErrorBudget,
+    probation: Mutex<Option<Probation>>,
+    /// Digest of the last file that failed to load, so that the same bad
+    /// file is not loaded again on every unrelated change in its directory.
+    rejected: Mutex<Option<String>>,
+    rollbacks: mpsc::UnboundedSender<Rollback>,
+    rollbacks_rx: Mutex<Option<mpsc::UnboundedReceiver<Rollback>>>,
 }
 
 impl std::fmt::Debug for Guest {
@@ -57,6 +76,41 @@ impl std::fmt::Debug for Guest {
     }
 }
 
+/// How many of a new component's first calls may fail before the host
+/// returns to the previous one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ErrorBudget {
+    /// Calls the new component is on probation for.
+    pub calls: u64,
+    /// Failed calls tolerated among them; one more rolls back.
+    pub failures: u64,
+}
+
+impl Default for ErrorBudget {
+    fn default() -> Self {
+        Self { calls: 50, failures: 5 }
+    }
+}
+
+struct Probation {
+    previous: Arc<LoadedGuest>,
+    candidate: Arc<LoadedGuest>,
+    calls: u64,
+    failures: u64,
+}
+
+/// The host went back to the previous component after the new one spent its
+/// error budget.
+#[derive(Clone, Debug)]
+pub struct Rollback {
+    pub from: GuestIdentity,
+    pub to: GuestIdentity,
+    pub calls: u64,
+    pub failures: u64,
+    /// The last failure that counted against the budget.
+    pub last_error: String,
+}
+
 /// What loading a guest reports besides the guest itself.
 #[derive(Debug)]
 pub struct LoadReport {
@@ -64,6 +118,20 @@ pub struct LoadReport {
     pub duration: std::time::Duration,
     /// The inventory the guest returned during its self-test.
     pub inventory: Vec<types::Pool>,
+}
+
+/// The outcome of [`Guest::replace`].
+#[derive(Debug)]
+pub enum Replaced {
+    /// The file holds the component already serving (or one that was
+    /// rejected before): nothing was loaded.
+    Unchanged,
+    /// The new component passed its self-test and now serves new calls.
+    Swapped {
+        from: GuestIdentity,
+        to: GuestIdentity,
+        report: LoadReport,
+    },
 }
 
 impl Guest {
@@ -74,12 +142,24 @@ impl Guest {
         spec: &GuestSpec,
     ) -> Result<(Self, LoadReport), GuestError> {
         let (loaded, report) = load_component(runtime, metrics, spec).await?;
+        let (rollbacks, rx) = mpsc::unbounded_channel();
         Ok((
             Self {
                 current: ArcSwap::new(loaded),
+                budget: ErrorBudget::default(),
+                probation: Mutex::new(None),
+                rejected: Mutex::new(None),
+                rollbacks,
+                rollbacks_rx: Mutex::new(Some(rx)),
             },
             report,
         ))
+    }
+
+    /// Use `budget` for components swapped in from now on.
+    pub fn with_error_budget(mut self, budget: ErrorBudget) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// The component currently serving calls.
@@ -87,52 +167,155 @@ impl Guest {
         self.current.load_full()
     }
 
-    /// Replace the component; calls already running finish on the old one.
-    pub fn swap(&self, new: Arc<LoadedGuest>) -> Arc<LoadedGuest> {
-        self.current.swap(new)
+    /// Rollbacks the guest performed, for whoever reports them (one taker).
+    pub fn take_rollbacks(&self) -> Option<mpsc::UnboundedReceiver<Rollback>> {
+        lock(&self.rollbacks_rx).take()
+    }
+
+    /// Load the component at `spec.path` and, if it passes the same checks
+    /// and self-test as at start, make it the one serving calls.
+    ///
+    /// Unchanged content (same SHA-256 as the serving component, or as the
+    /// last rejected file) loads nothing. On any error the serving component
+    /// stays. The replaced component is kept for a rollback until the new one
+    /// has served its probation.
+    pub async fn replace(
+        &self,
+        runtime: &Arc<Runtime>,
+        metrics: &Arc<Metrics>,
+        spec: &GuestSpec,
+    ) -> Result<Replaced, GuestError> {
+        let bytes = tokio::fs::read(&spec.path).await.map_err(|source| GuestError::Read {
+            path: spec.path.clone(),
+            source,
+        })?;
+        let new_digest = digest(&bytes);
+        if new_digest == self.current.load().digest || lock(&self.rejected).as_deref() == Some(new_digest.as_str()) {
+            return Ok(Replaced::Unchanged);
+        }
+        let (loaded, report) = match load_bytes(runtime, metrics, spec, bytes).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                *lock(&self.rejected) = Some(new_digest);
+                return Err(e);
+            }
+        };
+        let from = self.identity();
+        let previous = self.current.swap(Arc::clone(&loaded));
+        *lock(&self.probation) = (self.budget.calls > 0).then(|| Probation {
+            previous,
+            candidate: loaded,
+            calls: 0,
+            failures: 0,
+        });
+        *lock(&self.rejected) = None;
+        Ok(Replaced::Swapped {
+            from,
+            to: self.identity(),
+            report,
+        })
     }
 
     /// Identity of the current component, as recorded in the checkpoint.
     pub fn identity(&self) -> GuestIdentity {
-        let g = self.current.load();
-        GuestIdentity {
-            name: g.info.name.clone(),
-            version: g.info.version.clone(),
-            digest: g.digest.clone(),
-        }
+        identity(&self.current.load())
     }
 
     pub async fn inventory(&self) -> Result<Vec<types::Pool>, GuestError> {
-        self.current()
-            .call(Export::Inventory, |b, store| {
-                b.dra_driver_device_driver().call_inventory(store)
-            })
-            .await
+        self.call(Export::Inventory, |b, store| {
+            b.dra_driver_device_driver().call_inventory(store)
+        })
+        .await
     }
 
-    pub async fn prepare(&self, claim: types::Claim) -> Result<types::PreparedClaim, GuestError> {
-        self.current()
+    /// Prepare a claim; also says which component prepared it (the one the
+    /// checkpoint must record, even if a swap happened meanwhile).
+    pub async fn prepare(&self, claim: types::Claim) -> Result<(types::PreparedClaim, GuestIdentity), GuestError> {
+        let guest = self.current();
+        let result = guest
             .call(Export::Prepare, move |b, store| {
                 b.dra_driver_device_driver().call_prepare(store, &claim)
             })
-            .await
+            .await;
+        self.observe(&guest, result.as_ref().err());
+        result.map(|prepared| (prepared, identity(&guest)))
     }
 
     pub async fn unprepare(&self, claim: types::ClaimRef, state: Vec<u8>) -> Result<(), GuestError> {
-        self.current()
-            .call(Export::Unprepare, move |b, store| {
-                b.dra_driver_device_driver().call_unprepare(store, &claim, &state)
-            })
-            .await
+        self.call(Export::Unprepare, move |b, store| {
+            b.dra_driver_device_driver().call_unprepare(store, &claim, &state)
+        })
+        .await
     }
 
     pub async fn on_event(&self, event: types::Event) -> Result<Vec<types::DeviceHealth>, GuestError> {
-        self.current()
-            .call(Export::OnEvent, move |b, store| {
-                b.dra_driver_device_driver().call_on_event(store, &event)
-            })
-            .await
+        self.call(Export::OnEvent, move |b, store| {
+            b.dra_driver_device_driver().call_on_event(store, &event)
+        })
+        .await
     }
+
+    /// Call the current component and count the outcome against its budget
+    /// while it is on probation.
+    async fn call<R, F>(&self, export: Export, f: F) -> Result<R, GuestError>
+    where
+        R: Send + 'static,
+        F: FnOnce(
+                &bindings::DriverHost,
+                &mut wasmtime::Store<StoreState>,
+            ) -> wasmtime::Result<Result<R, types::DriverError>>
+            + Send
+            + 'static,
+    {
+        let guest = self.current();
+        let result = guest.call(export, f).await;
+        self.observe(&guest, result.as_ref().err());
+        result
+    }
+
+    fn observe(&self, guest: &Arc<LoadedGuest>, error: Option<&GuestError>) {
+        let mut probation = lock(&self.probation);
+        let Some(p) = probation.as_mut() else { return };
+        if !Arc::ptr_eq(&p.candidate, guest) {
+            return;
+        }
+        p.calls += 1;
+        if let Some(e) = error.filter(|e| e.is_guest_fault()) {
+            p.failures += 1;
+            if p.failures > self.budget.failures {
+                let p = probation.take().expect("checked above");
+                self.current.store(Arc::clone(&p.previous));
+                let rollback = Rollback {
+                    from: identity(&p.candidate),
+                    to: identity(&p.previous),
+                    calls: p.calls,
+                    failures: p.failures,
+                    last_error: e.to_string(),
+                };
+                // Do not load the failed file again until it changes.
+                *lock(&self.rejected) = Some(p.candidate.digest.clone());
+                let _ = self.rollbacks.send(rollback);
+                return;
+            }
+        }
+        if p.calls >= self.budget.calls {
+            // Probation served: the previous component is dropped once its
+            // last call in flight ends.
+            *probation = None;
+        }
+    }
+}
+
+fn identity(g: &LoadedGuest) -> GuestIdentity {
+    GuestIdentity {
+        name: g.info.name.clone(),
+        version: g.info.version.clone(),
+        digest: g.digest.clone(),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Load a component into a new [`LoadedGuest`] and run its self-test. Used
@@ -142,11 +325,20 @@ pub async fn load_component(
     metrics: &Arc<Metrics>,
     spec: &GuestSpec,
 ) -> Result<(Arc<LoadedGuest>, LoadReport), GuestError> {
-    let started = Instant::now();
     let bytes = tokio::fs::read(&spec.path).await.map_err(|source| GuestError::Read {
         path: spec.path.clone(),
         source,
     })?;
+    load_bytes(runtime, metrics, spec, bytes).await
+}
+
+async fn load_bytes(
+    runtime: &Arc<Runtime>,
+    metrics: &Arc<Metrics>,
+    spec: &GuestSpec,
+    bytes: Vec<u8>,
+) -> Result<(Arc<LoadedGuest>, LoadReport), GuestError> {
+    let started = Instant::now();
     let (runtime2, metrics2, spec2) = (Arc::clone(runtime), Arc::clone(metrics), spec.clone());
     let (loaded, cache) = tokio::task::spawn_blocking(move || link(&runtime2, &metrics2, &spec2, &bytes))
         .await
@@ -220,7 +412,7 @@ fn link(
 }
 
 /// The package whose interfaces a guest may import.
-const PACKAGE: &str = "dra:driver/";
+pub(crate) const PACKAGE: &str = "dra:driver/";
 
 /// Decide whether a guest may have an import, before anything is linked.
 ///
@@ -230,7 +422,7 @@ const PACKAGE: &str = "dra:driver/";
 ///   prints to stdout traps instead of writing anywhere.
 /// - Everything else (filesystem, sockets, clocks, random, HTTP, other
 ///   packages) is refused at load time with the import's name.
-fn check_import(path: &Path, name: &str, item: &ComponentItem, imports: &Imports) -> Result<(), GuestError> {
+pub(crate) fn check_import(path: &Path, name: &str, item: &ComponentItem, imports: &Imports) -> Result<(), GuestError> {
     let refuse = |reason: String| {
         Err(GuestError::NotGranted {
             path: path.to_owned(),

@@ -92,11 +92,20 @@ impl Imports {
     pub fn grants(&self, grant: Grant) -> bool {
         self.grants.contains(&grant)
     }
+
+    /// Imports that link like `grants` but have no capability behind them:
+    /// for checking a component (`guest inspect`), never for running one.
+    pub(crate) fn for_inspection(grants: &[Grant]) -> Self {
+        Self {
+            grants: grants.to_vec(),
+            ..Self::default()
+        }
+    }
 }
 
 /// Add the granted imports (besides `log`) to a guest's linker.
 pub(crate) fn add_granted(linker: &mut Linker<StoreState>, imports: &Imports) -> wasmtime::Result<()> {
-    if imports.nvml.is_some() {
+    if imports.grants(Grant::Nvml) {
         crate::guest::bindings_nvml::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |s| s)?;
     }
     Ok(())

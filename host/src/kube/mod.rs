@@ -9,6 +9,7 @@
 mod allocation;
 mod api;
 pub mod client;
+pub mod events;
 mod file;
 pub mod publisher;
 pub mod slices;

@@ -15,7 +15,7 @@ mod plugin;
 pub mod registration;
 mod socket;
 
-pub use names::{NameError, validate_driver_name, validate_endpoint};
+pub use names::{NameError, validate_driver_name, validate_endpoint, validate_pod_uid};
 pub use registration::RegistrationState;
 
 use crate::driver::Driver;
@@ -36,12 +36,15 @@ use tokio_stream::wrappers::UnixListenerStream;
 #[derive(Clone, Debug)]
 pub struct PluginPaths {
     pub kubelet_root: PathBuf,
-    /// `<root>/plugins_registry/<driver>-reg.sock`
+    /// `<root>/plugins_registry/<driver>-reg.sock`, or in rolling-update
+    /// mode a name with the pod UID (see [`names::rolling_update_registration_socket`]).
     pub registration_socket: PathBuf,
     /// `<root>/plugins/<driver>`: the driver's own directory.
     pub plugin_dir: PathBuf,
-    /// `<plugin dir>/dra.sock`
+    /// `<plugin dir>/dra.sock`, or `<plugin dir>/dra-<pod UID>.sock`.
     pub dra_socket: PathBuf,
+    /// Rolling-update mode: this pod's UID.
+    pub rolling_update_uid: Option<String>,
 }
 
 impl PluginPaths {
@@ -52,11 +55,33 @@ impl PluginPaths {
             registration_socket: kubelet_root.join("plugins_registry").join(format!("{driver}-reg.sock")),
             dra_socket: plugin_dir.join("dra.sock"),
             plugin_dir,
+            rolling_update_uid: None,
+        }
+    }
+
+    /// Socket names for the kubelet's rolling-update mode (kubelet >= 1.33):
+    /// two pods of the DaemonSet, old and new, serve the driver side by side,
+    /// each on sockets named with its pod UID.
+    pub fn rolling_update(kubelet_root: &Path, driver: &str, pod_uid: &str) -> Self {
+        let plugin_dir = kubelet_root.join("plugins").join(driver);
+        Self {
+            kubelet_root: kubelet_root.to_owned(),
+            registration_socket: names::rolling_update_registration_socket(
+                &kubelet_root.join("plugins_registry"),
+                driver,
+                pod_uid,
+            ),
+            dra_socket: plugin_dir.join(format!("dra-{pod_uid}.sock")),
+            plugin_dir,
+            rolling_update_uid: Some(pod_uid.to_owned()),
         }
     }
 
     /// Check both socket paths as the kubelet will.
     pub fn validate(&self) -> Result<(), NameError> {
+        if let Some(uid) = &self.rolling_update_uid {
+            validate_pod_uid(uid)?;
+        }
         validate_endpoint(&self.dra_socket, &self.kubelet_root)?;
         validate_endpoint(&self.registration_socket, &self.kubelet_root)
     }
@@ -70,9 +95,16 @@ pub enum ServeError {
     Socket { path: PathBuf, source: std::io::Error },
 }
 
+/// In rolling-update mode, how long the DRA socket keeps serving after the
+/// registration socket is gone: the kubelet notices the removal (inotify on
+/// `plugins_registry`) and sends new calls to the other pod; calls it had
+/// already routed here still get answers.
+pub const ROLLING_UPDATE_DEREGISTER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A driver's running servers.
 pub struct RunningPlugin {
     driver: String,
+    rolling_update: bool,
     registration: Server,
     dra: Server,
     state: watch::Receiver<RegistrationState>,
@@ -117,6 +149,9 @@ impl RunningPlugin {
         // for prepare/unprepare calls in flight.
         self.stopping.send_replace(true);
         self.registration.stop().await;
+        if self.rolling_update {
+            tokio::time::sleep(ROLLING_UPDATE_DEREGISTER_GRACE).await;
+        }
         self.dra.stop().await;
         tracing::info!(driver = %self.driver, "plugin sockets closed");
     }
@@ -186,6 +221,7 @@ pub async fn serve(
     );
     Ok(RunningPlugin {
         driver: driver.name().to_owned(),
+        rolling_update: paths.rolling_update_uid.is_some(),
         registration,
         dra,
         state,

@@ -103,30 +103,22 @@ impl Checkpoint {
         for path in removed {
             tracing::info!(path = %path.display(), "removed an unfinished checkpoint write left by a crash");
         }
-        let mut claims = HashMap::new();
-        for entry in std::fs::read_dir(dir).map_err(dir_err)? {
-            let path = entry.map_err(dir_err)?.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
-                continue;
-            };
-            let Some(uid) = name.strip_suffix(SUFFIX) else { continue };
-            if name.starts_with('.') {
-                continue;
-            }
-            let record = read_record(&path, driver)?;
-            if record.claim.uid != uid {
-                return Err(CheckpointError::Corrupt {
-                    path,
-                    reason: format!("it records claim {}, but is named for claim {uid}", record.claim.uid),
-                });
-            }
-            claims.insert(uid.to_owned(), record);
-        }
+        let claims = load_dir(dir, driver)?;
         Ok(Self {
             dir: dir.to_owned(),
             driver: driver.to_owned(),
             claims: Mutex::new(claims),
         })
+    }
+
+    /// Read the directory again, replacing what is in memory. During a
+    /// rolling update another host process commits and removes records in
+    /// the same directory; this is called under the serialization lock
+    /// (see [`super::serialize`]) before each claim operation.
+    pub fn reload(&self) -> Result<(), CheckpointError> {
+        let claims = load_dir(&self.dir, &self.driver)?;
+        *self.lock() = claims;
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -196,6 +188,39 @@ impl Checkpoint {
         // (each update is a single insert/remove), so poisoning is ignored.
         self.claims.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Every record in `dir`, checked.
+fn load_dir(dir: &Path, driver: &str) -> Result<HashMap<String, ClaimRecord>, CheckpointError> {
+    let dir_err = |source| CheckpointError::Dir {
+        dir: dir.to_owned(),
+        source,
+    };
+    let mut claims = HashMap::new();
+    for entry in std::fs::read_dir(dir).map_err(dir_err)? {
+        let path = entry.map_err(dir_err)?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        let Some(uid) = name.strip_suffix(SUFFIX) else { continue };
+        if name.starts_with('.') {
+            continue;
+        }
+        let record = match read_record(&path, driver) {
+            Ok(r) => r,
+            // Removed by the other host process between listing and reading.
+            Err(CheckpointError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if record.claim.uid != uid {
+            return Err(CheckpointError::Corrupt {
+                path,
+                reason: format!("it records claim {}, but is named for claim {uid}", record.claim.uid),
+            });
+        }
+        claims.insert(uid.to_owned(), record);
+    }
+    Ok(claims)
 }
 
 fn read_record(path: &Path, driver: &str) -> Result<ClaimRecord, CheckpointError> {

@@ -17,6 +17,14 @@
 //! | anything else          | prepares normally with one env var per device    |
 //!
 //! `init` fails when the config says `{"failInit": true}`.
+//!
+//! The same source is built twice, as `faulty-driver` 0.1.0 and as
+//! `faulty-next` 0.2.0 (`tests/guests/faulty-next`), so that the hot-swap tests
+//! have two builds to alternate: each build's CDI edits carry its version
+//! (`FAULTY_VERSION`), and each accepts the other's `state` at `unprepare`.
+//! A build misbehaves as a whole when the config's `faultVersion` names its
+//! version, with `fault` one of `init` (init fails), `inventory-trap`,
+//! `inventory-loop` and `prepare-trap`; the other build ignores it.
 
 use std::cell::Cell;
 
@@ -29,6 +37,7 @@ use dra::driver::types::*;
 
 thread_local! {
     static DEVICES: Cell<u32> = const { Cell::new(0) };
+    static FAULT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -38,6 +47,19 @@ struct Config {
     devices: u32,
     #[serde(default)]
     fail_init: bool,
+    /// The build version that should misbehave (see the module docs).
+    #[serde(default)]
+    fault_version: Option<String>,
+    #[serde(default)]
+    fault: Option<String>,
+}
+
+/// This build's version, as in its Cargo.toml.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The fault this build was asked to inject, if the config names this build.
+fn fault() -> Option<String> {
+    FAULT.with_borrow(|f| f.clone())
 }
 
 struct Faulty;
@@ -49,6 +71,14 @@ fn no_edits() -> ContainerEdits {
         mounts: vec![],
         hooks: vec![],
         net_devices: vec![],
+    }
+}
+
+/// Burn CPU forever: only the host's deadline ends this.
+fn spin() -> ! {
+    let mut x: u64 = 1;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
     }
 }
 
@@ -76,14 +106,27 @@ impl exports::dra::driver::device_driver::Guest for Faulty {
                 message: "failInit is set".into(),
             });
         }
+        let fault = cfg.fault.filter(|_| cfg.fault_version.as_deref() == Some(VERSION));
+        if fault.as_deref() == Some("init") {
+            return Err(DriverError {
+                kind: ErrorKind::InvalidConfig,
+                message: format!("build {VERSION} was asked to fail init"),
+            });
+        }
         DEVICES.set(cfg.devices.max(1));
+        FAULT.set(fault);
         Ok(DriverInfo {
-            name: "faulty-driver".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
+            name: env!("CARGO_PKG_NAME").into(),
+            version: VERSION.into(),
         })
     }
 
     fn inventory() -> Result<Vec<Pool>, DriverError> {
+        match fault().as_deref() {
+            Some("inventory-trap") => panic!("build {VERSION} was asked to trap in inventory"),
+            Some("inventory-loop") => spin(),
+            _ => {}
+        }
         let devices = (0..DEVICES.get())
             .map(|i| Device {
                 name: format!("dev-{i}"),
@@ -100,6 +143,9 @@ impl exports::dra::driver::device_driver::Guest for Faulty {
     }
 
     fn prepare(claim: Claim) -> Result<PreparedClaim, DriverError> {
+        if fault().as_deref() == Some("prepare-trap") {
+            panic!("build {VERSION} was asked to trap in prepare");
+        }
         let name = claim.ref_.name.as_str();
         let mut devices: Vec<PreparedDevice> = claim
             .devices
@@ -109,10 +155,16 @@ impl exports::dra::driver::device_driver::Guest for Faulty {
                 device: d.device.clone(),
                 share_id: d.share_id.clone(),
                 edits: ContainerEdits {
-                    env: vec![EnvVar {
-                        name: "FAULTY_DEVICE".into(),
-                        value: d.device.clone(),
-                    }],
+                    env: vec![
+                        EnvVar {
+                            name: "FAULTY_DEVICE".into(),
+                            value: d.device.clone(),
+                        },
+                        EnvVar {
+                            name: "FAULTY_VERSION".into(),
+                            value: VERSION.into(),
+                        },
+                    ],
                     ..no_edits()
                 },
                 cdi_device_ids: vec![],
@@ -121,10 +173,7 @@ impl exports::dra::driver::device_driver::Guest for Faulty {
             .collect();
         let mut state = claim.ref_.uid.clone().into_bytes();
         if name.starts_with("loop") {
-            let mut x: u64 = 1;
-            loop {
-                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-            }
+            spin();
         } else if name.starts_with("oom") {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {
@@ -184,7 +233,19 @@ impl exports::dra::driver::device_driver::Guest for Faulty {
         Ok(PreparedClaim { devices, state })
     }
 
-    fn unprepare(_claim: ClaimRef, _state: Vec<u8>) -> Result<(), DriverError> {
+    /// The state is the claim UID (possibly followed by bytes); anything else
+    /// means the host handed back the wrong claim's state.
+    fn unprepare(claim: ClaimRef, state: Vec<u8>) -> Result<(), DriverError> {
+        if !state.is_empty() && !state.starts_with(claim.uid.as_bytes()) && !state.starts_with(&[7]) {
+            return Err(DriverError {
+                kind: ErrorKind::Internal,
+                message: format!(
+                    "state {:?} is not claim {}'s",
+                    String::from_utf8_lossy(&state),
+                    claim.uid
+                ),
+            });
+        }
         Ok(())
     }
 

@@ -1,0 +1,130 @@
+//! Kubernetes Events about this node's drivers (guest swaps that were refused
+//! or rolled back), so that `kubectl describe node` and `kubectl get events`
+//! show what an operator's guest update did.
+//!
+//! Events are best effort: they go through the rate-limited client in the
+//! background and a failure is only logged. Like the kubelet's own node
+//! events, they are core/v1 Events in the `default` namespace whose
+//! `involvedObject` is the Node (legacy-style: first/last timestamp and
+//! count, no `eventTime`, which would make the API server ask for a series).
+
+use super::client::ApiClient;
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+/// The component name events are reported under.
+const COMPONENT: &str = "dra-wasm-host";
+const NAMESPACE: &str = "default";
+
+/// `type` of an Event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EventRecorder {
+    api: ApiClient,
+    node: String,
+    node_uid: Option<String>,
+}
+
+impl EventRecorder {
+    pub fn new(api: ApiClient, node: &str, node_uid: Option<String>) -> Self {
+        Self {
+            api,
+            node: node.to_owned(),
+            node_uid,
+        }
+    }
+
+    /// Record an event about `driver` on this node, in the background.
+    pub fn record(&self, driver: &str, kind: EventType, reason: &str, message: String) {
+        let event = self.event(driver, kind, reason, message);
+        let api = self.api.clone();
+        tokio::spawn(async move {
+            let reason = event.reason.clone().unwrap_or_default();
+            let result = api
+                .call("create event", |client| {
+                    let event = event.clone();
+                    async move {
+                        kube::Api::<Event>::namespaced(client, NAMESPACE)
+                            .create(&kube::api::PostParams::default(), &event)
+                            .await
+                    }
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(reason = %reason, error = %e, "could not record a Kubernetes Event");
+            }
+        });
+    }
+
+    fn event(&self, driver: &str, kind: EventType, reason: &str, message: String) -> Event {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        Event {
+            metadata: ObjectMeta {
+                // The client-go convention: involved object's name, then the time in hex nanoseconds.
+                name: Some(format!("{}.{:x}", self.node, now.as_nanosecond())),
+                namespace: Some(NAMESPACE.to_owned()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Node".to_owned()),
+                name: Some(self.node.clone()),
+                uid: self.node_uid.clone(),
+                ..Default::default()
+            },
+            reason: Some(reason.to_owned()),
+            // The API server rejects messages over 1 KiB.
+            message: Some(truncate(&format!("driver {driver}: {message}"), 1024)),
+            type_: Some(kind.as_str().to_owned()),
+            source: Some(EventSource {
+                component: Some(COMPONENT.to_owned()),
+                host: Some(self.node.clone()),
+            }),
+            reporting_component: Some(COMPONENT.to_owned()),
+            reporting_instance: Some(format!("{COMPONENT}-{}", self.node)),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            action: Some("SwapGuest".to_owned()),
+            count: Some(1),
+            ..Default::default()
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max - 3;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        assert_eq!(truncate("short", 1024), "short");
+        let long = "é".repeat(1000);
+        let cut = truncate(&long, 1024);
+        assert!(cut.len() <= 1024 && cut.ends_with("..."), "{}", cut.len());
+    }
+}
