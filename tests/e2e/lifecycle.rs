@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use dra_test_support::claims::{Claim, uid};
-use dra_test_support::host::DriverSpec;
+use dra_test_support::host::{DriverSpec, http_get};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_claims_and_guest_calls() {
@@ -28,7 +28,7 @@ async fn metrics_count_claims_and_guest_calls() {
     node.claims.put(std::slice::from_ref(&claim)).unwrap();
     assert_eq!(plugin.prepare(&[claim.reference()]).await.unwrap()[&uid(5)].error, "");
 
-    let text = http_get(port, "/metrics").await;
+    let text = http_get(port, "/metrics").await.unwrap();
     for expected in [
         "dra_host_claim_operations_total{driver=\"example.dra.dev\",operation=\"prepare\",result=\"ok\"} 1",
         "dra_host_guest_calls_total{driver=\"example.dra.dev\",export=\"prepare\",outcome=\"ok\"} 1",
@@ -40,15 +40,4 @@ async fn metrics_count_claims_and_guest_calls() {
     }
     // Logs carry the claim UID on the prepare span.
     assert!(node.host.log().contains(&uid(5)), "{}", node.host.log());
-}
-
-async fn http_get(port: u16, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }

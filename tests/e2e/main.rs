@@ -9,3 +9,5 @@ mod lifecycle;
 mod manifests;
 mod prepare;
 mod registration;
+mod rolling;
+mod swap;

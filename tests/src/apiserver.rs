@@ -8,6 +8,8 @@
 //!   `watch=true` streams events after `resourceVersion`)
 //! - `POST …/resourceslices` (`generateName`), `PUT …/resourceslices/{name}`,
 //!   `DELETE …/resourceslices/{name}` (uid/resourceVersion preconditions)
+//! - `POST /api/v1/namespaces/{ns}/events` (core/v1 Events; name required,
+//!   as are `involvedObject`, `reason` and `type`)
 //!
 //! Every object carries a `resourceVersion` from one counter; an update
 //! naming an older one gets 409 Conflict; missing objects get 404; errors
@@ -58,6 +60,8 @@ struct State {
     nodes: BTreeMap<String, Value>,
     claims: BTreeMap<(String, String), Value>,
     slices: BTreeMap<String, Value>,
+    /// core/v1 Events, in the order they were created.
+    events: Vec<Value>,
     history: Vec<WatchEvent>,
     writes: Writes,
     /// (path fragment, method or "", status code, remaining)
@@ -274,6 +278,11 @@ impl TestApiServer {
         self.lock().claims.remove(&(namespace.into(), name.into()));
     }
 
+    /// The core/v1 Events created so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).events.clone()
+    }
+
     pub fn slices(&self) -> Vec<Value> {
         self.lock().slices.values().cloned().collect()
     }
@@ -345,6 +354,29 @@ async fn handle(
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
     match (&method, parts.as_slice()) {
+        (&Method::POST, ["api", "v1", "namespaces", ns, "events"]) => {
+            let Ok(mut obj): Result<Value, _> = serde_json::from_slice(&body) else {
+                return error(400, "BadRequest", "body is not JSON");
+            };
+            let missing = ["involvedObject", "reason", "type"]
+                .into_iter()
+                .find(|k| obj[*k].is_null())
+                .or_else(|| obj["metadata"]["name"].as_str().is_none().then_some("metadata.name"));
+            if let Some(field) = missing {
+                return error(422, "Invalid", &format!("{field}: Required value"));
+            }
+            if obj["metadata"]["namespace"].as_str().is_some_and(|n| n != *ns) {
+                return error(422, "Invalid", "metadata.namespace does not match the request");
+            }
+            if !matches!(obj["type"].as_str(), Some("Normal" | "Warning")) {
+                return error(422, "Invalid", "type: Unsupported value");
+            }
+            let rv = s.next_rv();
+            obj["metadata"]["namespace"] = json!(ns);
+            obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+            s.events.push(obj.clone());
+            reply(StatusCode::CREATED, &obj)
+        }
         (&Method::GET, ["api", "v1", "nodes", name]) => match s.nodes.get(*name) {
             Some(n) => reply(StatusCode::OK, n),
             None => not_found("nodes", name),

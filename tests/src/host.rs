@@ -17,6 +17,8 @@ pub struct HostEnv {
     pub cache_dir: PathBuf,
     /// Set: claims come from the API server this kubeconfig names.
     pub kubeconfig: Option<PathBuf>,
+    /// Set: the host serves Prometheus metrics on 127.0.0.1 at this port.
+    pub metrics_port: Option<u16>,
 }
 
 /// One driver in the host config.
@@ -63,6 +65,7 @@ impl HostEnv {
             config_path: dir.path().join("host.toml"),
             cache_dir: cache_dir.to_owned(),
             kubeconfig: None,
+            metrics_port: None,
             kubelet_root,
             cdi_dir,
             dir,
@@ -81,6 +84,13 @@ impl HostEnv {
         Ok(())
     }
 
+    /// Serve metrics on a free local port; returns the port.
+    pub fn enable_metrics(&mut self) -> Result<u16> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        self.metrics_port = Some(port);
+        Ok(port)
+    }
+
     /// Keep the directory after the environment is dropped (the demo's `--keep`).
     pub fn keep(self) -> PathBuf {
         self.dir.keep()
@@ -97,8 +107,12 @@ impl HostEnv {
             Some(_) => "[claims]\nsource = \"api-server\"\n".to_owned(),
             None => format!("[claims]\nsource = \"file\"\npath = {:?}\n", self.claims_path),
         };
+        let metrics = match self.metrics_port {
+            Some(port) => format!("metrics_addr = \"127.0.0.1:{port}\"\n"),
+            None => String::new(),
+        };
         let mut text = format!(
-            "node_name = \"test-node\"\nkubelet_root_dir = {:?}\ncdi_dir = {:?}\ncache_dir = {:?}\n\n{claims}\n[runtime]\n{runtime_toml}\n\n{tables}\n",
+            "node_name = \"test-node\"\nkubelet_root_dir = {:?}\ncdi_dir = {:?}\ncache_dir = {:?}\n{metrics}\n{claims}\n[runtime]\n{runtime_toml}\n\n{tables}\n",
             self.kubelet_root, self.cdi_dir, self.cache_dir
         );
         for d in drivers {
@@ -116,6 +130,11 @@ impl HostEnv {
 
     /// Start the binary in node mode with this environment's config.
     pub fn start(&self, binary: &Path) -> Result<HostProcess> {
+        self.start_with_args(binary, &[])
+    }
+
+    /// Like [`Self::start`], with extra `run` arguments (e.g. `--rolling-update-uid`).
+    pub fn start_with_args(&self, binary: &Path, args: &[&str]) -> Result<HostProcess> {
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log_path = self.dir.path().join(format!("host-{n}.log"));
         let log = File::create(&log_path)?;
@@ -126,6 +145,7 @@ impl HostEnv {
         let child = cmd
             .args(["run", "--config"])
             .arg(&self.config_path)
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("DRA_TEST_LOG").unwrap_or_else(|_| "info".into()),
@@ -230,4 +250,16 @@ impl Drop for HostProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// GET `path` from an HTTP server on 127.0.0.1:`port` (the host's metrics
+/// endpoint); the whole response, headers included.
+pub async fn http_get(port: u16, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
 }

@@ -299,7 +299,10 @@ impl Plugin {
 
 #[derive(Default)]
 struct Shared {
-    plugins: Mutex<HashMap<String, Plugin>>,
+    /// Per driver, every registered instance, oldest first. As in the
+    /// kubelet (1.33+), two instances of one driver coexist during a rolling
+    /// update and calls go to the newest one.
+    plugins: Mutex<HashMap<String, Vec<Plugin>>>,
     events: Mutex<Vec<Event>>,
     changed: Notify,
 }
@@ -374,13 +377,35 @@ impl TestKubelet {
         self.shared.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The instance of `driver` the kubelet calls: the newest registered.
     pub fn plugin(&self, driver: &str) -> Option<Plugin> {
+        self.plugins(driver).pop()
+    }
+
+    /// Every registered instance of `driver`, oldest first.
+    pub fn plugins(&self, driver: &str) -> Vec<Plugin> {
         self.shared
             .plugins
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(driver)
             .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Wait until `driver` has `n` registered instances.
+    pub async fn wait_for_instances(&self, driver: &str, n: usize, timeout: Duration) -> Result<Vec<Plugin>> {
+        self.wait(timeout, || {
+            let all = self.plugins(driver);
+            (all.len() == n).then_some(all)
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "driver {driver} did not have {n} registered instances within {timeout:?}; kubelet events: {:?}",
+                self.events()
+            )
+        })
     }
 
     /// Wait until `driver` is registered.
@@ -431,6 +456,7 @@ async fn reconcile(root: &Path, known: &[String], shared: &Shared, path: &Path) 
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .values()
+                .flatten()
                 .any(|p| p.registration_socket == path && p.inode == meta.ino());
             if already {
                 return;
@@ -443,11 +469,13 @@ async fn reconcile(root: &Path, known: &[String], shared: &Shared, path: &Path) 
                         supported_versions: plugin.supported_versions.clone(),
                         service: plugin.service,
                     });
-                    shared
-                        .plugins
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(plugin.driver.clone(), plugin);
+                    {
+                        let mut plugins = shared.plugins.lock().unwrap_or_else(|p| p.into_inner());
+                        let instances = plugins.entry(plugin.driver.clone()).or_default();
+                        // A socket registered again (a restart) replaces its old instance.
+                        instances.retain(|p| p.registration_socket != plugin.registration_socket);
+                        instances.push(plugin);
+                    }
                     shared.changed.notify_waiters();
                 }
                 Err(e) => shared.push(Event::Refused {
@@ -461,14 +489,15 @@ async fn reconcile(root: &Path, known: &[String], shared: &Shared, path: &Path) 
             // Removed: deregister whoever registered through this socket.
             let removed: Vec<String> = {
                 let mut plugins = shared.plugins.lock().unwrap_or_else(|p| p.into_inner());
-                let gone: Vec<String> = plugins
-                    .iter()
-                    .filter(|(_, p)| p.registration_socket == path)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in &gone {
-                    plugins.remove(k);
+                let mut gone = Vec::new();
+                for (driver, instances) in plugins.iter_mut() {
+                    let before = instances.len();
+                    instances.retain(|p| p.registration_socket != path);
+                    if instances.len() != before {
+                        gone.push(driver.clone());
+                    }
                 }
+                plugins.retain(|_, instances| !instances.is_empty());
                 gone
             };
             for driver in removed {

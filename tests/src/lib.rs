@@ -8,10 +8,12 @@
 //! - [`apiserver::TestApiServer`]: the resource.k8s.io/v1 endpoints the host
 //!   uses, in memory, reached through a kubeconfig;
 //! - [`claims`]: ResourceClaim objects in the resource.k8s.io/v1 shape;
+//! - [`configmap`]: a ConfigMap volume updated the way the kubelet does it;
 //! - [`gpus`]: simulated GPUs and NVML event injection.
 
 pub mod apiserver;
 pub mod claims;
+pub mod configmap;
 pub mod gpus;
 pub mod host;
 pub mod kubelet;

@@ -1,0 +1,244 @@
+//! Rolling update of the host itself: two host processes in rolling-update
+//! mode (as the old and the new pod of a DaemonSet with `maxSurge: 1`) serve
+//! one driver from one plugin data directory. Both register, calls through
+//! either see the other's claims, none is prepared twice or lost, and the old
+//! one stopping in the middle of the load fails no call.
+
+use crate::common::*;
+use dra_test_support::claims::{Claim, ClaimsFile, uid};
+use dra_test_support::host::{DriverSpec, HostEnv};
+use dra_test_support::kubelet::{Plugin, TestKubelet};
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const OLD_UID: &str = "0b4c6a2e-6f0e-4d6b-9a57-1c1a3e0d9f11";
+const NEW_UID: &str = "7d1f2c3b-2a4e-4c5d-8e6f-9a0b1c2d3e4f";
+
+struct Outcome {
+    /// Calls answered, by plugin endpoint.
+    by_endpoint: HashMap<PathBuf, usize>,
+    failures: Vec<String>,
+}
+
+/// Prepare through one instance, prepare again through the other (which must
+/// answer from the shared checkpoint without preparing again), unprepare
+/// through the second; until `stop`.
+async fn worker(
+    kubelet: Arc<TestKubelet>,
+    claims: Vec<Claim>,
+    cdi_dir: PathBuf,
+    checkpoint_dir: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> Outcome {
+    let mut out = Outcome {
+        by_endpoint: HashMap::new(),
+        failures: Vec::new(),
+    };
+    let mut i = 0usize;
+    let pick = |i: usize| -> Option<Plugin> {
+        let all = kubelet.plugins(DRIVER);
+        (!all.is_empty()).then(|| all[i % all.len()].clone())
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let c = &claims[i % claims.len()];
+        i += 1;
+        let (Some(first), Some(second)) = (pick(i), pick(i + 1)) else {
+            out.failures.push("no registered instance".into());
+            break;
+        };
+        let spec = cdi_dir.join(format!("k8s.{DRIVER}-device_{}.json", c.uid));
+        let result = async {
+            let a = first
+                .prepare(&[c.reference()])
+                .await
+                .map_err(|e| format!("prepare: {e}"))?;
+            *out.by_endpoint.entry(first.endpoint.clone()).or_default() += 1;
+            if !a[&c.uid].error.is_empty() {
+                return Err(format!("prepare {}: {}", c.name, a[&c.uid].error));
+            }
+            let inode = std::fs::metadata(&spec)
+                .map_err(|e| format!("CDI spec after prepare: {e}"))?
+                .ino();
+            let b = second
+                .prepare(&[c.reference()])
+                .await
+                .map_err(|e| format!("prepare again: {e}"))?;
+            *out.by_endpoint.entry(second.endpoint.clone()).or_default() += 1;
+            if !b[&c.uid].error.is_empty() || b[&c.uid].devices != a[&c.uid].devices {
+                return Err(format!("prepare again {}: {:?} vs {:?}", c.name, b[&c.uid], a[&c.uid]));
+            }
+            // Answered from the checkpoint: the spec was not written again.
+            let again = std::fs::metadata(&spec).map_err(|e| format!("CDI spec: {e}"))?.ino();
+            if again != inode {
+                return Err(format!(
+                    "claim {} was prepared twice (its CDI spec was rewritten)",
+                    c.name
+                ));
+            }
+            let u = second
+                .unprepare(&[c.reference()])
+                .await
+                .map_err(|e| format!("unprepare: {e}"))?;
+            *out.by_endpoint.entry(second.endpoint.clone()).or_default() += 1;
+            if !u[&c.uid].is_empty() {
+                return Err(format!("unprepare {}: {}", c.name, u[&c.uid]));
+            }
+            if spec.exists() || checkpoint_dir.join(format!("{}.json", c.uid)).exists() {
+                return Err(format!("claim {} left state behind after unprepare", c.name));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            out.failures.push(e);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_in_rolling_update_mode_share_claims_and_hand_over() {
+    let env = HostEnv::new(&cache_dir()).unwrap();
+    let mut claims_file = ClaimsFile::new(&env.claims_path).unwrap();
+    let spec = DriverSpec::new(DRIVER, &guest("example_driver.wasm")).config("devices = 16");
+    env.write_config(&[spec], "").unwrap();
+    let kubelet = Arc::new(TestKubelet::start(&env.kubelet_root).unwrap());
+
+    let mut old = env
+        .start_with_args(&binary(), &["--rolling-update-uid", OLD_UID])
+        .unwrap();
+    kubelet.wait_for_instances(DRIVER, 1, START_TIMEOUT).await.unwrap();
+    let new = env
+        .start_with_args(&binary(), &["--rolling-update-uid", NEW_UID])
+        .unwrap();
+    let both = kubelet.wait_for_instances(DRIVER, 2, START_TIMEOUT).await.unwrap();
+    let plugin_dir = env.kubelet_root.join("plugins").join(DRIVER);
+    let registry = env.kubelet_root.join("plugins_registry");
+    let old_dra = plugin_dir.join(format!("dra-{OLD_UID}.sock"));
+    let new_dra = plugin_dir.join(format!("dra-{NEW_UID}.sock"));
+    assert_eq!(both[0].endpoint, old_dra);
+    assert_eq!(both[1].endpoint, new_dra);
+    let old_reg = registry.join(format!("{DRIVER}-{OLD_UID}-reg.sock"));
+    let new_reg = registry.join(format!("{DRIVER}-{NEW_UID}-reg.sock"));
+    assert!(old_reg.exists() && new_reg.exists());
+    assert!(plugin_dir.join("serialize.lock").exists());
+
+    const WORKERS: u64 = 4;
+    let mut all = Vec::new();
+    let mut per_worker = Vec::new();
+    for w in 0..WORKERS {
+        let claims: Vec<Claim> = (0..4)
+            .map(|i| {
+                let n = w * 4 + i;
+                Claim::new("default", &format!("roll-{n}"), &uid(500 + n)).device(
+                    DRIVER,
+                    POOL,
+                    &format!("gpu-{n}"),
+                    "gpu",
+                )
+            })
+            .collect();
+        all.extend(claims.clone());
+        per_worker.push(claims);
+    }
+    claims_file.put(&all).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let checkpoint_dir = plugin_dir.join("claims");
+    let workers: Vec<_> = per_worker
+        .into_iter()
+        .map(|claims| {
+            tokio::spawn(worker(
+                Arc::clone(&kubelet),
+                claims,
+                env.cdi_dir.clone(),
+                checkpoint_dir.clone(),
+                Arc::clone(&stop),
+            ))
+        })
+        .collect();
+
+    // Both serve for a while, then the old pod is stopped under load.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stopped_at = Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = old.terminate(Duration::from_secs(30));
+        (status, old.log())
+    })
+    .await
+    .unwrap();
+    let (status, old_log) = status;
+    let status = status.unwrap();
+    assert!(status.success(), "old host exit {status:?}; log:\n{old_log}");
+    let stop_took = stopped_at.elapsed();
+    kubelet
+        .wait_for_instances(DRIVER, 1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // The new one carries the load alone for a while.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut by_endpoint: HashMap<PathBuf, usize> = HashMap::new();
+    let mut failures = Vec::new();
+    for w in workers {
+        let o = w.await.unwrap();
+        for (k, v) in o.by_endpoint {
+            *by_endpoint.entry(k).or_default() += v;
+        }
+        failures.extend(o.failures);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed calls, first: {:?}\nold host log:\n{old_log}\nnew host log:\n{}",
+        failures.len(),
+        failures.first(),
+        new.log()
+    );
+    let (on_old, on_new) = (by_endpoint[&old_dra], by_endpoint[&new_dra]);
+    eprintln!("calls: {on_old} on the old host, {on_new} on the new; the old one took {stop_took:?} to stop");
+    assert!(on_old > 10 && on_new > 10, "calls spread across both: {by_endpoint:?}");
+
+    // The old host removed its own sockets, and only those.
+    assert!(!old_reg.exists() && !old_dra.exists());
+    assert!(new_reg.exists() && new_dra.exists());
+    // Nothing prepared is left: every claim was unprepared, whoever prepared it.
+    assert_eq!(std::fs::read_dir(&checkpoint_dir).unwrap().count(), 0);
+    let left: Vec<_> = std::fs::read_dir(&env.cdi_dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+
+    // The new one still answers as the only instance.
+    let c = &all[0];
+    let plugin = kubelet.plugin(DRIVER).unwrap();
+    assert_eq!(plugin.endpoint, new_dra);
+    assert_eq!(plugin.prepare(&[c.reference()]).await.unwrap()[&c.uid].error, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_restarted_in_rolling_update_mode_keeps_the_claims() {
+    // Claims prepared by a host in normal mode are served by a host in
+    // rolling-update mode (the first upgrade to a DaemonSet with maxSurge).
+    let mut node = Node::example(4).await;
+    let c = Claim::new("default", "kept", &uid(77)).device(DRIVER, POOL, "gpu-1", "gpu");
+    node.claims.put(std::slice::from_ref(&c)).unwrap();
+    let first = node.plugin.prepare(&[c.reference()]).await.unwrap();
+    assert_eq!(first[&c.uid].error, "");
+    node.host.terminate(Duration::from_secs(20)).unwrap();
+
+    let host = node
+        .env
+        .start_with_args(&binary(), &["--rolling-update-uid", NEW_UID])
+        .unwrap();
+    let plugin = node.kubelet.wait_for_plugin(DRIVER, START_TIMEOUT).await.unwrap();
+    assert!(plugin.endpoint.ends_with(format!("dra-{NEW_UID}.sock")));
+    let again = plugin.prepare(&[c.reference()]).await.unwrap();
+    assert_eq!(again[&c.uid].devices, first[&c.uid].devices, "{}", host.log());
+    assert_eq!(plugin.unprepare(&[c.reference()]).await.unwrap()[&c.uid], "");
+    assert!(!node.cdi_spec_path(&c.uid).exists());
+}
