@@ -382,3 +382,113 @@ async fn a_guest_failing_its_first_calls_is_rolled_back() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sn.log_count("guest swapped"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaps_are_reported_as_kubernetes_events() {
+    use dra_test_support::apiserver::TestApiServer;
+    let api = TestApiServer::start().await.unwrap();
+    api.put_node("test-node", "6a1b2c3d-0000-4000-8000-0000000005a9");
+    let mut env = HostEnv::new(&cache_dir()).unwrap();
+    env.use_api_server(&api).unwrap();
+    let mut guests = ConfigMapDir::create(&env.dir().join("guests"), &[(KEY, &build(V1))]).unwrap();
+    let spec = DriverSpec::new(FAULTY, &guests.path(KEY)).config("devices = 2");
+    let node = Node::start_in(env, vec![spec], "", "[hot_swap]\ndebounce_ms = 20\n").await;
+
+    guests.update(&[(KEY, b"not a component")]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !node.host.log().contains("new guest refused") {
+        assert!(Instant::now() < deadline, "{}", node.host.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    guests.update(&[(KEY, &build(V2))]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let events = api.events();
+        if events.len() >= 2 {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events: {events:?}\nhost log:\n{}",
+            node.host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let by_reason = |r: &str| events.iter().find(|e| e["reason"] == r).cloned();
+    let rejected = by_reason("GuestRejected").expect("a GuestRejected event");
+    assert_eq!(rejected["type"], "Warning");
+    assert_eq!(rejected["involvedObject"]["kind"], "Node");
+    assert_eq!(rejected["involvedObject"]["name"], "test-node");
+    assert_eq!(
+        rejected["involvedObject"]["uid"],
+        "6a1b2c3d-0000-4000-8000-0000000005a9"
+    );
+    assert!(
+        rejected["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid WebAssembly component")
+    );
+    let swapped = by_reason("GuestSwapped").expect("a GuestSwapped event");
+    assert_eq!(swapped["type"], "Normal");
+    assert!(
+        swapped["message"].as_str().unwrap().contains("faulty-next 0.2.0"),
+        "{swapped}"
+    );
+}
+
+/// `guest inspect` and `guest validate FILE`: what an operator runs before
+/// updating the ConfigMap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_inspect_and_validate_a_candidate() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(binary())
+            .args(args)
+            .output()
+            .expect("run the binary")
+    };
+    let gpu = guest("gpu_driver.wasm");
+    let out = run(&["guest", "inspect", gpu.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["world"], "gpu-driver");
+    assert_eq!(v["witVersion"], "0.1.0");
+    assert_eq!(v["grantsNeeded"], serde_json::json!(["nvml"]));
+    assert_eq!(v["compatible"], true);
+    assert_eq!(v["fitsConfigmap"], true);
+    assert_eq!(v["sizeBytes"], std::fs::metadata(&gpu).unwrap().len());
+    assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
+    assert!(
+        v["exports"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("dra:driver/device-driver@0.1.0"))
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.wasm");
+    std::fs::write(&empty, EMPTY_COMPONENT).unwrap();
+    let out = run(&["guest", "inspect", empty.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["compatible"], false);
+    assert!(v["problem"].as_str().unwrap().contains("does not implement"), "{v}");
+
+    // validate FILE: the candidate is loaded with the driver's config and
+    // self-tested; a candidate whose self-test fails is an error.
+    let env = HostEnv::new(&cache_dir()).unwrap();
+    let spec = DriverSpec::new(FAULTY, &guest("faulty_driver.wasm"))
+        .config("devices = 3\nfaultVersion = \"0.2.0\"\nfault = \"init\"");
+    env.write_config(&[spec], "").unwrap();
+    let config = env.config_path.to_str().unwrap();
+    let out = run(&["guest", "validate", "--config", config]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[FAULTY]["guest"]["version"], V1);
+    assert_eq!(v[FAULTY]["pools"][0]["devices"].as_array().unwrap().len(), 3);
+    let next = guest("faulty_next.wasm");
+    let out = run(&["guest", "validate", next.to_str().unwrap(), "--config", config]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("build 0.2.0 was asked to fail init"), "{stderr}");
+}

@@ -9,8 +9,9 @@
 //! count, no `eventTime`, which would make the API server ask for a series).
 
 use super::client::ApiClient;
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::api::core::v1::{Event, EventSource, Node, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use std::sync::Arc;
 
 /// The component name events are reported under.
 const COMPONENT: &str = "dra-wasm-host";
@@ -36,7 +37,9 @@ impl EventType {
 pub struct EventRecorder {
     api: ApiClient,
     node: String,
-    node_uid: Option<String>,
+    /// The Node's UID: `kubectl describe node` selects events by it. From
+    /// the config, else looked up once, on the first event.
+    node_uid: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl EventRecorder {
@@ -44,15 +47,18 @@ impl EventRecorder {
         Self {
             api,
             node: node.to_owned(),
-            node_uid,
+            node_uid: Arc::new(tokio::sync::OnceCell::new_with(node_uid)),
         }
     }
 
     /// Record an event about `driver` on this node, in the background.
     pub fn record(&self, driver: &str, kind: EventType, reason: &str, message: String) {
-        let event = self.event(driver, kind, reason, message);
-        let api = self.api.clone();
+        let this = self.clone();
+        let (driver, reason) = (driver.to_owned(), reason.to_owned());
         tokio::spawn(async move {
+            let uid = this.node_uid().await;
+            let event = this.event(&driver, kind, &reason, message, uid);
+            let api = this.api;
             let reason = event.reason.clone().unwrap_or_default();
             let result = api
                 .call("create event", |client| {
@@ -70,7 +76,24 @@ impl EventRecorder {
         });
     }
 
-    fn event(&self, driver: &str, kind: EventType, reason: &str, message: String) -> Event {
+    async fn node_uid(&self) -> Option<String> {
+        let lookup = || async {
+            let node = self.node.clone();
+            self.api
+                .call("get node", |client| {
+                    let node = node.clone();
+                    async move { kube::Api::<Node>::all(client).get(&node).await }
+                })
+                .await
+                .map_err(|e| tracing::warn!(error = %e, "cannot look up this node's UID for events"))
+                .ok()
+                .and_then(|n| n.metadata.uid)
+                .ok_or(())
+        };
+        self.node_uid.get_or_try_init(lookup).await.ok().cloned()
+    }
+
+    fn event(&self, driver: &str, kind: EventType, reason: &str, message: String, node_uid: Option<String>) -> Event {
         let now = k8s_openapi::jiff::Timestamp::now();
         Event {
             metadata: ObjectMeta {
@@ -83,7 +106,7 @@ impl EventRecorder {
                 api_version: Some("v1".to_owned()),
                 kind: Some("Node".to_owned()),
                 name: Some(self.node.clone()),
-                uid: self.node_uid.clone(),
+                uid: node_uid,
                 ..Default::default()
             },
             reason: Some(reason.to_owned()),
