@@ -16,6 +16,7 @@ mod instance;
 mod watch;
 
 pub use bindings::dra::driver::log as bindings_log;
+pub use bindings::dra::driver::net as bindings_net;
 pub use bindings::dra::driver::nvml as bindings_nvml;
 pub use bindings::types;
 pub use cache::{CacheOutcome, CompileCache, digest};
