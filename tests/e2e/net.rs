@@ -148,16 +148,19 @@ async fn net_node(lab: &Lab, granted: &[&str], guest_config: &str) -> NetNode {
     api.put_node("test-node", NODE_UID);
     let mut env = HostEnv::new(&cache_dir()).unwrap();
     env.use_api_server(&api).unwrap();
+    assert!(!lab.parents.is_empty());
+    let node = Node::start_in(env, vec![net_spec(granted, guest_config)], "", "").await;
+    NetNode { api, node }
+}
+
+fn net_spec(granted: &[&str], guest_config: &str) -> DriverSpec {
     let granted: Vec<String> = granted.iter().map(|g| format!("{g:?}")).collect();
-    let spec = DriverSpec::new(NET, &guest("macvlan_driver.wasm"))
+    DriverSpec::new(NET, &guest("macvlan_driver.wasm"))
         .extra(&format!(
             "grants = [\"net\"]\n[drivers.net]\nparents = [{}]\n",
             granted.join(", ")
         ))
-        .config(guest_config);
-    assert!(!lab.parents.is_empty());
-    let node = Node::start_in(env, vec![spec], "", "").await;
-    NetNode { api, node }
+        .config(guest_config)
 }
 
 fn parent_config(parents: &[String]) -> String {
@@ -548,4 +551,56 @@ async fn ungranted_parents_and_taken_static_addresses_are_clear_errors() {
     // The guest never sees links beyond its grant.
     let log = net.node.host.log();
     assert!(!log.contains("panic"), "{log}");
+}
+
+/// Two host processes in rolling-update mode (the old and the new pod of
+/// the DaemonSet): each serves attach requests on its own socket, the old
+/// one removes only its own when it stops, and the hook reaches the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_hosts_each_serve_and_remove_their_own_attach_socket() {
+    if !need_root("rolling_update_hosts_each_serve_and_remove_their_own_attach_socket") {
+        return;
+    }
+    const OLD_UID: &str = "0b4c6a2e-6f0e-4d6b-9a57-1c1a3e0d9f21";
+    const NEW_UID: &str = "7d1f2c3b-2a4e-4c5d-8e6f-9a0b1c2d3e21";
+    let mut lab = Lab::new(1);
+    let parent = lab.parents[0].clone();
+    let api = TestApiServer::start().await.unwrap();
+    api.put_node("test-node", NODE_UID);
+    let mut env = HostEnv::new(&cache_dir()).unwrap();
+    env.use_api_server(&api).unwrap();
+    env.write_config_with(&[net_spec(&[&parent], &parent_config(&lab.parents))], "", "")
+        .unwrap();
+    let kubelet = dra_test_support::kubelet::TestKubelet::start(&env.kubelet_root).unwrap();
+    let mut old = env.start_with_args(&binary(), &["--rolling-update-uid", OLD_UID]).unwrap();
+    kubelet.wait_for_instances(NET, 1, START_TIMEOUT).await.unwrap_or_else(|e| panic!("{e}\n{}", old.log()));
+    let new = env.start_with_args(&binary(), &["--rolling-update-uid", NEW_UID]).unwrap();
+    let plugins = kubelet
+        .wait_for_instances(NET, 2, START_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", new.log()));
+    let dir = env.kubelet_root.join("plugins").join(NET);
+    let old_socket = dir.join(format!("net-attach-{OLD_UID}.sock"));
+    let new_socket = dir.join(format!("net-attach-{NEW_UID}.sock"));
+    assert!(old_socket.exists() && new_socket.exists());
+
+    let claim = share_claim("a", 31, &parent, 931, "100M");
+    api.put_claim(claim.to_json());
+    let answer = plugins[0].prepare(&[claim.reference()]).await.unwrap();
+    assert_eq!(answer[&uid(31)].error, "", "{}\n{}", old.log(), new.log());
+
+    let status = old.terminate(Duration::from_secs(20)).unwrap();
+    assert!(status.success());
+    assert!(!old_socket.exists(), "the old host removes its own socket");
+    assert!(new_socket.exists(), "and leaves the new host's");
+
+    let spec_path = env.cdi_dir.join(format!("k8s.{NET}-device_{}.json", uid(31)));
+    let spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+    let hook = &spec["devices"][0]["containerEdits"]["hooks"][0];
+    let args: Vec<String> = hook["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
+    let (ns, pid) = lab.pod();
+    let (ok, out) = run_hook(hook["path"].as_str().unwrap(), &args, pid);
+    assert!(ok, "{out}\n{}", new.log());
+    assert!(pod_interface(&ns, "net1").is_some());
+    assert!(new.log().contains("link attached to the pod"), "the new host attached it");
 }

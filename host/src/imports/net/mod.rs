@@ -26,7 +26,7 @@ use crate::guest::bindings_net::{
     AddressRequest, Attachment as WitAttachment, Host, Link, Macvlan, MacvlanMode, NetError,
 };
 use crate::guest::types::{Event, Hook, HookStage};
-use netlink::{LinkState, NetlinkError};
+use netlink::NetlinkError;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -406,10 +406,8 @@ impl NetDriver {
         for uid in &orphans {
             self.release_claim(uid)?;
         }
-        // Links with our prefix on the node that no record knows: created by
-        // a process that died before it recorded them. Only this driver's
-        // names can be recomputed, so only links recorded are deleted here;
-        // the rest are reported.
+        // A link is recorded before it is created (see `create_macvlan`), so
+        // every link a crashed process may have left is among these.
         Ok(orphans)
     }
 }
