@@ -473,7 +473,11 @@ fn validate_net(d: &DriverConfig) -> Result<(), String> {
     if let Some(h) = &net.hook_path
         && !h.is_absolute()
     {
-        return Err(format!("driver {}: net.hook_path {} must be absolute", d.name, h.display()));
+        return Err(format!(
+            "driver {}: net.hook_path {} must be absolute",
+            d.name,
+            h.display()
+        ));
     }
     Ok(())
 }
@@ -521,8 +525,15 @@ mod tests {
         assert!(e.to_string().contains("not granted net"), "{e}");
         let e = load(&format!("{base}grants = [\"net\"]\n[drivers.net]\nparents = []\n")).unwrap_err();
         assert!(e.to_string().contains("parents is empty"), "{e}");
-        for (bad, why) in [("dwh1", "reserves"), ("a/b", "valid interface"), ("eth1\", \"eth1", "twice")] {
-            let e = load(&format!("{base}grants = [\"net\"]\n[drivers.net]\nparents = [\"{bad}\"]\n")).unwrap_err();
+        for (bad, why) in [
+            ("dwh1", "reserves"),
+            ("a/b", "valid interface"),
+            ("eth1\", \"eth1", "twice"),
+        ] {
+            let e = load(&format!(
+                "{base}grants = [\"net\"]\n[drivers.net]\nparents = [\"{bad}\"]\n"
+            ))
+            .unwrap_err();
             assert!(e.to_string().contains(why), "{bad}: {e}");
         }
         let e = load(&format!(
@@ -530,7 +541,10 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.to_string().contains("must be absolute"), "{e}");
-        let c = load(&format!("{base}grants = [\"net\"]\n[drivers.net]\nparents = [\"eth1\", \"eth2\"]\n")).unwrap();
+        let c = load(&format!(
+            "{base}grants = [\"net\"]\n[drivers.net]\nparents = [\"eth1\", \"eth2\"]\n"
+        ))
+        .unwrap();
         assert_eq!(c.drivers[0].net.as_ref().unwrap().parents, ["eth1", "eth2"]);
     }
 

@@ -303,7 +303,11 @@ impl Host {
     async fn start_driver(
         &self,
         d: &DriverConfig,
-    ) -> Result<(kubelet::RunningPlugin, liveness::Probe, Option<net::attach::AttachServer>)> {
+    ) -> Result<(
+        kubelet::RunningPlugin,
+        liveness::Probe,
+        Option<net::attach::AttachServer>,
+    )> {
         let paths = match &self.rolling_update_uid {
             Some(uid) => PluginPaths::rolling_update(&self.kubelet_root, &d.name, uid),
             None => PluginPaths::new(&self.kubelet_root, &d.name),

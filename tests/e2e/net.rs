@@ -37,11 +37,16 @@ fn need_root(test: &str) -> bool {
         println!("SKIPPED net::{test}: needs root (DRA_SKIP_ROOT_TESTS=1)");
         return false;
     }
-    panic!("net::{test} needs root to create links and network namespaces (CI runs as root); run as root or set DRA_SKIP_ROOT_TESTS=1 to skip");
+    panic!(
+        "net::{test} needs root to create links and network namespaces (CI runs as root); run as root or set DRA_SKIP_ROOT_TESTS=1 to skip"
+    );
 }
 
 fn ip(args: &[&str]) -> std::process::Output {
-    Command::new("ip").args(args).output().expect("running ip (install iproute2)")
+    Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip (install iproute2)")
 }
 
 fn ip_ok(args: &[&str]) {
@@ -201,7 +206,12 @@ fn hook_of(node: &Node, uid: &str) -> (String, Vec<String>) {
     let spec = cdi_spec(node, uid);
     let hook = &spec["devices"][0]["containerEdits"]["hooks"][0];
     assert_eq!(hook["hookName"], "createRuntime", "{spec}");
-    let args = hook["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
+    let args = hook["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
     (hook["path"].as_str().unwrap().to_owned(), args)
 }
 
@@ -245,7 +255,11 @@ async fn network_data(net: &NetNode, name: &str) -> Value {
         {
             return d.clone();
         }
-        assert!(Instant::now() < deadline, "no status.devices for {name}\n{}", net.node.host.log());
+        assert!(
+            Instant::now() < deadline,
+            "no status.devices for {name}\n{}",
+            net.node.host.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -280,7 +294,13 @@ fn host_links_on(parent: &str) -> Vec<String> {
 }
 
 fn net_state(node: &Node) -> Value {
-    let path = node.env.kubelet_root.join("plugins").join(NET).join("net").join("state.json");
+    let path = node
+        .env
+        .kubelet_root
+        .join("plugins")
+        .join(NET)
+        .join("net")
+        .join("state.json");
     serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|_| b"{}".to_vec())).unwrap()
 }
 
@@ -296,9 +316,11 @@ async fn two_shares_attach_to_pods_and_unprepare_removes_everything() {
     // Inventory: the NIC as a shareable device with bandwidth and subnet.
     let deadline = Instant::now() + Duration::from_secs(20);
     let device = loop {
-        let found = net.api.slices().into_iter().find_map(|s| {
-            (s["spec"]["driver"] == NET).then(|| s["spec"]["devices"][0].clone())
-        });
+        let found = net
+            .api
+            .slices()
+            .into_iter()
+            .find_map(|s| (s["spec"]["driver"] == NET).then(|| s["spec"]["devices"][0].clone()));
         if let Some(d) = found {
             break d;
         }
@@ -364,7 +386,10 @@ async fn two_shares_attach_to_pods_and_unprepare_removes_everything() {
     let (addrs_b, mac_b, _) = pod_interface(&pod_b, "net1").expect("net1 in pod b");
     assert_eq!(addrs_b, [ip_b.clone()]);
     assert_eq!(mac_b, nd_b["hardwareAddress"].as_str().unwrap());
-    assert!(host_links_on(&parent).is_empty(), "both moved out of the node's namespace");
+    assert!(
+        host_links_on(&parent).is_empty(),
+        "both moved out of the node's namespace"
+    );
     // The default route via the gateway, and the bandwidth as egress limit.
     let routes = ip_json(&["-n", &pod_a, "route", "show", "default"]);
     assert_eq!(routes[0]["gateway"], "192.0.2.1", "{routes}");
@@ -376,7 +401,12 @@ async fn two_shares_attach_to_pods_and_unprepare_removes_everything() {
     assert!(tc.contains("tbf") && tc.contains("200Mbit"), "{tc}");
 
     // Unprepare: links deleted (even though the pods still exist), addresses released.
-    let gone = net.node.plugin.unprepare(&[a.reference(), b.reference()]).await.unwrap();
+    let gone = net
+        .node
+        .plugin
+        .unprepare(&[a.reference(), b.reference()])
+        .await
+        .unwrap();
     assert_eq!(gone[&uid(1)], "");
     assert_eq!(gone[&uid(2)], "");
     assert!(pod_interface(&pod_a, "net1").is_none(), "net1 removed from pod a");
@@ -441,7 +471,12 @@ async fn kill9_between_prepare_and_hook_is_completed_or_cleaned_after_restart() 
         .map(|a| a["claim_uid"].as_str().unwrap())
         .collect();
     assert_eq!(owners, [uid(11).as_str()], "{state}");
-    assert!(net.node.host.log().contains("released network resources of claims not in the checkpoint"));
+    assert!(
+        net.node
+            .host
+            .log()
+            .contains("released network resources of claims not in the checkpoint")
+    );
     // And a repeated prepare of a answers from the checkpoint.
     let again = net.node.plugin.prepare(&[a.reference()]).await.unwrap();
     assert_eq!(again[&uid(11)].error, "");
@@ -473,7 +508,10 @@ async fn parent_link_down_is_unhealthy_within_100ms() {
             .unwrap();
         assert_eq!(d.health, UNHEALTHY, "round {round}: {list:?}");
         assert!(d.message.contains("is down"), "{}", d.message);
-        assert!(took < Duration::from_millis(100), "round {round}: Unhealthy after {took:?}");
+        assert!(
+            took < Duration::from_millis(100),
+            "round {round}: Unhealthy after {took:?}"
+        );
         figures.push(took.as_secs_f64() * 1e3);
         ip_ok(&["link", "set", &lab.parents[1], "up"]);
         let list = stream.next(Duration::from_secs(2)).await.expect("back up");
@@ -526,9 +564,16 @@ async fn ungranted_parents_and_taken_static_addresses_are_clear_errors() {
     for c in [&denied, &fixed, &clash, &outside] {
         net.api.put_claim(c.to_json());
     }
-    let answer = net.node.plugin.prepare(&[denied.reference(), fixed.reference()]).await.unwrap();
+    let answer = net
+        .node
+        .plugin
+        .prepare(&[denied.reference(), fixed.reference()])
+        .await
+        .unwrap();
     assert!(
-        answer[&uid(21)].error.contains(&format!("parent link \"{other}\" is not granted")),
+        answer[&uid(21)]
+            .error
+            .contains(&format!("parent link \"{other}\" is not granted")),
         "{}",
         answer[&uid(21)].error
     );
@@ -536,13 +581,24 @@ async fn ungranted_parents_and_taken_static_addresses_are_clear_errors() {
     let nd = network_data(&net, "fixed").await;
     assert_eq!(nd["networkData"]["ips"][0], "192.0.2.15/24");
     assert_eq!(nd["networkData"]["interfaceName"], "data0");
-    let answer = net.node.plugin.prepare(&[clash.reference(), outside.reference()]).await.unwrap();
+    let answer = net
+        .node
+        .plugin
+        .prepare(&[clash.reference(), outside.reference()])
+        .await
+        .unwrap();
     assert!(
-        answer[&uid(23)].error.contains(&format!("already in use by claim {}", uid(22))),
+        answer[&uid(23)]
+            .error
+            .contains(&format!("already in use by claim {}", uid(22))),
         "{}",
         answer[&uid(23)].error
     );
-    assert!(answer[&uid(24)].error.contains("not a free host address"), "{}", answer[&uid(24)].error);
+    assert!(
+        answer[&uid(24)].error.contains("not a free host address"),
+        "{}",
+        answer[&uid(24)].error
+    );
     // Failed prepares leave no link or address behind.
     assert_eq!(host_links_on(granted).len(), 1, "only the fixed claim's link");
     assert!(host_links_on(other).is_empty());
@@ -572,9 +628,16 @@ async fn rolling_update_hosts_each_serve_and_remove_their_own_attach_socket() {
     env.write_config_with(&[net_spec(&[&parent], &parent_config(&lab.parents))], "", "")
         .unwrap();
     let kubelet = dra_test_support::kubelet::TestKubelet::start(&env.kubelet_root).unwrap();
-    let mut old = env.start_with_args(&binary(), &["--rolling-update-uid", OLD_UID]).unwrap();
-    kubelet.wait_for_instances(NET, 1, START_TIMEOUT).await.unwrap_or_else(|e| panic!("{e}\n{}", old.log()));
-    let new = env.start_with_args(&binary(), &["--rolling-update-uid", NEW_UID]).unwrap();
+    let mut old = env
+        .start_with_args(&binary(), &["--rolling-update-uid", OLD_UID])
+        .unwrap();
+    kubelet
+        .wait_for_instances(NET, 1, START_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", old.log()));
+    let new = env
+        .start_with_args(&binary(), &["--rolling-update-uid", NEW_UID])
+        .unwrap();
     let plugins = kubelet
         .wait_for_instances(NET, 2, START_TIMEOUT)
         .await
@@ -597,10 +660,18 @@ async fn rolling_update_hosts_each_serve_and_remove_their_own_attach_socket() {
     let spec_path = env.cdi_dir.join(format!("k8s.{NET}-device_{}.json", uid(31)));
     let spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
     let hook = &spec["devices"][0]["containerEdits"]["hooks"][0];
-    let args: Vec<String> = hook["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
+    let args: Vec<String> = hook["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
     let (ns, pid) = lab.pod();
     let (ok, out) = run_hook(hook["path"].as_str().unwrap(), &args, pid);
     assert!(ok, "{out}\n{}", new.log());
     assert!(pod_interface(&ns, "net1").is_some());
-    assert!(new.log().contains("link attached to the pod"), "the new host attached it");
+    assert!(
+        new.log().contains("link attached to the pod"),
+        "the new host attached it"
+    );
 }

@@ -76,7 +76,12 @@ fn mode(m: &str) -> net::MacvlanMode {
 }
 
 /// Create the link, address it and arrange its attachment, for one device.
-fn prepare_one(d: &logic::Driver, uid: &str, plan: &logic::Plan, pool: &str) -> Result<(PreparedDevice, String), DriverError> {
+fn prepare_one(
+    d: &logic::Driver,
+    uid: &str,
+    plan: &logic::Plan,
+    pool: &str,
+) -> Result<(PreparedDevice, String), DriverError> {
     let p = &plan.parent;
     let link = net::create_macvlan(&net::Macvlan {
         parent: p.name.clone(),
@@ -270,7 +275,10 @@ impl exports::dra::driver::device_driver::Guest for MacvlanDriver {
                     Err(e) => {
                         // Leave nothing behind for a failed prepare.
                         if let Err(undo) = net::release_claim(&uid) {
-                            log(Level::Error, &format!("releasing claim {uid} after a failure: {}", undo.message));
+                            log(
+                                Level::Error,
+                                &format!("releasing claim {uid} after a failure: {}", undo.message),
+                            );
                         }
                         return Err(e);
                     }
@@ -295,7 +303,11 @@ impl exports::dra::driver::device_driver::Guest for MacvlanDriver {
                 Some((device, up, message)) => vec![DeviceHealth {
                     pool: pool.to_owned(),
                     device,
-                    status: if up { HealthStatus::Healthy } else { HealthStatus::Unhealthy },
+                    status: if up {
+                        HealthStatus::Healthy
+                    } else {
+                        HealthStatus::Unhealthy
+                    },
                     message,
                 }],
                 None => vec![],

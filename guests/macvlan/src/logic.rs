@@ -194,7 +194,13 @@ pub struct Driver {
 pub fn device_name(ifname: &str) -> String {
     let mut s: String = ifname
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     s = s.trim_matches('-').to_owned();
     if s.is_empty() { "nic".into() } else { s }
@@ -227,7 +233,8 @@ fn is_ifname(s: &str) -> bool {
         && s.len() <= 15
         && s != "."
         && s != ".."
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 impl Driver {
@@ -258,12 +265,18 @@ impl Driver {
         let mut names = std::collections::BTreeSet::new();
         for p in &config.parents {
             if !names.insert(device_name(&p.name)) {
-                return Err(Error::config(format!("driver config: parent {} is listed twice", p.name)));
+                return Err(Error::config(format!(
+                    "driver config: parent {} is listed twice",
+                    p.name
+                )));
             }
             if let Some(b) = &p.bandwidth
                 && parse_rate(b).is_none()
             {
-                return Err(Error::config(format!("parent {}: bandwidth {b:?} is not a quantity", p.name)));
+                return Err(Error::config(format!(
+                    "parent {}: bandwidth {b:?} is not a quantity",
+                    p.name
+                )));
             }
             if !p.subnet.contains('/') {
                 return Err(Error::config(format!(
@@ -326,8 +339,8 @@ impl Driver {
                 .iter()
                 .filter(|c| c.requests.is_empty() || c.requests.iter().any(|r| r == &a.request || r == base_request))
             {
-                let p: ClaimParams = serde_json::from_str(&c.parameters)
-                    .map_err(|e| Error::claim(format!("claim parameters: {e}")))?;
+                let p: ClaimParams =
+                    serde_json::from_str(&c.parameters).map_err(|e| Error::claim(format!("claim parameters: {e}")))?;
                 params.address = p.address.or(params.address);
                 params.interface_name = p.interface_name.or(params.interface_name);
                 params.mac = p.mac.or(params.mac);
@@ -420,9 +433,18 @@ mod tests {
             ("{}", "parents"),
             (r#"{"parents":[]}"#, "parents is empty"),
             (r#"{"parents":[{"name":"e","subnet":"x"}]}"#, "CIDR"),
-            (r#"{"parents":[{"name":"e","subnet":"10.0.0.0/8"}],"mode":"fast"}"#, "mode"),
-            (r#"{"parents":[{"name":"e","subnet":"10.0.0.0/8","bandwith":"1G"}]}"#, "bandwith"),
-            (r#"{"parents":[{"name":"e","subnet":"10.0.0.0/8","bandwidth":"lots"}]}"#, "bandwidth"),
+            (
+                r#"{"parents":[{"name":"e","subnet":"10.0.0.0/8"}],"mode":"fast"}"#,
+                "mode",
+            ),
+            (
+                r#"{"parents":[{"name":"e","subnet":"10.0.0.0/8","bandwith":"1G"}]}"#,
+                "bandwith",
+            ),
+            (
+                r#"{"parents":[{"name":"e","subnet":"10.0.0.0/8","bandwidth":"lots"}]}"#,
+                "bandwidth",
+            ),
             (
                 r#"{"parents":[{"name":"e","subnet":"10.0.0.0/8"},{"name":"e","subnet":"10.0.0.0/8"}]}"#,
                 "twice",
@@ -441,9 +463,15 @@ mod tests {
         assert_eq!(devices.len(), 1, "eth1 is not on this node");
         let dev = &devices[0];
         assert_eq!(dev.name, "ens2f0");
-        assert!(dev.attributes.contains(&("subnet", Value::Text("198.51.100.0/24".into()))));
+        assert!(
+            dev.attributes
+                .contains(&("subnet", Value::Text("198.51.100.0/24".into())))
+        );
         assert!(dev.attributes.contains(&("linkSpeedMbps", Value::Int(25000))));
-        assert!(dev.attributes.contains(&("pciAddress", Value::Text("0000:3b:00.0".into()))));
+        assert!(
+            dev.attributes
+                .contains(&("pciAddress", Value::Text("0000:3b:00.0".into())))
+        );
         assert!(dev.attributes.contains(&("mtu", Value::Int(9000))));
         assert_eq!(dev.bandwidth, "25000M", "from the link speed");
         let devices = d.devices(&[link("eth1", None)]);
@@ -478,7 +506,12 @@ mod tests {
             requests: vec![],
             parameters: r#"{"adress":"192.0.2.50"}"#.into(),
         }];
-        assert!(d.plan(&[alloc("eth1", None, None)], &typo).unwrap_err().message.contains("adress"));
+        assert!(
+            d.plan(&[alloc("eth1", None, None)], &typo)
+                .unwrap_err()
+                .message
+                .contains("adress")
+        );
         let same = vec![OpaqueConfig {
             requests: vec![],
             parameters: r#"{"interfaceName":"data"}"#.into(),

@@ -192,9 +192,10 @@ pub fn attach(driver: &NetDriver, link: &str, pid: u32) -> Result<AttachAnswer, 
         .into_iter()
         .find(|l| l.name == link)
         .ok_or_else(|| NetOpError::Denied(format!("no prepared link {link:?} for driver {}", driver.driver)))?;
-    let attachment = record.attachment.clone().ok_or_else(|| {
-        NetOpError::Invalid(format!("link {link} was prepared without an attachment"))
-    })?;
+    let attachment = record
+        .attachment
+        .clone()
+        .ok_or_else(|| NetOpError::Invalid(format!("link {link} was prepared without an attachment")))?;
     let ns_path = PathBuf::from(format!("/proc/{pid}/ns/net"));
     let ns = netlink::open_netns(&ns_path)?;
     let inode = ns
@@ -230,7 +231,10 @@ pub fn attach(driver: &NetDriver, link: &str, pid: u32) -> Result<AttachAnswer, 
     // pod even if what follows fails.
     driver.store.update(|d| {
         if let Some(r) = d.links.iter_mut().find(|l| l.name == link) {
-            r.attached = Some(Attached { pid, netns_inode: inode });
+            r.attached = Some(Attached {
+                pid,
+                netns_inode: inode,
+            });
         }
         Ok(())
     })?;
@@ -281,7 +285,14 @@ pub fn attach(driver: &NetDriver, link: &str, pid: u32) -> Result<AttachAnswer, 
             let burst = (bps / 8 / 100).max(16 * 1024);
             let out = std::process::Command::new(tc)
                 .args(["qdisc", "replace", "dev", &a.pod_interface, "root", "tbf"])
-                .args(["rate", &format!("{bps}bit"), "burst", &burst.to_string(), "latency", "50ms"])
+                .args([
+                    "rate",
+                    &format!("{bps}bit"),
+                    "burst",
+                    &burst.to_string(),
+                    "latency",
+                    "50ms",
+                ])
                 .output()
                 .map_err(|e| NetlinkError::Thread(format!("running tc: {e}")))?;
             if !out.status.success() {
@@ -333,7 +344,13 @@ pub fn run_hook(dir: &Path, link: &str, stdin: impl Read) -> Result<AttachAnswer
         .and_then(|p| u32::try_from(p).ok())
         .filter(|p| *p > 1)
         .ok_or_else(|| HookError::State("the state has no container pid".into()))?;
-    request(dir, &AttachRequest { link: link.to_owned(), pid })
+    request(
+        dir,
+        &AttachRequest {
+            link: link.to_owned(),
+            pid,
+        },
+    )
 }
 
 /// Send `req` to a host serving `dir`, trying each attach socket, newest first.

@@ -124,7 +124,12 @@ impl NetDriver {
             .links
             .into_iter()
             .find(|l| l.name == name)
-            .ok_or_else(|| NetOpError::Denied(format!("link {name:?} is not a link the host created for driver {}", self.driver)))
+            .ok_or_else(|| {
+                NetOpError::Denied(format!(
+                    "link {name:?} is not a link the host created for driver {}",
+                    self.driver
+                ))
+            })
     }
 
     /// The links this driver may see.
@@ -163,12 +168,13 @@ impl NetDriver {
         if spec.key.is_empty() || spec.key.len() > 253 {
             return Err(NetOpError::Invalid("the link key must have 1 to 253 bytes".into()));
         }
-        let mac = match &spec.hardware_address {
-            Some(m) => Some(netlink::parse_mac(m).ok_or_else(|| {
-                NetOpError::Invalid(format!("{m:?} is not a MAC address such as 02:00:00:00:00:01"))
-            })?),
-            None => None,
-        };
+        let mac =
+            match &spec.hardware_address {
+                Some(m) => Some(netlink::parse_mac(m).ok_or_else(|| {
+                    NetOpError::Invalid(format!("{m:?} is not a MAC address such as 02:00:00:00:00:01"))
+                })?),
+                None => None,
+            };
         if spec.mtu.is_some_and(|m| !(68..=65535).contains(&m)) {
             return Err(NetOpError::Invalid("the MTU must be between 68 and 65535".into()));
         }
@@ -199,11 +205,13 @@ impl NetDriver {
         let mtu = spec.mtu;
         let n = name.clone();
         let link = netlink::run(None, move |h| async move {
-            let parent_link = netlink::by_name(&h, &parent).await?.ok_or_else(|| NetlinkError::Failed {
-                op: format!("creating a macvlan on {parent}"),
-                message: format!("the parent link {parent} does not exist on this node"),
-                errno: Some(libc::ENODEV),
-            })?;
+            let parent_link = netlink::by_name(&h, &parent)
+                .await?
+                .ok_or_else(|| NetlinkError::Failed {
+                    op: format!("creating a macvlan on {parent}"),
+                    message: format!("the parent link {parent} does not exist on this node"),
+                    errno: Some(libc::ENODEV),
+                })?;
             netlink::create_macvlan(&h, &n, &parent_link, mode, mtu, mac).await
         })?;
         let mac = link.mac.clone();
@@ -307,7 +315,9 @@ impl NetDriver {
         }
         for cidr in &a.addresses {
             if netlink::parse_cidr(cidr).is_none() {
-                return Err(NetOpError::Invalid(format!("{cidr:?} is not an address in CIDR notation")));
+                return Err(NetOpError::Invalid(format!(
+                    "{cidr:?} is not an address in CIDR notation"
+                )));
             }
         }
         let mut routes = Vec::with_capacity(a.routes.len());
@@ -321,7 +331,10 @@ impl NetDriver {
                 None => None,
             };
             if !dest_ok {
-                return Err(NetOpError::Invalid(format!("route destination {:?} is not an IPv4 CIDR", r.destination)));
+                return Err(NetOpError::Invalid(format!(
+                    "route destination {:?} is not an IPv4 CIDR",
+                    r.destination
+                )));
             }
             routes.push(RouteRecord {
                 destination: r.destination.clone(),
@@ -363,7 +376,9 @@ impl NetDriver {
         self.record(name)?;
         for cidr in addresses {
             if netlink::parse_cidr(cidr).is_none() {
-                return Err(NetOpError::Invalid(format!("{cidr:?} is not an address in CIDR notation")));
+                return Err(NetOpError::Invalid(format!(
+                    "{cidr:?} is not an address in CIDR notation"
+                )));
             }
         }
         let name = name.to_owned();
@@ -385,7 +400,9 @@ impl NetDriver {
     pub fn set_egress_rate(&self, name: &str, bits_per_second: u64) -> Result<bool, NetOpError> {
         self.record(name)?;
         if bits_per_second < 8_000 {
-            return Err(NetOpError::Invalid("an egress rate below 8 kbit/s is not useful".into()));
+            return Err(NetOpError::Invalid(
+                "an egress rate below 8 kbit/s is not useful".into(),
+            ));
         }
         let available = attach::tc_program().is_some();
         self.store.update(|d| {

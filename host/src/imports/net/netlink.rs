@@ -21,7 +21,11 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
     #[error("{op}: {message}")]
-    Failed { op: String, message: String, errno: Option<i32> },
+    Failed {
+        op: String,
+        message: String,
+        errno: Option<i32>,
+    },
     #[error("entering network namespace {path}: {source}")]
     Namespace { path: String, source: std::io::Error },
     #[error("netlink worker thread failed: {0}")]
@@ -124,7 +128,13 @@ pub fn format_mac(bytes: &[u8]) -> String {
 pub fn parse_mac(text: &str) -> Option<Vec<u8>> {
     let bytes: Vec<u8> = text
         .split(':')
-        .map(|p| if p.len() == 2 { u8::from_str_radix(p, 16).ok() } else { None })
+        .map(|p| {
+            if p.len() == 2 {
+                u8::from_str_radix(p, 16).ok()
+            } else {
+                None
+            }
+        })
         .collect::<Option<_>>()?;
     (bytes.len() == 6).then_some(bytes)
 }
@@ -171,11 +181,19 @@ pub fn state_of(msg: &LinkMessage) -> LinkState {
 pub async fn list(handle: &Handle) -> Result<Vec<LinkState>, NetlinkError> {
     let mut links = Vec::new();
     let mut stream = handle.link().get().execute();
-    while let Some(msg) = stream.try_next().await.map_err(|e| NetlinkError::op("listing links", e))? {
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(|e| NetlinkError::op("listing links", e))?
+    {
         links.push(link_state(&msg));
     }
     let mut addrs = handle.address().get().execute();
-    while let Some(msg) = addrs.try_next().await.map_err(|e| NetlinkError::op("listing addresses", e))? {
+    while let Some(msg) = addrs
+        .try_next()
+        .await
+        .map_err(|e| NetlinkError::op("listing addresses", e))?
+    {
         let ip = msg.attributes.iter().find_map(|a| match a {
             AddressAttribute::Local(ip) => Some(*ip),
             _ => None,
@@ -223,10 +241,7 @@ pub async fn create_macvlan(
         }
         return Err(NetlinkError::Failed {
             op: format!("creating macvlan {name}"),
-            message: format!(
-                "a {} link of that name exists on another parent",
-                existing.kind
-            ),
+            message: format!("a {} link of that name exists on another parent", existing.kind),
             errno: Some(libc::EEXIST),
         });
     }
@@ -308,7 +323,11 @@ pub async fn add_address(handle: &Handle, link: &LinkState, cidr: &str) -> Resul
         Ok(()) => Ok(()),
         Err(e) => {
             let e = NetlinkError::op(format!("adding {cidr} to {}", link.name), e);
-            if e.errno() == Some(libc::EEXIST) { Ok(()) } else { Err(e) }
+            if e.errno() == Some(libc::EEXIST) {
+                Ok(())
+            } else {
+                Err(e)
+            }
         }
     }
 }
@@ -342,7 +361,11 @@ pub async fn add_route(
         Ok(()) => Ok(()),
         Err(e) => {
             let e = NetlinkError::op(format!("adding route {destination}"), e);
-            if e.errno() == Some(libc::EEXIST) { Ok(()) } else { Err(e) }
+            if e.errno() == Some(libc::EEXIST) {
+                Ok(())
+            } else {
+                Err(e)
+            }
         }
     }
 }
@@ -378,7 +401,9 @@ fn is_pci_address(s: &str) -> bool {
         && b[4] == b':'
         && b[7] == b':'
         && b[10] == b'.'
-        && s.chars().enumerate().all(|(i, c)| matches!(i, 4 | 7 | 10) || c.is_ascii_hexdigit())
+        && s.chars()
+            .enumerate()
+            .all(|(i, c)| matches!(i, 4 | 7 | 10) || c.is_ascii_hexdigit())
 }
 
 #[cfg(test)]

@@ -158,7 +158,11 @@ impl Pool {
         let start = addr("rangeStart", range_start, network + 1)?;
         let end = addr("rangeEnd", range_end, broadcast - 1)?;
         if start > end {
-            return Err(format!("rangeStart {} is after rangeEnd {}", Ipv4Addr::from(start), Ipv4Addr::from(end)));
+            return Err(format!(
+                "rangeStart {} is after rangeEnd {}",
+                Ipv4Addr::from(start),
+                Ipv4Addr::from(end)
+            ));
         }
         let gateway = match gateway {
             Some(g) => Some(Ipv4Addr::from(addr("gateway", Some(g), 0)?)),
@@ -253,10 +257,7 @@ impl Store {
 
     /// Read the state, let `f` change it, write it back if `f` succeeded:
     /// all under the lock.
-    pub fn update<T>(
-        &self,
-        f: impl FnOnce(&mut StoreData) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    pub fn update<T>(&self, f: impl FnOnce(&mut StoreData) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let _lock = self.lock()?;
         let mut data = self.load()?;
         let out = f(&mut data)?;
@@ -390,14 +391,32 @@ mod tests {
     use super::*;
 
     fn pool() -> Pool {
-        Pool::parse("192.0.2.0/24", Some("192.0.2.10"), Some("192.0.2.12"), Some("192.0.2.10")).unwrap()
+        Pool::parse(
+            "192.0.2.0/24",
+            Some("192.0.2.10"),
+            Some("192.0.2.12"),
+            Some("192.0.2.10"),
+        )
+        .unwrap()
     }
 
     #[test]
     fn pools_are_checked() {
-        assert!(Pool::parse("192.0.2.1/24", None, None, None).unwrap_err().contains("host bits"));
-        assert!(Pool::parse("192.0.2.0/31", None, None, None).unwrap_err().contains("prefix"));
-        assert!(Pool::parse("2001:db8::/64", None, None, None).unwrap_err().contains("IPv4"));
+        assert!(
+            Pool::parse("192.0.2.1/24", None, None, None)
+                .unwrap_err()
+                .contains("host bits")
+        );
+        assert!(
+            Pool::parse("192.0.2.0/31", None, None, None)
+                .unwrap_err()
+                .contains("prefix")
+        );
+        assert!(
+            Pool::parse("2001:db8::/64", None, None, None)
+                .unwrap_err()
+                .contains("IPv4")
+        );
         assert!(
             Pool::parse("192.0.2.0/24", Some("192.0.3.1"), None, None)
                 .unwrap_err()
@@ -409,7 +428,10 @@ mod tests {
                 .contains("after")
         );
         let p = Pool::parse("10.1.0.0/16", None, None, None).unwrap();
-        assert_eq!((p.start, p.end), ("10.1.0.1".parse().unwrap(), "10.1.255.254".parse().unwrap()));
+        assert_eq!(
+            (p.start, p.end),
+            ("10.1.0.1".parse().unwrap(), "10.1.255.254".parse().unwrap())
+        );
     }
 
     #[test]
@@ -426,7 +448,10 @@ mod tests {
         let e = s.allocate("eth1", &p, "c3", "a", None).unwrap_err();
         assert!(e.to_string().contains("no free address"), "{e}");
         // Statics: inside the subnet, not the gateway, not taken.
-        assert_eq!(s.allocate("eth1", &p, "c4", "a", Some("192.0.2.50/24")).unwrap(), "192.0.2.50/24");
+        assert_eq!(
+            s.allocate("eth1", &p, "c4", "a", Some("192.0.2.50/24")).unwrap(),
+            "192.0.2.50/24"
+        );
         let e = s.allocate("eth1", &p, "c5", "a", Some("192.0.2.50")).unwrap_err();
         assert!(e.to_string().contains("in use by claim c4"), "{e}");
         for bad in ["192.0.2.10", "192.0.3.4", "192.0.2.255", "192.0.2.4/16", "x"] {
