@@ -62,6 +62,7 @@ fn main() {
     for guest in [
         "example_driver.wasm",
         "gpu_driver.wasm",
+        "macvlan_driver.wasm",
         "faulty_driver.wasm",
         "faulty_next.wasm",
     ] {

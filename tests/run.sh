@@ -11,6 +11,11 @@ rustup target add wasm32-wasip2 >/dev/null
 # Manifests and generated ResourceSlices are validated against the 1.37 schemas.
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore kubernetes-validate==1.37.0
 
+# The networking tests (tests/e2e/net.rs, root) create links and namespaces with iproute2.
+if ! command -v ip >/dev/null 2>&1; then
+    timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq iproute2 >/dev/null
+fi
+
 cargo test --workspace --locked
 # The guests' logic compiled natively (the component glue is wasm-only).
-cargo test --locked --manifest-path guests/Cargo.toml --target-dir target/guest-logic -p example-driver -p gpu-driver
+cargo test --locked --manifest-path guests/Cargo.toml --target-dir target/guest-logic -p example-driver -p gpu-driver -p macvlan-driver

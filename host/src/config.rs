@@ -38,6 +38,14 @@
 //! sharing = "mps"
 //! [drivers.policy]
 //! mount_host_prefixes = ["/run/nvidia/driver"]
+//!
+//! [[drivers]]                           # a network driver (docs/networking.md)
+//! name = "net.example.com"
+//! guest = "/etc/dra-wasm-host/guests/macvlan.wasm"
+//! grants = ["net"]
+//! [drivers.net]
+//! parents = ["eth1", "eth2"]            # the only links the guest may use
+//! hook_path = "/opt/dra-wasm-host/bin/dra-wasm-host"  # the attach hook as runtimes see it
 //! ```
 
 use crate::imports::Grant;
@@ -297,6 +305,24 @@ pub struct DriverConfig {
     /// while it is unhealthy, so the scheduler avoids it.
     #[serde(default)]
     pub taint_unhealthy: bool,
+    /// Network access for a driver granted `net`.
+    #[serde(default)]
+    pub net: Option<DriverNetConfig>,
+}
+
+/// What a driver granted `net` may use.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DriverNetConfig {
+    /// The parent links (host NICs) the guest may create macvlans on and
+    /// watch; it sees no other link of the node.
+    pub parents: Vec<String>,
+    /// Where the container runtime finds the attach hook program (this
+    /// binary, installed on the node by `dra-wasm-host install-hook`).
+    /// Default: this binary's own path, for a host running on the node
+    /// itself. It is added to the driver's allowed hook paths.
+    #[serde(default)]
+    pub hook_path: Option<PathBuf>,
 }
 
 impl DriverConfig {
@@ -361,6 +387,7 @@ impl Config {
             if !names.insert(&d.name) {
                 return Err(format!("driver {} is configured twice", d.name));
             }
+            validate_net(d)?;
         }
         for (what, dir) in [("kubelet_root_dir", &self.kubelet_root_dir), ("cdi_dir", &self.cdi_dir)] {
             if !dir.is_absolute() {
@@ -406,6 +433,55 @@ impl Config {
     }
 }
 
+/// A driver granted `net` needs a `[drivers.net]` section and the other way round.
+fn validate_net(d: &DriverConfig) -> Result<(), String> {
+    let granted = d.grants.contains(&Grant::Net);
+    let Some(net) = &d.net else {
+        return match granted {
+            true => Err(format!(
+                "driver {} is granted net but has no [drivers.net] section naming its parent links",
+                d.name
+            )),
+            false => Ok(()),
+        };
+    };
+    if !granted {
+        return Err(format!(
+            "driver {} has a [drivers.net] section but is not granted net (add \"net\" to its grants)",
+            d.name
+        ));
+    }
+    if net.parents.is_empty() {
+        return Err(format!("driver {}: [drivers.net] parents is empty", d.name));
+    }
+    let mut seen = HashSet::new();
+    for p in &net.parents {
+        if !crate::imports::net::is_valid_ifname(p) {
+            return Err(format!("driver {}: {p:?} is not a valid interface name", d.name));
+        }
+        if p.starts_with(crate::imports::net::LINK_PREFIX) {
+            return Err(format!(
+                "driver {}: parent {p} uses the prefix {} that the host reserves for the links it creates",
+                d.name,
+                crate::imports::net::LINK_PREFIX
+            ));
+        }
+        if !seen.insert(p) {
+            return Err(format!("driver {}: parent {p} is listed twice", d.name));
+        }
+    }
+    if let Some(h) = &net.hook_path
+        && !h.is_absolute()
+    {
+        return Err(format!(
+            "driver {}: net.hook_path {} must be absolute",
+            d.name,
+            h.display()
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,6 +514,38 @@ mod tests {
         assert!(e.to_string().contains("nodename"), "{e}");
         let e = load("drivers = []\n").unwrap_err();
         assert!(e.to_string().contains("no [[drivers]]"), "{e}");
+    }
+
+    #[test]
+    fn net_needs_grant_and_parents() {
+        let base = "[[drivers]]\nname = \"net.dra.dev\"\nguest = \"m.wasm\"\n";
+        let e = load(&format!("{base}grants = [\"net\"]\n")).unwrap_err();
+        assert!(e.to_string().contains("no [drivers.net] section"), "{e}");
+        let e = load(&format!("{base}[drivers.net]\nparents = [\"eth1\"]\n")).unwrap_err();
+        assert!(e.to_string().contains("not granted net"), "{e}");
+        let e = load(&format!("{base}grants = [\"net\"]\n[drivers.net]\nparents = []\n")).unwrap_err();
+        assert!(e.to_string().contains("parents is empty"), "{e}");
+        for (bad, why) in [
+            ("dwh1", "reserves"),
+            ("a/b", "valid interface"),
+            ("eth1\", \"eth1", "twice"),
+        ] {
+            let e = load(&format!(
+                "{base}grants = [\"net\"]\n[drivers.net]\nparents = [\"{bad}\"]\n"
+            ))
+            .unwrap_err();
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+        let e = load(&format!(
+            "{base}grants = [\"net\"]\n[drivers.net]\nparents = [\"eth1\"]\nhook_path = \"bin/x\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("must be absolute"), "{e}");
+        let c = load(&format!(
+            "{base}grants = [\"net\"]\n[drivers.net]\nparents = [\"eth1\", \"eth2\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.drivers[0].net.as_ref().unwrap().parents, ["eth1", "eth2"]);
     }
 
     #[test]

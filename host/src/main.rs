@@ -10,7 +10,7 @@ use dra_wasm_host::config::{ClaimsConfig, Config, DriverConfig, HotSwapConfig};
 use dra_wasm_host::driver::{Driver, DriverParts, GuestUpdates};
 use dra_wasm_host::guest::{CompileCache, ErrorBudget, Guest, GuestFileWatcher, GuestSpec, Limits, Runtime, types};
 use dra_wasm_host::health::Health;
-use dra_wasm_host::imports::{Capabilities, Grant, Imports, nvml};
+use dra_wasm_host::imports::{Capabilities, Grant, Imports, net, nvml};
 use dra_wasm_host::kube::client::ApiClient;
 use dra_wasm_host::kube::events::EventRecorder;
 use dra_wasm_host::kube::publisher::{self, Publisher};
@@ -70,6 +70,24 @@ enum Command {
     /// Call a DRA plugin's sockets as the kubelet does (prints JSON).
     #[command(subcommand)]
     Call(call::CallCommand),
+    /// The CDI createRuntime hook of network drivers: reads the OCI state
+    /// from stdin and asks the host to move the prepared link into the
+    /// container's network namespace (prints the result as JSON).
+    NetAttach {
+        /// The driver's plugin directory (holds the host's attach sockets).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The prepared link (a name the host gave it, `dwh…`).
+        #[arg(long)]
+        link: String,
+    },
+    /// Copy this binary to a path on the node, for container runtimes to run
+    /// as the network attach hook (a DaemonSet init container does this).
+    InstallHook {
+        /// Destination, e.g. /opt/dra-wasm-host/bin/dra-wasm-host.
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -110,7 +128,11 @@ enum GuestCommand {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Demo { .. } | Command::Guest(_) | Command::Call(_) => "warn",
+        Command::Demo { .. }
+        | Command::Guest(_)
+        | Command::Call(_)
+        | Command::NetAttach { .. }
+        | Command::InstallHook { .. } => "warn",
         Command::Run { .. } => "info",
     };
     init_tracing(cli.log_format, default_filter);
@@ -134,6 +156,8 @@ fn main() -> std::process::ExitCode {
             Command::Guest(GuestCommand::Inspect { file }) => inspect(&file),
             Command::Guest(GuestCommand::Configmap { name, namespace, files }) => configmap(&name, &namespace, &files),
             Command::Call(cmd) => call::run(cmd).await,
+            Command::NetAttach { dir, link } => net_attach(&dir, &link),
+            Command::InstallHook { to } => install_hook(&to),
         }
     });
     match result {
@@ -173,21 +197,26 @@ async fn run(config_path: &std::path::Path, rolling_update_uid: Option<String>) 
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let rolling = rolling_update_uid.is_some();
     if let Some(addr) = config.metrics_addr {
-        metrics::serve(addr, Arc::clone(&metrics), stopped())
-            .await
-            .with_context(|| format!("serving metrics on {addr}"))?;
+        let (metrics, shutdown) = (Arc::clone(&metrics), stopped());
+        serve_tcp(addr, "metrics", rolling, move |l| {
+            metrics::serve(l, metrics, shutdown);
+        })
+        .await?;
     }
     let host = Host::new(&config, &node, Arc::clone(&metrics), rolling_update_uid).await?;
 
     let mut plugins = Vec::new();
     let mut probes = Vec::new();
+    let mut attach_servers = Vec::new();
     for d in &config.drivers {
         match host.start_driver(d).await {
-            Ok((plugin, probe)) => {
+            Ok((plugin, probe, attach)) => {
                 metrics.set_driver_up(&d.name, true);
                 plugins.push(plugin);
                 probes.push(probe);
+                attach_servers.extend(attach);
             }
             Err(e) => {
                 metrics.set_driver_up(&d.name, false);
@@ -202,9 +231,11 @@ async fn run(config_path: &std::path::Path, rolling_update_uid: Option<String>) 
         bail!("no driver could be started");
     }
     if let Some(addr) = config.healthcheck_addr {
-        liveness::serve(addr, liveness::Liveness::new(probes), stopped())
-            .await
-            .with_context(|| format!("serving liveness on {addr}"))?;
+        let (live, shutdown) = (liveness::Liveness::new(probes), stopped());
+        serve_tcp(addr, "liveness", rolling, move |l| {
+            liveness::serve(l, live, shutdown);
+        })
+        .await?;
     }
 
     wait_for_signal().await?;
@@ -213,8 +244,48 @@ async fn run(config_path: &std::path::Path, rolling_update_uid: Option<String>) 
     for plugin in plugins {
         plugin.stop().await;
     }
+    // Removes only this process's attach sockets.
+    drop(attach_servers);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Bind `addr` and hand the listener to `serve`.
+///
+/// In rolling-update mode on the host network (the networking driver's
+/// DaemonSet), the pod being replaced still holds the port while this one
+/// starts. Failing would stop the rollout, and sharing it (`SO_REUSEPORT`)
+/// would let the old pod answer this one's liveness probe; so the port is
+/// taken over when the old pod lets it go, checked twice a second.
+async fn serve_tcp<F>(addr: std::net::SocketAddr, what: &'static str, rolling: bool, serve: F) -> Result<()>
+where
+    F: FnOnce(tokio::net::TcpListener) + Send + 'static,
+{
+    use std::io::ErrorKind::AddrInUse;
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => {
+            serve(listener);
+            Ok(())
+        }
+        Err(e) if rolling && e.kind() == AddrInUse => {
+            tracing::warn!(
+                %addr, what,
+                "port in use, presumably by the pod this one replaces; serving on it once that pod has let it go"
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    match tokio::net::TcpListener::bind(addr).await {
+                        Ok(listener) => return serve(listener),
+                        Err(e) if e.kind() == AddrInUse => continue,
+                        Err(e) => return tracing::error!(%addr, what, error = %e, "cannot listen"),
+                    }
+                }
+            });
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("serving {what} on {addr}")),
+    }
 }
 
 /// What every driver of this process shares.
@@ -272,7 +343,14 @@ impl Host {
     }
 
     /// Load a driver's state and guest, and serve it to the kubelet.
-    async fn start_driver(&self, d: &DriverConfig) -> Result<(kubelet::RunningPlugin, liveness::Probe)> {
+    async fn start_driver(
+        &self,
+        d: &DriverConfig,
+    ) -> Result<(
+        kubelet::RunningPlugin,
+        liveness::Probe,
+        Option<net::attach::AttachServer>,
+    )> {
         let paths = match &self.rolling_update_uid {
             Some(uid) => PluginPaths::rolling_update(&self.kubelet_root, &d.name, uid),
             None => PluginPaths::new(&self.kubelet_root, &d.name),
@@ -294,6 +372,19 @@ impl Host {
             None => None,
         };
         let checkpoint = Checkpoint::open(&paths.plugin_dir.join("claims"), &d.name)?;
+        let net_driver = self.caps.net.as_ref().and_then(|n| n.driver(&d.name)).cloned();
+        if let Some(nd) = &net_driver {
+            // Under the same lock as the checkpoint: links and addresses of
+            // claims that never reached the checkpoint (a crash in between)
+            // or that were unprepared by nobody are released now.
+            let prepared = checkpoint.records().into_iter().map(|r| r.claim.uid).collect();
+            let released = nd
+                .reconcile(&prepared)
+                .with_context(|| format!("driver {}: reconciling network state", d.name))?;
+            if !released.is_empty() {
+                tracing::info!(driver = %d.name, claims = ?released, "released network resources of claims not in the checkpoint");
+            }
+        }
         let cdi = CdiWriter::new(&self.cdi_dir, &d.cdi_vendor(), &d.cdi_class())
             .with_context(|| format!("driver {}", d.name))?;
         let (events_tx, events_rx) = mpsc::channel(nvml::EVENT_QUEUE);
@@ -303,6 +394,15 @@ impl Host {
         let (guest, report) = Guest::load(&self.runtime, &self.metrics, &spec)
             .await
             .with_context(|| format!("driver {}: loading guest", d.name))?;
+        let mut policy = d.policy.clone();
+        if let Some(nd) = &net_driver {
+            // The attach hook is the host's own program: allowed, but only
+            // with the arguments the host hands out.
+            policy.attach_hook = Some(dra_wasm_host::policy::AttachHook {
+                path: nd.hook_path.clone(),
+                plugin_dir: nd.plugin_dir.display().to_string(),
+            });
+        }
         let guest = guest.with_error_budget(ErrorBudget {
             calls: self.hot_swap.probation_calls,
             failures: self.hot_swap.max_failed_calls,
@@ -323,12 +423,18 @@ impl Host {
             claims: Arc::clone(&self.claims),
             cdi,
             checkpoint,
-            policy: d.policy.clone(),
+            policy,
             health,
             metrics: Arc::clone(&self.metrics),
             inventory: report.inventory.clone(),
             serialize,
         }));
+        if let Some(net) = &self.caps.net
+            && net_driver.is_some()
+        {
+            net.watch(&d.name, events_tx.clone())
+                .with_context(|| format!("driver {}: watching parent links", d.name))?;
+        }
         tokio::spawn(Arc::clone(&driver).run_events(events_rx));
         let restored = driver
             .restore_cdi_specs()
@@ -381,7 +487,17 @@ impl Host {
             registration_socket: paths.registration_socket.clone(),
             dra_socket: paths.dra_socket.clone(),
         };
-        Ok((plugin, probe))
+        let attach = match net_driver {
+            Some(nd) => {
+                let socket = net::attach::socket_path(&paths.plugin_dir, self.rolling_update_uid.as_deref());
+                Some(
+                    net::attach::serve(nd, &socket)
+                        .with_context(|| format!("driver {}: attach socket {}", d.name, socket.display()))?,
+                )
+            }
+            None => None,
+        };
+        Ok((plugin, probe, attach))
     }
 }
 
@@ -420,7 +536,44 @@ fn capabilities(config: &Config) -> Result<Capabilities> {
         };
         caps.nvml = Some(nvml::Nvml::new(backend));
     }
+    let mut net_drivers = Vec::new();
+    for d in &config.drivers {
+        let Some(n) = &d.net else { continue };
+        let hook_path = match &n.hook_path {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().context("finding this binary's path for the attach hook")?,
+        };
+        let plugin_dir = PluginPaths::new(&config.kubelet_root_dir, &d.name).plugin_dir;
+        net_drivers.push(
+            net::NetDriver::new(&d.name, n.parents.clone(), &plugin_dir, hook_path.display().to_string())
+                .with_context(|| format!("driver {}: network state", d.name))?,
+        );
+    }
+    if !net_drivers.is_empty() {
+        caps.net = Some(net::Net::new(net_drivers));
+    }
     Ok(caps)
+}
+
+/// `net-attach`: the CDI createRuntime hook.
+fn net_attach(dir: &std::path::Path, link: &str) -> Result<()> {
+    let answer = net::attach::run_hook(dir, link, std::io::stdin().lock())
+        .with_context(|| format!("attaching {link} to the container's pod"))?;
+    println!("{}", serde_json::to_string(&answer)?);
+    Ok(())
+}
+
+/// `install-hook`: copy this binary to `to` (atomically, mode 0755).
+fn install_hook(to: &std::path::Path) -> Result<()> {
+    let me = std::env::current_exe().context("finding this binary")?;
+    let bytes = std::fs::read(&me).with_context(|| format!("reading {}", me.display()))?;
+    if let Some(dir) = to.parent() {
+        dra_wasm_host::state::fsutil::ensure_dir(dir, 0o755).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    dra_wasm_host::state::fsutil::write_atomic(to, &bytes, 0o755)
+        .with_context(|| format!("installing the hook at {}", to.display()))?;
+    println!("installed {} ({} bytes)", to.display(), bytes.len());
+    Ok(())
 }
 
 /// `guest validate`: load each driver's guest as `run` would (grants, init

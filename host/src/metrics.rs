@@ -9,7 +9,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -352,19 +351,20 @@ impl Metrics {
     }
 }
 
-/// Serve `GET /metrics` on `addr` until `shutdown` resolves.
-pub async fn serve(
-    addr: SocketAddr,
+/// Serve `GET /metrics` on `listener` until `shutdown` resolves.
+pub fn serve(
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+) -> tokio::task::JoinHandle<()> {
     use http_body_util::Full;
     use hyper::body::Bytes;
     use hyper::{Request, Response, StatusCode};
 
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving metrics");
-    Ok(tokio::spawn(async move {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving metrics");
+    }
+    tokio::spawn(async move {
         tokio::pin!(shutdown);
         loop {
             let (stream, _) = tokio::select! {
@@ -407,5 +407,5 @@ pub async fn serve(
                 }
             });
         }
-    }))
+    })
 }

@@ -32,6 +32,42 @@ pub struct Policy {
     /// a guest may reference by ID, e.g. `nvidia.com/gpu`.
     #[serde(default)]
     pub cdi_kinds: Vec<String>,
+    /// Set by the host (never from the config) for drivers granted `net`:
+    /// the network attach hook. It is accepted only with exactly the
+    /// arguments the host hands out (`net-attach --dir <plugin dir> --link
+    /// dwh…`): the same program with other arguments (`install-hook --to
+    /// …`) would let a guest write files on the node as root.
+    #[serde(skip)]
+    pub attach_hook: Option<AttachHook>,
+}
+
+/// The attach hook the host allows a network driver's guest to return.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttachHook {
+    pub path: String,
+    pub plugin_dir: String,
+}
+
+impl AttachHook {
+    fn accepts(&self, h: &types::Hook) -> Result<(), String> {
+        let ok = h.stage == types::HookStage::CreateRuntime
+            && h.env.is_empty()
+            && h.args.len() == 6
+            && h.args[1] == "net-attach"
+            && h.args[2] == "--dir"
+            && h.args[3] == self.plugin_dir
+            && h.args[4] == "--link"
+            && h.args[5].starts_with(crate::imports::net::LINK_PREFIX)
+            && crate::imports::net::is_valid_ifname(&h.args[5]);
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "hook {:?} is the network attach hook but not as the host prepared it (stage createRuntime, net-attach --dir {} --link dwh…)",
+                h.path, self.plugin_dir
+            ))
+        }
+    }
 }
 
 fn default_device_prefixes() -> Vec<String> {
@@ -46,6 +82,7 @@ impl Default for Policy {
             hook_paths: vec![],
             allow_net_devices: false,
             cdi_kinds: vec![],
+            attach_hook: None,
         }
     }
 }
@@ -243,6 +280,10 @@ impl Policy {
             }
         }
         for h in &e.hooks {
+            if let Some(attach) = self.attach_hook.as_ref().filter(|a| a.path == h.path) {
+                attach.accepts(h)?;
+                continue;
+            }
             if !self.hook_paths.iter().any(|p| p == &h.path) {
                 return Err(format!(
                     "hook {:?} is not in the allowed hook paths {:?}",
@@ -518,6 +559,49 @@ mod tests {
             name: "net1".into(),
         });
         assert!(p.check(&claim(), &prepared(e)).is_err());
+    }
+
+    #[test]
+    fn the_attach_hook_is_accepted_only_as_the_host_prepared_it() {
+        let p = Policy {
+            attach_hook: Some(AttachHook {
+                path: "/opt/dwh/bin/dra-wasm-host".into(),
+                plugin_dir: "/var/lib/kubelet/plugins/net.dra.dev".into(),
+            }),
+            ..Policy::default()
+        };
+        let with = |stage: HookStage, args: &[&str]| {
+            let mut e = edits();
+            e.hooks.push(Hook {
+                stage,
+                path: "/opt/dwh/bin/dra-wasm-host".into(),
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
+                env: vec![],
+                timeout_seconds: Some(10),
+            });
+            prepared(e)
+        };
+        let good = [
+            "dra-wasm-host",
+            "net-attach",
+            "--dir",
+            "/var/lib/kubelet/plugins/net.dra.dev",
+            "--link",
+            "dwh0123456789ab",
+        ];
+        p.check(&claim(), &with(HookStage::CreateRuntime, &good)).unwrap();
+        assert!(p.check(&claim(), &with(HookStage::Poststop, &good)).is_err());
+        let install = ["dra-wasm-host", "install-hook", "--to", "/usr/bin/x", "--link", "dwh0"];
+        let e = p
+            .check(&claim(), &with(HookStage::CreateRuntime, &install))
+            .unwrap_err();
+        assert!(e.to_string().contains("not as the host prepared it"), "{e}");
+        let mut other_dir = good;
+        other_dir[3] = "/etc";
+        assert!(p.check(&claim(), &with(HookStage::CreateRuntime, &other_dir)).is_err());
+        let mut other_link = good;
+        other_link[5] = "eth0";
+        assert!(p.check(&claim(), &with(HookStage::CreateRuntime, &other_link)).is_err());
     }
 
     #[test]

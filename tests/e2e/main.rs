@@ -7,6 +7,7 @@ mod faults;
 mod gpu;
 mod lifecycle;
 mod manifests;
+mod net;
 mod prepare;
 mod registration;
 mod rolling;

@@ -68,6 +68,56 @@ fn deploy_manifests_and_the_guests_configmap_are_valid_kubernetes_1_37() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("at most 1048576"));
 }
 
+/// The `host.toml` key of a ConfigMap manifest (a `|` literal block).
+fn host_toml(manifest: &str) -> String {
+    let mut lines = manifest.lines().skip_while(|l| l.trim() != "host.toml: |").skip(1);
+    let first = lines.next().expect("host.toml block");
+    let indent = first.len() - first.trim_start().len();
+    std::iter::once(first)
+        .chain(lines.take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() >= indent))
+        .map(|l| l.get(indent..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn deployed_config_is_accepted_by_the_host_and_the_daemonset_uses_rolling_update_mode() {
+    let manifest = std::fs::read_to_string(deploy_dir().join("config.yaml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.toml");
+    std::fs::write(&path, host_toml(&manifest)).unwrap();
+    let config = dra_wasm_host::config::Config::load(&path).unwrap_or_else(|e| panic!("deploy/config.yaml: {e}"));
+    assert!(config.hot_swap.enabled);
+    assert_eq!(config.hot_swap.probation_calls, 50);
+    assert!(!config.drivers.is_empty());
+
+    let ds = std::fs::read_to_string(deploy_dir().join("daemonset.yaml")).unwrap();
+    assert!(ds.contains("- --rolling-update-uid=$(POD_UID)"), "{ds}");
+    assert!(ds.contains("name: POD_UID") && ds.contains("fieldPath: metadata.uid"));
+    assert!(ds.contains("maxSurge: 1"));
+}
+
+/// The networking example's config grants `net` on the NICs it names, and
+/// its DaemonSet (host network, so both pods of an update share the metrics
+/// port) runs in rolling-update mode.
+#[test]
+fn net_example_config_is_accepted_by_the_host() {
+    let manifest = std::fs::read_to_string(deploy_dir().join("net-example.yaml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.toml");
+    std::fs::write(&path, host_toml(&manifest)).unwrap();
+    let config = dra_wasm_host::config::Config::load(&path).unwrap_or_else(|e| panic!("deploy/net-example.yaml: {e}"));
+    let driver = &config.drivers[0];
+    let net = driver.net.as_ref().expect("a [drivers.net] section");
+    assert_eq!(net.parents, ["eth1", "eth2"]);
+    assert!(config.metrics_addr.is_some());
+    assert!(manifest.contains("hostNetwork: true") && manifest.contains("hostPID: true"));
+    assert!(
+        manifest.contains("- --rolling-update-uid\n            - $(POD_UID)"),
+        "{manifest}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_resource_slices_are_valid_kubernetes_1_37() {
     const GPU: &str = "gpu.dra.dev";

@@ -265,4 +265,21 @@ impl LoadedGuest {
     pub fn idle_instances(&self) -> usize {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+
+    /// Instances this guest is using now: idle ones plus those serving a call.
+    pub(crate) fn instances_in_use(&self) -> usize {
+        let busy = self.limits.max_instances.max(1) - self.slots.available_permits();
+        self.idle_instances() + busy
+    }
+
+    /// Fill the idle pool up to `n` instances (at most the limit), so that
+    /// the first calls after a swap do not each pay for `init`. Blocking.
+    pub(crate) fn warm(&self, n: usize) -> Result<(), GuestError> {
+        let n = n.min(self.limits.max_instances);
+        while self.idle_instances() < n {
+            let (instance, _) = self.instantiate()?;
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(instance);
+        }
+        Ok(())
+    }
 }

@@ -16,6 +16,7 @@ mod instance;
 mod watch;
 
 pub use bindings::dra::driver::log as bindings_log;
+pub use bindings::dra::driver::net as bindings_net;
 pub use bindings::dra::driver::nvml as bindings_nvml;
 pub use bindings::types;
 pub use cache::{CacheOutcome, CompileCache, digest};
@@ -200,6 +201,19 @@ impl Guest {
                 return Err(e);
             }
         };
+        // Give the new component as many ready instances as the old one is
+        // using, off the request path, so that the calls right after the
+        // switch do not queue behind `init`.
+        let wanted = self.current.load().instances_in_use();
+        let warming = Arc::clone(&loaded);
+        if let Err(e) = tokio::task::spawn_blocking(move || warming.warm(wanted))
+            .await
+            .map_err(|e| GuestError::Runtime(format!("guest warm-up thread failed: {e}")))
+            .and_then(|r| r)
+        {
+            *lock(&self.rejected) = Some(new_digest);
+            return Err(e);
+        }
         let from = self.identity();
         let previous = self.current.swap(Arc::clone(&loaded));
         *lock(&self.probation) = (self.budget.calls > 0).then(|| Probation {

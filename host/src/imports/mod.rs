@@ -5,6 +5,7 @@
 //! was not granted fails to load (see `guest::check_import`).
 
 pub mod log;
+pub mod net;
 pub mod nvml;
 
 use crate::guest::StoreState;
@@ -45,6 +46,7 @@ impl Grant {
 #[derive(Clone, Debug, Default)]
 pub struct Capabilities {
     pub nvml: Option<Arc<nvml::Nvml>>,
+    pub net: Option<Arc<net::Net>>,
 }
 
 /// The host imports one guest is linked with. Cloned into every store.
@@ -52,6 +54,7 @@ pub struct Capabilities {
 pub struct Imports {
     grants: Vec<Grant>,
     pub(crate) nvml: Option<nvml::NvmlGrant>,
+    pub(crate) net: Option<net::NetGrant>,
 }
 
 impl Imports {
@@ -67,6 +70,7 @@ impl Imports {
         let mut imports = Self {
             grants: grants.to_vec(),
             nvml: None,
+            net: None,
         };
         for grant in grants {
             match grant {
@@ -82,7 +86,14 @@ impl Imports {
                     });
                 }
                 Grant::Net => {
-                    return Err("the net capability is not available in this build of the host".into());
+                    let driver = caps
+                        .net
+                        .as_ref()
+                        .and_then(|n| n.driver(driver))
+                        .ok_or("the net grant needs a [drivers.net] section naming the parent links")?;
+                    imports.net = Some(net::NetGrant {
+                        driver: Arc::clone(driver),
+                    });
                 }
             }
         }
@@ -107,6 +118,9 @@ impl Imports {
 pub(crate) fn add_granted(linker: &mut Linker<StoreState>, imports: &Imports) -> wasmtime::Result<()> {
     if imports.grants(Grant::Nvml) {
         crate::guest::bindings_nvml::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |s| s)?;
+    }
+    if imports.grants(Grant::Net) {
+        crate::guest::bindings_net::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |s| s)?;
     }
     Ok(())
 }

@@ -8,7 +8,6 @@
 use dra_proto::dra::v1;
 use dra_proto::pluginregistration::InfoRequest;
 use dra_proto::pluginregistration::registration_client::RegistrationClient;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -94,16 +93,17 @@ impl Health for Liveness {
     }
 }
 
-/// Serve the liveness service on `addr` until `shutdown` resolves.
-pub async fn serve(
-    addr: SocketAddr,
+/// Serve the liveness service on `listener` until `shutdown` resolves.
+pub fn serve(
+    listener: tokio::net::TcpListener,
     liveness: Liveness,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving gRPC liveness");
+) -> tokio::task::JoinHandle<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving gRPC liveness");
+    }
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         if let Err(e) = tonic::transport::Server::builder()
             .add_service(HealthServer::new(liveness))
             .serve_with_incoming_shutdown(incoming, shutdown)
@@ -111,5 +111,5 @@ pub async fn serve(
         {
             tracing::error!(error = %e, "liveness server failed");
         }
-    }))
+    })
 }

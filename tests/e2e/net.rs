@@ -1,0 +1,682 @@
+//! The macvlan guest on the host's `net` imports, with real netlink.
+//!
+//! Every test builds its own lab and removes it (a Drop guard, so a failed
+//! assertion cleans up too): veth links as parent NICs in the node's
+//! namespace (names `dwt…`, never the host's `dwh…`), and network namespaces
+//! with a sleeping process as "pods". The attach hook is the real binary,
+//! run the way a container runtime runs a CDI `createRuntime` hook: the
+//! program and arguments from the claim's CDI spec, the OCI state on stdin.
+//!
+//! These tests need root (creating links and namespaces). Not as root they
+//! fail and say so, unless `DRA_SKIP_ROOT_TESTS=1` asks to skip them, which
+//! each skipped test prints.
+
+use crate::common::*;
+use dra_test_support::apiserver::TestApiServer;
+use dra_test_support::claims::{Claim, uid};
+use dra_test_support::host::{DriverSpec, HostEnv};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const NET: &str = "net.dra.dev";
+const NODE_UID: &str = "6a1b2c3d-0000-4000-8000-0000000000ee";
+const HEALTHY: i32 = 1;
+const UNHEALTHY: i32 = 2;
+
+/// Whether to run: true as root; otherwise fail clearly, or skip loudly
+/// when asked to.
+fn need_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("DRA_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        println!("SKIPPED net::{test}: needs root (DRA_SKIP_ROOT_TESTS=1)");
+        return false;
+    }
+    panic!(
+        "net::{test} needs root to create links and network namespaces (CI runs as root); run as root or set DRA_SKIP_ROOT_TESTS=1 to skip"
+    );
+}
+
+fn ip(args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip (install iproute2)")
+}
+
+fn ip_ok(args: &[&str]) {
+    let out = ip(args);
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ip_json(args: &[&str]) -> Value {
+    let mut full = vec!["-j"];
+    full.extend_from_slice(args);
+    let out = ip(&full);
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        full.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+static LABS: AtomicU32 = AtomicU32::new(0);
+
+/// Parent links and pod namespaces of one test; removed on drop.
+struct Lab {
+    tag: String,
+    parents: Vec<String>,
+    pods: Vec<(String, Child)>,
+}
+
+impl Lab {
+    fn new(parents: usize) -> Lab {
+        let n = LABS.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}{n}", std::process::id() % 100_000);
+        let mut lab = Lab {
+            tag,
+            parents: vec![],
+            pods: vec![],
+        };
+        for i in 0..parents {
+            // A veth pair: one end is the parent NIC, the other (`…p`)
+            // stays up beside it so that the parent has carrier. (veth, not
+            // dummy: not every kernel the tests run on has the dummy driver.)
+            let name = format!("dwt{}{}", lab.tag, (b'a' + i as u8) as char);
+            let peer = format!("{name}p");
+            assert!(peer.len() <= 15, "{peer}");
+            ip_ok(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
+            lab.parents.push(name.clone());
+            ip_ok(&["link", "set", &peer, "up"]);
+            ip_ok(&["link", "set", &name, "up"]);
+        }
+        lab
+    }
+
+    /// A "pod": a namespace with a sleeping process in it. Returns (netns name, pid).
+    fn pod(&mut self) -> (String, u32) {
+        let ns = format!("dwtpod{}-{}", self.tag, self.pods.len());
+        ip_ok(&["netns", "add", &ns]);
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, "sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        self.pods.push((ns.clone(), child));
+        // `ip netns exec` enters the namespace, then becomes `sleep`.
+        let want = std::fs::metadata(format!("/run/netns/{ns}")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                && std::os::unix::fs::MetadataExt::ino(&m) == std::os::unix::fs::MetadataExt::ino(&want)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "pod process did not enter {ns}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (ns, pid)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (ns, child) in &mut self.pods {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = ip(&["netns", "del", ns]);
+        }
+        for p in &self.parents {
+            // Deleting a parent deletes its veth peer and the macvlans on it.
+            let _ = ip(&["link", "del", p]);
+        }
+    }
+}
+
+struct NetNode {
+    api: TestApiServer,
+    node: Node,
+}
+
+/// The host with the macvlan guest on `parents` (all granted unless
+/// `granted` says otherwise), claims from the test API server.
+async fn net_node(lab: &Lab, granted: &[&str], guest_config: &str) -> NetNode {
+    let api = TestApiServer::start().await.unwrap();
+    api.put_node("test-node", NODE_UID);
+    let mut env = HostEnv::new(&cache_dir()).unwrap();
+    env.use_api_server(&api).unwrap();
+    assert!(!lab.parents.is_empty());
+    let node = Node::start_in(env, vec![net_spec(granted, guest_config)], "", "").await;
+    NetNode { api, node }
+}
+
+fn net_spec(granted: &[&str], guest_config: &str) -> DriverSpec {
+    let granted: Vec<String> = granted.iter().map(|g| format!("{g:?}")).collect();
+    DriverSpec::new(NET, &guest("macvlan_driver.wasm"))
+        .extra(&format!(
+            "grants = [\"net\"]\n[drivers.net]\nparents = [{}]\n",
+            granted.join(", ")
+        ))
+        .config(guest_config)
+}
+
+fn parent_config(parents: &[String]) -> String {
+    let entries: Vec<String> = parents
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "{{ name = {p:?}, subnet = \"192.0.{}.0/24\", rangeStart = \"192.0.{}.10\", rangeEnd = \"192.0.{}.20\", gateway = \"192.0.{}.1\", defaultRoute = true, bandwidth = \"1G\" }}",
+                2 + i,
+                2 + i,
+                2 + i,
+                2 + i
+            )
+        })
+        .collect();
+    format!("parents = [{}]", entries.join(", "))
+}
+
+fn share_claim(name: &str, n: u64, parent: &str, share: u64, bandwidth: &str) -> Claim {
+    Claim::new("net", name, &uid(n)).shared_device(
+        NET,
+        "test-node",
+        parent,
+        "nic",
+        &uid(share),
+        &[("bandwidth", bandwidth)],
+    )
+}
+
+fn cdi_spec(node: &Node, uid: &str) -> Value {
+    let path = node.env.cdi_dir.join(format!("k8s.{NET}-device_{uid}.json"));
+    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// The claim's createRuntime hook, from its CDI spec.
+fn hook_of(node: &Node, uid: &str) -> (String, Vec<String>) {
+    let spec = cdi_spec(node, uid);
+    let hook = &spec["devices"][0]["containerEdits"]["hooks"][0];
+    assert_eq!(hook["hookName"], "createRuntime", "{spec}");
+    let args = hook["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    (hook["path"].as_str().unwrap().to_owned(), args)
+}
+
+/// Run a hook as runc does: `path`, argv from the spec, OCI state on stdin.
+fn run_hook(path: &str, args: &[String], pid: u32) -> (bool, String) {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(path)
+        .arg0(&args[0])
+        .args(&args[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = json!({
+        "ociVersion": "1.2.0", "id": format!("ctr-{pid}"), "status": "creating", "pid": pid,
+        "bundle": "/run/containerd/bundle", "annotations": {}
+    });
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(state.to_string().as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `status.devices` of a claim, once the host wrote it.
+async fn network_data(net: &NetNode, name: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(c) = net.api.claim("net", name)
+            && let Some(d) = c["status"]["devices"].get(0)
+        {
+            return d.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no status.devices for {name}\n{}",
+            net.node.host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The interface `name` in namespace `ns`: (addresses as CIDR, MAC, up).
+fn pod_interface(ns: &str, name: &str) -> Option<(Vec<String>, String, bool)> {
+    let out = ip(&["-j", "-n", ns, "addr", "show", "dev", name]);
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let l = v.get(0)?;
+    let addrs = l["addr_info"]
+        .as_array()?
+        .iter()
+        .filter(|a| a["family"] == "inet")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    let up = l["flags"].as_array()?.iter().any(|f| f == "UP");
+    Some((addrs, l["address"].as_str()?.to_owned(), up))
+}
+
+/// Links with the host's prefix on the node, on `parent`.
+fn host_links_on(parent: &str) -> Vec<String> {
+    let v = ip_json(&["link", "show"]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["link"] == parent && l["ifname"].as_str().unwrap_or("").starts_with("dwh"))
+        .map(|l| l["ifname"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn net_state(node: &Node) -> Value {
+    let path = node
+        .env
+        .kubelet_root
+        .join("plugins")
+        .join(NET)
+        .join("net")
+        .join("state.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|_| b"{}".to_vec())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shares_attach_to_pods_and_unprepare_removes_everything() {
+    if !need_root("two_shares_attach_to_pods_and_unprepare_removes_everything") {
+        return;
+    }
+    let mut lab = Lab::new(1);
+    let parent = lab.parents[0].clone();
+    let net = net_node(&lab, &[&parent], &parent_config(&lab.parents)).await;
+
+    // Inventory: the NIC as a shareable device with bandwidth and subnet.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let device = loop {
+        let found = net
+            .api
+            .slices()
+            .into_iter()
+            .find_map(|s| (s["spec"]["driver"] == NET).then(|| s["spec"]["devices"][0].clone()));
+        if let Some(d) = found {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "no slice\n{}", net.node.host.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(device["name"], parent);
+    assert_eq!(device["attributes"]["interfaceName"]["string"], parent);
+    assert_eq!(device["attributes"]["subnet"]["string"], "192.0.2.0/24");
+    assert_eq!(device["attributes"]["mtu"]["int"], 1500);
+    assert_eq!(device["allowMultipleAllocations"], true);
+    assert_eq!(device["capacity"]["bandwidth"]["value"], "1G");
+    assert_eq!(device["capacity"]["bandwidth"]["requestPolicy"]["default"], "100M");
+
+    let a = share_claim("a", 1, &parent, 901, "200M");
+    let b = share_claim("b", 2, &parent, 902, "300M");
+    net.api.put_claim(a.to_json());
+    net.api.put_claim(b.to_json());
+    let started = Instant::now();
+    let answer = net.node.plugin.prepare(&[a.reference(), b.reference()]).await.unwrap();
+    let prepare_ms = started.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(answer[&uid(1)].error, "", "{}", net.node.host.log());
+    assert_eq!(answer[&uid(2)].error, "", "{}", net.node.host.log());
+    assert_eq!(host_links_on(&parent).len(), 2, "two macvlans on the parent");
+
+    let status_a = network_data(&net, "a").await;
+    let status_b = network_data(&net, "b").await;
+    let nd_a = &status_a["networkData"];
+    let nd_b = &status_b["networkData"];
+    assert_eq!(nd_a["interfaceName"], "net1");
+    let ip_a = nd_a["ips"][0].as_str().unwrap().to_owned();
+    let ip_b = nd_b["ips"][0].as_str().unwrap().to_owned();
+    assert_ne!(ip_a, ip_b, "two shares of one parent get distinct addresses");
+    for ip in [&ip_a, &ip_b] {
+        assert!(ip.starts_with("192.0.2.") && ip.ends_with("/24"), "{ip}");
+    }
+    assert_ne!(nd_a["hardwareAddress"], nd_b["hardwareAddress"]);
+    assert_eq!(status_a["shareID"], uid(901));
+
+    // Attach: the hook exactly as the runtime runs it.
+    let (pod_a, pid_a) = lab.pod();
+    let (pod_b, pid_b) = lab.pod();
+    let (path, args) = hook_of(&net.node, &uid(1));
+    assert_eq!(PathBuf::from(&path), binary(), "the hook is the host's binary");
+    let started = Instant::now();
+    let (ok, out) = run_hook(&path, &args, pid_a);
+    let attach_ms = started.elapsed().as_secs_f64() * 1e3;
+    assert!(ok, "{out}\n{}", net.node.host.log());
+    assert!(out.contains("\"moved\":true"), "{out}");
+    // A second container of the same pod: nothing to do, still success.
+    let started = Instant::now();
+    let (ok, out) = run_hook(&path, &args, pid_a);
+    let again_ms = started.elapsed().as_secs_f64() * 1e3;
+    assert!(ok && out.contains("\"moved\":false"), "{out}");
+    let (path_b, args_b) = hook_of(&net.node, &uid(2));
+    let (ok, out) = run_hook(&path_b, &args_b, pid_b);
+    assert!(ok, "{out}");
+
+    let (addrs, mac, up) = pod_interface(&pod_a, "net1").expect("net1 in pod a");
+    assert_eq!(addrs, [ip_a.as_str()]);
+    assert_eq!(mac, nd_a["hardwareAddress"].as_str().unwrap());
+    assert!(up);
+    let (addrs_b, mac_b, _) = pod_interface(&pod_b, "net1").expect("net1 in pod b");
+    assert_eq!(addrs_b, [ip_b.as_str()]);
+    assert_eq!(mac_b, nd_b["hardwareAddress"].as_str().unwrap());
+    assert!(
+        host_links_on(&parent).is_empty(),
+        "both moved out of the node's namespace"
+    );
+    // The default route via the gateway, and the bandwidth as egress limit.
+    let routes = ip_json(&["-n", &pod_a, "route", "show", "default"]);
+    assert_eq!(routes[0]["gateway"], "192.0.2.1", "{routes}");
+    let tc = Command::new("ip")
+        .args(["netns", "exec", &pod_a, "tc", "qdisc", "show", "dev", "net1"])
+        .output()
+        .unwrap();
+    let tc = String::from_utf8_lossy(&tc.stdout);
+    assert!(tc.contains("tbf") && tc.contains("200Mbit"), "{tc}");
+
+    // Unprepare: links deleted (even though the pods still exist), addresses released.
+    let gone = net
+        .node
+        .plugin
+        .unprepare(&[a.reference(), b.reference()])
+        .await
+        .unwrap();
+    assert_eq!(gone[&uid(1)], "");
+    assert_eq!(gone[&uid(2)], "");
+    assert!(pod_interface(&pod_a, "net1").is_none(), "net1 removed from pod a");
+    assert!(pod_interface(&pod_b, "net1").is_none(), "net1 removed from pod b");
+    let state = net_state(&net.node);
+    assert_eq!(state["allocations"], json!([]), "{state}");
+    assert_eq!(state["links"], json!([]), "{state}");
+    let status = net.api.claim("net", "a").unwrap();
+    assert!(status["status"]["devices"].as_array().is_none_or(|d| d.is_empty()));
+    println!(
+        "net figures: prepare of 2 claims {prepare_ms:.1} ms, hook attach {attach_ms:.1} ms, repeated hook {again_ms:.1} ms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_between_prepare_and_hook_is_completed_or_cleaned_after_restart() {
+    if !need_root("kill9_between_prepare_and_hook_is_completed_or_cleaned_after_restart") {
+        return;
+    }
+    let mut lab = Lab::new(1);
+    let parent = lab.parents[0].clone();
+    let mut net = net_node(&lab, &[&parent], &parent_config(&lab.parents)).await;
+    let a = share_claim("a", 11, &parent, 911, "100M");
+    let b = share_claim("b", 12, &parent, 912, "100M");
+    net.api.put_claim(a.to_json());
+    net.api.put_claim(b.to_json());
+    let answer = net.node.plugin.prepare(&[a.reference(), b.reference()]).await.unwrap();
+    assert_eq!(answer[&uid(11)].error, "");
+    assert_eq!(answer[&uid(12)].error, "");
+    let ip_a = network_data(&net, "a").await["networkData"]["ips"][0].clone();
+    let (path, args) = hook_of(&net.node, &uid(11));
+
+    net.node.host.kill9().unwrap();
+    // Claim b as a crash between the guest's prepare and the checkpoint
+    // commit leaves it: link and address exist, no checkpoint record.
+    let record = net
+        .node
+        .env
+        .kubelet_root
+        .join("plugins")
+        .join(NET)
+        .join("claims")
+        .join(format!("{}.json", uid(12)));
+    std::fs::remove_file(&record).unwrap();
+    assert_eq!(host_links_on(&parent).len(), 2);
+    net.node.restart().await;
+
+    // Completed: the hook for claim a works against the new process.
+    let (_, pid) = lab.pod();
+    let ns = lab.pods[0].0.clone();
+    let (ok, out) = run_hook(&path, &args, pid);
+    assert!(ok, "{out}\n{}", net.node.host.log());
+    let (addrs, _, _) = pod_interface(&ns, "net1").expect("net1 in the pod");
+    assert_eq!(Value::from(addrs[0].clone()), ip_a);
+    // Cleaned: claim b's link and address are gone.
+    assert!(host_links_on(&parent).is_empty(), "{}", net.node.host.log());
+    let state = net_state(&net.node);
+    let owners: Vec<&str> = state["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["claim_uid"].as_str().unwrap())
+        .collect();
+    assert_eq!(owners, [uid(11).as_str()], "{state}");
+    assert!(
+        net.node
+            .host
+            .log()
+            .contains("released network resources of claims not in the checkpoint")
+    );
+    // And a repeated prepare of a answers from the checkpoint.
+    let again = net.node.plugin.prepare(&[a.reference()]).await.unwrap();
+    assert_eq!(again[&uid(11)].error, "");
+    assert_eq!(again[&uid(11)].devices, answer[&uid(11)].devices);
+}
+
+/// A parent going down makes its device Unhealthy on the kubelet's health
+/// stream, and coming back Healthy, without touching the other NIC. How fast
+/// (the 100 ms) is a figure printed here and recorded in
+/// docs/benchmarks.md, not an assertion: on a loaded CI machine it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parent_link_down_is_unhealthy_and_up_again_healthy() {
+    if !need_root("parent_link_down_is_unhealthy_and_up_again_healthy") {
+        return;
+    }
+    let lab = Lab::new(2);
+    let granted: Vec<&str> = lab.parents.iter().map(String::as_str).collect();
+    let net = net_node(&lab, &granted, &parent_config(&lab.parents)).await;
+    let mut stream = net.node.plugin.watch_health().await.unwrap();
+    let first = stream.next(Duration::from_secs(5)).await.expect("full list");
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|d| d.health == HEALTHY), "{first:?}");
+
+    let mut figures = Vec::new();
+    for round in 0..5 {
+        let started = Instant::now();
+        ip_ok(&["link", "set", &lab.parents[1], "down"]);
+        let list = stream.next(Duration::from_secs(10)).await.expect("a change");
+        let took = started.elapsed();
+        let d = list
+            .iter()
+            .find(|d| d.device.as_ref().unwrap().device_name == lab.parents[1])
+            .unwrap();
+        assert_eq!(d.health, UNHEALTHY, "round {round}: {list:?}");
+        assert!(d.message.contains("is down"), "{}", d.message);
+        figures.push(took.as_secs_f64() * 1e3);
+        ip_ok(&["link", "set", &lab.parents[1], "up"]);
+        let list = stream.next(Duration::from_secs(10)).await.expect("back up");
+        let d = list
+            .iter()
+            .find(|d| d.device.as_ref().unwrap().device_name == lab.parents[1])
+            .unwrap();
+        assert_eq!(d.health, HEALTHY);
+        let other = list
+            .iter()
+            .find(|d| d.device.as_ref().unwrap().device_name == lab.parents[0])
+            .unwrap();
+        assert_eq!(other.health, HEALTHY, "the other NIC is untouched");
+    }
+    figures.sort_by(f64::total_cmp);
+    println!(
+        "net figures: link down -> Unhealthy on the health stream: min {:.2} ms, median {:.2} ms, max {:.2} ms (5 rounds)",
+        figures[0], figures[2], figures[4]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ungranted_parents_and_taken_static_addresses_are_clear_errors() {
+    if !need_root("ungranted_parents_and_taken_static_addresses_are_clear_errors") {
+        return;
+    }
+    let lab = Lab::new(2);
+    // The guest is configured for both NICs, the host grants only the first.
+    let net = net_node(&lab, &[&lab.parents[0]], &parent_config(&lab.parents)).await;
+    let (granted, other) = (&lab.parents[0], &lab.parents[1]);
+    let denied = share_claim("denied", 21, other, 921, "100M");
+    let fixed = share_claim("fixed", 22, granted, 922, "100M").opaque_config(
+        "FromClaim",
+        NET,
+        &[],
+        json!({"address": "192.0.2.15/24", "interfaceName": "data0"}),
+    );
+    let clash = share_claim("clash", 23, granted, 923, "100M").opaque_config(
+        "FromClaim",
+        NET,
+        &[],
+        json!({"address": "192.0.2.15"}),
+    );
+    let outside = share_claim("outside", 24, granted, 924, "100M").opaque_config(
+        "FromClaim",
+        NET,
+        &[],
+        json!({"address": "10.9.9.9"}),
+    );
+    for c in [&denied, &fixed, &clash, &outside] {
+        net.api.put_claim(c.to_json());
+    }
+    let answer = net
+        .node
+        .plugin
+        .prepare(&[denied.reference(), fixed.reference()])
+        .await
+        .unwrap();
+    assert!(
+        answer[&uid(21)]
+            .error
+            .contains(&format!("parent link \"{other}\" is not granted")),
+        "{}",
+        answer[&uid(21)].error
+    );
+    assert_eq!(answer[&uid(22)].error, "");
+    let nd = network_data(&net, "fixed").await;
+    assert_eq!(nd["networkData"]["ips"][0], "192.0.2.15/24");
+    assert_eq!(nd["networkData"]["interfaceName"], "data0");
+    let answer = net
+        .node
+        .plugin
+        .prepare(&[clash.reference(), outside.reference()])
+        .await
+        .unwrap();
+    assert!(
+        answer[&uid(23)]
+            .error
+            .contains(&format!("already in use by claim {}", uid(22))),
+        "{}",
+        answer[&uid(23)].error
+    );
+    assert!(
+        answer[&uid(24)].error.contains("not a free host address"),
+        "{}",
+        answer[&uid(24)].error
+    );
+    // Failed prepares leave no link or address behind.
+    assert_eq!(host_links_on(granted).len(), 1, "only the fixed claim's link");
+    assert!(host_links_on(other).is_empty());
+    let state = net_state(&net.node);
+    assert_eq!(state["allocations"].as_array().unwrap().len(), 1, "{state}");
+    // The guest never sees links beyond its grant.
+    let log = net.node.host.log();
+    assert!(!log.contains("panic"), "{log}");
+}
+
+/// Two host processes in rolling-update mode (the old and the new pod of
+/// the DaemonSet): each serves attach requests on its own socket, the old
+/// one removes only its own when it stops, and the hook reaches the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_hosts_each_serve_and_remove_their_own_attach_socket() {
+    if !need_root("rolling_update_hosts_each_serve_and_remove_their_own_attach_socket") {
+        return;
+    }
+    const OLD_UID: &str = "0b4c6a2e-6f0e-4d6b-9a57-1c1a3e0d9f21";
+    const NEW_UID: &str = "7d1f2c3b-2a4e-4c5d-8e6f-9a0b1c2d3e21";
+    let mut lab = Lab::new(1);
+    let parent = lab.parents[0].clone();
+    let api = TestApiServer::start().await.unwrap();
+    api.put_node("test-node", NODE_UID);
+    let mut env = HostEnv::new(&cache_dir()).unwrap();
+    env.use_api_server(&api).unwrap();
+    env.write_config_with(&[net_spec(&[&parent], &parent_config(&lab.parents))], "", "")
+        .unwrap();
+    let kubelet = dra_test_support::kubelet::TestKubelet::start(&env.kubelet_root).unwrap();
+    let mut old = env
+        .start_with_args(&binary(), &["--rolling-update-uid", OLD_UID])
+        .unwrap();
+    kubelet
+        .wait_for_instances(NET, 1, START_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", old.log()));
+    let new = env
+        .start_with_args(&binary(), &["--rolling-update-uid", NEW_UID])
+        .unwrap();
+    let plugins = kubelet
+        .wait_for_instances(NET, 2, START_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", new.log()));
+    let dir = env.kubelet_root.join("plugins").join(NET);
+    let old_socket = dir.join(format!("net-attach-{OLD_UID}.sock"));
+    let new_socket = dir.join(format!("net-attach-{NEW_UID}.sock"));
+    assert!(old_socket.exists() && new_socket.exists());
+
+    let claim = share_claim("a", 31, &parent, 931, "100M");
+    api.put_claim(claim.to_json());
+    let answer = plugins[0].prepare(&[claim.reference()]).await.unwrap();
+    assert_eq!(answer[&uid(31)].error, "", "{}\n{}", old.log(), new.log());
+
+    let status = old.terminate(Duration::from_secs(20)).unwrap();
+    assert!(status.success());
+    assert!(!old_socket.exists(), "the old host removes its own socket");
+    assert!(new_socket.exists(), "and leaves the new host's");
+
+    let spec_path = env.cdi_dir.join(format!("k8s.{NET}-device_{}.json", uid(31)));
+    let spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+    let hook = &spec["devices"][0]["containerEdits"]["hooks"][0];
+    let args: Vec<String> = hook["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    let (ns, pid) = lab.pod();
+    let (ok, out) = run_hook(hook["path"].as_str().unwrap(), &args, pid);
+    assert!(ok, "{out}\n{}", new.log());
+    assert!(pod_interface(&ns, "net1").is_some());
+    assert!(
+        new.log().contains("link attached to the pod"),
+        "the new host attached it"
+    );
+}
