@@ -10,16 +10,40 @@ pub const DRIVER: &str = "example.dra.dev";
 pub const POOL: &str = "test-node";
 pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long the whole suite may run before the watchdog ends it.
+const SUITE_LIMIT: Duration = Duration::from_secs(15 * 60);
+
+/// End the process if the suite runs past [`SUITE_LIMIT`]: a test that
+/// hangs must fail CI with the names of the tests still running (libtest
+/// prints them after 60 s), not run out CI's clock in silence. Started by the
+/// helpers every test uses ([`binary`], [`guest`], [`cache_dir`]).
+fn watchdog() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        std::thread::spawn(|| {
+            std::thread::sleep(SUITE_LIMIT);
+            eprintln!(
+                "e2e watchdog: the suite has run for {SUITE_LIMIT:?}; a test hangs \
+                 (see the tests that have been 'running for over 60 seconds' above)"
+            );
+            std::process::exit(124);
+        });
+    });
+}
+
 pub fn binary() -> PathBuf {
+    watchdog();
     PathBuf::from(env!("CARGO_BIN_EXE_dra-wasm-host"))
 }
 
 pub fn guest(file: &str) -> PathBuf {
+    watchdog();
     PathBuf::from(dra_wasm_host::BUILT_GUESTS_DIR).join(file)
 }
 
 /// Compiled guests are shared by all tests of a run: each guest compiles once.
 pub fn cache_dir() -> PathBuf {
+    watchdog();
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guest-cache")
 }
 
@@ -93,6 +117,23 @@ impl Node {
 
     pub fn checkpoint_dir(&self) -> PathBuf {
         self.env.kubelet_root.join("plugins").join(DRIVER).join("claims")
+    }
+}
+
+/// Wait (at most 20 s) until `check` gives a value; the panic names `what`
+/// and shows the host's log.
+pub async fn eventually<T>(what: &str, node: &Node, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}\nhost log:\n{}",
+            node.host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -7,7 +7,8 @@
 //!   type, name and endpoint, picks the first of the plugin's
 //!   `supported_versions` that it knows, and calls
 //!   `NotifyRegistrationStatus` with a 5 s timeout (false plus the reason when
-//!   a check fails);
+//!   a check fails); a failed registration is retried from scratch after a
+//!   back-off (500 ms, doubling), as the kubelet's reconciler does;
 //! - on removal of the socket: deregisters the plugin;
 //! - calls `NodePrepareResources` / `NodeUnprepareResources` with a 45 s
 //!   deadline, through v1 or v1beta1 as picked, converting v1beta1 answers to
@@ -34,6 +35,10 @@ use tonic::transport::Channel;
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(45);
 const GET_INFO_TIMEOUT: Duration = Duration::from_secs(1);
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The kubelet's back-off before retrying a failed registration
+/// (nestedpendingoperations: 500 ms, doubling, at most 2 min 2 s).
+const RETRY_INITIAL: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(122);
 
 /// Which DRAPlugin service the kubelet talks to a plugin through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -356,8 +361,23 @@ impl TestKubelet {
         let known: Vec<String> = known.iter().map(|s| s.to_string()).collect();
         let (root2, shared2) = (root.to_owned(), Arc::clone(&shared));
         let task = tokio::spawn(async move {
+            // Failed registrations per socket path, for the retry back-off.
+            let mut failures: HashMap<PathBuf, u32> = HashMap::new();
             while let Some(path) = rx.recv().await {
-                reconcile(&root2, &known, &shared2, &path).await;
+                if reconcile(&root2, &known, &shared2, &path).await {
+                    failures.remove(&path);
+                    continue;
+                }
+                // As the kubelet's reconciler does, retry a failed
+                // registration from scratch, backing off exponentially.
+                let n = failures.entry(path.clone()).or_insert(0);
+                *n += 1;
+                let delay = RETRY_INITIAL.saturating_mul(1 << (*n - 1).min(8)).min(RETRY_MAX);
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = tx.send(path);
+                });
             }
         });
         Ok(Self {
@@ -442,12 +462,14 @@ impl TestKubelet {
     }
 }
 
-async fn reconcile(root: &Path, known: &[String], shared: &Shared, path: &Path) {
+/// Bring the kubelet's view of `path` up to date; false when a socket there
+/// failed to register (and should be tried again).
+async fn reconcile(root: &Path, known: &[String], shared: &Shared, path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return;
+        return true;
     };
     if name.starts_with('.') {
-        return;
+        return true;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -459,7 +481,7 @@ async fn reconcile(root: &Path, known: &[String], shared: &Shared, path: &Path) 
                 .flatten()
                 .any(|p| p.registration_socket == path && p.inode == meta.ino());
             if already {
-                return;
+                return true;
             }
             match register(root, known, path, meta.ino()).await {
                 Ok(plugin) => {
@@ -477,14 +499,18 @@ async fn reconcile(root: &Path, known: &[String], shared: &Shared, path: &Path) 
                         instances.push(plugin);
                     }
                     shared.changed.notify_waiters();
+                    true
                 }
-                Err(e) => shared.push(Event::Refused {
-                    socket: path.to_owned(),
-                    reason: format!("{e:#}"),
-                }),
+                Err(e) => {
+                    shared.push(Event::Refused {
+                        socket: path.to_owned(),
+                        reason: format!("{e:#}"),
+                    });
+                    false
+                }
             }
         }
-        Ok(_) => {}
+        Ok(_) => true,
         Err(_) => {
             // Removed: deregister whoever registered through this socket.
             let removed: Vec<String> = {
@@ -503,6 +529,7 @@ async fn reconcile(root: &Path, known: &[String], shared: &Shared, path: &Path) 
             for driver in removed {
                 shared.push(Event::Deregistered { driver });
             }
+            true
         }
     }
 }
