@@ -7,6 +7,7 @@
 //! Run: `cargo bench --bench health` (options after `--`: `--gpus N` for the
 //! latency run, one sample per GPU; `--idle-seconds S`).
 
+use dra_test_support::bench::{Latencies, arg};
 use dra_test_support::claims::ClaimsFile;
 use dra_test_support::gpus::{self, Injector};
 use dra_test_support::host::{DriverSpec, HostEnv, HostProcess};
@@ -16,21 +17,13 @@ use std::time::{Duration, Instant};
 
 const GPU: &str = "gpu.dra.dev";
 
-fn arg(name: &str, default: u64) -> u64 {
-    std::env::args()
-        .skip_while(|a| a != name)
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     rt.block_on(async {
-        latency(arg("--gpus", 512) as u32).await;
+        latency(arg("--gpus", 512u32)).await;
         idle(arg("--idle-seconds", 60)).await;
     });
 }
@@ -97,17 +90,9 @@ async fn latency(n: u32) {
         assert_eq!(d.health, 2, "gpu-{i} unhealthy in the message that followed its event");
     }
     s.host.terminate(Duration::from_secs(20)).expect("clean stop");
-    samples.sort();
-    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let latencies = Latencies::of(&samples).expect("samples");
     println!("injected Xid 79 -> health stream message ({n} samples, one per GPU, {n} devices per message)");
-    println!(
-        "  p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
-        ms(pct(0.50)),
-        ms(pct(0.90)),
-        ms(pct(0.99)),
-        ms(samples[samples.len() - 1])
-    );
+    println!("  {latencies}");
 }
 
 /// (user + system CPU seconds, voluntary context switches) of a process.

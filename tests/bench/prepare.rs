@@ -8,6 +8,7 @@
 //! as `/var/run/cdi` is on real nodes; the checkpoint stays on the disk
 //! under `target/`, as `/var/lib/kubelet` is.
 
+use dra_test_support::bench::{Latencies, arg};
 use dra_test_support::claims::{Claim, ClaimsFile, uid};
 use dra_test_support::host::{DriverSpec, HostEnv};
 use dra_test_support::kubelet::TestKubelet;
@@ -17,11 +18,7 @@ use std::time::{Duration, Instant};
 const DRIVER: &str = "example.dra.dev";
 
 fn main() {
-    let iterations = std::env::args()
-        .skip_while(|a| a != "--iterations")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(2000usize);
+    let iterations = arg("--iterations", 2000usize);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -100,26 +97,11 @@ async fn run(iterations: usize) {
 
     println!("prepare latency over the kubelet UDS path, {iterations} iterations (example guest, 1 claim, 1 device)");
     println!("  CDI dir: {}", if cdi_on_tmpfs { "tmpfs (/dev/shm)" } else { "disk" });
-    report("prepare (guest call + CDI write + durable checkpoint)", &mut prepare);
-    report("prepare repeated (answered from the checkpoint)", &mut repeat);
-    report(
-        "unprepare (guest call + CDI remove + checkpoint remove)",
-        &mut unprepare,
-    );
+    report("prepare (guest call + CDI write + durable checkpoint)", &prepare);
+    report("prepare repeated (answered from the checkpoint)", &repeat);
+    report("unprepare (guest call + CDI remove + checkpoint remove)", &unprepare);
 }
 
-fn report(what: &str, samples: &mut [Duration]) {
-    samples.sort();
-    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    println!(
-        "  {what}: p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
-        ms(pct(0.50)),
-        ms(pct(0.90)),
-        ms(pct(0.99)),
-        ms(samples[samples.len() - 1])
-    );
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+fn report(what: &str, samples: &[Duration]) {
+    println!("  {what}: {}", Latencies::of(samples).expect("samples"));
 }

@@ -11,6 +11,7 @@
 //! Run: `cargo bench --bench swap` (options after `--`: `--seconds N` per
 //! load phase, `--workers N`).
 
+use dra_test_support::bench::{Latencies, arg, ms};
 use dra_test_support::claims::{Claim, ClaimsFile, uid};
 use dra_test_support::configmap::ConfigMapDir;
 use dra_test_support::host::{DriverSpec, HostEnv, HostProcess};
@@ -22,14 +23,6 @@ use std::time::{Duration, Instant};
 
 const DRIVER: &str = "faulty.dra.dev";
 const KEY: &str = "guest.wasm";
-
-fn arg(name: &str, default: u64) -> u64 {
-    std::env::args()
-        .skip_while(|a| a != name)
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default)
-}
 
 fn built(file: &str) -> PathBuf {
     PathBuf::from(dra_wasm_host::BUILT_GUESTS_DIR).join(file)
@@ -192,15 +185,15 @@ async fn load_phases(builds: &[Vec<u8>; 2], seconds: u64, workers: u64) {
     guests.update(&[(KEY, &builds[0])]).expect("update");
     wait_swaps(&node, 2).await;
 
-    let (mut steady, steady_rate, _) = run_load(&node, workers, seconds, None).await;
-    let (mut swapping, swap_rate, swaps) = run_load(&node, workers, seconds, Some((&mut guests, builds))).await;
+    let (steady, steady_rate, _) = run_load(&node, workers, seconds, None).await;
+    let (swapping, swap_rate, swaps) = run_load(&node, workers, seconds, Some((&mut guests, builds))).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let done = node.host.log().matches("guest swapped").count() - 2;
     println!(
         "prepare latency under load ({workers} kubelet connections, prepare+unprepare loops, {seconds} s per phase):"
     );
-    let p99_steady = report("steady", &mut steady, steady_rate);
-    let p99_swapping = report(&format!("{swaps} file updates, {done} swaps"), &mut swapping, swap_rate);
+    let p99_steady = report("steady", &steady, steady_rate);
+    let p99_swapping = report(&format!("{swaps} file updates, {done} swaps"), &swapping, swap_rate);
     println!(
         "  p99 during swaps / steady: {:.2}x (goal <= 2x)",
         p99_swapping / p99_steady
@@ -254,30 +247,18 @@ async fn swap_latency(builds: &[Vec<u8>; 2], cache: bool, samples: usize) {
         },
         times.len()
     );
-    times.sort();
+    let l = Latencies::of(&times).expect("samples");
     println!(
         "  p50 {:.1} ms  max {:.1} ms{}",
-        ms(times[times.len() / 2]),
-        ms(times[times.len() - 1]),
+        ms(l.p50),
+        ms(l.max),
         if cache { "  (goal <= 500 ms)" } else { "" }
     );
     node.host.terminate(Duration::from_secs(20)).expect("clean stop");
 }
 
-fn report(what: &str, samples: &mut [Duration], rate: f64) -> f64 {
-    samples.sort();
-    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    println!(
-        "  {what}: {rate:.0} calls/s; prepare p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms ({} prepares)",
-        ms(pct(0.50)),
-        ms(pct(0.90)),
-        ms(pct(0.99)),
-        ms(samples[samples.len() - 1]),
-        samples.len()
-    );
-    ms(pct(0.99))
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+fn report(what: &str, samples: &[Duration], rate: f64) -> f64 {
+    let l = Latencies::of(samples).expect("samples");
+    println!("  {what}: {rate:.0} calls/s; prepare {l}");
+    ms(l.p99)
 }

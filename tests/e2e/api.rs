@@ -7,7 +7,7 @@ use dra_test_support::apiserver::{TestApiServer, Writes};
 use dra_test_support::claims::{Claim, uid};
 use dra_test_support::host::{DriverSpec, HostEnv};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const NODE_UID: &str = "6a1b2c3d-0000-4000-8000-00000000a0de";
 const FAULTY: &str = "faulty.dra.dev";
@@ -26,22 +26,6 @@ async fn example_node(devices: u32) -> (TestApiServer, Node) {
         DriverSpec::new(DRIVER, &guest("example_driver.wasm")).config(&format!("devices = {devices}")),
     ])
     .await
-}
-
-/// Wait until `check` holds for the server's state.
-async fn eventually<T>(what: &str, node: &Node, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\nhost log:\n{}",
-            node.host.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Wait until the publisher has listed at least `n` times, then a little for

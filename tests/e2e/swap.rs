@@ -395,25 +395,16 @@ async fn swaps_are_reported_as_kubernetes_events() {
     let node = Node::start_in(env, vec![spec], "", "[hot_swap]\ndebounce_ms = 20\n").await;
 
     guests.update(&[(KEY, b"not a component")]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !node.host.log().contains("new guest refused") {
-        assert!(Instant::now() < deadline, "{}", node.host.log());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the refusal", &node, || {
+        node.host.log().contains("new guest refused").then_some(())
+    })
+    .await;
     guests.update(&[(KEY, &build(V2))]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let events = loop {
+    let events = eventually("two events", &node, || {
         let events = api.events();
-        if events.len() >= 2 {
-            break events;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "events: {events:?}\nhost log:\n{}",
-            node.host.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        (events.len() >= 2).then_some(events)
+    })
+    .await;
     let by_reason = |r: &str| events.iter().find(|e| e["reason"] == r).cloned();
     let rejected = by_reason("GuestRejected").expect("a GuestRejected event");
     assert_eq!(rejected["type"], "Warning");

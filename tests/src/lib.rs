@@ -9,9 +9,11 @@
 //!   uses, in memory, reached through a kubeconfig;
 //! - [`claims`]: ResourceClaim objects in the resource.k8s.io/v1 shape;
 //! - [`configmap`]: a ConfigMap volume updated the way the kubelet does it;
-//! - [`gpus`]: simulated GPUs and NVML event injection.
+//! - [`gpus`]: simulated GPUs and NVML event injection;
+//! - [`bench`]: arguments and latency summaries for the benchmarks.
 
 pub mod apiserver;
+pub mod bench;
 pub mod claims;
 pub mod configmap;
 pub mod gpus;
