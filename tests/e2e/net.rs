@@ -253,20 +253,10 @@ fn run_hook(path: &str, args: &[String], pid: u32) -> (bool, String) {
 
 /// `status.devices` of a claim, once the host wrote it.
 async fn network_data(net: &NetNode, name: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(c) = net.api.claim("net", name)
-            && let Some(d) = c["status"]["devices"].get(0)
-        {
-            return d.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no status.devices for {name}\n{}",
-            net.node.host.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(&format!("status.devices of {name}"), &net.node, || {
+        net.api.claim("net", name)?["status"]["devices"].get(0).cloned()
+    })
+    .await
 }
 
 /// The interface `name` in namespace `ns`: (addresses as CIDR, MAC, up).
@@ -319,19 +309,13 @@ async fn two_shares_attach_to_pods_and_unprepare_removes_everything() {
     let net = net_node(&lab, &[&parent], &parent_config(&lab.parents)).await;
 
     // Inventory: the NIC as a shareable device with bandwidth and subnet.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let device = loop {
-        let found = net
-            .api
+    let device = eventually("the NIC's ResourceSlice", &net.node, || {
+        net.api
             .slices()
             .into_iter()
-            .find_map(|s| (s["spec"]["driver"] == NET).then(|| s["spec"]["devices"][0].clone()));
-        if let Some(d) = found {
-            break d;
-        }
-        assert!(Instant::now() < deadline, "no slice\n{}", net.node.host.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+            .find_map(|s| (s["spec"]["driver"] == NET).then(|| s["spec"]["devices"][0].clone()))
+    })
+    .await;
     assert_eq!(device["name"], parent);
     assert_eq!(device["attributes"]["interfaceName"]["string"], parent);
     assert_eq!(device["attributes"]["subnet"]["string"], "192.0.2.0/24");
