@@ -1,10 +1,12 @@
 //! CDI spec files, one per prepared claim.
 //!
-//! Specs are built and validated with the `container-device-interface` crate
-//! (the CNCF Rust reference): its types reject unknown fields, its
-//! `minimum_required_version` picks the lowest `cdiVersion` the content
-//! needs (so older runtimes accept the file), and `new_spec` runs the same
-//! validation a runtime runs when it loads the file.
+//! Specs are checked here against the rules a CDI runtime applies when it
+//! loads a file (the Go reference library's parser and `Validate` methods,
+//! CDI spec 1.1.0; see docs/architecture.md): kind and device names, edit
+//! fields, and the lowest `cdiVersion` the content needs, which is what the
+//! file declares so that older runtimes accept it. The JSON is built from
+//! typed edits with known fields only, so unknown fields (which runtimes
+//! reject) cannot appear.
 //!
 //! Names: the spec file is `<vendor>-<class>_<claim UID>.json` and each device
 //! is `<claim UID>_<device>[_<share ID>]`. `_` appears in neither UIDs nor
@@ -13,8 +15,8 @@
 
 use super::fsutil;
 use crate::guest::types;
-use container_device_interface as cdi;
 use serde_json::{Value, json};
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -109,23 +111,18 @@ impl CdiWriter {
 
     /// Build and validate a spec; returns its JSON text.
     pub fn build_spec(&self, devices: &[SpecDevice<'_>]) -> Result<String, CdiError> {
+        validate_spec(&self.vendor, &self.class, devices).map_err(CdiError::Invalid)?;
+        let version = minimum_version(&self.class, devices);
         let devices: Vec<Value> = devices
             .iter()
             .map(|d| json!({ "name": d.name, "containerEdits": edits_json(d.edits) }))
             .collect();
-        let mut doc = json!({
-            "cdiVersion": cdi::specs::config::CURRENT_VERSION,
+        let doc = json!({
+            "cdiVersion": version,
             "kind": self.kind(),
             "devices": devices,
         });
-        let invalid = |e: &dyn std::fmt::Display| CdiError::Invalid(format!("{e:#}"));
-        let raw: cdi::specs::config::Spec = serde_json::from_value(doc.clone()).map_err(|e| invalid(&e))?;
-        let version = cdi::version::minimum_required_version(&raw).map_err(|e| invalid(&e))?;
-        doc["cdiVersion"] = Value::String(version.to_string());
-        let raw: cdi::specs::config::Spec = serde_json::from_value(doc).map_err(|e| invalid(&e))?;
-        // Runs the schema and name/edit validation a CDI runtime applies.
-        cdi::spec::new_spec(&raw, &self.dir.join("validate.json"), 1).map_err(|e| invalid(&e))?;
-        serde_json::to_string(&raw).map_err(|e| invalid(&e))
+        Ok(doc.to_string())
     }
 
     /// Durably write a claim's spec.
@@ -250,6 +247,161 @@ pub fn hook_name(stage: types::HookStage) -> &'static str {
     }
 }
 
+/// The lowest `cdiVersion` that a spec with these devices needs (reference
+/// §6.1); 0.3.0 is the earliest version runtimes accept.
+fn minimum_version(class: &str, devices: &[SpecDevice<'_>]) -> &'static str {
+    let edits = || devices.iter().map(|d| d.edits);
+    if edits().any(|e| !e.net_devices.is_empty()) {
+        "1.1.0"
+    } else if class.contains('.') {
+        "0.6.0"
+    } else if devices.iter().any(|d| d.name.starts_with(|c: char| c.is_ascii_digit()))
+        || edits().any(|e| e.device_nodes.iter().any(|n| n.host_path.is_some()))
+    {
+        "0.5.0"
+    } else if edits().any(|e| e.mounts.iter().any(|m| m.mount_type.is_some())) {
+        "0.4.0"
+    } else {
+        "0.3.0"
+    }
+}
+
+/// The checks a runtime's CDI parser applies to a spec; the message names
+/// the device and field at fault.
+fn validate_spec(vendor: &str, class: &str, devices: &[SpecDevice<'_>]) -> Result<(), String> {
+    check_kind_part("vendor", vendor, 253)?;
+    check_kind_part("class", class, 63)?;
+    if devices.is_empty() {
+        return Err("a spec needs at least one device".into());
+    }
+    let mut names = HashSet::new();
+    for d in devices {
+        check_device_name(&d.name)?;
+        if !names.insert(d.name.as_str()) {
+            return Err(format!("device {:?} appears twice", d.name));
+        }
+        if !has_edits(d.edits) {
+            return Err(format!("device {:?} has no container edits", d.name));
+        }
+        validate_edits(d.edits).map_err(|e| format!("device {:?}: {e}", d.name))?;
+    }
+    Ok(())
+}
+
+/// Vendor and class: a letter first, a letter or digit last, and only
+/// letters, digits, `_`, `-` and `.` in between.
+fn check_kind_part(what: &str, s: &str, max: usize) -> Result<(), String> {
+    let ok = s.len() <= max
+        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {s:?} must start with a letter, end with a letter or digit, use only letters, digits, '_', '-' and '.', and have at most {max} characters"
+        ))
+    }
+}
+
+/// Device names: a letter or digit first and last, and only letters, digits,
+/// `_`, `-`, `.` and `:` in between.
+fn check_device_name(s: &str) -> Result<(), String> {
+    let ok = s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "device name {s:?} must start and end with a letter or digit and use only letters, digits, '_', '-', '.' and ':'"
+        ))
+    }
+}
+
+/// `KEY=VALUE` with a non-empty key.
+fn check_env_entry(entry: &str) -> Result<(), String> {
+    match entry.find('=') {
+        Some(i) if i > 0 && !entry.contains('\0') => Ok(()),
+        _ => Err(format!("environment entry {entry:?} is not KEY=VALUE")),
+    }
+}
+
+fn validate_edits(e: &types::ContainerEdits) -> Result<(), String> {
+    for v in &e.env {
+        if v.name.contains('=') {
+            return Err(format!("environment variable name {:?} contains '='", v.name));
+        }
+        check_env_entry(&format!("{}={}", v.name, v.value))?;
+    }
+    for n in &e.device_nodes {
+        if !n.path.starts_with('/') {
+            return Err(format!("device node path {:?} is not absolute", n.path));
+        }
+        if let Some(h) = &n.host_path
+            && !h.starts_with('/')
+        {
+            return Err(format!("device node hostPath {h:?} is not absolute"));
+        }
+        if let Some(t) = &n.node_type
+            && !matches!(t.as_str(), "" | "b" | "c" | "u" | "p")
+        {
+            return Err(format!("device node {:?}: type {t:?} is not one of b, c, u, p", n.path));
+        }
+        if let Some(p) = &n.permissions
+            && !p.chars().all(|c| matches!(c, 'r' | 'w' | 'm'))
+        {
+            return Err(format!(
+                "device node {:?}: permissions {p:?} are not a subset of \"rwm\"",
+                n.path
+            ));
+        }
+    }
+    for m in &e.mounts {
+        if m.host_path.is_empty() || m.container_path.is_empty() {
+            return Err(format!(
+                "mount {:?} -> {:?} needs both hostPath and containerPath",
+                m.host_path, m.container_path
+            ));
+        }
+    }
+    for h in &e.hooks {
+        if !h.path.starts_with('/') {
+            return Err(format!("{} hook path {:?} is not absolute", hook_name(h.stage), h.path));
+        }
+        for v in &h.env {
+            check_env_entry(v)?;
+        }
+        if let Some(t) = h.timeout_seconds
+            && t <= 0
+        {
+            return Err(format!(
+                "{} hook {:?}: timeout {t} is not positive",
+                hook_name(h.stage),
+                h.path
+            ));
+        }
+    }
+    let (mut hosts, mut inside) = (HashSet::new(), HashSet::new());
+    for n in &e.net_devices {
+        if n.host_interface_name.is_empty() || n.name.is_empty() {
+            return Err("a netDevice needs both hostInterfaceName and name".into());
+        }
+        if !hosts.insert(n.host_interface_name.as_str()) {
+            return Err(format!(
+                "netDevice hostInterfaceName {:?} appears twice",
+                n.host_interface_name
+            ));
+        }
+        if !inside.insert(n.name.as_str()) {
+            return Err(format!("netDevice name {:?} appears twice", n.name));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,8 +442,9 @@ mod tests {
         assert!(w.exists("0b5a4e3c-1f3e-4a8e-9b5c-2f6d7e8f9a0b"));
         let path = w.spec_path("0b5a4e3c-1f3e-4a8e-9b5c-2f6d7e8f9a0b");
         assert!(path.ends_with("k8s.example.com-device_0b5a4e3c-1f3e-4a8e-9b5c-2f6d7e8f9a0b.json"));
-        // The file a runtime reads passes the crate's own loader.
-        cdi::spec::read_spec(&path, 1).unwrap();
+        // The file on disk is exactly the validated spec.
+        let on_disk: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(on_disk, v);
         assert!(w.remove("0b5a4e3c-1f3e-4a8e-9b5c-2f6d7e8f9a0b").unwrap());
     }
 
@@ -330,5 +483,141 @@ mod tests {
             }])
             .is_err()
         );
+    }
+
+    fn build(w: &CdiWriter, name: &str, e: &types::ContainerEdits) -> Result<Value, CdiError> {
+        w.build_spec(&[SpecDevice {
+            name: name.into(),
+            edits: e,
+        }])
+        .map(|s| serde_json::from_str(&s).unwrap())
+    }
+
+    #[test]
+    fn version_is_the_lowest_the_content_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = CdiWriter::new(dir.path(), "k8s.example.com", "device").unwrap();
+        let mut e = edits();
+        assert_eq!(build(&w, "u_gpu", &e).unwrap()["cdiVersion"], "0.3.0");
+        e.mounts.push(types::Mount {
+            host_path: "/opt/lib".into(),
+            container_path: "/usr/lib/x".into(),
+            mount_type: Some("bind".into()),
+            options: vec!["ro".into(), "bind".into()],
+        });
+        assert_eq!(build(&w, "u_gpu", &e).unwrap()["cdiVersion"], "0.4.0");
+        e.device_nodes.push(types::DeviceNode {
+            path: "/dev/x0".into(),
+            host_path: Some("/dev/y0".into()),
+            node_type: Some("c".into()),
+            major: None,
+            minor: None,
+            file_mode: None,
+            permissions: Some("rw".into()),
+            uid: None,
+            gid: None,
+        });
+        let v = build(&w, "u_gpu", &e).unwrap();
+        assert_eq!(v["cdiVersion"], "0.5.0");
+        assert_eq!(
+            v["devices"][0]["containerEdits"]["deviceNodes"][0]["hostPath"],
+            "/dev/y0"
+        );
+        assert_eq!(
+            v["devices"][0]["containerEdits"]["mounts"][0]["options"],
+            json!(["ro", "bind"])
+        );
+        // A dot in the class needs 0.6.0.
+        let dotted = CdiWriter::new(dir.path(), "k8s.example.com", "dev.v2").unwrap();
+        assert_eq!(build(&dotted, "u_gpu", &edits()).unwrap()["cdiVersion"], "0.6.0");
+    }
+
+    #[test]
+    fn runtime_rules_are_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = CdiWriter::new(dir.path(), "k8s.example.com", "device").unwrap();
+        let refused = |e: &types::ContainerEdits, name: &str, needle: &str| {
+            let err = build(&w, name, e).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        };
+        refused(&edits(), "-gpu", "device name");
+        refused(&edits(), "gpu/0", "device name");
+        refused(
+            &types::ContainerEdits { env: vec![], ..edits() },
+            "u_gpu",
+            "no container edits",
+        );
+
+        let hook = |path: &str, timeout: Option<i64>, env: &[&str]| types::Hook {
+            stage: types::HookStage::CreateRuntime,
+            path: path.into(),
+            args: vec![],
+            env: env.iter().map(|s| s.to_string()).collect(),
+            timeout_seconds: timeout,
+        };
+        let with_hook = |h| types::ContainerEdits {
+            hooks: vec![h],
+            ..edits()
+        };
+        refused(&with_hook(hook("bin/hook", None, &[])), "u_gpu", "not absolute");
+        refused(&with_hook(hook("/bin/hook", Some(0), &[])), "u_gpu", "not positive");
+        refused(&with_hook(hook("/bin/hook", None, &["=x"])), "u_gpu", "KEY=VALUE");
+        let ok = build(&w, "u_gpu", &with_hook(hook("/bin/hook", Some(5), &["A=1"]))).unwrap();
+        let h = &ok["devices"][0]["containerEdits"]["hooks"][0];
+        assert_eq!(h["hookName"], "createRuntime");
+        assert_eq!(h["timeout"], 5);
+
+        let node = |path: &str, t: &str, perms: &str| types::ContainerEdits {
+            device_nodes: vec![types::DeviceNode {
+                path: path.into(),
+                host_path: None,
+                node_type: Some(t.into()),
+                major: None,
+                minor: None,
+                file_mode: None,
+                permissions: Some(perms.into()),
+                uid: None,
+                gid: None,
+            }],
+            ..edits()
+        };
+        refused(&node("dev/x", "c", "rw"), "u_gpu", "not absolute");
+        refused(&node("/dev/x", "x", "rw"), "u_gpu", "type");
+        refused(&node("/dev/x", "c", "rwx"), "u_gpu", "permissions");
+
+        let mut e = edits();
+        e.mounts.push(types::Mount {
+            host_path: String::new(),
+            container_path: "/x".into(),
+            mount_type: None,
+            options: vec![],
+        });
+        refused(&e, "u_gpu", "hostPath");
+
+        let nic = |host: &str, name: &str| types::NetDevice {
+            host_interface_name: host.into(),
+            name: name.into(),
+        };
+        let nets = |n: Vec<types::NetDevice>| types::ContainerEdits {
+            net_devices: n,
+            ..edits()
+        };
+        refused(&nets(vec![nic("mv0", "net1"), nic("mv0", "net2")]), "u_nic", "twice");
+        refused(&nets(vec![nic("mv0", "net1"), nic("mv1", "net1")]), "u_nic", "twice");
+        refused(&nets(vec![nic("", "net1")]), "u_nic", "hostInterfaceName");
+
+        let e = edits();
+        let twice = w.build_spec(&[
+            SpecDevice {
+                name: "u_a".into(),
+                edits: &e,
+            },
+            SpecDevice {
+                name: "u_a".into(),
+                edits: &e,
+            },
+        ]);
+        assert!(twice.unwrap_err().to_string().contains("twice"));
+        assert!(w.build_spec(&[]).is_err(), "a spec without devices");
     }
 }
