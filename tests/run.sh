@@ -18,4 +18,4 @@ fi
 
 cargo test --workspace --locked
 # The guests' logic compiled natively (the component glue is wasm-only).
-cargo test --locked --manifest-path guests/Cargo.toml --target-dir target/guest-logic -p example-driver -p gpu-driver -p macvlan-driver
+cargo test --locked --manifest-path guests/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}/guest-logic" -p example-driver -p gpu-driver -p macvlan-driver

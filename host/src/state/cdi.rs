@@ -485,6 +485,20 @@ mod tests {
         );
     }
 
+    fn node(path: &str, node_type: &str, permissions: &str) -> types::DeviceNode {
+        types::DeviceNode {
+            path: path.into(),
+            host_path: None,
+            node_type: Some(node_type.into()),
+            major: None,
+            minor: None,
+            file_mode: None,
+            permissions: Some(permissions.into()),
+            uid: None,
+            gid: None,
+        }
+    }
+
     fn build(w: &CdiWriter, name: &str, e: &types::ContainerEdits) -> Result<Value, CdiError> {
         w.build_spec(&[SpecDevice {
             name: name.into(),
@@ -507,15 +521,8 @@ mod tests {
         });
         assert_eq!(build(&w, "u_gpu", &e).unwrap()["cdiVersion"], "0.4.0");
         e.device_nodes.push(types::DeviceNode {
-            path: "/dev/x0".into(),
             host_path: Some("/dev/y0".into()),
-            node_type: Some("c".into()),
-            major: None,
-            minor: None,
-            file_mode: None,
-            permissions: Some("rw".into()),
-            uid: None,
-            gid: None,
+            ..node("/dev/x0", "c", "rw")
         });
         let v = build(&w, "u_gpu", &e).unwrap();
         assert_eq!(v["cdiVersion"], "0.5.0");
@@ -567,23 +574,13 @@ mod tests {
         assert_eq!(h["hookName"], "createRuntime");
         assert_eq!(h["timeout"], 5);
 
-        let node = |path: &str, t: &str, perms: &str| types::ContainerEdits {
-            device_nodes: vec![types::DeviceNode {
-                path: path.into(),
-                host_path: None,
-                node_type: Some(t.into()),
-                major: None,
-                minor: None,
-                file_mode: None,
-                permissions: Some(perms.into()),
-                uid: None,
-                gid: None,
-            }],
+        let with_node = |path: &str, t: &str, perms: &str| types::ContainerEdits {
+            device_nodes: vec![node(path, t, perms)],
             ..edits()
         };
-        refused(&node("dev/x", "c", "rw"), "u_gpu", "not absolute");
-        refused(&node("/dev/x", "x", "rw"), "u_gpu", "type");
-        refused(&node("/dev/x", "c", "rwx"), "u_gpu", "permissions");
+        refused(&with_node("dev/x", "c", "rw"), "u_gpu", "not absolute");
+        refused(&with_node("/dev/x", "x", "rw"), "u_gpu", "type");
+        refused(&with_node("/dev/x", "c", "rwx"), "u_gpu", "permissions");
 
         let mut e = edits();
         e.mounts.push(types::Mount {
