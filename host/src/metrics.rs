@@ -69,8 +69,24 @@ pub struct Metrics {
     slice_sync_errors: Family<DriverLabel, Counter>,
     guest_swaps: Family<SwapLabels, Counter>,
     guest_swap_duration: Family<DriverLabel, Histogram>,
+    http2_authority_replaced: Family<SocketLabels, Counter>,
+    http2_refusals: Family<RefusalLabels, Counter>,
     /// The `guest_info` series of each driver, to remove it on a swap.
     guest_info_current: std::sync::Mutex<std::collections::HashMap<String, GuestInfoLabels>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SocketLabels {
+    driver: String,
+    socket: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    driver: String,
+    socket: &'static str,
+    scope: &'static str,
+    code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -189,8 +205,22 @@ impl Metrics {
             "From noticing a changed guest file to the new component serving (load, checks, self-test, swap)",
             guest_swap_duration.clone(),
         );
+        let http2_authority_replaced = Family::default();
+        registry.register(
+            "http2_authority_replaced",
+            "Requests whose :authority the HTTP/2 server would refuse (a socket path, as grpc-go and grpcio send on Unix sockets), replaced with localhost, by driver and socket",
+            http2_authority_replaced.clone(),
+        );
+        let http2_refusals = Family::default();
+        registry.register(
+            "http2_refusals",
+            "Requests (scope=stream, RST_STREAM) and connections (scope=connection, GOAWAY) the HTTP/2 server refused, by driver, socket and HTTP/2 error code",
+            http2_refusals.clone(),
+        );
         Arc::new(Self {
             registry,
+            http2_authority_replaced,
+            http2_refusals,
             guest_swaps,
             guest_swap_duration,
             guest_info_current: Default::default(),
@@ -338,6 +368,26 @@ impl Metrics {
         self.slice_sync_errors
             .get_or_create(&DriverLabel {
                 driver: driver.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn http2_authority_replaced(&self, driver: &str, socket: &'static str) {
+        self.http2_authority_replaced
+            .get_or_create(&SocketLabels {
+                driver: driver.to_owned(),
+                socket,
+            })
+            .inc();
+    }
+
+    pub fn http2_refusal(&self, driver: &str, socket: &'static str, scope: &'static str, code: &'static str) {
+        self.http2_refusals
+            .get_or_create(&RefusalLabels {
+                driver: driver.to_owned(),
+                socket,
+                scope,
+                code,
             })
             .inc();
     }
