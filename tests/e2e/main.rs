@@ -12,3 +12,4 @@ mod prepare;
 mod registration;
 mod rolling;
 mod swap;
+mod wire;
