@@ -1,44 +1,35 @@
-//! The HTTP/2 connection as the kubelet's gRPC clients speak it, made
-//! acceptable to hyper's h2 server, and every refusal made visible.
+//! The host's end of the kubelet's HTTP/2 connections: every request gets
+//! past hyper's h2 whatever `:authority` the kubelet's gRPC client sends, and
+//! every refusal is visible.
 //!
-//! **Why this exists.** The kubelet's plugin watcher dials the registration
-//! socket with grpc-go's `passthrough` resolver and no `WithAuthority`
-//! (`pkg/kubelet/pluginmanager/operationexecutor/operation_generator.go`), and
-//! some kubelet releases dial the DRA socket the same way. grpc-go then sends
-//! the socket path as `:authority` (raw in older releases, percent-encoded in
-//! newer ones); Python's grpcio sends its own form. h2 parses `:authority` as
-//! an RFC 3986 host and answers anything else with RST_STREAM PROTOCOL_ERROR
-//! before tonic sees the request, and logs it only at debug level: the
-//! kubelet could never register the plugin, and the host said nothing.
+//! **Why.** The kubelet's grpc-go sends the socket path as `:authority`, which
+//! hyper's h2 answers with RST_STREAM PROTOCOL_ERROR before tonic sees the
+//! request, logging it only at debug level: the kubelet could never register
+//! the plugin, and the host said nothing (details in [`dra_proto::wire`]).
 //!
-//! **What it does.** [`KubeletConn`] wraps each accepted Unix stream:
-//! - client → server: the preface and every frame pass through byte for byte,
-//!   except header blocks (HEADERS + CONTINUATION), which are decoded and
-//!   encoded again with an invalid `:authority` replaced by `localhost`
-//!   ([`headers`] says why every block is re-encoded). Padding is dropped,
-//!   PRIORITY fields and END_STREAM are kept, frames are split at the server's
-//!   maximum frame size. Anything the adapter cannot follow (a broken header
-//!   block, a frame inside a header block, an oversized block) switches it to
-//!   pass-through for the rest of the connection, so the server sees the
-//!   client's own bytes and answers with its own connection error.
+//! **What.** [`KubeletConn`] wraps each accepted Unix stream:
+//! - client → server: [`ClientFrames`] passes the preface and every frame
+//!   byte for byte, except header blocks, which are decoded and encoded again
+//!   with an `:authority` h2 would refuse replaced by `localhost`. Anything it
+//!   cannot follow (a broken header block, a frame inside a header block, an
+//!   oversized block) switches it to pass-through for the rest of the
+//!   connection, so the server sees the client's own bytes and answers with
+//!   its own connection error.
 //! - server → client: bytes pass through untouched while their frame headers
-//!   are read, to learn the server's SETTINGS (maximum frame size, header table
-//!   size) and to see every RST_STREAM and GOAWAY carrying an error: each is
-//!   logged as a warning with the peer, the socket, the request and the likely
-//!   reason, and counted in `dra_host_http2_refusals_total`.
+//!   are read, to learn the server's SETTINGS (maximum frame size, header
+//!   table size) and to see every RST_STREAM and GOAWAY carrying an error:
+//!   each is logged as a warning with the peer, the socket, the request and
+//!   the likely reason, and counted in `dra_host_http2_refusals_total`.
 //!
 //! Alternatives considered: a fork or `[patch]` of h2 (not allowed, and
 //! hyperium/h2 PR #487 has been open for years); asking the kubelet to send
 //! `WithAuthority` (we do not control deployed kubelets); a gRPC server other
-//! than tonic (the rest of the host is tonic, and none of the Rust choices
-//! accept such an authority either).
-
-mod frame;
-mod headers;
+//! than tonic (the rest of the host is tonic, and the Rust alternatives parse
+//! `:authority` the same way).
 
 use crate::metrics::Metrics;
 use bytes::{Buf, BytesMut};
-use headers::{HeaderRewriter, RequestSummary};
+use dra_proto::wire::{AuthorityRule, ClientFrames, Event, RequestSummary, frame, printable};
 use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
@@ -47,10 +38,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
-
-/// A header block larger than this is passed through unread: the server's
-/// own header-list limit (16 KiB by default in hyper) refuses it long before.
-const MAX_HEADER_BLOCK: usize = 1 << 20;
 
 /// Requests remembered until the server answers them, for refusal logs. The
 /// oldest is forgotten first; a gRPC client rarely has more streams open.
@@ -123,263 +110,67 @@ impl tonic::transport::server::Connected for KubeletConn {
 // ---------------------------------------------------------------------------
 // Client → server
 
-/// Where the client's byte stream is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum InState {
-    /// Before the 24-octet connection preface has been seen whole.
-    Preface,
-    /// At a frame boundary.
-    Frame,
-    /// Inside the payload of a frame that passes through: this many bytes left.
-    Payload(usize),
-    /// Everything passes through untouched from here on (see the module docs).
-    Passthrough,
-}
-
 struct Inbound {
-    state: InState,
+    frames: ClientFrames,
     /// Read from the socket, not yet processed.
     input: BytesMut,
     /// Processed, not yet handed to the server.
     output: BytesMut,
-    /// A header block whose END_HEADERS has not arrived yet.
-    block: Option<PendingBlock>,
-    rewriter: HeaderRewriter,
-    /// Scratch space for a re-encoded block.
-    encoded: Vec<u8>,
-    /// The server's SETTINGS_MAX_FRAME_SIZE.
-    max_frame_size: usize,
     /// Requests the server has not answered yet, oldest first.
     requests: VecDeque<(u32, RequestSummary)>,
-    /// Why the adapter stopped following the connection, for the log of the
-    /// server's GOAWAY that usually follows.
+    /// Why the rewriter stopped following the connection, for the log of
+    /// the server's GOAWAY that usually follows.
     gave_up: Option<String>,
     eof: bool,
 }
 
-struct PendingBlock {
-    /// The HEADERS frame's header.
-    first: FrameHeaderCopy,
-    /// PRIORITY fields of the HEADERS frame, re-sent as they came.
-    priority: Option<[u8; 5]>,
-    /// The header block fragments so far, padding removed.
-    fragment: Vec<u8>,
-    /// The frames as they came, for pass-through if the block cannot be used.
-    raw: BytesMut,
-}
-
-type FrameHeaderCopy = frame::FrameHeader;
-
 impl Inbound {
     fn new() -> Self {
         Inbound {
-            state: InState::Preface,
+            frames: ClientFrames::new(AuthorityRule::ReplaceInvalid),
             input: BytesMut::with_capacity(READ_CHUNK),
             output: BytesMut::with_capacity(READ_CHUNK),
-            block: None,
-            rewriter: HeaderRewriter::new(),
-            encoded: Vec::new(),
-            max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
             requests: VecDeque::new(),
             gave_up: None,
             eof: false,
         }
     }
 
-    /// Move as much of `input` to `output` as can be processed now.
     fn process(&mut self, socket: &SocketInfo) {
-        loop {
-            match self.state {
-                InState::Preface => {
-                    let n = self.input.len().min(frame::PREFACE.len());
-                    if self.input[..n] != frame::PREFACE[..n] {
-                        // Not HTTP/2 with prior knowledge: the server says so.
-                        self.give_up("the client did not start with the HTTP/2 preface".into());
-                    } else if n < frame::PREFACE.len() {
-                        return;
-                    } else {
-                        self.pass(frame::PREFACE.len());
-                        self.state = InState::Frame;
+        let Inbound {
+            frames,
+            input,
+            output,
+            requests,
+            gave_up,
+            ..
+        } = self;
+        frames.process(input, output, &mut |event| match event {
+            Event::Block { stream, summary } => {
+                if let Some(original) = &summary.replaced_authority {
+                    tracing::debug!(socket = %socket.path.display(), authority = %original, method = ?summary.path,
+                        "replaced an :authority that the HTTP/2 server would refuse");
+                    socket.metrics.http2_authority_replaced(&socket.driver, socket.kind);
+                }
+                // Requests only (trailers have no :path), once per stream.
+                if summary.path.is_some() && !requests.iter().any(|(s, _)| *s == stream) {
+                    if requests.len() == MAX_TRACKED_STREAMS {
+                        requests.pop_front();
                     }
-                }
-                InState::Passthrough => {
-                    let n = self.input.len();
-                    self.pass(n);
-                    return;
-                }
-                InState::Payload(left) => {
-                    let n = left.min(self.input.len());
-                    self.pass(n);
-                    if n < left {
-                        self.state = InState::Payload(left - n);
-                        return;
-                    }
-                    self.state = InState::Frame;
-                }
-                InState::Frame => {
-                    let Some(h) = frame::FrameHeader::peek(&self.input) else {
-                        return;
-                    };
-                    let header_block = matches!(h.kind, frame::HEADERS | frame::CONTINUATION);
-                    if self.block.is_some() && h.kind != frame::CONTINUATION {
-                        self.give_up(format!("a frame of type {} inside a header block", h.kind));
-                    } else if header_block && h.len > self.max_frame_size {
-                        // The server refuses it (FRAME_SIZE_ERROR); do not buffer it.
-                        self.give_up(format!("a header frame of {} bytes", h.len));
-                    } else if header_block {
-                        if self.input.len() < frame::HEADER_LEN + h.len {
-                            return;
-                        }
-                        let frame = self.input.split_to(frame::HEADER_LEN + h.len);
-                        self.header_frame(h, frame, socket);
-                    } else {
-                        self.pass(frame::HEADER_LEN);
-                        self.state = InState::Payload(h.len);
-                    }
+                    requests.push_back((stream, summary));
                 }
             }
-        }
-    }
-
-    /// Hand the next `n` input bytes to the server unchanged.
-    fn pass(&mut self, n: usize) {
-        let bytes = self.input.split_to(n);
-        self.output.unsplit(bytes);
-    }
-
-    /// Stop following the connection: whatever is held goes out as it came.
-    fn give_up(&mut self, why: String) {
-        tracing::debug!(reason = %why, "HTTP/2 adapter passes the rest of the connection through");
-        if let Some(block) = self.block.take() {
-            self.output.unsplit(block.raw);
-        }
-        self.gave_up = Some(why);
-        self.state = InState::Passthrough;
-    }
-
-    fn header_frame(&mut self, h: frame::FrameHeader, raw: BytesMut, socket: &SocketInfo) {
-        let payload = &raw[frame::HEADER_LEN..];
-        let fragment = match h.kind {
-            frame::HEADERS => {
-                let (pad, rest) = if h.has(frame::FLAG_PADDED) {
-                    match payload.split_first() {
-                        Some((&pad, rest)) => (usize::from(pad), rest),
-                        None => (usize::MAX, payload),
-                    }
-                } else {
-                    (0, payload)
-                };
-                let (priority, rest) = if h.has(frame::FLAG_PRIORITY) && rest.len() >= 5 {
-                    let (p, rest) = rest.split_at(5);
-                    (Some(<[u8; 5]>::try_from(p).expect("5 bytes")), rest)
-                } else if h.has(frame::FLAG_PRIORITY) {
-                    (None, &[][..])
-                } else {
-                    (None, rest)
-                };
-                if pad > rest.len() || h.has(frame::FLAG_PRIORITY) && priority.is_none() {
-                    self.output.unsplit(raw);
-                    return self.give_up("a HEADERS frame shorter than its padding or priority".into());
-                }
-                self.block = Some(PendingBlock {
-                    first: h,
-                    priority,
-                    fragment: Vec::new(),
-                    raw: BytesMut::new(),
-                });
-                &rest[..rest.len() - pad]
+            Event::GaveUp(why) => {
+                tracing::debug!(socket = %socket.path.display(), reason = %why,
+                    "the HTTP/2 adapter passes the rest of this connection through");
+                *gave_up = Some(why);
             }
-            _ => match &self.block {
-                Some(b) if b.first.stream == h.stream => payload,
-                _ => {
-                    self.output.unsplit(raw);
-                    return self.give_up("a CONTINUATION frame outside a header block".into());
-                }
-            },
-        };
-        let block = self.block.as_mut().expect("a header block is open");
-        if block.fragment.len() + fragment.len() > MAX_HEADER_BLOCK {
-            block.raw.unsplit(raw);
-            return self.give_up(format!("a header block over {MAX_HEADER_BLOCK} bytes"));
-        }
-        block.fragment.extend_from_slice(fragment);
-        block.raw.unsplit(raw);
-        if h.has(frame::FLAG_END_HEADERS) {
-            self.finish_block(socket);
-        }
+        });
     }
 
-    /// A whole header block is here: decode it, normalise it, frame it again.
-    fn finish_block(&mut self, socket: &SocketInfo) {
-        let block = self.block.take().expect("a header block is open");
-        self.encoded.clear();
-        let summary = match self.rewriter.rewrite(&block.fragment, &mut self.encoded) {
-            Ok(summary) => summary,
-            Err(e) => {
-                self.block = Some(block);
-                return self.give_up(format!("undecodable header block (HPACK: {e})"));
-            }
-        };
-        if let Some(original) = &summary.replaced_authority {
-            tracing::debug!(socket = %socket.path.display(), authority = %original, path = ?summary.path,
-                "replaced an :authority that the HTTP/2 server would refuse");
-            socket.metrics.http2_authority_replaced(&socket.driver, socket.kind);
-        }
-        let stream = block.first.stream;
-        if summary.path.is_some() && !self.requests.iter().any(|(s, _)| *s == stream) {
-            if self.requests.len() == MAX_TRACKED_STREAMS {
-                self.requests.pop_front();
-            }
-            self.requests.push_back((stream, summary));
-        }
-        self.write_block(&block);
-    }
-
-    /// Frame `self.encoded` as HEADERS (+ CONTINUATION) for the server.
-    fn write_block(&mut self, block: &PendingBlock) {
-        let priority_len = if block.priority.is_some() { 5 } else { 0 };
-        let mut rest = &self.encoded[..];
-        let first_len = rest.len().min(self.max_frame_size - priority_len);
-        let (chunk, tail) = rest.split_at(first_len);
-        rest = tail;
-        let flags = block.first.flags & (frame::FLAG_END_STREAM | frame::FLAG_PRIORITY)
-            | if rest.is_empty() { frame::FLAG_END_HEADERS } else { 0 };
-        self.output
-            .reserve(self.encoded.len() + frame::HEADER_LEN * 2 + priority_len);
-        frame::FrameHeader {
-            len: priority_len + chunk.len(),
-            kind: frame::HEADERS,
-            flags,
-            stream: block.first.stream,
-        }
-        .write(&mut self.output);
-        if let Some(p) = &block.priority {
-            self.output.extend_from_slice(p);
-        }
-        self.output.extend_from_slice(chunk);
-        while !rest.is_empty() {
-            let (chunk, tail) = rest.split_at(rest.len().min(self.max_frame_size));
-            rest = tail;
-            frame::FrameHeader {
-                len: chunk.len(),
-                kind: frame::CONTINUATION,
-                flags: if rest.is_empty() { frame::FLAG_END_HEADERS } else { 0 },
-                stream: block.first.stream,
-            }
-            .write(&mut self.output);
-            self.output.extend_from_slice(chunk);
-        }
-    }
-
-    /// The connection ended: whatever is held goes to the server as it came,
-    /// so it sees the same truncated frame the client sent.
     fn finish(&mut self) {
         self.eof = true;
-        if let Some(block) = self.block.take() {
-            self.output.unsplit(block.raw);
-        }
-        let rest = self.input.split();
-        self.output.unsplit(rest);
+        self.frames.finish(&mut self.input, &mut self.output);
     }
 
     fn take_request(&mut self, stream: u32) -> Option<RequestSummary> {
@@ -571,8 +362,8 @@ impl KubeletConn {
                     let id = u16::from_be_bytes([setting[0], setting[1]]);
                     let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]) as usize;
                     match id {
-                        frame::SETTINGS_MAX_FRAME_SIZE => inbound.max_frame_size = value,
-                        frame::SETTINGS_HEADER_TABLE_SIZE => inbound.rewriter.allow_table_size(value),
+                        frame::SETTINGS_MAX_FRAME_SIZE => inbound.frames.set_max_frame_size(value),
+                        frame::SETTINGS_HEADER_TABLE_SIZE => inbound.frames.allow_table_size(value),
                         _ => {}
                     }
                 }
@@ -600,7 +391,7 @@ impl KubeletConn {
                         .gave_up
                         .clone()
                         .or_else(|| inbound.requests.iter().rev().find_map(|(_, r)| r.suspect.clone()));
-                    let debug = (!debug.is_empty()).then(|| headers::printable(&debug));
+                    let debug = (!debug.is_empty()).then(|| printable(&debug));
                     let detail = match (reason, debug) {
                         (Some(r), Some(d)) => Some(format!("{r}; server says: {d}")),
                         (Some(r), None) => Some(r),

@@ -5,6 +5,7 @@
 
 use super::*;
 use bytes::{BufMut, Bytes};
+use dra_proto::wire::encode_literal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn socket_info() -> Arc<SocketInfo> {
@@ -121,7 +122,7 @@ impl RawClient {
 fn literal_block(headers: &[(&[u8], &[u8])]) -> Vec<u8> {
     let mut block = Vec::new();
     for (name, value) in headers {
-        headers::encode_literal(&mut block, name, value);
+        encode_literal(&mut block, name, value);
     }
     block
 }

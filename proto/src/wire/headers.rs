@@ -17,6 +17,18 @@ use std::fmt::Write as _;
 /// grpc-go's `unix:` resolver and the kubelet's newer DRA client send.
 pub const NORMALISED_AUTHORITY: &[u8] = b"localhost";
 
+/// What becomes of each request's `:authority`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthorityRule {
+    /// A server in front of hyper's h2: an `:authority` that h2 would refuse
+    /// becomes [`NORMALISED_AUTHORITY`]; a valid one is kept.
+    ReplaceInvalid,
+    /// A client that must send what another client sends: every
+    /// `:authority` becomes this value. The test kubelet uses it to send the
+    /// socket path, as the kubelet's grpc-go does; the host never does.
+    Set(Vec<u8>),
+}
+
 /// At most this many characters of a client's header text are kept for a log.
 const MAX_LOGGED: usize = 256;
 
@@ -24,6 +36,7 @@ const MAX_LOGGED: usize = 256;
 pub struct HeaderRewriter {
     decoder: Decoder<'static>,
     table_limit: usize,
+    rule: AuthorityRule,
 }
 
 /// What a request's header block said, kept until the server answers the
@@ -32,7 +45,7 @@ pub struct HeaderRewriter {
 pub struct RequestSummary {
     /// `:path`, the gRPC method.
     pub path: Option<String>,
-    /// The client's `:authority`, when it was replaced with [`NORMALISED_AUTHORITY`].
+    /// The client's `:authority`, when the [`AuthorityRule`] replaced it.
     pub replaced_authority: Option<String>,
     /// The first thing in the block that an HTTP/2 server refuses a request
     /// for (h2's request checks), if any: the likely reason of a refusal.
@@ -40,12 +53,13 @@ pub struct RequestSummary {
 }
 
 impl HeaderRewriter {
-    pub fn new() -> Self {
+    pub fn new(rule: AuthorityRule) -> Self {
         let mut decoder = Decoder::new();
         decoder.set_max_allowed_table_size(super::frame::DEFAULT_HEADER_TABLE_SIZE);
         HeaderRewriter {
             decoder,
             table_limit: super::frame::DEFAULT_HEADER_TABLE_SIZE,
+            rule,
         }
     }
 
@@ -66,11 +80,19 @@ impl HeaderRewriter {
     pub fn rewrite(&mut self, block: &[u8], out: &mut Vec<u8>) -> Result<RequestSummary, DecoderError> {
         let mut summary = RequestSummary::default();
         let mut checks = Checks::default();
+        let rule = &self.rule;
         self.decoder.decode_with_cb(block, |name, value| {
             checks.see(&name, &value, &mut summary);
-            if name.as_ref() == b":authority" && !is_valid_authority(&value) {
+            let replacement = match rule {
+                _ if name.as_ref() != b":authority" => None,
+                AuthorityRule::ReplaceInvalid if !is_valid_authority(&value) => Some(NORMALISED_AUTHORITY),
+                AuthorityRule::ReplaceInvalid => None,
+                AuthorityRule::Set(authority) if *authority != value.as_ref() => Some(authority.as_slice()),
+                AuthorityRule::Set(_) => None,
+            };
+            if let Some(replacement) = replacement {
                 summary.replaced_authority = Some(printable(&value));
-                encode_literal(out, &name, NORMALISED_AUTHORITY);
+                encode_literal(out, &name, replacement);
             } else {
                 if name.as_ref() == b":path" {
                     summary.path = Some(printable(&value));
@@ -115,7 +137,7 @@ pub fn printable(value: &[u8]) -> String {
 
 /// "Literal Header Field without Indexing" (RFC 7541 §6.2.2), the name by
 /// static-table index where it has one, strings without Huffman coding.
-pub(super) fn encode_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub fn encode_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     match static_name_index(name) {
         Some(index) => encode_integer(out, index, 4, 0x00),
         None => {
@@ -265,7 +287,7 @@ mod tests {
             let mut encoder = Encoder::new();
             let headers = request(authority);
             let block = encoder.encode(headers.iter().map(|(n, v)| (*n, v.as_slice())));
-            let mut rewriter = HeaderRewriter::new();
+            let mut rewriter = HeaderRewriter::new(AuthorityRule::ReplaceInvalid);
             let mut out = Vec::new();
             let summary = rewriter.rewrite(&block, &mut out).unwrap();
             let got = decode(&out);
@@ -291,7 +313,7 @@ mod tests {
         // The client's encoder indexes every field, so the second and third
         // blocks are mostly references into its dynamic table.
         let mut encoder = Encoder::new();
-        let mut rewriter = HeaderRewriter::new();
+        let mut rewriter = HeaderRewriter::new(AuthorityRule::ReplaceInvalid);
         for i in 0..3 {
             let mut headers = request("/run/plugin.sock");
             headers.push((b"x-call", format!("{i}").into_bytes()));
@@ -315,7 +337,9 @@ mod tests {
             0x82, 0x86, 0x84, 0x41, 0x8c, 0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff,
         ]);
         let mut out = Vec::new();
-        let summary = HeaderRewriter::new().rewrite(&block, &mut out).unwrap();
+        let summary = HeaderRewriter::new(AuthorityRule::ReplaceInvalid)
+            .rewrite(&block, &mut out)
+            .unwrap();
         assert_eq!(
             decode(&out),
             [
@@ -333,9 +357,9 @@ mod tests {
         let mut block = Vec::new();
         encode_integer(&mut block, 65_536, 5, 0x20);
         block.extend_from_slice(&[0x82, 0x86, 0x84]);
-        let mut rewriter = HeaderRewriter::new();
+        let mut rewriter = HeaderRewriter::new(AuthorityRule::ReplaceInvalid);
         assert!(rewriter.rewrite(&block, &mut Vec::new()).is_err());
-        let mut rewriter = HeaderRewriter::new();
+        let mut rewriter = HeaderRewriter::new(AuthorityRule::ReplaceInvalid);
         rewriter.allow_table_size(65_536);
         assert!(rewriter.rewrite(&block, &mut Vec::new()).is_ok());
     }
@@ -389,7 +413,9 @@ mod tests {
             for (n, v) in headers {
                 encode_literal(&mut block, n, v);
             }
-            let summary = HeaderRewriter::new().rewrite(&block, &mut Vec::new()).unwrap();
+            let summary = HeaderRewriter::new(AuthorityRule::ReplaceInvalid)
+                .rewrite(&block, &mut Vec::new())
+                .unwrap();
             assert_eq!(summary.suspect.as_deref(), suspect, "{headers:?}");
         }
     }

@@ -18,7 +18,6 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 16_384;
 /// `SETTINGS_HEADER_TABLE_SIZE` until a peer advertises another (RFC 9113 §6.5.2).
 pub const DEFAULT_HEADER_TABLE_SIZE: usize = 4_096;
 
-#[cfg(test)]
 pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
 pub const RST_STREAM: u8 = 0x3;
