@@ -9,14 +9,20 @@
 //!
 //! - grpc-go (Debian's 1.33.3): the program in tests/peers/go/, built by its
 //!   build.sh into the target directory, dialing exactly as the kubelet's
-//!   plugin watcher, the pre-1.33 DRA plugin client and the 1.33+ one do;
+//!   plugin watcher, the DRA plugin client of kubelets 1.31-1.33
+//!   (`grpc.Dial(endpoint)`) and that of 1.34+ (`grpc.NewClient("unix:"…)`)
+//!   do; grpc-go 1.33 sends a bare-path dial's path raw, so it also runs
+//!   forcing the percent-encoded path that kubelets 1.31-1.37 (built with
+//!   grpc-go 1.65-1.81) send;
 //! - Python grpcio (gRPC C-core): tests/peers/python/kubelet_peer.py, with
-//!   default channel options and with the authority current grpc-go sends.
+//!   default channel options and with the percent-encoded path.
 //!
 //! Each peer is the only kubelet of its host (no test kubelet runs, so
 //! nothing else registers the plugin). Each prints one JSON line per call;
 //! a failure names the client, the dial and the call, with the gRPC error,
-//! the client's output and the host's log.
+//! the client's output and the host's log. A last test checks, with a probe
+//! server that records the bytes, that each client really sends the
+//! `:authority` it is meant to reproduce.
 //!
 //! The clients are installed by tests/run.sh. Where they are missing the
 //! tests fail and say so, unless `DRA_SKIP_REAL_CLIENTS=1` asks to skip them,
@@ -52,9 +58,18 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The grpc-go peer, built once per test run (tests/peers/go/build.sh).
-async fn go_peer() -> PathBuf {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+/// The programs tests/peers/go/build.sh builds.
+#[derive(Clone)]
+struct GoPrograms {
+    /// The grpc-go kubelet peer.
+    peer: PathBuf,
+    /// The server that records what a client sends.
+    probe: PathBuf,
+}
+
+/// The grpc-go programs, built once per test run.
+async fn go_programs() -> GoPrograms {
+    static BUILT: OnceLock<Result<GoPrograms, String>> = OnceLock::new();
     let built = tokio::task::spawn_blocking(|| {
         BUILT
             .get_or_init(|| {
@@ -74,12 +89,15 @@ async fn go_peer() -> PathBuf {
                         String::from_utf8_lossy(&run.stderr)
                     ));
                 }
-                Ok(out.join("kubelet-peer"))
+                Ok(GoPrograms {
+                    peer: out.join("kubelet-peer"),
+                    probe: out.join("authority-probe"),
+                })
             })
             .clone()
     })
     .await
-    .expect("building the grpc-go peer");
+    .expect("building the grpc-go programs");
     built.unwrap_or_else(|e| panic!("the grpc-go kubelet peer could not be built: {e}\n{INSTALL_HINT}"))
 }
 
@@ -163,7 +181,7 @@ fn registration_socket(env: &HostEnv) -> PathBuf {
 
 /// What a peer printed: one JSON object per step.
 struct PeerRun {
-    /// Names the peer in failure messages, e.g. "grpc-go pre-1.33 DRA dial".
+    /// Names the peer in failure messages, e.g. "grpc-go pre-1.34 DRA dial".
     what: String,
     steps: Vec<Value>,
     output: String,
@@ -204,7 +222,9 @@ impl PeerRun {
 }
 
 /// Run a peer to its end (or [`PEER_TIMEOUT`]) and collect its steps.
-async fn run_peer(what: &str, program: &Path, args: &[&str], host: &HostProcess) -> PeerRun {
+/// `host`: the host it talks to, whose log failure messages show.
+async fn run_peer(what: &str, program: &Path, args: &[&str], host: Option<&HostProcess>) -> PeerRun {
+    let host_log = || host.map(HostProcess::log).unwrap_or_else(|| "(no host)".into());
     let child = tokio::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -218,7 +238,7 @@ async fn run_peer(what: &str, program: &Path, args: &[&str], host: &HostProcess)
         .unwrap_or_else(|_| {
             panic!(
                 "{what}: still running after {PEER_TIMEOUT:?}; host log:\n{}",
-                host.log()
+                host_log()
             )
         })
         .unwrap_or_else(|e| panic!("{what}: waiting for the client: {e}"));
@@ -232,7 +252,7 @@ async fn run_peer(what: &str, program: &Path, args: &[&str], host: &HostProcess)
         what: what.to_owned(),
         steps,
         output,
-        host_log: host.log(),
+        host_log: host_log(),
     }
 }
 
@@ -288,14 +308,14 @@ fn check_registration(run: &PeerRun, node: &BareNode) {
 /// A 1.34+ kubelet end to end: the plugin watcher registers the plugin
 /// (`grpc.DialContext(socketPath, …)` with no authority: grpc-go puts the
 /// socket path in `:authority`), then the DRA plugin client dials the
-/// endpoint GetInfo answered as 1.33+ does and prepares, prepares again,
+/// endpoint GetInfo answered as 1.34+ does and prepares, prepares again,
 /// unprepares and reads the v1 health stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_go_plugin_watcher_dial_registers() {
     if skipped("grpc_go_plugin_watcher_dial_registers") {
         return;
     }
-    let peer = go_peer().await;
+    let go = go_programs().await;
     let node = BareNode::start().await;
     let registration = node.registration_socket();
     let claim = node.claim_arg();
@@ -307,27 +327,28 @@ async fn grpc_go_plugin_watcher_dial_registers() {
         "-claim",
         &claim,
     ];
-    let run = run_peer("grpc-go plugin watcher dial", &peer, &args, &node.host).await;
+    let run = run_peer("grpc-go plugin watcher dial", &go.peer, &args, Some(&node.host)).await;
     check_registration(&run, &node);
     check_dra_steps(&run, &node, "v1", "v1");
 }
 
-/// The DRA dial of kubelets 1.31/1.32: `grpc.Dial(endpoint, …)` with a
-/// bare path, so `:authority` is the socket path. Those kubelets talked
-/// v1beta1 (1.32) and had no health stream; the v1alpha1 stream is read
-/// through the same dial to cover a server-streaming call with this authority.
+/// The DRA dial of kubelets 1.31-1.33: `grpc.Dial(endpoint, …)` with a bare
+/// path, so `:authority` is the socket path (raw from this grpc-go). 1.32
+/// and 1.33 talked v1beta1 and had no health stream; the v1alpha1 stream is
+/// read through the same dial to cover a server-streaming call with this
+/// authority.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_go_pre_1_33_dra_dial() {
-    if skipped("grpc_go_pre_1_33_dra_dial") {
+async fn grpc_go_pre_1_34_dra_dial() {
+    if skipped("grpc_go_pre_1_34_dra_dial") {
         return;
     }
-    let peer = go_peer().await;
+    let go = go_programs().await;
     let node = BareNode::start().await;
     let endpoint = node.dra_socket();
     let claim = node.claim_arg();
     let args = [
         "-dial",
-        "pre-1.33",
+        "pre-1.34",
         "-endpoint",
         endpoint.to_str().unwrap(),
         "-service",
@@ -337,12 +358,12 @@ async fn grpc_go_pre_1_33_dra_dial() {
         "-claim",
         &claim,
     ];
-    let run = run_peer("grpc-go pre-1.33 DRA dial", &peer, &args, &node.host).await;
+    let run = run_peer("grpc-go pre-1.34 DRA dial", &go.peer, &args, Some(&node.host)).await;
     run.ok("Dial");
     check_dra_steps(&run, &node, "v1beta1", "v1alpha1");
 }
 
-/// The DRA dial of kubelets 1.33+: `grpc.NewClient("unix:" + endpoint)`,
+/// The DRA dial of kubelets 1.34+: `grpc.NewClient("unix:" + endpoint)`,
 /// which sends `:authority: localhost` (reproduced with grpc-go 1.33's
 /// nearest call; see tests/peers/go/main.go), v1 services.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,7 +371,7 @@ async fn grpc_go_new_client_dial() {
     if skipped("grpc_go_new_client_dial") {
         return;
     }
-    let peer = go_peer().await;
+    let go = go_programs().await;
     let node = BareNode::start().await;
     let endpoint = node.dra_socket();
     let claim = node.claim_arg();
@@ -366,7 +387,7 @@ async fn grpc_go_new_client_dial() {
         "-claim",
         &claim,
     ];
-    let run = run_peer("grpc-go 1.33+ DRA dial", &peer, &args, &node.host).await;
+    let run = run_peer("grpc-go 1.34+ DRA dial", &go.peer, &args, Some(&node.host)).await;
     let dial = run.ok("Dial");
     assert!(
         dial["target"].as_str().is_some_and(|t| t.starts_with("unix:")),
@@ -374,6 +395,44 @@ async fn grpc_go_new_client_dial() {
         run.context()
     );
     check_dra_steps(&run, &node, "v1", "v1");
+}
+
+/// A kubelet 1.32/1.33 byte for byte: built with grpc-go 1.65/1.68, it
+/// sends the percent-encoded socket path on the plugin watcher's dial and on
+/// its `grpc.Dial(endpoint)` DRA dial, and talks v1beta1. (Every kubelet up
+/// to 1.37 sends that on the plugin watcher's dial.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_go_percent_encoded_authority() {
+    if skipped("grpc_go_percent_encoded_authority") {
+        return;
+    }
+    let go = go_programs().await;
+    let node = BareNode::start().await;
+    let registration = node.registration_socket();
+    let claim = node.claim_arg();
+    let args = [
+        "-authority",
+        "percent-encoded",
+        "-registration",
+        registration.to_str().unwrap(),
+        "-dial",
+        "pre-1.34",
+        "-service",
+        "v1beta1",
+        "-health",
+        "v1alpha1",
+        "-claim",
+        &claim,
+    ];
+    let run = run_peer(
+        "grpc-go with the percent-encoded authority",
+        &go.peer,
+        &args,
+        Some(&node.host),
+    )
+    .await;
+    check_registration(&run, &node);
+    check_dra_steps(&run, &node, "v1beta1", "v1alpha1");
 }
 
 async fn python_flow(test: &str, authority: &str) {
@@ -394,7 +453,7 @@ async fn python_flow(test: &str, authority: &str) {
         &claim,
     ];
     let what = format!("python grpcio, {authority} authority");
-    let run = run_peer(&what, Path::new("python3"), &args, &node.host).await;
+    let run = run_peer(&what, Path::new("python3"), &args, Some(&node.host)).await;
     check_registration(&run, &node);
     check_dra_steps(&run, &node, "v1", "v1");
 }
@@ -411,4 +470,146 @@ async fn python_grpcio_default_options() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_percent_encoded_authority() {
     python_flow("python_grpcio_percent_encoded_authority", "percent-encoded").await;
+}
+
+/// grpc-go's percent-encoding of an authority (clientconn.go, since 1.57):
+/// letters, digits, `-._~`, sub-delims and `:[]@` kept, every other byte `%XX`.
+fn percent_encoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]@".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The tests above rest on what each client sends as `:authority`. Each
+/// client calls a probe server (golang.org/x/net/http2, answering
+/// UNIMPLEMENTED) that records the bytes as they arrive; each must send
+/// exactly the authority it reproduces, or the tests above would test
+/// something else (after the host's fix they would pass whatever the
+/// clients sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_send_the_authority_they_reproduce() {
+    if skipped("clients_send_the_authority_they_reproduce") {
+        return;
+    }
+    let go = go_programs().await;
+    let script = python_peer();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let socket = dir.path().join("probe.sock");
+    let sock = socket.to_str().unwrap();
+
+    let mut probe = tokio::process::Command::new(&go.probe)
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting the authority probe");
+    let mut stderr = tokio::io::BufReader::new(probe.stderr.take().unwrap());
+    let mut ready = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncBufReadExt::read_line(&mut stderr, &mut ready),
+    )
+    .await
+    .expect("the probe did not start within 10 s")
+    .expect("reading the probe's stderr");
+    assert_eq!(ready.trim(), "listening", "the probe failed to start");
+
+    let claim = "default/probe/uid";
+    let py = script.to_str().unwrap();
+    // (client, program, arguments, the :authority it must send)
+    let clients: Vec<(&str, &Path, Vec<&str>, String)> = vec![
+        (
+            "grpc-go plugin watcher dial",
+            &go.peer,
+            vec!["-registration", sock],
+            sock.to_owned(),
+        ),
+        (
+            "grpc-go plugin watcher dial, percent-encoded",
+            &go.peer,
+            vec!["-authority", "percent-encoded", "-registration", sock],
+            percent_encoded(sock),
+        ),
+        (
+            "grpc-go pre-1.34 DRA dial",
+            &go.peer,
+            vec!["-dial", "pre-1.34", "-endpoint", sock, "-claim", claim],
+            sock.to_owned(),
+        ),
+        (
+            "grpc-go pre-1.34 DRA dial, percent-encoded",
+            &go.peer,
+            vec![
+                "-authority",
+                "percent-encoded",
+                "-dial",
+                "pre-1.34",
+                "-endpoint",
+                sock,
+                "-claim",
+                claim,
+            ],
+            percent_encoded(sock),
+        ),
+        (
+            "grpc-go 1.34+ DRA dial",
+            &go.peer,
+            vec!["-dial", "new-client", "-endpoint", sock, "-claim", claim],
+            "localhost".to_owned(),
+        ),
+        (
+            "python grpcio, default options",
+            Path::new("python3"),
+            vec![py, "--registration", sock, "--authority", "default", "--claim", claim],
+            percent_encoded(sock.strip_prefix('/').unwrap()),
+        ),
+        (
+            "python grpcio, percent-encoded",
+            Path::new("python3"),
+            vec![
+                py,
+                "--registration",
+                sock,
+                "--authority",
+                "percent-encoded",
+                "--claim",
+                claim,
+            ],
+            percent_encoded(sock),
+        ),
+    ];
+    for (what, program, args, _) in &clients {
+        let run = run_peer(what, program, args, None).await;
+        // Each stops at its first call, refused by the probe: proof it got there.
+        assert!(
+            run.steps
+                .iter()
+                .any(|s| s["ok"] == false && s["error"].as_str().is_some_and(|e| e.contains("authority-probe"))),
+            "{what} did not reach the probe\n{}",
+            run.context()
+        );
+    }
+    probe.start_kill().expect("stopping the probe");
+    let out = probe.wait_with_output().await.expect("the probe's output");
+    let seen: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a probe line"))
+        .collect();
+    assert_eq!(
+        seen.len(),
+        clients.len(),
+        "one request per client expected; the probe saw {seen:#?}"
+    );
+    for ((what, _, _, want), got) in clients.iter().zip(&seen) {
+        assert_eq!(got["has_authority"], true, "{what}: no :authority sent ({got})");
+        assert_eq!(got["authority"], want.as_str(), "{what}: :authority sent ({got})");
+    }
 }

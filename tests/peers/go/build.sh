@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Builds the grpc-go kubelet peer (main.go) into OUT_DIR/kubelet-peer.
+# Builds the grpc-go kubelet peer (main.go) into OUT_DIR/kubelet-peer, and
+# the probe that records what clients send (probe/main.go) into
+# OUT_DIR/authority-probe.
 #
 # Offline, from Debian's packages only (tests/run.sh installs them): golang-go,
 # golang-google-grpc-dev (grpc-go 1.33.3), golang-google-protobuf-dev and
-# protobuf-compiler. Go builds in GOPATH mode against /usr/share/gocode; no
+# protobuf-compiler (golang-golang-x-net-dev, which the probe uses, comes
+# with grpc-go). Go builds in GOPATH mode against /usr/share/gocode; no
 # module proxy is asked for anything.
 #
 # Stubs are generated from proto/ at build time. The code generators are built
@@ -44,4 +47,7 @@ PATH="$out/bin:$PATH" protoc -I "$proto" \
     --go_out="$map:$out/gopath/src" --go-grpc_out="$map:$out/gopath/src" \
     pluginregistration.proto dra_v1.proto dra_v1beta1.proto dra_health_v1.proto dra_health_v1alpha1.proto
 cp "$here/main.go" "$src/main.go"
+mkdir -p "$src/probe"
+cp "$here/probe/main.go" "$src/probe/main.go"
 go build -o "$out/kubelet-peer" dwhpeer
+go build -o "$out/authority-probe" dwhpeer/probe

@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -58,6 +57,9 @@ var client = "grpc-go " + grpc.Version
 // report prints one step as a JSON line.
 func report(dial, step string, err error, details map[string]interface{}) {
 	line := map[string]interface{}{"client": client, "dial": dial, "step": step, "ok": err == nil}
+	if authorityOption != "" {
+		line["authority"] = authorityOption
+	}
 	if err != nil {
 		line["error"] = err.Error()
 	}
@@ -95,22 +97,57 @@ func unixDialer(ctx context.Context, addr string) (net.Conn, error) {
 	return (&net.Dialer{}).DialContext(ctx, "unix", addr)
 }
 
-// registerPlugin is the plugin watcher's registration of one socket.
-// Mirrors operation_generator.go: dial() is
+// authorityOption is what -authority asks for on a bare-path dial: nothing
+// (grpc-go 1.33's own choice, the raw path), or the path percent-encoded as
+// grpc-go >= 1.57 encodes it (clientconn.go, "encode the authority by
+// default", grpc-go #6428). Kubelets 1.31-1.37 are built with grpc-go
+// 1.65-1.81, so that is what they send on every bare-path dial; WithAuthority
+// makes grpc-go 1.33 put the same bytes on the wire.
+var authorityOption string
+
+func authorityFor(target string) []grpc.DialOption {
+	if authorityOption != "percent-encoded" {
+		return nil
+	}
+	return []grpc.DialOption{grpc.WithAuthority(percentEncodeAuthority(target))}
+}
+
+// percentEncodeAuthority keeps ASCII letters and digits, RFC 3986's
+// unreserved "-._~" and sub-delims "!$&'()*+,;=", and ":[]@"; every other
+// byte becomes %XX (upper-case hex). A socket path's '/' becomes %2F.
+func percentEncodeAuthority(s string) string {
+	const keep = "-._~!$&'()*+,;=:[]@"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(keep, c) >= 0 {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
+}
+
+// registerPlugin is the plugin watcher's registration of one socket, as in
+// pkg/kubelet/pluginmanager/operationexecutor/operation_generator.go, whose
+// dial() is
 //
-//	grpc.DialContext(ctx, unixSocketPath, grpc.WithInsecure(), grpc.WithBlock(),
+//	grpc.DialContext(ctx, unixSocketPath, <insecure credentials>, grpc.WithBlock(),
 //	    grpc.WithContextDialer(func(ctx, addr) { (&net.Dialer{}).DialContext(ctx, "unix", addr) }))
 //
-// with a 10 s dial timeout and no WithAuthority (newer kubelets spell the
-// credentials insecure.NewCredentials(), which sends the same bytes). The
-// target is a bare path, so grpc-go's passthrough resolver makes the path the
-// channel's authority: grpc-go 1.33 sends it raw, current grpc-go sends it
-// percent-encoded. Then GetInfo (1 s), then NotifyRegistrationStatus (5 s).
+// with a 10 s dial timeout and no WithAuthority in any release (older ones
+// spell the credentials grpc.WithInsecure(), newer ones
+// insecure.NewCredentials(); the bytes sent are the same). The target is a
+// bare path, so grpc-go's passthrough resolver makes the path the channel's
+// authority. Then GetInfo (1 s), then NotifyRegistrationStatus (5 s).
 func registerPlugin(socket string) *registerapi.PluginInfo {
 	const dial = "plugin-watcher"
 	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
 	defer cancel()
-	conn, err := grpc.DialContext(ctx, socket, grpc.WithInsecure(), grpc.WithBlock(), grpc.WithContextDialer(unixDialer))
+	opts := append([]grpc.DialOption{grpc.WithInsecure(), grpc.WithBlock(), grpc.WithContextDialer(unixDialer)},
+		authorityFor(socket)...)
+	conn, err := grpc.DialContext(ctx, socket, opts...)
 	if err != nil {
 		fail(dial, "Dial", fmt.Errorf("failed to dial socket %s, err: %v", socket, err))
 	}
@@ -139,13 +176,15 @@ func registerPlugin(socket string) *registerapi.PluginInfo {
 	return info
 }
 
-// dialPre133 is the DRA dial of kubelets before 1.33 (pkg/kubelet/cm/dra/plugin,
-// Plugin.getOrCreateGRPCConn): grpc.Dial(endpoint, insecure credentials,
-// WithContextDialer(unix), a metrics interceptor), then
+// dialPre134 is the DRA dial of kubelets 1.31 to 1.33
+// (pkg/kubelet/cm/dra/plugin/plugin.go, Plugin.getOrCreateGRPCConn):
+// grpc.Dial(p.endpoint, insecure credentials, WithContextDialer(unix)) (1.32
+// and 1.33 add a client-side metrics interceptor, which sends nothing), then
 // WaitForStateChange(1 s, Connecting). A bare path again: the channel's
 // authority is the socket path.
-func dialPre133(endpoint string) (*grpc.ClientConn, error) {
-	conn, err := grpc.Dial(endpoint, grpc.WithInsecure(), grpc.WithContextDialer(unixDialer))
+func dialPre134(endpoint string) (*grpc.ClientConn, error) {
+	opts := append([]grpc.DialOption{grpc.WithInsecure(), grpc.WithContextDialer(unixDialer)}, authorityFor(endpoint)...)
+	conn, err := grpc.Dial(endpoint, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -158,21 +197,21 @@ func dialPre133(endpoint string) (*grpc.ClientConn, error) {
 	return conn, nil
 }
 
-// dialNewClient is the DRA dial of kubelets 1.33+ (Plugin.getOrCreateGRPCConn):
+// dialNewClient is the DRA dial of kubelets 1.34+
+// (pkg/kubelet/cm/dra/plugin/dra_plugin_manager.go, DRAPluginManager.add):
 //
-//	target := (&url.URL{Scheme: "unix", Path: endpoint}).String()
-//	grpc.NewClient(target, insecure credentials, a stats handler, a metrics interceptor)
+//	grpc.NewClient("unix:"+endpoint, insecure credentials, a metrics interceptor, a stats handler)
 //	conn.Connect()
 //
 // Debian's grpc-go 1.33 has no NewClient or Connect. What the kubelet's call
 // puts on the wire is `:authority: localhost` (grpc-go's unix resolver) on a
-// connection opened at once; grpc-go 1.33 does the same for a "unix:" target
+// connection opened at once. grpc-go 1.33 does the same for a "unix:" target
 // given to grpc.Dial without WithBlock (clientconn.go: a target starting with
 // "unix:" gets the authority "localhost", and the default dialer dials the
-// URL's path), so this is the nearest 1.33 call with the same wire behaviour.
+// path after "unix:"), so this is the nearest 1.33 call with the same wire
+// behaviour.
 func dialNewClient(endpoint string) (*grpc.ClientConn, error) {
-	target := (&url.URL{Scheme: "unix", Path: endpoint}).String()
-	return grpc.Dial(target, grpc.WithInsecure())
+	return grpc.Dial("unix:"+endpoint, grpc.WithInsecure())
 }
 
 type claim struct{ namespace, name, uid string }
@@ -309,12 +348,16 @@ func runDRA(dial, endpoint, service, health string, c claim) {
 	var conn *grpc.ClientConn
 	var err error
 	switch dial {
-	case "pre-1.33":
-		conn, err = dialPre133(endpoint)
+	case "pre-1.34":
+		conn, err = dialPre134(endpoint)
 	case "new-client":
-		conn, err = dialNewClient(endpoint)
+		if authorityOption != "" {
+			err = errors.New("-authority applies to bare-path dials only (registration, pre-1.34)")
+		} else {
+			conn, err = dialNewClient(endpoint)
+		}
 	default:
-		err = fmt.Errorf("unknown -dial %q (pre-1.33, new-client)", dial)
+		err = fmt.Errorf("unknown -dial %q (pre-1.34, new-client)", dial)
 	}
 	if err != nil {
 		fail(dial, "Dial", err)
@@ -377,12 +420,16 @@ func runDRA(dial, endpoint, service, health string, c claim) {
 
 func main() {
 	registration := flag.String("registration", "", "registration socket: register as the plugin watcher does")
-	dial := flag.String("dial", "", "DRA dial to run: pre-1.33 or new-client (none: registration only)")
+	dial := flag.String("dial", "", "DRA dial to run: pre-1.34 or new-client (none: registration only)")
+	flag.StringVar(&authorityOption, "authority", "", "bare-path dials: empty (grpc-go's own choice) or percent-encoded (what grpc-go >= 1.57 sends)")
 	endpoint := flag.String("endpoint", "", "DRA socket (default: the endpoint GetInfo answered)")
 	service := flag.String("service", "v1", "DRAPlugin service: v1 or v1beta1")
 	health := flag.String("health", "v1", "DRAResourceHealth service: v1 or v1alpha1")
 	claimArg := flag.String("claim", "", "the claim to prepare: namespace/name/uid")
 	flag.Parse()
+	if authorityOption != "" && authorityOption != "percent-encoded" {
+		fail(*dial, "arguments", fmt.Errorf("unknown -authority %q (percent-encoded)", authorityOption))
+	}
 
 	if *registration != "" {
 		info := registerPlugin(*registration)
