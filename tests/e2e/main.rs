@@ -5,6 +5,7 @@ mod api;
 mod common;
 mod faults;
 mod gpu;
+mod kubelet_clients;
 mod lifecycle;
 mod manifests;
 mod net;
