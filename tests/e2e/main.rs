@@ -3,6 +3,7 @@
 
 mod api;
 mod common;
+mod deadlines;
 mod faults;
 mod gpu;
 mod kubelet_clients;
