@@ -44,6 +44,12 @@ struct GuestExportLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuestDropLabels {
+    driver: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GuestInfoLabels {
     driver: String,
     guest: String,
@@ -59,6 +65,7 @@ pub struct Metrics {
     guest_calls: Family<GuestCallLabels, Counter>,
     guest_call_duration: Family<GuestExportLabels, Histogram>,
     guest_instances: Family<DriverLabel, Counter>,
+    guest_instances_dropped: Family<GuestDropLabels, Counter>,
     prepared_claims: Family<DriverLabel, Gauge>,
     registered: Family<DriverLabel, Gauge>,
     guest_info: Family<GuestInfoLabels, Gauge>,
@@ -120,6 +127,14 @@ fn latency_histogram() -> Histogram {
     ))
 }
 
+fn guest_call_histogram() -> Histogram {
+    // 2 µs .. ~17 s: a pooled guest call takes microseconds, a deadline ends
+    // a stuck one after seconds.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.000002, 2.0, 24,
+    ))
+}
+
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("dra_host");
@@ -141,7 +156,7 @@ impl Metrics {
             "Calls into guest components, by driver, export and outcome (ok, guest_error, trap, timeout, limit)",
             guest_calls.clone(),
         );
-        let guest_call_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let guest_call_duration = Family::new_with_constructor(guest_call_histogram as fn() -> Histogram);
         registry.register(
             "guest_call_duration_seconds",
             "Wall-clock time of calls into guest components",
@@ -152,6 +167,12 @@ impl Metrics {
             "guest_instances_created",
             "Guest instances created (first use, after a trap, or recycling)",
             guest_instances.clone(),
+        );
+        let guest_instances_dropped = Family::default();
+        registry.register(
+            "guest_instances_dropped",
+            "Guest instances dropped instead of pooled, by reason: trap (timeouts and limits too), memory (grew past what an idle instance may keep), recycled (served its calls)",
+            guest_instances_dropped.clone(),
         );
         let prepared_claims = Family::default();
         registry.register("prepared_claims", "Claims currently prepared", prepared_claims.clone());
@@ -229,6 +250,7 @@ impl Metrics {
             guest_calls,
             guest_call_duration,
             guest_instances,
+            guest_instances_dropped,
             prepared_claims,
             registered,
             guest_info,
@@ -277,6 +299,15 @@ impl Metrics {
         self.guest_instances
             .get_or_create(&DriverLabel {
                 driver: driver.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn guest_instance_dropped(&self, driver: &str, reason: &'static str) {
+        self.guest_instances_dropped
+            .get_or_create(&GuestDropLabels {
+                driver: driver.to_owned(),
+                reason,
             })
             .inc();
     }

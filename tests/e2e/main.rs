@@ -6,6 +6,7 @@ mod common;
 mod deadlines;
 mod faults;
 mod gpu;
+mod instances;
 mod kubelet_clients;
 mod lifecycle;
 mod manifests;

@@ -7,6 +7,15 @@ wasmtime::component::bindgen!({
     path: "../wit",
     // Inventories are compared to republish slices only when they change.
     additional_derives: [PartialEq],
+    // Guest calls run on the calling task (see `instance.rs`).
+    exports: { default: async },
+    // Imports that block (netlink, NVML) are async so that they run on the
+    // blocking pool while the async worker serves other calls, and so that
+    // the call's deadline covers them. `log` only formats a line.
+    imports: {
+        "dra:driver/net": async,
+        "dra:driver/nvml": async,
+    },
 });
 
 pub use dra::driver::types;

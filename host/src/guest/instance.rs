@@ -2,8 +2,33 @@
 //!
 //! Instances are disposable: an instance is created from the component's
 //! `InstancePre`, gets `init`, serves calls one at a time, and is dropped
-//! after any trap (a trapped instance is poisoned) or when more instances are
-//! idle than needed. Nothing durable lives in an instance.
+//! after any trap (a trapped instance is poisoned), when its linear memory
+//! grew past [`Limits::pooled_memory_bytes`], or when more instances are idle
+//! than needed. Nothing durable lives in an instance.
+//!
+//! # Where guest code runs
+//!
+//! A call runs on the task that makes it, with wasmtime's async support: the
+//! guest executes on a fiber stack inside the call's `Future::poll`, so the
+//! common call, a few microseconds of guest code, costs no thread hop and no
+//! system call. (Each call used to hop to tokio's blocking pool and back and
+//! wake the epoch thread: about 75 µs per call, most of a prepare's CPU
+//! outside the durable write; docs/benchmarks.md has the profile.)
+//!
+//! What keeps a guest from holding the host's threads:
+//! - guest code yields to the async runtime at every epoch tick
+//!   ([`Runtime::busy`] keeps the clock running while calls run), so a
+//!   looping guest takes one tick of a worker thread at a time;
+//! - the deadline is a timer around the call (`tokio::time::timeout_at`):
+//!   when it fires the call's future is dropped, which unwinds the guest's
+//!   fiber, and the instance is thrown away. The same timer bounds time spent
+//!   in host imports, which are async and run blocking work (netlink, NVML)
+//!   on the blocking pool.
+//!
+//! The alternatives were dedicated guest threads fed by a channel (still a
+//! futex wake-up and a context switch each way per call, like the blocking
+//! pool) and plain synchronous calls on the worker (no way to keep a looping
+//! guest from holding a worker until its deadline).
 
 use super::bindings::{DriverHost as Host, DriverHostPre as HostPre, types};
 use super::engine::{Limits, Runtime};
@@ -15,7 +40,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::Semaphore;
-use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 
 /// Per-store data: what the host imports of one instance see.
 pub struct StoreState {
@@ -27,6 +52,9 @@ pub struct StoreState {
 struct GuestLimiter {
     memory_bytes: usize,
     table_elements: usize,
+    /// The largest size any of the instance's memories reached, bytes.
+    /// Linear memory never shrinks, so this is what the instance holds.
+    memory_peak: usize,
 }
 
 impl ResourceLimiter for GuestLimiter {
@@ -39,6 +67,7 @@ impl ResourceLimiter for GuestLimiter {
                 requested: desired,
             }));
         }
+        self.memory_peak = self.memory_peak.max(desired);
         Ok(true)
     }
 
@@ -83,18 +112,39 @@ pub struct LoadedGuest {
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
     idle: Mutex<Vec<Instance>>,
-    slots: Arc<Semaphore>,
+    slots: Semaphore,
 }
 
 /// Recycle an instance after this many calls, bounding how much a guest's
 /// heap can fragment or leak across calls.
 const MAX_CALLS_PER_INSTANCE: u64 = 10_000;
 
+/// Why an instance was not returned to the pool after a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retire {
+    /// It trapped (timeouts and limits included): it is poisoned.
+    Trap,
+    /// Its memory grew past what an idle instance may keep.
+    Memory,
+    /// It served [`MAX_CALLS_PER_INSTANCE`] calls.
+    Recycled,
+}
+
+impl Retire {
+    fn as_str(self) -> &'static str {
+        match self {
+            Retire::Trap => "trap",
+            Retire::Memory => "memory",
+            Retire::Recycled => "recycled",
+        }
+    }
+}
+
 impl LoadedGuest {
     /// Create the first instance (running `init`) and keep it warm. The
     /// returned guest has passed `init`; callers run any further self-test.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
+    pub(crate) async fn new(
         path: PathBuf,
         digest: String,
         pre: HostPre<StoreState>,
@@ -113,38 +163,31 @@ impl LoadedGuest {
             },
             pre,
             ctx,
-            slots: Arc::new(Semaphore::new(limits.max_instances.max(1))),
+            slots: Semaphore::new(limits.max_instances.max(1)),
             limits,
             imports,
             runtime,
             metrics,
             idle: Mutex::new(Vec::new()),
         };
-        let (instance, info) = guest.instantiate()?;
+        let (instance, info) = guest.instantiate().await?;
         guest.info = info;
         guest.idle.get_mut().unwrap_or_else(|p| p.into_inner()).push(instance);
         Ok(Arc::new(guest))
     }
 
-    /// Run `f` on an idle (or new) instance under the call deadline, on a
-    /// blocking thread: guest code never runs on the async reactor.
-    pub(crate) async fn call<R, F>(self: &Arc<Self>, export: Export, f: F) -> Result<R, GuestError>
+    /// Run `f` on an idle (or new) instance under the call deadline.
+    pub(crate) async fn call<R, F>(&self, export: Export, f: F) -> Result<R, GuestError>
     where
-        R: Send + 'static,
-        F: FnOnce(&Host, &mut Store<StoreState>) -> wasmtime::Result<Result<R, types::DriverError>> + Send + 'static,
+        F: AsyncFnOnce(&Host, &mut Store<StoreState>) -> wasmtime::Result<Result<R, types::DriverError>>,
     {
-        let permit = Arc::clone(&self.slots)
-            .acquire_owned()
+        let _permit = self
+            .slots
+            .acquire()
             .await
             .map_err(|_| GuestError::Runtime("guest is shutting down".into()))?;
-        let this = Arc::clone(self);
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            this.call_blocking(export, f)
-        })
-        .await
-        .map_err(|e| GuestError::Runtime(format!("guest call thread failed: {e}")))?;
+        let result = self.call_on_instance(export, f).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.outcome(),
@@ -154,77 +197,118 @@ impl LoadedGuest {
         result
     }
 
-    fn call_blocking<R, F>(&self, export: Export, f: F) -> Result<R, GuestError>
+    async fn call_on_instance<R, F>(&self, export: Export, f: F) -> Result<R, GuestError>
     where
-        F: FnOnce(&Host, &mut Store<StoreState>) -> wasmtime::Result<Result<R, types::DriverError>>,
+        F: AsyncFnOnce(&Host, &mut Store<StoreState>) -> wasmtime::Result<Result<R, types::DriverError>>,
     {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut instance = match idle {
             Some(i) => i,
-            None => self.instantiate()?.0,
+            None => self.instantiate().await?.0,
         };
         let _busy = self.runtime.busy();
         instance.store.data_mut().log.begin_call();
-        instance
-            .store
-            .set_epoch_deadline(self.runtime.deadline_ticks(self.limits.call_timeout));
-        let result = f(&instance.bindings, &mut instance.store);
+        instance.store.set_epoch_deadline(1);
+        let deadline = tokio::time::Instant::now() + self.limits.call_timeout;
+        let outcome = tokio::time::timeout_at(deadline, f(&instance.bindings, &mut instance.store)).await;
         instance.calls += 1;
-        let result = match result {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(GuestError::Driver {
+        let result = match outcome {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(e))) => Err(GuestError::Driver {
                 export,
                 kind: e.kind,
                 message: e.message,
             }),
-            Err(e) => Err(self.classify(export, e, &mut instance.store)),
+            Ok(Err(e)) => Err(self.classify(export, e, &mut instance.store)),
+            Err(_elapsed) => Err(GuestError::Timeout {
+                export,
+                timeout: self.limits.call_timeout,
+            }),
         };
-        let reusable = result.as_ref().err().is_none_or(|e| !e.poisons_instance());
-        if reusable && instance.calls < MAX_CALLS_PER_INSTANCE {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < self.limits.max_instances {
-                idle.push(instance);
+        let retire = if result.as_ref().err().is_some_and(GuestError::poisons_instance) {
+            Some(Retire::Trap)
+        } else if instance.store.data().limiter.memory_peak > self.limits.pooled_memory_bytes {
+            Some(Retire::Memory)
+        } else if instance.calls >= MAX_CALLS_PER_INSTANCE {
+            Some(Retire::Recycled)
+        } else {
+            None
+        };
+        match retire {
+            None => {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < self.limits.max_instances {
+                    idle.push(instance);
+                }
             }
-        } else if !reusable {
-            tracing::warn!(
-                driver = %self.ctx.driver_name, guest = %self.info.name, export = %export,
-                "guest instance dropped after a trap; the next call gets a fresh one"
-            );
+            Some(reason) => {
+                match reason {
+                    Retire::Trap => tracing::warn!(
+                        driver = %self.ctx.driver_name, guest = %self.info.name, export = %export,
+                        "guest instance dropped after a trap; the next call gets a fresh one"
+                    ),
+                    Retire::Memory => tracing::debug!(
+                        driver = %self.ctx.driver_name, guest = %self.info.name, export = %export,
+                        memory_bytes = instance.store.data().limiter.memory_peak,
+                        pooled_memory_bytes = self.limits.pooled_memory_bytes,
+                        "guest instance dropped: its memory grew past what an idle instance may keep"
+                    ),
+                    Retire::Recycled => {}
+                }
+                self.metrics
+                    .guest_instance_dropped(&self.ctx.driver_name, reason.as_str());
+                // Dropping the store unmaps the instance's linear memory.
+                drop(instance);
+            }
         }
         result
     }
 
-    /// Create an instance and run `init` on it.
-    fn instantiate(&self) -> Result<(Instance, types::DriverInfo), GuestError> {
+    /// Create an instance and run `init` on it, under the call deadline.
+    async fn instantiate(&self) -> Result<(Instance, types::DriverInfo), GuestError> {
         let engine = self.runtime.engine();
         let state = StoreState {
             limiter: GuestLimiter {
                 memory_bytes: self.limits.memory_bytes,
                 table_elements: self.limits.table_elements,
+                memory_peak: 0,
             },
             log: GuestLog::new(Arc::from(self.ctx.driver_name.as_str())),
             imports: self.imports.clone(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
+        // At every epoch tick, running guest code lets the other tasks of
+        // the worker thread run; the deadline timer is one of them.
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))));
+        store.set_epoch_deadline(1);
         let _busy = self.runtime.busy();
-        store.set_epoch_deadline(self.runtime.deadline_ticks(self.limits.call_timeout));
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| self.classify(Export::Init, e, &mut store))?;
-        store.set_epoch_deadline(self.runtime.deadline_ticks(self.limits.call_timeout));
-        let info = match bindings.dra_driver_device_driver().call_init(&mut store, &self.ctx) {
-            Ok(Ok(info)) => info,
-            Ok(Err(e)) => {
+        let deadline = tokio::time::Instant::now() + self.limits.call_timeout;
+        let started = tokio::time::timeout_at(deadline, async {
+            let bindings = self.pre.instantiate_async(&mut store).await?;
+            let info = bindings
+                .dra_driver_device_driver()
+                .call_init(&mut store, &self.ctx)
+                .await?;
+            wasmtime::Result::Ok((bindings, info))
+        })
+        .await;
+        let (bindings, info) = match started {
+            Ok(Ok((bindings, Ok(info)))) => (bindings, info),
+            Ok(Ok((_, Err(e)))) => {
                 return Err(GuestError::Driver {
                     export: Export::Init,
                     kind: e.kind,
                     message: e.message,
                 });
             }
-            Err(e) => return Err(self.classify(Export::Init, e, &mut store)),
+            Ok(Err(e)) => return Err(self.classify(Export::Init, e, &mut store)),
+            Err(_elapsed) => {
+                return Err(GuestError::Timeout {
+                    export: Export::Init,
+                    timeout: self.limits.call_timeout,
+                });
+            }
         };
         self.metrics.guest_instance_created(&self.ctx.driver_name);
         Ok((
@@ -242,12 +326,6 @@ impl LoadedGuest {
             return GuestError::Limit {
                 export,
                 limit: limit.clone(),
-            };
-        }
-        if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
-            return GuestError::Timeout {
-                export,
-                timeout: self.limits.call_timeout,
             };
         }
         let mut message = match err.downcast_ref::<Trap>() {
@@ -273,11 +351,11 @@ impl LoadedGuest {
     }
 
     /// Fill the idle pool up to `n` instances (at most the limit), so that
-    /// the first calls after a swap do not each pay for `init`. Blocking.
-    pub(crate) fn warm(&self, n: usize) -> Result<(), GuestError> {
+    /// the first calls after a swap do not each pay for `init`.
+    pub(crate) async fn warm(&self, n: usize) -> Result<(), GuestError> {
         let n = n.min(self.limits.max_instances);
         while self.idle_instances() < n {
-            let (instance, _) = self.instantiate()?;
+            let (instance, _) = self.instantiate().await?;
             self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(instance);
         }
         Ok(())

@@ -205,12 +205,7 @@ impl Guest {
         // using, off the request path, so that the calls right after the
         // switch do not queue behind `init`.
         let wanted = self.current.load().instances_in_use();
-        let warming = Arc::clone(&loaded);
-        if let Err(e) = tokio::task::spawn_blocking(move || warming.warm(wanted))
-            .await
-            .map_err(|e| GuestError::Runtime(format!("guest warm-up thread failed: {e}")))
-            .and_then(|r| r)
-        {
+        if let Err(e) = loaded.warm(wanted).await {
             *lock(&self.rejected) = Some(new_digest);
             return Err(e);
         }
@@ -236,8 +231,8 @@ impl Guest {
     }
 
     pub async fn inventory(&self) -> Result<Vec<types::Pool>, GuestError> {
-        self.call(Export::Inventory, |b, store| {
-            b.dra_driver_device_driver().call_inventory(store)
+        self.call(Export::Inventory, async |b, store| {
+            b.dra_driver_device_driver().call_inventory(store).await
         })
         .await
     }
@@ -247,8 +242,8 @@ impl Guest {
     pub async fn prepare(&self, claim: types::Claim) -> Result<(types::PreparedClaim, GuestIdentity), GuestError> {
         let guest = self.current();
         let result = guest
-            .call(Export::Prepare, move |b, store| {
-                b.dra_driver_device_driver().call_prepare(store, &claim)
+            .call(Export::Prepare, async move |b, store| {
+                b.dra_driver_device_driver().call_prepare(store, &claim).await
             })
             .await;
         self.observe(&guest, result.as_ref().err());
@@ -256,15 +251,15 @@ impl Guest {
     }
 
     pub async fn unprepare(&self, claim: types::ClaimRef, state: Vec<u8>) -> Result<(), GuestError> {
-        self.call(Export::Unprepare, move |b, store| {
-            b.dra_driver_device_driver().call_unprepare(store, &claim, &state)
+        self.call(Export::Unprepare, async move |b, store| {
+            b.dra_driver_device_driver().call_unprepare(store, &claim, &state).await
         })
         .await
     }
 
     pub async fn on_event(&self, event: types::Event) -> Result<Vec<types::DeviceHealth>, GuestError> {
-        self.call(Export::OnEvent, move |b, store| {
-            b.dra_driver_device_driver().call_on_event(store, &event)
+        self.call(Export::OnEvent, async move |b, store| {
+            b.dra_driver_device_driver().call_on_event(store, &event).await
         })
         .await
     }
@@ -273,13 +268,10 @@ impl Guest {
     /// while it is on probation.
     async fn call<R, F>(&self, export: Export, f: F) -> Result<R, GuestError>
     where
-        R: Send + 'static,
-        F: FnOnce(
-                &bindings::DriverHost,
-                &mut wasmtime::Store<StoreState>,
-            ) -> wasmtime::Result<Result<R, types::DriverError>>
-            + Send
-            + 'static,
+        F: AsyncFnOnce(
+            &bindings::DriverHost,
+            &mut wasmtime::Store<StoreState>,
+        ) -> wasmtime::Result<Result<R, types::DriverError>>,
     {
         let guest = self.current();
         let result = guest.call(export, f).await;
@@ -353,13 +345,26 @@ async fn load_bytes(
     bytes: Vec<u8>,
 ) -> Result<(Arc<LoadedGuest>, LoadReport), GuestError> {
     let started = Instant::now();
-    let (runtime2, metrics2, spec2) = (Arc::clone(runtime), Arc::clone(metrics), spec.clone());
-    let (loaded, cache) = tokio::task::spawn_blocking(move || link(&runtime2, &metrics2, &spec2, &bytes))
+    let (runtime2, spec2) = (Arc::clone(runtime), spec.clone());
+    // Compiling (or loading the cached compilation) and linking are CPU
+    // work of tens of milliseconds: off the async workers.
+    let (pre, digest, cache) = tokio::task::spawn_blocking(move || link(&runtime2, &spec2, &bytes))
         .await
         .map_err(|e| GuestError::Runtime(format!("guest load thread failed: {e}")))??;
+    let loaded = LoadedGuest::new(
+        spec.path.clone(),
+        digest,
+        pre,
+        spec.ctx.clone(),
+        spec.limits.clone(),
+        spec.imports.clone(),
+        Arc::clone(runtime),
+        Arc::clone(metrics),
+    )
+    .await?;
     let inventory = loaded
-        .call(Export::Inventory, |b, store| {
-            b.dra_driver_device_driver().call_inventory(store)
+        .call(Export::Inventory, async |b, store| {
+            b.dra_driver_device_driver().call_inventory(store).await
         })
         .await?;
     Ok((
@@ -372,12 +377,13 @@ async fn load_bytes(
     ))
 }
 
+/// Compile (or load from the cache), check the imports against the grants,
+/// and link: everything about a component short of running it.
 fn link(
     runtime: &Arc<Runtime>,
-    metrics: &Arc<Metrics>,
     spec: &GuestSpec,
     bytes: &[u8],
-) -> Result<(Arc<LoadedGuest>, CacheOutcome), GuestError> {
+) -> Result<(HostPre<StoreState>, String, CacheOutcome), GuestError> {
     let engine = runtime.engine();
     let digest = digest(bytes);
     let (component, outcome) = runtime
@@ -412,17 +418,7 @@ fn link(
         path: spec.path.clone(),
         message: format!("{e:#}"),
     })?;
-    let loaded = LoadedGuest::new(
-        spec.path.clone(),
-        digest,
-        pre,
-        spec.ctx.clone(),
-        spec.limits.clone(),
-        spec.imports.clone(),
-        Arc::clone(runtime),
-        Arc::clone(metrics),
-    )?;
-    Ok((loaded, outcome))
+    Ok((pre, digest, outcome))
 }
 
 /// The package whose interfaces a guest may import.

@@ -114,6 +114,29 @@ impl Imports {
     }
 }
 
+/// Run a host import's blocking work (netlink round trips, NVML calls, the
+/// state files they update) on tokio's blocking pool.
+///
+/// Guest code runs on the async worker that made the call
+/// (`guest::instance`); an import that blocked there would hold the worker
+/// and could not be cut short by the call's deadline. Awaiting the blocking
+/// pool does both: the worker serves other calls meanwhile, and a call whose
+/// deadline passes is abandoned (the work itself still runs to its end, as
+/// it would have on the guest's own thread). `None` when the work panicked.
+pub(crate) async fn blocking<T, F>(work: F) -> Option<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => Some(value),
+        Err(e) => {
+            tracing::error!(error = %e, "a guest's host call failed on the blocking pool");
+            None
+        }
+    }
+}
+
 /// Add the granted imports (besides `log`) to a guest's linker.
 pub(crate) fn add_granted(linker: &mut Linker<StoreState>, imports: &Imports) -> wasmtime::Result<()> {
     if imports.grants(Grant::Nvml) {

@@ -513,44 +513,69 @@ pub struct NetGrant {
     pub driver: Arc<NetDriver>,
 }
 
-fn grant(state: &StoreState) -> Result<&NetGrant, NetError> {
+fn grant(state: &StoreState) -> Result<Arc<NetDriver>, NetError> {
     // Only guests granted `net` are linked with this interface.
-    state.imports.net.as_ref().ok_or_else(|| NetError {
-        message: "net is not granted to this driver".into(),
-    })
+    state
+        .imports
+        .net
+        .as_ref()
+        .map(|g| Arc::clone(&g.driver))
+        .ok_or_else(|| NetError {
+            message: "net is not granted to this driver".into(),
+        })
+}
+
+/// Run one net operation for the guest on the blocking pool
+/// ([`crate::imports::blocking`]): each is netlink round trips and a
+/// durable write of the driver's state.
+fn run<T, F>(state: &StoreState, op: F) -> impl Future<Output = Result<T, NetError>> + Send + 'static
+where
+    T: Send + 'static,
+    F: FnOnce(&NetDriver) -> Result<T, NetOpError> + Send + 'static,
+{
+    let driver = grant(state);
+    async move {
+        let driver = driver?;
+        match crate::imports::blocking(move || op(&driver)).await {
+            Some(result) => Ok(result?),
+            None => Err(NetError {
+                message: "the host's network operation failed (see the host's log)".into(),
+            }),
+        }
+    }
 }
 
 impl Host for StoreState {
-    fn list_links(&mut self) -> Result<Vec<Link>, NetError> {
-        Ok(grant(self)?.driver.list_links()?)
+    async fn list_links(&mut self) -> Result<Vec<Link>, NetError> {
+        run(self, |d| d.list_links()).await
     }
 
-    fn create_macvlan(&mut self, spec: Macvlan) -> Result<Link, NetError> {
-        Ok(grant(self)?.driver.create_macvlan(&spec)?)
+    async fn create_macvlan(&mut self, spec: Macvlan) -> Result<Link, NetError> {
+        run(self, move |d| d.create_macvlan(&spec)).await
     }
 
-    fn delete_link(&mut self, name: String) -> Result<bool, NetError> {
-        Ok(grant(self)?.driver.delete_link(&name)?)
+    async fn delete_link(&mut self, name: String) -> Result<bool, NetError> {
+        run(self, move |d| d.delete_link(&name)).await
     }
 
-    fn allocate_address(&mut self, request: AddressRequest) -> Result<String, NetError> {
-        Ok(grant(self)?.driver.allocate_address(&request)?)
+    async fn allocate_address(&mut self, request: AddressRequest) -> Result<String, NetError> {
+        run(self, move |d| d.allocate_address(&request)).await
     }
 
-    fn release_claim(&mut self, claim_uid: String) -> Result<u32, NetError> {
-        Ok(grant(self)?.driver.release_claim(&claim_uid)?)
+    async fn release_claim(&mut self, claim_uid: String) -> Result<u32, NetError> {
+        run(self, move |d| d.release_claim(&claim_uid)).await
     }
 
-    fn prepare_attachment(&mut self, attachment: WitAttachment) -> Result<Hook, NetError> {
-        Ok(grant(self)?.driver.prepare_attachment(&attachment)?)
+    async fn prepare_attachment(&mut self, attachment: WitAttachment) -> Result<Hook, NetError> {
+        run(self, move |d| d.prepare_attachment(&attachment)).await
     }
 
-    fn configure_link(&mut self, name: String, addresses: Vec<String>) -> Result<(), NetError> {
-        Ok(grant(self)?.driver.configure_link(&name, &addresses)?)
+    async fn configure_link(&mut self, name: String, addresses: Vec<String>) -> Result<(), NetError> {
+        run(self, move |d| d.configure_link(&name, &addresses)).await
     }
 
-    fn set_egress_rate(&mut self, name: String, bits_per_second: u64) -> Result<bool, NetError> {
-        Ok(grant(self)?.driver.set_egress_rate(&name, bits_per_second)?)
+    async fn set_egress_rate(&mut self, name: String, bits_per_second: u64) -> Result<bool, NetError> {
+        run(self, move |d| d.set_egress_rate(&name, bits_per_second)).await
     }
 }
 

@@ -144,39 +144,58 @@ pub struct NvmlGrant {
     pub events: mpsc::Sender<Event>,
 }
 
-fn grant(state: &StoreState) -> Result<&NvmlGrant, NvmlError> {
+fn grant(state: &StoreState) -> Result<NvmlGrant, NvmlError> {
     // Linking only adds this interface for guests granted `nvml`, so a
     // missing grant here means a host bug, not a guest's doing.
-    state.imports.nvml.as_ref().ok_or(NvmlError::NotAvailable)
+    state.imports.nvml.clone().ok_or(NvmlError::NotAvailable)
+}
+
+/// Run one NVML query for the guest on the blocking pool
+/// ([`crate::imports::blocking`]): the real library can take milliseconds,
+/// or much longer on a GPU that fell off the bus.
+fn run<T, F>(state: &StoreState, op: F) -> impl Future<Output = Result<T, NvmlError>> + Send + 'static
+where
+    T: Send + 'static,
+    F: FnOnce(&NvmlGrant) -> Result<T, NvmlError> + Send + 'static,
+{
+    let grant = grant(state);
+    async move {
+        let grant = grant?;
+        crate::imports::blocking(move || op(&grant))
+            .await
+            .unwrap_or(Err(NvmlError::Failed))
+    }
 }
 
 impl Host for StoreState {
-    fn driver_version(&mut self) -> Result<String, NvmlError> {
-        grant(self)?.nvml.backend.driver_version()
+    async fn driver_version(&mut self) -> Result<String, NvmlError> {
+        run(self, |g| g.nvml.backend.driver_version()).await
     }
 
-    fn cuda_driver_version(&mut self) -> Result<(u32, u32), NvmlError> {
-        grant(self)?.nvml.backend.cuda_driver_version()
+    async fn cuda_driver_version(&mut self) -> Result<(u32, u32), NvmlError> {
+        run(self, |g| g.nvml.backend.cuda_driver_version()).await
     }
 
-    fn device_count(&mut self) -> Result<u32, NvmlError> {
-        grant(self)?.nvml.backend.device_count()
+    async fn device_count(&mut self) -> Result<u32, NvmlError> {
+        run(self, |g| g.nvml.backend.device_count()).await
     }
 
-    fn device_info(&mut self, index: u32) -> Result<GpuInfo, NvmlError> {
-        grant(self)?.nvml.backend.device_info(index)
+    async fn device_info(&mut self, index: u32) -> Result<GpuInfo, NvmlError> {
+        run(self, move |g| g.nvml.backend.device_info(index)).await
     }
 
-    fn driver_files(&mut self) -> Result<Vec<DriverFile>, NvmlError> {
-        grant(self)?.nvml.backend.driver_files()
+    async fn driver_files(&mut self) -> Result<Vec<DriverFile>, NvmlError> {
+        run(self, |g| g.nvml.backend.driver_files()).await
     }
 
-    fn subscribe(&mut self, uuids: Vec<String>, kinds: Vec<GpuEventKind>) -> Result<(), NvmlError> {
+    async fn subscribe(&mut self, uuids: Vec<String>, kinds: Vec<GpuEventKind>) -> Result<(), NvmlError> {
         const MAX_GPUS: usize = 1024;
         if uuids.len() > MAX_GPUS || kinds.len() > 16 {
             return Err(NvmlError::Failed);
         }
-        let g = grant(self)?;
-        g.nvml.subscribe(&g.driver, uuids, kinds, g.events.clone())
+        run(self, move |g| {
+            g.nvml.subscribe(&g.driver, uuids, kinds, g.events.clone())
+        })
+        .await
     }
 }

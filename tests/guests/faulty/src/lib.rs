@@ -12,6 +12,7 @@
 //! | `unallocated`          | returns a device that was not allocated          |
 //! | `escape`               | mounts `/etc` from the host                      |
 //! | `bigstate`             | returns a 1 MiB state blob                       |
+//! | `spike-N`              | grows its memory by N MiB, holds it a while, frees it, then prepares normally |
 //! | `badenv`               | returns an environment variable with `=` in its name |
 //! | `status`               | prepares normally and reports device status (Ready, data, network data) |
 //! | anything else          | prepares normally with one env var per device    |
@@ -80,6 +81,28 @@ fn spin() -> ! {
     loop {
         x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
     }
+}
+
+/// Burn CPU for a while (guests have no clock): long enough that the host's
+/// epoch ticks make the call yield, so concurrent calls take other instances.
+fn busy(iterations: u64) {
+    let mut x: u64 = 1;
+    for _ in 0..iterations {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
+/// A memory spike that ends well: `mib` MiB allocated and every page
+/// touched (fresh wasm pages are zero, so an untouched `vec![0; n]` would
+/// cost the host nothing), held while the call runs on, then freed. The
+/// instance's linear memory stays grown: wasm memory never shrinks.
+fn spike(mib: usize) {
+    let mut hoard = vec![0u8; mib << 20];
+    for page in hoard.chunks_mut(4096) {
+        page[0] = 0xa5;
+    }
+    busy(100_000_000);
+    std::hint::black_box(&hoard);
 }
 
 #[inline(never)]
@@ -203,6 +226,12 @@ impl exports::dra::driver::device_driver::Guest for Faulty {
                     options: vec!["bind".into()],
                 });
             }
+        } else if let Some(mib) = name
+            .strip_prefix("spike-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            spike(mib);
         } else if name.starts_with("bigstate") {
             state = vec![7; 1 << 20];
         } else if name.starts_with("status") {
