@@ -16,7 +16,7 @@
 
 use dra_test_support::bench::{Latencies, arg};
 use dra_test_support::claims::{Claim, ClaimsFile, uid};
-use dra_test_support::host::{DriverSpec, HostEnv, HostProcess};
+use dra_test_support::host::{DriverSpec, HostEnv, HostProcess, http_get};
 use dra_test_support::kubelet::{ClaimRef, Plugin, TestKubelet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -74,6 +74,13 @@ async fn run(iterations: usize, baseline: Option<PathBuf>) {
         report("prepare (guest call + CDI write + durable checkpoint)", &s.prepare);
         report("prepare repeated (answered from the checkpoint)", &s.repeat);
         report("unprepare (guest call + CDI remove + checkpoint remove)", &s.unprepare);
+        let prepare_mean = s.prepare.iter().sum::<Duration>().as_secs_f64() / s.prepare.len() as f64;
+        let guest = s.guest_prepare.mean();
+        println!(
+            "    guest prepare call, mean (dra_host_guest_call_duration_seconds): {:.1} µs = {:.1} % of the mean prepare",
+            guest * 1e6,
+            guest / prepare_mean * 100.0
+        );
         println!(
             "    host CPU (user+system) per iteration (prepare + repeated prepare + unprepare): {iteration_cpu:.0} µs"
         );
@@ -82,10 +89,11 @@ async fn run(iterations: usize, baseline: Option<PathBuf>) {
         let (a, b) = (latencies(&this.prepare), latencies(&base.prepare));
         let ratio = |x: Duration, y: Duration| x.as_secs_f64() / y.as_secs_f64();
         println!(
-            "  this build / baseline: prepare p50 {:.2}×, p99 {:.2}×; host CPU per iteration {:.2}×",
+            "  this build / baseline: prepare p50 {:.2}×, p99 {:.2}×; host CPU per iteration {:.2}×; guest prepare call {:.2}×",
             ratio(a.p50, b.p50),
             ratio(a.p99, b.p99),
             ratio(this.cpu, base.cpu),
+            this.guest_prepare.mean() / base.guest_prepare.mean(),
         );
     }
     for mut s in subjects {
@@ -109,12 +117,43 @@ struct Subject {
     unprepare: Vec<Duration>,
     /// Host CPU time (user + system) over the recorded iterations.
     cpu: Duration,
+    metrics_port: u16,
+    /// The host's own measure of its guest `prepare` calls, over the recorded iterations.
+    guest_prepare: GuestCalls,
+}
+
+/// Sum and count of `dra_host_guest_call_duration_seconds{export="prepare"}`.
+#[derive(Clone, Copy, Debug, Default)]
+struct GuestCalls {
+    seconds: f64,
+    calls: f64,
+}
+
+impl GuestCalls {
+    async fn read(port: u16) -> Self {
+        let text = http_get(port, "/metrics").await.expect("host metrics");
+        let value = |series: &str| {
+            text.lines()
+                .find(|l| l.starts_with(series) && l.contains("export=\"prepare\""))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {series} for prepare in the host's metrics"))
+        };
+        Self {
+            seconds: value("dra_host_guest_call_duration_seconds_sum"),
+            calls: value("dra_host_guest_call_duration_seconds_count"),
+        }
+    }
+
+    fn mean(&self) -> f64 {
+        self.seconds / self.calls.max(1.0)
+    }
 }
 
 impl Subject {
     async fn start(label: &'static str, binary: &Path) -> Subject {
         let target_tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let env = HostEnv::new(&target_tmp.join("bench-guest-cache")).expect("node layout");
+        let mut env = HostEnv::new(&target_tmp.join("bench-guest-cache")).expect("node layout");
+        let metrics_port = env.enable_metrics().expect("metrics port");
         let shm = PathBuf::from("/dev/shm");
         let cdi_on_tmpfs = shm.is_dir() && tempfile::tempdir_in(&shm).is_ok();
         let cdi_dir = if cdi_on_tmpfs {
@@ -156,12 +195,15 @@ impl Subject {
             repeat: Vec::new(),
             unprepare: Vec::new(),
             cpu: Duration::ZERO,
+            metrics_port,
+            guest_prepare: GuestCalls::default(),
         }
     }
 
     /// `n` iterations of prepare, repeated prepare, unprepare.
     async fn iterate(&mut self, n: usize, record: bool) {
         let reference = std::slice::from_ref(&self.reference);
+        let guest_before = GuestCalls::read(self.metrics_port).await;
         let cpu_before = cpu_time(self.host.pid());
         for _ in 0..n {
             let t = Instant::now();
@@ -183,6 +225,9 @@ impl Subject {
         }
         if record {
             self.cpu += cpu_time(self.host.pid()).saturating_sub(cpu_before);
+            let guest_after = GuestCalls::read(self.metrics_port).await;
+            self.guest_prepare.seconds += guest_after.seconds - guest_before.seconds;
+            self.guest_prepare.calls += guest_after.calls - guest_before.calls;
         }
     }
 

@@ -15,10 +15,10 @@ use crate::common::*;
 use dra_test_support::apiserver::TestApiServer;
 use dra_test_support::claims::{Claim, uid};
 use dra_test_support::host::{DriverSpec, HostEnv};
+use dra_test_support::netlab::{self, Lab, ip, ip_json, ip_ok, is_root, parent_config, run_hook};
 use serde_json::{Value, json};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const NET: &str = "net.dra.dev";
@@ -29,8 +29,7 @@ const UNHEALTHY: i32 = 2;
 /// Whether to run: true as root; otherwise fail clearly, or skip loudly
 /// when asked to.
 fn need_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if is_root() {
         return true;
     }
     if std::env::var("DRA_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
@@ -40,110 +39,6 @@ fn need_root(test: &str) -> bool {
     panic!(
         "net::{test} needs root to create links and network namespaces (CI runs as root); run as root or set DRA_SKIP_ROOT_TESTS=1 to skip"
     );
-}
-
-fn ip(args: &[&str]) -> std::process::Output {
-    Command::new("ip")
-        .args(args)
-        .output()
-        .expect("running ip (install iproute2)")
-}
-
-fn ip_ok(args: &[&str]) {
-    let out = ip(args);
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ip_json(args: &[&str]) -> Value {
-    let mut full = vec!["-j"];
-    full.extend_from_slice(args);
-    let out = ip(&full);
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        full.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-static LABS: AtomicU32 = AtomicU32::new(0);
-
-/// Parent links and pod namespaces of one test; removed on drop.
-struct Lab {
-    tag: String,
-    parents: Vec<String>,
-    pods: Vec<(String, Child)>,
-}
-
-impl Lab {
-    fn new(parents: usize) -> Lab {
-        let n = LABS.fetch_add(1, Ordering::Relaxed);
-        let tag = format!("{}{n}", std::process::id() % 100_000);
-        let mut lab = Lab {
-            tag,
-            parents: vec![],
-            pods: vec![],
-        };
-        for i in 0..parents {
-            // A veth pair: one end is the parent NIC, the other (`…p`)
-            // stays up beside it so that the parent has carrier. (veth, not
-            // dummy: not every kernel the tests run on has the dummy driver.)
-            let name = format!("dwt{}{}", lab.tag, (b'a' + i as u8) as char);
-            let peer = format!("{name}p");
-            assert!(peer.len() <= 15, "{peer}");
-            ip_ok(&["link", "add", &name, "type", "veth", "peer", "name", &peer]);
-            lab.parents.push(name.clone());
-            ip_ok(&["link", "set", &peer, "up"]);
-            ip_ok(&["link", "set", &name, "up"]);
-        }
-        lab
-    }
-
-    /// A "pod": a namespace with a sleeping process in it. Returns (netns name, pid).
-    fn pod(&mut self) -> (String, u32) {
-        let ns = format!("dwtpod{}-{}", self.tag, self.pods.len());
-        ip_ok(&["netns", "add", &ns]);
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns, "sleep", "600"])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        self.pods.push((ns.clone(), child));
-        // `ip netns exec` enters the namespace, then becomes `sleep`.
-        let want = std::fs::metadata(format!("/run/netns/{ns}")).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net"))
-                && std::os::unix::fs::MetadataExt::ino(&m) == std::os::unix::fs::MetadataExt::ino(&want)
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "pod process did not enter {ns}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        (ns, pid)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for (ns, child) in &mut self.pods {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = ip(&["netns", "del", ns]);
-        }
-        for p in &self.parents {
-            // Deleting a parent deletes its veth peer and the macvlans on it.
-            let _ = ip(&["link", "del", p]);
-        }
-    }
 }
 
 struct NetNode {
@@ -164,41 +59,11 @@ async fn net_node(lab: &Lab, granted: &[&str], guest_config: &str) -> NetNode {
 }
 
 fn net_spec(granted: &[&str], guest_config: &str) -> DriverSpec {
-    let granted: Vec<String> = granted.iter().map(|g| format!("{g:?}")).collect();
-    DriverSpec::new(NET, &guest("macvlan_driver.wasm"))
-        .extra(&format!(
-            "grants = [\"net\"]\n[drivers.net]\nparents = [{}]\n",
-            granted.join(", ")
-        ))
-        .config(guest_config)
-}
-
-fn parent_config(parents: &[String]) -> String {
-    let entries: Vec<String> = parents
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            format!(
-                "{{ name = {p:?}, subnet = \"192.0.{}.0/24\", rangeStart = \"192.0.{}.10\", rangeEnd = \"192.0.{}.20\", gateway = \"192.0.{}.1\", defaultRoute = true, bandwidth = \"1G\" }}",
-                2 + i,
-                2 + i,
-                2 + i,
-                2 + i
-            )
-        })
-        .collect();
-    format!("parents = [{}]", entries.join(", "))
+    netlab::macvlan_driver(NET, &guest("macvlan_driver.wasm"), granted, guest_config)
 }
 
 fn share_claim(name: &str, n: u64, parent: &str, share: u64, bandwidth: &str) -> Claim {
-    Claim::new("net", name, &uid(n)).shared_device(
-        NET,
-        "test-node",
-        parent,
-        "nic",
-        &uid(share),
-        &[("bandwidth", bandwidth)],
-    )
+    netlab::share_claim(NET, name, n, parent, share, bandwidth)
 }
 
 fn cdi_spec(node: &Node, uid: &str) -> Value {
@@ -208,47 +73,7 @@ fn cdi_spec(node: &Node, uid: &str) -> Value {
 
 /// The claim's createRuntime hook, from its CDI spec.
 fn hook_of(node: &Node, uid: &str) -> (String, Vec<String>) {
-    let spec = cdi_spec(node, uid);
-    let hook = &spec["devices"][0]["containerEdits"]["hooks"][0];
-    assert_eq!(hook["hookName"], "createRuntime", "{spec}");
-    let args = hook["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect();
-    (hook["path"].as_str().unwrap().to_owned(), args)
-}
-
-/// Run a hook as runc does: `path`, argv from the spec, OCI state on stdin.
-fn run_hook(path: &str, args: &[String], pid: u32) -> (bool, String) {
-    use std::os::unix::process::CommandExt;
-    let mut child = Command::new(path)
-        .arg0(&args[0])
-        .args(&args[1..])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let state = json!({
-        "ociVersion": "1.2.0", "id": format!("ctr-{pid}"), "status": "creating", "pid": pid,
-        "bundle": "/run/containerd/bundle", "annotations": {}
-    });
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(state.to_string().as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    netlab::cdi_hook(&cdi_spec(node, uid))
 }
 
 /// `status.devices` of a claim, once the host wrote it.
@@ -444,8 +269,7 @@ async fn kill9_between_prepare_and_hook_is_completed_or_cleaned_after_restart() 
     net.node.restart().await;
 
     // Completed: the hook for claim a works against the new process.
-    let (_, pid) = lab.pod();
-    let ns = lab.pods[0].0.clone();
+    let (ns, pid) = lab.pod();
     let (ok, out) = run_hook(&path, &args, pid);
     assert!(ok, "{out}\n{}", net.node.host.log());
     let (addrs, _, _) = pod_interface(&ns, "net1").expect("net1 in the pod");

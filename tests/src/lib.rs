@@ -10,6 +10,7 @@
 //! - [`claims`]: ResourceClaim objects in the resource.k8s.io/v1 shape;
 //! - [`configmap`]: a ConfigMap volume updated the way the kubelet does it;
 //! - [`gpus`]: simulated GPUs and NVML event injection;
+//! - [`netlab`]: veth parents and pod namespaces for the `net` tests, the CDI hook as runtimes run it;
 //! - [`bench`]: arguments and latency summaries for the benchmarks.
 
 pub mod apiserver;
@@ -19,3 +20,4 @@ pub mod configmap;
 pub mod gpus;
 pub mod host;
 pub mod kubelet;
+pub mod netlab;

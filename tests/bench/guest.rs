@@ -1,0 +1,228 @@
+//! The example guest's logic on the same inputs, natively and as a
+//! component: what running a driver's decisions in the sandbox costs.
+//!
+//! Run: `cargo bench --bench guest` (options after `--`: `--iterations N`).
+//!
+//! - **native**: `example_driver::logic` compiled into this benchmark (the
+//!   guest's `logic.rs` is plain Rust; its `component.rs` is the wasm glue),
+//!   called on a `logic::Claim` built from the inputs in the timed region.
+//! - **component**: the same crate built for `wasm32-wasip2` (the file the
+//!   host serves), called through the host's own path, `Guest::prepare`:
+//!   instance pool, deadline, fiber, canonical-ABI copies in and out, the
+//!   call metric.
+//!
+//! Both run in alternating batches on one thread of the same process, so
+//! that they see the same machine at the same time. The guest's share of an
+//! end-to-end prepare comes from `cargo bench --bench prepare`, which reads
+//! the host's own call metric.
+
+use dra_test_support::bench::{Latencies, arg};
+use dra_wasm_host::guest::{CompileCache, Guest, GuestSpec, Limits, Runtime, types};
+use dra_wasm_host::imports::Imports;
+use dra_wasm_host::metrics::Metrics;
+use example_driver::logic;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const WARMUP: usize = 1000;
+/// Calls of one kind before the other takes its turn.
+const BATCH: usize = 500;
+const NODE: &str = "bench-node";
+
+/// One input: a claim as the host hands it to the guest.
+struct Case {
+    label: &'static str,
+    claim: types::Claim,
+}
+
+fn cases() -> Vec<Case> {
+    let device = |request: &str, name: &str| types::AllocatedDevice {
+        request: request.into(),
+        pool: NODE.into(),
+        device: name.into(),
+        share_id: None,
+        consumed_capacity: vec![],
+        admin_access: false,
+    };
+    let claim_ref = |uid: &str| types::ClaimRef {
+        namespace: "default".into(),
+        name: "bench".into(),
+        uid: uid.into(),
+    };
+    vec![
+        Case {
+            // What `cargo bench --bench prepare` prepares.
+            label: "1 device, no config",
+            claim: types::Claim {
+                ref_: claim_ref("0f0e0d0c-0000-4000-8000-000000000001"),
+                devices: vec![device("gpu", "gpu-3")],
+                configs: vec![],
+            },
+        },
+        Case {
+            label: "4 devices, class + claim opaque config",
+            claim: types::Claim {
+                ref_: claim_ref("0f0e0d0c-0000-4000-8000-000000000004"),
+                devices: (0..4).map(|i| device("gpus", &format!("gpu-{i}"))).collect(),
+                configs: vec![
+                    types::OpaqueConfig {
+                        source: types::ConfigSource::DeviceClass,
+                        requests: vec![],
+                        parameters: r#"{"sharing":{"strategy":"SpacePartitioning"}}"#.into(),
+                    },
+                    types::OpaqueConfig {
+                        source: types::ConfigSource::ResourceClaim,
+                        requests: vec!["gpus".into()],
+                        parameters: r#"{"sharing":{"strategy":"TimeSlicing","timeSlicing":{"interval":"Long"}}}"#
+                            .into(),
+                    },
+                ],
+            },
+        },
+    ]
+}
+
+/// The guest's input in its logic's own types, as its component glue builds it.
+fn logic_claim(claim: &types::Claim) -> logic::Claim {
+    logic::Claim {
+        uid: claim.ref_.uid.clone(),
+        allocations: claim
+            .devices
+            .iter()
+            .map(|d| logic::Allocation {
+                request: d.request.clone(),
+                pool: d.pool.clone(),
+                device: d.device.clone(),
+                share_id: d.share_id.clone(),
+            })
+            .collect(),
+        configs: claim
+            .configs
+            .iter()
+            .map(|c| logic::OpaqueConfig {
+                requests: c.requests.clone(),
+                parameters: c.parameters.clone(),
+            })
+            .collect(),
+    }
+}
+
+#[derive(Default)]
+struct Samples {
+    native_prepare: Vec<Duration>,
+    component_prepare: Vec<Duration>,
+    native_unprepare: Vec<Duration>,
+    component_unprepare: Vec<Duration>,
+}
+
+fn main() {
+    let iterations = arg("--iterations", 20_000usize);
+    // As the host runs: a multi-threaded runtime (calls are made from one task).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(run(iterations));
+}
+
+async fn run(iterations: usize) {
+    let config = r#"{"devices": 8}"#;
+    let native = logic::Driver::new(config, NODE).expect("native driver");
+    let path = PathBuf::from(dra_wasm_host::BUILT_GUESTS_DIR).join("example_driver.wasm");
+    let cache_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-guest-cache");
+    let runtime = Runtime::new(
+        CompileCache::new(Some(cache_dir)).expect("cache"),
+        Duration::from_millis(10),
+    )
+    .expect("engine");
+    let spec = GuestSpec {
+        path: path.clone(),
+        ctx: types::InitContext {
+            driver_name: "example.dra.dev".into(),
+            node_name: NODE.into(),
+            config: config.into(),
+        },
+        limits: Limits::default(),
+        imports: Imports::default(),
+    };
+    let (guest, _) = Guest::load(&runtime, &Metrics::new(), &spec)
+        .await
+        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+
+    println!(
+        "example guest logic, natively and as a component ({}), {iterations} calls each per input",
+        path.display()
+    );
+    for case in cases() {
+        // Both must agree before either is timed.
+        let expected = native.prepare(&logic_claim(&case.claim)).expect("native prepare");
+        let (prepared, _) = guest.prepare(case.claim.clone()).await.expect("component prepare");
+        assert_eq!(prepared.state, expected.state, "native and component disagree");
+        assert_eq!(prepared.devices.len(), expected.devices.len());
+
+        let mut s = Samples::default();
+        let mut done = 0;
+        let mut record = false;
+        while done < iterations {
+            let n = if record { BATCH.min(iterations - done) } else { WARMUP };
+            for _ in 0..n {
+                let t = Instant::now();
+                let p = native.prepare(&logic_claim(&case.claim)).expect("native prepare");
+                let np = t.elapsed();
+                let t = Instant::now();
+                native
+                    .unprepare(&case.claim.ref_.uid, &p.state)
+                    .expect("native unprepare");
+                let nu = t.elapsed();
+                std::hint::black_box(p);
+                if record {
+                    s.native_prepare.push(np);
+                    s.native_unprepare.push(nu);
+                }
+            }
+            for _ in 0..n {
+                let t = Instant::now();
+                let (p, _) = guest.prepare(case.claim.clone()).await.expect("component prepare");
+                let cp = t.elapsed();
+                let t = Instant::now();
+                guest
+                    .unprepare(case.claim.ref_.clone(), p.state)
+                    .await
+                    .expect("component unprepare");
+                let cu = t.elapsed();
+                if record {
+                    s.component_prepare.push(cp);
+                    s.component_unprepare.push(cu);
+                }
+            }
+            if record {
+                done += n;
+            }
+            record = true;
+        }
+        println!("  {}:", case.label);
+        compare("prepare", &s.native_prepare, &s.component_prepare);
+        compare("unprepare", &s.native_unprepare, &s.component_unprepare);
+    }
+}
+
+fn mean(samples: &[Duration]) -> Duration {
+    samples.iter().sum::<Duration>() / samples.len().max(1) as u32
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn compare(what: &str, native: &[Duration], component: &[Duration]) {
+    let (n, c) = (mean(native), mean(component));
+    let line = |l: &Latencies| format!("p50 {:.2} µs, p99 {:.2} µs", us(l.p50), us(l.p99));
+    println!(
+        "    {what:<9}  native: mean {:.2} µs ({})  component: mean {:.2} µs ({})  component / native: {:.1}×",
+        us(n),
+        line(&Latencies::of(native).expect("samples")),
+        us(c),
+        line(&Latencies::of(component).expect("samples")),
+        c.as_secs_f64() / n.as_secs_f64().max(1e-12),
+    );
+}
