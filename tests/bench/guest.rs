@@ -217,12 +217,18 @@ fn us(d: Duration) -> f64 {
 fn compare(what: &str, native: &[Duration], component: &[Duration]) {
     let (n, c) = (mean(native), mean(component));
     let line = |l: &Latencies| format!("p50 {:.2} µs, p99 {:.2} µs", us(l.p50), us(l.p99));
+    let (ln, lc) = (
+        Latencies::of(native).expect("samples"),
+        Latencies::of(component).expect("samples"),
+    );
+    let ratio = |c: Duration, n: Duration| c.as_secs_f64() / n.as_secs_f64().max(1e-12);
     println!(
-        "    {what:<9}  native: mean {:.2} µs ({})  component: mean {:.2} µs ({})  component / native: {:.1}×",
+        "    {what:<9}  native: mean {:.2} µs ({})  component: mean {:.2} µs ({})  component / native: {:.1}× (means), {:.1}× (p50s)",
         us(n),
-        line(&Latencies::of(native).expect("samples")),
+        line(&ln),
         us(c),
-        line(&Latencies::of(component).expect("samples")),
-        c.as_secs_f64() / n.as_secs_f64().max(1e-12),
+        line(&lc),
+        ratio(c, n),
+        ratio(lc.p50, ln.p50),
     );
 }

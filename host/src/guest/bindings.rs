@@ -10,11 +10,12 @@ wasmtime::component::bindgen!({
     // Guest calls run on the calling task (see `instance.rs`).
     exports: { default: async },
     // Imports that block (netlink, NVML) are async so that they run on the
-    // blocking pool while the async worker serves other calls, and so that
-    // the call's deadline covers them. `log` only formats a line.
+    // blocking pool while the async worker serves other calls, and trappable
+    // so that they can end the call when its deadline passes meanwhile.
+    // `log` only formats a line.
     imports: {
-        "dra:driver/net": async,
-        "dra:driver/nvml": async,
+        "dra:driver/net": async | trappable,
+        "dra:driver/nvml": async | trappable,
     },
 });
 

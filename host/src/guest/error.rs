@@ -41,6 +41,12 @@ pub enum LimitExceeded {
     Table { limit: usize, requested: usize },
 }
 
+/// A host import gave up because the guest call's deadline passed while it
+/// ran; it traps the guest with this, and the call is a timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the call's deadline passed during a host call")]
+pub struct DeadlinePassed;
+
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
     #[error("reading guest {}: {source}", path.display())]

@@ -16,14 +16,19 @@
 //! outside the durable write; docs/benchmarks.md has the profile.)
 //!
 //! What keeps a guest from holding the host's threads:
-//! - guest code yields to the async runtime at every epoch tick
-//!   ([`Runtime::busy`] keeps the clock running while calls run), so a
-//!   looping guest takes one tick of a worker thread at a time;
-//! - the deadline is a timer around the call (`tokio::time::timeout_at`):
-//!   when it fires the call's future is dropped, which unwinds the guest's
-//!   fiber, and the instance is thrown away. The same timer bounds time spent
-//!   in host imports, which are async and run blocking work (netlink, NVML)
-//!   on the blocking pool.
+//! - at every epoch tick ([`Runtime::busy`] keeps the clock running while
+//!   calls run) guest code checks the call's deadline: past it, the guest
+//!   traps (`Trap::Interrupt`, a timeout); otherwise it yields to the async
+//!   runtime and continues, so a looping guest takes one tick of a worker
+//!   thread at a time;
+//! - host imports that block (netlink, NVML) are async and run on the
+//!   blocking pool; they wait for it only until the same deadline, then trap
+//!   the guest ([`super::DeadlinePassed`], a timeout too).
+//!
+//! The deadline is an `Instant` in the store, checked at ticks; no timer is
+//! registered per call (a `tokio::time::timeout` around each call cost a
+//! timer-wheel insert and removal under the time driver's lock, contended
+//! between the workers, for a deadline that almost never fires).
 //!
 //! The alternatives were dedicated guest threads fed by a channel (still a
 //! futex wake-up and a context switch each way per call, like the blocking
@@ -32,7 +37,7 @@
 
 use super::bindings::{DriverHost as Host, DriverHostPre as HostPre, types};
 use super::engine::{Limits, Runtime};
-use super::error::{Export, GuestError, LimitExceeded};
+use super::error::{DeadlinePassed, Export, GuestError, LimitExceeded};
 use crate::imports::Imports;
 use crate::imports::log::GuestLog;
 use crate::metrics::Metrics;
@@ -47,6 +52,8 @@ pub struct StoreState {
     limiter: GuestLimiter,
     pub(crate) log: GuestLog,
     pub(crate) imports: Imports,
+    /// When the current call must end (set for each call).
+    pub(crate) deadline: Instant,
 }
 
 struct GuestLimiter {
@@ -207,23 +214,20 @@ impl LoadedGuest {
             None => self.instantiate().await?.0,
         };
         let _busy = self.runtime.busy();
-        instance.store.data_mut().log.begin_call();
+        let state = instance.store.data_mut();
+        state.log.begin_call();
+        state.deadline = Instant::now() + self.limits.call_timeout;
         instance.store.set_epoch_deadline(1);
-        let deadline = tokio::time::Instant::now() + self.limits.call_timeout;
-        let outcome = tokio::time::timeout_at(deadline, f(&instance.bindings, &mut instance.store)).await;
+        let result = f(&instance.bindings, &mut instance.store).await;
         instance.calls += 1;
-        let result = match outcome {
-            Ok(Ok(Ok(value))) => Ok(value),
-            Ok(Ok(Err(e))) => Err(GuestError::Driver {
+        let result = match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(GuestError::Driver {
                 export,
                 kind: e.kind,
                 message: e.message,
             }),
-            Ok(Err(e)) => Err(self.classify(export, e, &mut instance.store)),
-            Err(_elapsed) => Err(GuestError::Timeout {
-                export,
-                timeout: self.limits.call_timeout,
-            }),
+            Err(e) => Err(self.classify(export, e, &mut instance.store)),
         };
         let retire = if result.as_ref().err().is_some_and(GuestError::poisons_instance) {
             Some(Retire::Trap)
@@ -275,40 +279,40 @@ impl LoadedGuest {
             },
             log: GuestLog::new(Arc::from(self.ctx.driver_name.as_str())),
             imports: self.imports.clone(),
+            deadline: Instant::now() + self.limits.call_timeout,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
-        // At every epoch tick, running guest code lets the other tasks of
-        // the worker thread run; the deadline timer is one of them.
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))));
+        // At every epoch tick: past the call's deadline the guest traps;
+        // before it, the guest lets the worker thread's other tasks run.
+        store.epoch_deadline_callback(|store| {
+            if Instant::now() >= store.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
+            }
+        });
         store.set_epoch_deadline(1);
         let _busy = self.runtime.busy();
-        let deadline = tokio::time::Instant::now() + self.limits.call_timeout;
-        let started = tokio::time::timeout_at(deadline, async {
+        let started = async {
             let bindings = self.pre.instantiate_async(&mut store).await?;
             let info = bindings
                 .dra_driver_device_driver()
                 .call_init(&mut store, &self.ctx)
                 .await?;
             wasmtime::Result::Ok((bindings, info))
-        })
+        }
         .await;
         let (bindings, info) = match started {
-            Ok(Ok((bindings, Ok(info)))) => (bindings, info),
-            Ok(Ok((_, Err(e)))) => {
+            Ok((bindings, Ok(info))) => (bindings, info),
+            Ok((_, Err(e))) => {
                 return Err(GuestError::Driver {
                     export: Export::Init,
                     kind: e.kind,
                     message: e.message,
                 });
             }
-            Ok(Err(e)) => return Err(self.classify(Export::Init, e, &mut store)),
-            Err(_elapsed) => {
-                return Err(GuestError::Timeout {
-                    export: Export::Init,
-                    timeout: self.limits.call_timeout,
-                });
-            }
+            Err(e) => return Err(self.classify(Export::Init, e, &mut store)),
         };
         self.metrics.guest_instance_created(&self.ctx.driver_name);
         Ok((
@@ -326,6 +330,18 @@ impl LoadedGuest {
             return GuestError::Limit {
                 export,
                 limit: limit.clone(),
+            };
+        }
+        if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
+            return GuestError::Timeout {
+                export,
+                timeout: self.limits.call_timeout,
+            };
+        }
+        if err.downcast_ref::<DeadlinePassed>().is_some() {
+            return GuestError::Timeout {
+                export,
+                timeout: self.limits.call_timeout,
             };
         }
         let mut message = match err.downcast_ref::<Trap>() {

@@ -21,7 +21,7 @@ pub use bindings::dra::driver::nvml as bindings_nvml;
 pub use bindings::types;
 pub use cache::{CacheOutcome, CompileCache, digest};
 pub use engine::{Limits, Runtime};
-pub use error::{Export, GuestError, LimitExceeded};
+pub use error::{DeadlinePassed, Export, GuestError, LimitExceeded};
 pub use inspect::{Inspection, inspect};
 pub use instance::{LoadedGuest, StoreState};
 pub use watch::{GuestFileWatcher, WatchError};

@@ -8,8 +8,8 @@ pub mod log;
 pub mod net;
 pub mod nvml;
 
-use crate::guest::StoreState;
 use crate::guest::types::Event;
+use crate::guest::{DeadlinePassed, StoreState};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use wasmtime::component::{HasSelf, Linker};
@@ -115,25 +115,28 @@ impl Imports {
 }
 
 /// Run a host import's blocking work (netlink round trips, NVML calls, the
-/// state files they update) on tokio's blocking pool.
+/// state files they update) on tokio's blocking pool, until the call's
+/// `deadline`.
 ///
 /// Guest code runs on the async worker that made the call
-/// (`guest::instance`); an import that blocked there would hold the worker
-/// and could not be cut short by the call's deadline. Awaiting the blocking
-/// pool does both: the worker serves other calls meanwhile, and a call whose
-/// deadline passes is abandoned (the work itself still runs to its end, as
-/// it would have on the guest's own thread). `None` when the work panicked.
-pub(crate) async fn blocking<T, F>(work: F) -> Option<T>
+/// (`guest::instance`); an import that blocked there would hold the worker,
+/// and the guest's deadline, enforced at epoch ticks in guest code, could not
+/// end it. Awaiting the blocking pool frees the worker; the deadline ends the
+/// wait with a trap ([`DeadlinePassed`]), and the call is a timeout (the work
+/// itself runs on to its end, as it would have on the guest's own thread).
+/// `Ok(None)` when the work panicked.
+pub(crate) async fn blocking<T, F>(deadline: std::time::Instant, work: F) -> wasmtime::Result<Option<T>>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(value) => Some(value),
-        Err(e) => {
+    match tokio::time::timeout_at(deadline.into(), tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(value)) => Ok(Some(value)),
+        Ok(Err(e)) => {
             tracing::error!(error = %e, "a guest's host call failed on the blocking pool");
-            None
+            Ok(None)
         }
+        Err(_elapsed) => Err(wasmtime::Error::new(DeadlinePassed)),
     }
 }
 
@@ -146,4 +149,22 @@ pub(crate) fn add_granted(linker: &mut Linker<StoreState>, imports: &Imports) ->
         crate::guest::bindings_net::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |s| s)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn blocking_work_is_awaited_until_the_deadline_then_traps() {
+        let far = Instant::now() + Duration::from_secs(60);
+        assert_eq!(blocking(far, || 7).await.unwrap(), Some(7));
+        let near = Instant::now() + Duration::from_millis(20);
+        let err = blocking(near, || std::thread::sleep(Duration::from_millis(500)))
+            .await
+            .unwrap_err();
+        assert!(err.downcast_ref::<DeadlinePassed>().is_some(), "{err:#}");
+        assert_eq!(blocking(far, || panic!("host bug")).await.unwrap(), None::<()>);
+    }
 }

@@ -528,53 +528,61 @@ fn grant(state: &StoreState) -> Result<Arc<NetDriver>, NetError> {
 /// Run one net operation for the guest on the blocking pool
 /// ([`crate::imports::blocking`]): each is netlink round trips and a
 /// durable write of the driver's state.
-fn run<T, F>(state: &StoreState, op: F) -> impl Future<Output = Result<T, NetError>> + Send + 'static
+fn run<T, F>(state: &StoreState, op: F) -> impl Future<Output = wasmtime::Result<Result<T, NetError>>> + Send + 'static
 where
     T: Send + 'static,
     F: FnOnce(&NetDriver) -> Result<T, NetOpError> + Send + 'static,
 {
     let driver = grant(state);
+    let deadline = state.deadline;
     async move {
-        let driver = driver?;
-        match crate::imports::blocking(move || op(&driver)).await {
-            Some(result) => Ok(result?),
+        let driver = match driver {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(match crate::imports::blocking(deadline, move || op(&driver)).await? {
+            Some(result) => result.map_err(NetError::from),
             None => Err(NetError {
                 message: "the host's network operation failed (see the host's log)".into(),
             }),
-        }
+        })
     }
 }
 
 impl Host for StoreState {
-    async fn list_links(&mut self) -> Result<Vec<Link>, NetError> {
+    async fn list_links(&mut self) -> wasmtime::Result<Result<Vec<Link>, NetError>> {
         run(self, |d| d.list_links()).await
     }
 
-    async fn create_macvlan(&mut self, spec: Macvlan) -> Result<Link, NetError> {
+    async fn create_macvlan(&mut self, spec: Macvlan) -> wasmtime::Result<Result<Link, NetError>> {
         run(self, move |d| d.create_macvlan(&spec)).await
     }
 
-    async fn delete_link(&mut self, name: String) -> Result<bool, NetError> {
+    async fn delete_link(&mut self, name: String) -> wasmtime::Result<Result<bool, NetError>> {
         run(self, move |d| d.delete_link(&name)).await
     }
 
-    async fn allocate_address(&mut self, request: AddressRequest) -> Result<String, NetError> {
+    async fn allocate_address(&mut self, request: AddressRequest) -> wasmtime::Result<Result<String, NetError>> {
         run(self, move |d| d.allocate_address(&request)).await
     }
 
-    async fn release_claim(&mut self, claim_uid: String) -> Result<u32, NetError> {
+    async fn release_claim(&mut self, claim_uid: String) -> wasmtime::Result<Result<u32, NetError>> {
         run(self, move |d| d.release_claim(&claim_uid)).await
     }
 
-    async fn prepare_attachment(&mut self, attachment: WitAttachment) -> Result<Hook, NetError> {
+    async fn prepare_attachment(&mut self, attachment: WitAttachment) -> wasmtime::Result<Result<Hook, NetError>> {
         run(self, move |d| d.prepare_attachment(&attachment)).await
     }
 
-    async fn configure_link(&mut self, name: String, addresses: Vec<String>) -> Result<(), NetError> {
+    async fn configure_link(&mut self, name: String, addresses: Vec<String>) -> wasmtime::Result<Result<(), NetError>> {
         run(self, move |d| d.configure_link(&name, &addresses)).await
     }
 
-    async fn set_egress_rate(&mut self, name: String, bits_per_second: u64) -> Result<bool, NetError> {
+    async fn set_egress_rate(
+        &mut self,
+        name: String,
+        bits_per_second: u64,
+    ) -> wasmtime::Result<Result<bool, NetError>> {
         run(self, move |d| d.set_egress_rate(&name, bits_per_second)).await
     }
 }

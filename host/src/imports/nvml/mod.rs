@@ -153,45 +153,53 @@ fn grant(state: &StoreState) -> Result<NvmlGrant, NvmlError> {
 /// Run one NVML query for the guest on the blocking pool
 /// ([`crate::imports::blocking`]): the real library can take milliseconds,
 /// or much longer on a GPU that fell off the bus.
-fn run<T, F>(state: &StoreState, op: F) -> impl Future<Output = Result<T, NvmlError>> + Send + 'static
+fn run<T, F>(state: &StoreState, op: F) -> impl Future<Output = wasmtime::Result<Result<T, NvmlError>>> + Send + 'static
 where
     T: Send + 'static,
     F: FnOnce(&NvmlGrant) -> Result<T, NvmlError> + Send + 'static,
 {
     let grant = grant(state);
+    let deadline = state.deadline;
     async move {
-        let grant = grant?;
-        crate::imports::blocking(move || op(&grant))
-            .await
-            .unwrap_or(Err(NvmlError::Failed))
+        let grant = match grant {
+            Ok(g) => g,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(crate::imports::blocking(deadline, move || op(&grant))
+            .await?
+            .unwrap_or(Err(NvmlError::Failed)))
     }
 }
 
 impl Host for StoreState {
-    async fn driver_version(&mut self) -> Result<String, NvmlError> {
+    async fn driver_version(&mut self) -> wasmtime::Result<Result<String, NvmlError>> {
         run(self, |g| g.nvml.backend.driver_version()).await
     }
 
-    async fn cuda_driver_version(&mut self) -> Result<(u32, u32), NvmlError> {
+    async fn cuda_driver_version(&mut self) -> wasmtime::Result<Result<(u32, u32), NvmlError>> {
         run(self, |g| g.nvml.backend.cuda_driver_version()).await
     }
 
-    async fn device_count(&mut self) -> Result<u32, NvmlError> {
+    async fn device_count(&mut self) -> wasmtime::Result<Result<u32, NvmlError>> {
         run(self, |g| g.nvml.backend.device_count()).await
     }
 
-    async fn device_info(&mut self, index: u32) -> Result<GpuInfo, NvmlError> {
+    async fn device_info(&mut self, index: u32) -> wasmtime::Result<Result<GpuInfo, NvmlError>> {
         run(self, move |g| g.nvml.backend.device_info(index)).await
     }
 
-    async fn driver_files(&mut self) -> Result<Vec<DriverFile>, NvmlError> {
+    async fn driver_files(&mut self) -> wasmtime::Result<Result<Vec<DriverFile>, NvmlError>> {
         run(self, |g| g.nvml.backend.driver_files()).await
     }
 
-    async fn subscribe(&mut self, uuids: Vec<String>, kinds: Vec<GpuEventKind>) -> Result<(), NvmlError> {
+    async fn subscribe(
+        &mut self,
+        uuids: Vec<String>,
+        kinds: Vec<GpuEventKind>,
+    ) -> wasmtime::Result<Result<(), NvmlError>> {
         const MAX_GPUS: usize = 1024;
         if uuids.len() > MAX_GPUS || kinds.len() > 16 {
-            return Err(NvmlError::Failed);
+            return Ok(Err(NvmlError::Failed));
         }
         run(self, move |g| {
             g.nvml.subscribe(&g.driver, uuids, kinds, g.events.clone())
