@@ -1,7 +1,8 @@
 //! The example guest's logic on the same inputs, natively and as a
 //! component: what running a driver's decisions in the sandbox costs.
 //!
-//! Run: `cargo bench --bench guest` (options after `--`: `--iterations N`).
+//! Run: `cargo bench --bench guest` (options after `--`: `--iterations N`,
+//! `--evict-mib N`).
 //!
 //! - **native**: `example_driver::logic` compiled into this benchmark (the
 //!   guest's `logic.rs` is plain Rust; its `component.rs` is the wasm glue),
@@ -12,7 +13,11 @@
 //!   call metric.
 //!
 //! Both run in alternating batches on one thread of the same process, so
-//! that they see the same machine at the same time. The guest's share of an
+//! that they see the same machine at the same time. Back to back, each call
+//! finds the caches warm from the previous one; in the host a guest call
+//! comes between gRPC decoding, file writes and fsyncs. `--evict-mib N`
+//! writes N MiB of unrelated memory before every timed call (outside the
+//! timing) to show what a cold cache does to both. The guest's share of an
 //! end-to-end prepare comes from `cargo bench --bench prepare`, which reads
 //! the host's own call metric.
 
@@ -115,6 +120,19 @@ struct Samples {
     component_unprepare: Vec<Duration>,
 }
 
+/// Memory written between calls so that each call starts with cold caches.
+struct Evict(Vec<u8>);
+
+impl Evict {
+    fn run(&mut self) {
+        // One write per cache line.
+        for line in self.0.chunks_mut(64) {
+            line[0] = line[0].wrapping_add(1);
+        }
+        std::hint::black_box(&self.0);
+    }
+}
+
 fn main() {
     let iterations = arg("--iterations", 20_000usize);
     // As the host runs: a multi-threaded runtime (calls are made from one task).
@@ -122,10 +140,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    rt.block_on(run(iterations));
+    let evict = Evict(vec![0; arg("--evict-mib", 0usize) << 20]);
+    rt.block_on(run(iterations, evict));
 }
 
-async fn run(iterations: usize) {
+async fn run(iterations: usize, mut evict: Evict) {
     let config = r#"{"devices": 8}"#;
     let native = logic::Driver::new(config, NODE).expect("native driver");
     let path = PathBuf::from(dra_wasm_host::BUILT_GUESTS_DIR).join("example_driver.wasm");
@@ -150,8 +169,13 @@ async fn run(iterations: usize) {
         .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
 
     println!(
-        "example guest logic, natively and as a component ({}), {iterations} calls each per input",
-        path.display()
+        "example guest logic, natively and as a component ({}), {iterations} calls each per input{}",
+        path.display(),
+        if evict.0.is_empty() {
+            String::new()
+        } else {
+            format!(", {} MiB written before each call", evict.0.len() >> 20)
+        }
     );
     for case in cases() {
         // Both must agree before either is timed.
@@ -166,9 +190,11 @@ async fn run(iterations: usize) {
         while done < iterations {
             let n = if record { BATCH.min(iterations - done) } else { WARMUP };
             for _ in 0..n {
+                evict.run();
                 let t = Instant::now();
                 let p = native.prepare(&logic_claim(&case.claim)).expect("native prepare");
                 let np = t.elapsed();
+                evict.run();
                 let t = Instant::now();
                 native
                     .unprepare(&case.claim.ref_.uid, &p.state)
@@ -181,9 +207,11 @@ async fn run(iterations: usize) {
                 }
             }
             for _ in 0..n {
+                evict.run();
                 let t = Instant::now();
                 let (p, _) = guest.prepare(case.claim.clone()).await.expect("component prepare");
                 let cp = t.elapsed();
+                evict.run();
                 let t = Instant::now();
                 guest
                     .unprepare(case.claim.ref_.clone(), p.state)
