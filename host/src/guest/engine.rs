@@ -38,11 +38,12 @@ impl Default for Limits {
 
 /// Default [`Limits::pooled_memory_bytes`]: 8 MiB.
 ///
-/// A Rust guest starts with about 1.1 MiB of linear memory (1 MiB of shadow
-/// stack plus its data) and the project's guests stay under 2 MiB while
-/// serving, so 8 MiB leaves four times that for a guest's own heap, and bounds
-/// what idle instances keep at 8 MiB × `max_instances` (64 MiB with the
-/// default 8; docs/operations.md sizes the DaemonSet's memory from it).
+/// A Rust guest starts with 17 wasm pages, 1.06 MiB of linear memory (1 MiB
+/// of shadow stack plus its data; all four guests in this repository do), and
+/// the example guest never grows past that while serving, so 8 MiB leaves a
+/// guest seven times that for its own heap, and bounds what idle instances
+/// keep at 8 MiB × `max_instances` (64 MiB with the default 8;
+/// docs/operations.md sizes the DaemonSet's memory from it).
 pub const POOLED_MEMORY_BYTES: usize = 8 << 20;
 
 /// Engine, epoch ticker and compile cache, shared by all guests.
