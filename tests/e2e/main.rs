@@ -10,6 +10,7 @@ mod kubelet_clients;
 mod lifecycle;
 mod manifests;
 mod net;
+mod nodestate;
 mod prepare;
 mod registration;
 mod rolling;

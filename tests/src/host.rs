@@ -19,6 +19,9 @@ pub struct HostEnv {
     pub kubeconfig: Option<PathBuf>,
     /// Set: the host serves Prometheus metrics on 127.0.0.1 at this port.
     pub metrics_port: Option<u16>,
+    /// Extra environment variables for the host process (e.g. the test-only
+    /// `DRA_TEST_BOOT_ID_FILE`).
+    pub env: Vec<(String, String)>,
 }
 
 /// One driver in the host config.
@@ -66,6 +69,7 @@ impl HostEnv {
             cache_dir: cache_dir.to_owned(),
             kubeconfig: None,
             metrics_port: None,
+            env: Vec::new(),
             kubelet_root,
             cdi_dir,
             dir,
@@ -142,6 +146,7 @@ impl HostEnv {
         if let Some(kubeconfig) = &self.kubeconfig {
             cmd.env("KUBECONFIG", kubeconfig);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .args(["run", "--config"])
             .arg(&self.config_path)
