@@ -207,7 +207,7 @@ async fn run(config_path: &std::path::Path, rolling_update_uid: Option<String>) 
         })
         .await?;
     }
-    let host = Host::new(&config, &node, Arc::clone(&metrics), rolling_update_uid).await?;
+    let host = Host::new(&config, &node, Arc::clone(&metrics), rolling_update_uid, boot_id()).await?;
 
     let mut plugins = Vec::new();
     let mut probes = Vec::new();
@@ -300,6 +300,10 @@ struct Host {
     /// ResourceSlices are published too).
     api: Option<ApiClient>,
     node_uid: Option<String>,
+    /// Kubernetes Events (when an API server is configured), one sender for all drivers.
+    events: Option<EventRecorder>,
+    /// This boot's ID, recorded with prepared claims to notice reboots.
+    boot_id: Option<String>,
     caps: Capabilities,
     limits: Limits,
     kubelet_root: PathBuf,
@@ -314,6 +318,7 @@ impl Host {
         node: &str,
         metrics: Arc<Metrics>,
         rolling_update_uid: Option<String>,
+        boot_id: Option<String>,
     ) -> Result<Self> {
         let cache = CompileCache::new(config.cache_dir.clone())
             .with_context(|| format!("compile cache {:?}", config.cache_dir))?;
@@ -328,6 +333,14 @@ impl Host {
                 (Arc::new(ApiClaims::new(api.clone())), Some(api))
             }
         };
+        let events = api.as_ref().map(|api| {
+            EventRecorder::new(
+                api.clone(),
+                node,
+                config.kubernetes.node_uid.clone(),
+                Arc::clone(&metrics),
+            )
+        });
         Ok(Self {
             node: node.to_owned(),
             metrics,
@@ -335,6 +348,8 @@ impl Host {
             claims,
             api,
             node_uid: config.kubernetes.node_uid.clone(),
+            events,
+            boot_id,
             caps: capabilities(config)?,
             limits: limits(config),
             kubelet_root: config.kubelet_root_dir.clone(),
@@ -430,6 +445,8 @@ impl Host {
             metrics: Arc::clone(&self.metrics),
             inventory: report.inventory.clone(),
             serialize,
+            events: self.events.clone(),
+            boot_id: self.boot_id.clone(),
         }));
         if let Some(net) = &self.caps.net
             && net_driver.is_some()
@@ -438,6 +455,9 @@ impl Host {
                 .with_context(|| format!("driver {}: watching parent links", d.name))?;
         }
         tokio::spawn(Arc::clone(&driver).run_events(events_rx));
+        // Before the kubelet can call: claims prepared in an earlier boot
+        // describe device state that is gone. Reported inside.
+        driver.prepare_after_reboot().await;
         let restored = driver
             .restore_cdi_specs()
             .with_context(|| format!("driver {}", d.name))?;
@@ -449,10 +469,6 @@ impl Host {
                 runtime: Arc::clone(&self.runtime),
                 spec: spec.clone(),
                 watcher,
-                events: self
-                    .api
-                    .as_ref()
-                    .map(|api| EventRecorder::new(api.clone(), &self.node, self.node_uid.clone())),
             };
             tokio::spawn(Arc::clone(&driver).run_guest_updates(updates));
             tracing::info!(driver = %d.name, guest = %d.guest.display(), "watching the guest file for updates");
@@ -734,6 +750,29 @@ fn pool_json(p: &types::Pool) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({ "name": p.name, "devices": devices })
+}
+
+/// This boot's ID, or `None` (then reboots are not detected, and said so).
+/// `DRA_TEST_BOOT_ID_FILE` replaces the kernel's file for end-to-end tests.
+fn boot_id() -> Option<String> {
+    use dra_wasm_host::state::boot::{BOOT_ID_PATH, TEST_BOOT_ID_FILE_ENV, read_boot_id};
+    let path = match std::env::var_os(TEST_BOOT_ID_FILE_ENV) {
+        Some(path) => {
+            tracing::warn!(path = ?path, "{TEST_BOOT_ID_FILE_ENV} is set: the boot ID is read from a test file (never set this in production)");
+            PathBuf::from(path)
+        }
+        None => PathBuf::from(BOOT_ID_PATH),
+    };
+    match read_boot_id(&path) {
+        Ok(id) => {
+            tracing::info!(boot_id = %id, "node boot ID");
+            Some(id)
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the node's boot ID: reboots will not be noticed, and claims prepared before one are not prepared again");
+            None
+        }
+    }
 }
 
 async fn wait_for_signal() -> Result<()> {

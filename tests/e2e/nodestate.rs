@@ -276,10 +276,7 @@ async fn after_a_reboot_every_claim_is_prepared_again_before_the_socket_is_serve
     assert!(spec.contains("GPU_DEVICE_2_SHARING_STRATEGY=TimeSlicing"), "{spec}");
     assert!(n.node.cdi_spec_path(&uid(1501)).exists());
     for u in [1501, 1502] {
-        assert_eq!(
-            record(&record_path(&n.node, DRIVER, &uid(u)))["bootId"],
-            "boot-2"
-        );
+        assert_eq!(record(&record_path(&n.node, DRIVER, &uid(u)))["bootId"], "boot-2");
     }
     let event = eventually("a ClaimsRePrepared event", &n.node, || {
         n.events_with_reason("ClaimsRePrepared").pop()
@@ -326,11 +323,7 @@ async fn a_failed_re_prepare_is_reported_and_tried_again() {
     assert_eq!(record(&path)["bootId"], "boot-1");
     // ...but never answered as if the devices were still set up.
     let answer = n.node.plugin.prepare(&[claim.reference()]).await.unwrap();
-    assert!(
-        answer[&uid(1601)].error.contains("trap"),
-        "{:?}",
-        answer[&uid(1601)]
-    );
+    assert!(answer[&uid(1601)].error.contains("trap"), "{:?}", answer[&uid(1601)]);
 
     // The fixed guest, same boot: the start-up re-prepare succeeds.
     n.restart_with(&[faulty("")]).await;
@@ -412,25 +405,38 @@ async fn serves_the_kubelet_dra_grpc_duration_histogram_with_upstream_buckets() 
             "driver_name=\"{DRIVER}\",method_name=\"/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/{method}\",grpc_status_code=\"OK\""
         )
     };
-    let count = |method: &str| sample(&text, &format!("dra_grpc_operations_duration_seconds_count{{{}}}", labels(method)));
+    let count = |method: &str| {
+        sample(
+            &text,
+            &format!("dra_grpc_operations_duration_seconds_count{{{}}}", labels(method)),
+        )
+    };
     assert_eq!(count("NodeUnprepareResources"), Some(1.0), "{text}");
     assert!(count("NodePrepareResources").unwrap_or(0.0) >= 1.0, "{text}");
-    // The kubelet's buckets: ExponentialBucketsRange(0.1, 40, 15).
-    let prefix = format!(
-        "dra_grpc_operations_duration_seconds_bucket{{{},le=\"",
-        labels("NodeUnprepareResources")
-    );
-    let bounds: Vec<f64> = text
+    // The kubelet's buckets: ExponentialBucketsRange(0.1, 40, 15). (The
+    // encoder writes `le` first; label order means nothing to Prometheus.)
+    let unprepare = labels("NodeUnprepareResources");
+    let buckets: Vec<(String, f64)> = text
         .lines()
-        .filter_map(|l| l.strip_prefix(&prefix)?.split('"').next()?.parse().ok())
+        .filter(|l| l.contains(&unprepare))
+        .filter_map(|l| {
+            let le = l.strip_prefix("dra_grpc_operations_duration_seconds_bucket{le=\"")?;
+            let (bound, rest) = le.split_once('"')?;
+            Some((bound.to_owned(), rest.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    let bounds: Vec<f64> = buckets
+        .iter()
+        .filter(|(b, _)| b != "+Inf")
+        .filter_map(|(b, _)| b.parse().ok())
         .collect();
     let factor = (40.0f64 / 0.1).powf(1.0 / 14.0);
     let expected: Vec<f64> = (0..15).map(|i| 0.1 * factor.powi(i)).collect();
-    assert_eq!(bounds.len(), 15, "{bounds:?} (+Inf not counted)");
+    assert_eq!(bounds.len(), 15, "{buckets:?} (+Inf not counted)\n{text}");
     for (got, want) in bounds.iter().zip(&expected) {
         assert!((got - want).abs() <= want * 1e-9, "{bounds:?} vs {expected:?}");
     }
-    assert!(text.contains(&format!("{prefix}+Inf\"}} 1")), "{text}");
+    assert_eq!(buckets.last().map(|(b, n)| (b.as_str(), *n)), Some(("+Inf", 1.0)));
     // The host's own metrics are served beside it.
     assert!(text.contains("dra_host_claim_operations_total"), "{text}");
 }

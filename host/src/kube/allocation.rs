@@ -4,6 +4,7 @@
 use crate::claim::ClaimRef;
 use crate::guest::types;
 use crate::policy::is_valid_share_id;
+use crate::state::checkpoint::{RecordedAllocation, RecordedConfig, RecordedDevice};
 use k8s_openapi::api::resource::v1::ResourceClaim;
 
 /// Why a fetched ResourceClaim cannot be prepared.
@@ -33,6 +34,100 @@ pub struct DriverClaim {
     /// For each entry of `claim.devices`: the request names as the kubelet
     /// expects them in the answer (subrequest stripped).
     pub request_names: Vec<String>,
+}
+
+impl DriverClaim {
+    /// The allocation as the checkpoint records it.
+    pub fn to_recorded(&self) -> RecordedAllocation {
+        RecordedAllocation {
+            devices: self
+                .claim
+                .devices
+                .iter()
+                .map(|d| RecordedDevice {
+                    request: d.request.clone(),
+                    pool: d.pool.clone(),
+                    device: d.device.clone(),
+                    share_id: d.share_id.clone(),
+                    consumed_capacity: d.consumed_capacity.clone(),
+                    admin_access: d.admin_access,
+                })
+                .collect(),
+            configs: self
+                .claim
+                .configs
+                .iter()
+                .map(|c| RecordedConfig {
+                    source: match c.source {
+                        types::ConfigSource::DeviceClass => "FromClass",
+                        types::ConfigSource::ResourceClaim => "FromClaim",
+                    }
+                    .to_owned(),
+                    requests: c.requests.clone(),
+                    parameters: c.parameters.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The claim as recorded at prepare time, for `claim` (a reboot when the
+    /// ResourceClaim cannot be fetched). Checked as a fetched claim is.
+    pub fn from_recorded(claim: &ClaimRef, recorded: &RecordedAllocation) -> Result<Self, ClaimError> {
+        let invalid = |reason: String| ClaimError::Invalid {
+            namespace: claim.namespace.clone(),
+            name: claim.name.clone(),
+            reason: format!("recorded allocation: {reason}"),
+        };
+        let mut devices = Vec::with_capacity(recorded.devices.len());
+        for d in &recorded.devices {
+            if let Some(share) = &d.share_id
+                && !is_valid_share_id(share)
+            {
+                return Err(invalid(format!("share ID {share:?} is not valid")));
+            }
+            devices.push(types::AllocatedDevice {
+                request: d.request.clone(),
+                pool: d.pool.clone(),
+                device: d.device.clone(),
+                share_id: d.share_id.clone(),
+                consumed_capacity: d.consumed_capacity.clone(),
+                admin_access: d.admin_access,
+            });
+        }
+        let mut configs = Vec::with_capacity(recorded.configs.len());
+        for c in &recorded.configs {
+            configs.push(types::OpaqueConfig {
+                source: config_source(&c.source).ok_or_else(|| invalid(format!("config source {:?}", c.source)))?,
+                requests: c.requests.clone(),
+                parameters: c.parameters.clone(),
+            });
+        }
+        Ok(DriverClaim {
+            request_names: devices.iter().map(|d| request_name(&d.request)).collect(),
+            claim: types::Claim {
+                ref_: types::ClaimRef {
+                    namespace: claim.namespace.clone(),
+                    name: claim.name.clone(),
+                    uid: claim.uid.clone(),
+                },
+                devices,
+                configs,
+            },
+        })
+    }
+}
+
+/// The request name the kubelet expects in answers: the subrequest stripped.
+fn request_name(request: &str) -> String {
+    request.split('/').next().unwrap_or(request).to_owned()
+}
+
+fn config_source(source: &str) -> Option<types::ConfigSource> {
+    match source {
+        "FromClass" => Some(types::ConfigSource::DeviceClass),
+        "FromClaim" => Some(types::ConfigSource::ResourceClaim),
+        _ => None,
+    }
 }
 
 /// Select what `driver` must prepare from `claim`, checking that it is the
@@ -86,7 +181,7 @@ pub fn claim_for_driver(claim: &ResourceClaim, expected: &ClaimRef, driver: &str
                 .collect(),
             admin_access: r.admin_access.unwrap_or(false),
         });
-        request_names.push(r.request.split('/').next().unwrap_or(&r.request).to_owned());
+        request_names.push(request_name(&r.request));
     }
 
     // Class configs first, then claim configs, each in their listed order:
@@ -96,15 +191,9 @@ pub fn claim_for_driver(claim: &ResourceClaim, expected: &ClaimRef, driver: &str
         let Some(opaque) = c.opaque.as_ref().filter(|o| o.driver == driver) else {
             continue;
         };
-        let (rank, source) = match c.source.as_str() {
-            "FromClass" => (0, types::ConfigSource::DeviceClass),
-            "FromClaim" => (1, types::ConfigSource::ResourceClaim),
-            other => {
-                return Err(invalid(format!(
-                    "config source {other:?} is not FromClass or FromClaim"
-                )));
-            }
-        };
+        let source = config_source(&c.source)
+            .ok_or_else(|| invalid(format!("config source {:?} is not FromClass or FromClaim", c.source)))?;
+        let rank = u8::from(source == types::ConfigSource::ResourceClaim);
         let parameters =
             serde_json::to_string(&opaque.parameters.0).map_err(|e| invalid(format!("opaque parameters: {e}")))?;
         configs.push((
@@ -181,6 +270,20 @@ mod tests {
         assert_eq!(dc.claim.configs[0].source, types::ConfigSource::DeviceClass);
         assert_eq!(dc.claim.configs[0].parameters, r#"{"a":1}"#);
         assert_eq!(dc.claim.configs[1].requests, ["gpu"]);
+    }
+
+    #[test]
+    fn the_recorded_allocation_gives_back_the_same_claim() {
+        let dc = claim_for_driver(&claim_json("u1"), &r("u1"), "ours.example.com").unwrap();
+        let again = DriverClaim::from_recorded(&r("u1"), &dc.to_recorded()).unwrap();
+        assert_eq!(again.claim, dc.claim);
+        assert_eq!(again.request_names, dc.request_names);
+        let mut bad = dc.to_recorded();
+        bad.configs[0].source = "Elsewhere".into();
+        assert!(matches!(
+            DriverClaim::from_recorded(&r("u1"), &bad),
+            Err(ClaimError::Invalid { .. })
+        ));
     }
 
     #[test]

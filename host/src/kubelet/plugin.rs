@@ -1,9 +1,15 @@
 //! The `DRAPlugin` service, v1 and v1beta1 from one implementation: v1beta1
 //! answers are the v1 answers without `share_id`, as the kubelet's own
 //! v1beta1 conversion does.
+//!
+//! Every call is timed into `dra_grpc_operations_duration_seconds` with the
+//! kubelet's labels (driver name, full gRPC method path, Go name of the
+//! status code), so that dashboards built on the kubelet's metric of the
+//! same name read this plugin's view too.
 
 use crate::claim::ClaimRef;
 use crate::driver::Driver;
+use crate::metrics::Metrics;
 use dra_proto::dra::{v1, v1beta1};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,14 +21,38 @@ use tracing::Instrument;
 /// lines of one kubelet call can be found together.
 static REQUEST_ID: AtomicU64 = AtomicU64::new(0);
 
+/// Full gRPC method paths, as the kubelet's metric labels them.
+const V1_PREPARE: &str = "/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources";
+const V1_UNPREPARE: &str = "/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodeUnprepareResources";
+const V1BETA1_PREPARE: &str = "/k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin/NodePrepareResources";
+const V1BETA1_UNPREPARE: &str = "/k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin/NodeUnprepareResources";
+
 #[derive(Clone)]
 pub struct DraService {
     driver: Arc<Driver>,
+    metrics: Arc<Metrics>,
 }
 
 impl DraService {
-    pub fn new(driver: Arc<Driver>) -> Self {
-        Self { driver }
+    pub fn new(driver: Arc<Driver>, metrics: Arc<Metrics>) -> Self {
+        Self { driver, metrics }
+    }
+
+    /// Run one call and time it under `method`.
+    async fn timed<T>(
+        &self,
+        method: &'static str,
+        call: impl std::future::Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.metrics
+            .dra_grpc_operation(self.driver.name(), method, go_code_name(code), started.elapsed());
+        result
     }
 
     async fn prepare(&self, claims: Vec<v1::Claim>, version: &'static str) -> v1::NodePrepareResourcesResponse {
@@ -117,6 +147,31 @@ where
     }
 }
 
+/// The name grpc-go's `codes.Code.String()` gives a status code (the
+/// kubelet's `grpc_status_code` label): note `Canceled`, Go's spelling.
+pub fn go_code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
 fn claim_ref(c: v1::Claim) -> ClaimRef {
     ClaimRef {
         namespace: c.namespace,
@@ -131,14 +186,20 @@ impl v1::dra_plugin_server::DraPlugin for DraService {
         &self,
         request: Request<v1::NodePrepareResourcesRequest>,
     ) -> Result<Response<v1::NodePrepareResourcesResponse>, Status> {
-        Ok(Response::new(self.prepare(request.into_inner().claims, "v1").await))
+        self.timed(V1_PREPARE, async {
+            Ok(Response::new(self.prepare(request.into_inner().claims, "v1").await))
+        })
+        .await
     }
 
     async fn node_unprepare_resources(
         &self,
         request: Request<v1::NodeUnprepareResourcesRequest>,
     ) -> Result<Response<v1::NodeUnprepareResourcesResponse>, Status> {
-        Ok(Response::new(self.unprepare(request.into_inner().claims, "v1").await))
+        self.timed(V1_UNPREPARE, async {
+            Ok(Response::new(self.unprepare(request.into_inner().claims, "v1").await))
+        })
+        .await
     }
 }
 
@@ -159,47 +220,53 @@ impl v1beta1::dra_plugin_server::DraPlugin for DraService {
         &self,
         request: Request<v1beta1::NodePrepareResourcesRequest>,
     ) -> Result<Response<v1beta1::NodePrepareResourcesResponse>, Status> {
-        let response = self
-            .prepare(claims_from_v1beta1(request.into_inner().claims), "v1beta1")
-            .await;
-        let claims = response
-            .claims
-            .into_iter()
-            .map(|(uid, r)| {
-                let devices = r
-                    .devices
-                    .into_iter()
-                    .map(|d| v1beta1::Device {
-                        request_names: d.request_names,
-                        pool_name: d.pool_name,
-                        device_name: d.device_name,
-                        cdi_device_ids: d.cdi_device_ids,
-                    })
-                    .collect();
-                (
-                    uid,
-                    v1beta1::NodePrepareResourceResponse {
-                        devices,
-                        error: r.error,
-                    },
-                )
-            })
-            .collect();
-        Ok(Response::new(v1beta1::NodePrepareResourcesResponse { claims }))
+        self.timed(V1BETA1_PREPARE, async {
+            let response = self
+                .prepare(claims_from_v1beta1(request.into_inner().claims), "v1beta1")
+                .await;
+            let claims = response
+                .claims
+                .into_iter()
+                .map(|(uid, r)| {
+                    let devices = r
+                        .devices
+                        .into_iter()
+                        .map(|d| v1beta1::Device {
+                            request_names: d.request_names,
+                            pool_name: d.pool_name,
+                            device_name: d.device_name,
+                            cdi_device_ids: d.cdi_device_ids,
+                        })
+                        .collect();
+                    (
+                        uid,
+                        v1beta1::NodePrepareResourceResponse {
+                            devices,
+                            error: r.error,
+                        },
+                    )
+                })
+                .collect();
+            Ok(Response::new(v1beta1::NodePrepareResourcesResponse { claims }))
+        })
+        .await
     }
 
     async fn node_unprepare_resources(
         &self,
         request: Request<v1beta1::NodeUnprepareResourcesRequest>,
     ) -> Result<Response<v1beta1::NodeUnprepareResourcesResponse>, Status> {
-        let response = self
-            .unprepare(claims_from_v1beta1(request.into_inner().claims), "v1beta1")
-            .await;
-        let claims = response
-            .claims
-            .into_iter()
-            .map(|(uid, r)| (uid, v1beta1::NodeUnprepareResourceResponse { error: r.error }))
-            .collect();
-        Ok(Response::new(v1beta1::NodeUnprepareResourcesResponse { claims }))
+        self.timed(V1BETA1_UNPREPARE, async {
+            let response = self
+                .unprepare(claims_from_v1beta1(request.into_inner().claims), "v1beta1")
+                .await;
+            let claims = response
+                .claims
+                .into_iter()
+                .map(|(uid, r)| (uid, v1beta1::NodeUnprepareResourceResponse { error: r.error }))
+                .collect();
+            Ok(Response::new(v1beta1::NodeUnprepareResourcesResponse { claims }))
+        })
+        .await
     }
 }
