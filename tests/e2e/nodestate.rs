@@ -440,3 +440,75 @@ async fn serves_the_kubelet_dra_grpc_duration_histogram_with_upstream_buckets() 
     // The host's own metrics are served beside it.
     assert!(text.contains("dra_host_claim_operations_total"), "{text}");
 }
+
+/// Runs as root (CI does); otherwise fails clearly, or skips loudly when
+/// `DRA_SKIP_ROOT_TESTS=1` asks to.
+fn need_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("DRA_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        println!("SKIPPED nodestate::{test}: needs root (DRA_SKIP_ROOT_TESTS=1)");
+        return false;
+    }
+    panic!("nodestate::{test} needs root to mount a small tmpfs; run as root or set DRA_SKIP_ROOT_TESTS=1");
+}
+
+/// A tmpfs mounted over a directory; unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> SmallDisk {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("running mount");
+        assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+        SmallDisk(dir.to_owned())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_only_the_claim_that_needs_space_with_a_clear_error() {
+    if !need_root("a_full_disk_fails_only_the_claim_that_needs_space_with_a_clear_error") {
+        return;
+    }
+    let n = ApiNode::start(vec![example(4)], "boot-1").await;
+    // The checkpoint's file system has room for one record (one page).
+    let dir = checkpoint_dir(&n.node, DRIVER);
+    let _disk = SmallDisk::mount(&dir, "4k");
+    let first = Claim::new("default", "fits", &uid(1901)).device(DRIVER, POOL, "gpu-0", "gpu");
+    let second = Claim::new("default", "no-room", &uid(1902)).device(DRIVER, POOL, "gpu-1", "gpu");
+    put(&n.api, &[&first, &second]);
+    let answer = n.node.plugin.prepare(&[first.reference()]).await.unwrap();
+    assert_eq!(answer[&uid(1901)].error, "");
+    let answer = n.node.plugin.prepare(&[second.reference()]).await.unwrap();
+    let error = &answer[&uid(1902)].error;
+    assert!(
+        error.contains("No space left on device") && error.contains(&format!("{}.json", uid(1902))),
+        "the error names the cause and the file: {error}"
+    );
+    // Nothing half-prepared is left: no CDI spec, no record; the first
+    // claim is still served.
+    assert!(!n.node.cdi_spec_path(&uid(1902)).exists());
+    assert!(!dir.join(format!("{}.json", uid(1902))).exists());
+    let again = n.node.plugin.prepare(&[first.reference()]).await.unwrap();
+    assert_eq!(again[&uid(1901)].error, "");
+    let event = eventually("a PrepareFailed event on the claim", &n.node, || {
+        n.events_with_reason("PrepareFailed").pop()
+    })
+    .await;
+    assert_eq!(event["involvedObject"]["name"], "no-room");
+    assert!(event["message"].as_str().unwrap().contains("No space left on device"), "{event}");
+    let text = n.metrics().await;
+    let errors = format!("dra_host_claim_operations_total{{driver=\"{DRIVER}\",operation=\"prepare\",result=\"error\"}}");
+    assert_eq!(sample(&text, &errors), Some(1.0), "{text}");
+}
