@@ -507,8 +507,12 @@ async fn a_full_disk_fails_only_the_claim_that_needs_space_with_a_clear_error() 
     })
     .await;
     assert_eq!(event["involvedObject"]["name"], "no-room");
-    assert!(event["message"].as_str().unwrap().contains("No space left on device"), "{event}");
+    assert!(
+        event["message"].as_str().unwrap().contains("No space left on device"),
+        "{event}"
+    );
     let text = n.metrics().await;
-    let errors = format!("dra_host_claim_operations_total{{driver=\"{DRIVER}\",operation=\"prepare\",result=\"error\"}}");
+    let errors =
+        format!("dra_host_claim_operations_total{{driver=\"{DRIVER}\",operation=\"prepare\",result=\"error\"}}");
     assert_eq!(sample(&text, &errors), Some(1.0), "{text}");
 }
