@@ -115,6 +115,21 @@ fn record(path: &Path) -> Value {
     envelope["claim"].clone()
 }
 
+/// Check Events the host created against the upstream 1.37 schema.
+fn validate_events(events: &[Value]) {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let path = dir.path().join(format!("event-{i}.json"));
+            std::fs::write(&path, serde_json::to_vec_pretty(e).unwrap()).unwrap();
+            path
+        })
+        .collect();
+    crate::manifests::validate(&files);
+}
+
 fn put(api: &TestApiServer, claims: &[&Claim]) {
     for c in claims {
         api.put_claim(c.to_json());
@@ -208,6 +223,7 @@ async fn unreadable_checkpoint_records_are_quarantined_and_the_rest_is_served() 
         assert_eq!(e["involvedObject"]["uid"], NODE_UID);
         assert!(e["message"].as_str().unwrap().contains("claims-quarantine"), "{e}");
     }
+    validate_events(&events);
 
     // A quarantined claim is handled safely: prepare runs the guest again
     // and writes a new record; unprepare runs the guest's unprepare with
@@ -374,6 +390,7 @@ async fn failed_claim_operations_leave_one_aggregated_rate_limited_event_on_the_
     assert_ne!(event["firstTimestamp"], Value::Null);
     let w = n.api.writes();
     assert_eq!((w.event_creates, w.event_patches), (1, 24), "{w:?}");
+    validate_events(&events);
     let text = n.metrics().await;
     assert_eq!(
         sample(&text, "dra_host_kubernetes_events_total{result=\"rate_limited\"}"),
