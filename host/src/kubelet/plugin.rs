@@ -38,20 +38,25 @@ impl DraService {
         Self { driver, metrics }
     }
 
-    /// Run one call and time it under `method`.
+    /// Run one call and time it under `method`. A call the kubelet
+    /// abandons before the answer (its deadline passed or its connection
+    /// closed: tonic drops this future) is recorded then, as `Canceled`.
     async fn timed<T>(
         &self,
         method: &'static str,
         call: impl std::future::Future<Output = Result<Response<T>, Status>>,
     ) -> Result<Response<T>, Status> {
-        let started = std::time::Instant::now();
+        let mut timer = CallTimer {
+            service: self,
+            method,
+            started: std::time::Instant::now(),
+            code: tonic::Code::Cancelled,
+        };
         let result = call.await;
-        let code = match &result {
+        timer.code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),
         };
-        self.metrics
-            .dra_grpc_operation(self.driver.name(), method, go_code_name(code), started.elapsed());
         result
     }
 
@@ -144,6 +149,25 @@ where
                 .map(|uid| (uid, Err(format!("internal error in the driver host: {e}"))))
                 .collect()
         }
+    }
+}
+
+/// Records one call into `dra_grpc_operations_duration_seconds` when dropped.
+struct CallTimer<'a> {
+    service: &'a DraService,
+    method: &'static str,
+    started: std::time::Instant,
+    code: tonic::Code,
+}
+
+impl Drop for CallTimer<'_> {
+    fn drop(&mut self) {
+        self.service.metrics.dra_grpc_operation(
+            self.service.driver.name(),
+            self.method,
+            go_code_name(self.code),
+            self.started.elapsed(),
+        );
     }
 }
 
@@ -271,13 +295,13 @@ impl v1beta1::dra_plugin_server::DraPlugin for DraService {
     }
 }
 
-/// Fuzzing the `DRAPlugin` handlers (see [`crate::fuzzing`]) in process,
-/// with the real example guest, CDI writer and checkpoint on a tmpfs when
-/// there is one: arbitrary requests (structured, and protobuf bytes mangled
-/// before decoding) get one answer per claim UID, never touch files outside
-/// the driver's folders, and leave nothing behind after unprepare.
+/// The handlers in process, with the real example guest, CDI writer and
+/// checkpoint (on a tmpfs when there is one). `fuzz_grpc_handlers` (see
+/// [`crate::fuzzing`]): arbitrary requests (structured, and protobuf bytes
+/// mangled before decoding) get one answer per claim UID, never touch files
+/// outside the driver's folders, and leave nothing behind after unprepare.
 #[cfg(test)]
-mod fuzz {
+mod tests {
     use super::*;
     use crate::fuzzing::fuzz;
     use crate::guest::{CompileCache, Guest, GuestSpec, Limits, Runtime, types};
@@ -563,6 +587,26 @@ mod fuzz {
             top
         );
         Ok(())
+    }
+
+    /// A call the kubelet abandons is timed too, as `Canceled`.
+    #[test]
+    fn abandoned_calls_are_recorded_as_canceled() {
+        let b = bench();
+        let abandoned = b.rt.block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_millis(20),
+                b.service
+                    .timed(V1_PREPARE, std::future::pending::<Result<Response<()>, Status>>()),
+            )
+            .await
+        });
+        assert!(abandoned.is_err());
+        let text = b.service.metrics.encode();
+        assert!(
+            text.contains(&format!("dra_grpc_operations_duration_seconds_count{{driver_name=\"{DRIVER}\",method_name=\"{V1_PREPARE}\",grpc_status_code=\"Canceled\"}} 1")),
+            "{text}"
+        );
     }
 
     #[test]
