@@ -456,6 +456,63 @@ async fn serves_the_kubelet_dra_grpc_duration_histogram_with_upstream_buckets() 
     assert_eq!(buckets.last().map(|(b, n)| (b.as_str(), *n)), Some(("+Inf", 1.0)));
     // The host's own metrics are served beside it.
     assert!(text.contains("dra_host_claim_operations_total"), "{text}");
+
+    // What a Prometheus server reads: the exposition parsed by Prometheus'
+    // own OpenMetrics parser (the Python client's), not by us.
+    let body = text.split_once("\r\n\r\n").map_or(text.as_str(), |(_, b)| b);
+    let families = parse_openmetrics(body);
+    let family = families
+        .iter()
+        .find(|f| f["name"] == "dra_grpc_operations_duration_seconds")
+        .unwrap_or_else(|| panic!("no such family in {families:?}"));
+    assert_eq!(family["type"], "histogram");
+    let bounds: Vec<f64> = family["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["name"] == "dra_grpc_operations_duration_seconds_bucket"
+                && s["labels"]["method_name"] == "/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodeUnprepareResources"
+                && s["labels"]["driver_name"] == DRIVER
+                && s["labels"]["grpc_status_code"] == "OK"
+        })
+        .filter_map(|s| s["labels"]["le"].as_str()?.parse().ok())
+        .filter(|b: &f64| b.is_finite())
+        .collect();
+    assert_eq!(bounds.len(), 15, "{family}");
+    for (got, want) in bounds.iter().zip(&expected) {
+        assert!((got - want).abs() <= want * 1e-9, "{bounds:?}");
+    }
+    assert!(families.iter().any(|f| f["name"] == "dra_host_claim_operations"));
+}
+
+/// Parse a Prometheus exposition with the Prometheus Python client's
+/// OpenMetrics parser (installed by tests/run.sh): families as JSON.
+fn parse_openmetrics(text: &str) -> Vec<Value> {
+    use std::io::Write;
+    const SCRIPT: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = [{"name": f.name, "type": f.type,
+        "samples": [{"name": s.name, "labels": s.labels, "value": s.value} for s in f.samples]}
+       for f in text_string_to_metric_families(sys.stdin.read())]
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refused the host's metrics (tests/run.sh installs it: pip install prometheus-client==0.26.0):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
 }
 
 /// Runs as root (CI does); otherwise fails clearly, or skips loudly when
