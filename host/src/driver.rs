@@ -219,6 +219,13 @@ impl Driver {
             if let Some(spec) = &record.cdi_spec
                 && !self.cdi.exists(&record.claim.uid)
             {
+                if self.before_this_boot(&record) {
+                    // Its re-prepare failed: the spec describes devices as
+                    // they were before the reboot. A container must fail to
+                    // start (unresolvable CDI device) rather than get them.
+                    tracing::warn!(driver = %self.name, claim.uid = %record.claim.uid, "not restoring the CDI spec of a claim prepared before the reboot and not prepared again");
+                    continue;
+                }
                 self.cdi.write(&record.claim.uid, spec)?;
                 restored += 1;
             }

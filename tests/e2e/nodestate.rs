@@ -337,12 +337,20 @@ async fn a_failed_re_prepare_is_reported_and_tried_again() {
     // The old record is kept (unprepare still has the guest's state)...
     let path = record_path(&n.node, FAULTY, &uid(1601));
     assert_eq!(record(&path)["bootId"], "boot-1");
+    // ...its pre-reboot CDI spec is not put back for containers to use...
+    let spec = n
+        .node
+        .env
+        .cdi_dir
+        .join(format!("k8s.{FAULTY}-device_{}.json", uid(1601)));
+    assert!(!spec.exists(), "stale CDI spec restored");
     // ...but never answered as if the devices were still set up.
     let answer = n.node.plugin.prepare(&[claim.reference()]).await.unwrap();
     assert!(answer[&uid(1601)].error.contains("trap"), "{:?}", answer[&uid(1601)]);
 
     // The fixed guest, same boot: the start-up re-prepare succeeds.
     n.restart_with(&[faulty("")]).await;
+    assert!(spec.exists(), "written by the re-prepare");
     let ok = format!("dra_host_claims_reprepared_total{{driver=\"{FAULTY}\",result=\"ok\"}}");
     assert_eq!(sample(&n.metrics().await, &ok), Some(1.0));
     assert_eq!(record(&path)["bootId"], "boot-2");
