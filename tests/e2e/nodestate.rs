@@ -598,3 +598,45 @@ async fn a_full_disk_fails_only_the_claim_that_needs_space_with_a_clear_error() 
         format!("dra_host_claim_operations_total{{driver=\"{DRIVER}\",operation=\"prepare\",result=\"error\"}}");
     assert_eq!(sample(&text, &errors), Some(1.0), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_unprepare_leaves_an_event_on_the_claim() {
+    use base64::Engine as _;
+    let mut n = ApiNode::start(vec![faulty("")], "boot-1").await;
+    let claim = Claim::new("team-b", "wrong-state", &uid(2001)).device(FAULTY, "faulty", "dev-1", "dev");
+    put(&n.api, &[&claim]);
+    let answer = n.node.plugin.prepare(&[claim.reference()]).await.unwrap();
+    assert_eq!(answer[&uid(2001)].error, "");
+    n.node.host.terminate(Duration::from_secs(20)).unwrap();
+
+    // A well-formed record (valid checksum) whose guest state is not this
+    // claim's: the faulty guest's unprepare refuses it.
+    let path = record_path(&n.node, FAULTY, &uid(2001));
+    let mut claim_record = record(&path);
+    claim_record["state"] = Value::from(base64::engine::general_purpose::STANDARD.encode("another claim's state"));
+    let raw = serde_json::to_string(&claim_record).unwrap();
+    let envelope = format!(
+        r#"{{"kind":"DraWasmHostClaimCheckpoint","version":1,"driver":"{FAULTY}","checksum":{},"claim":{raw}}}"#,
+        crc32fast::hash(raw.as_bytes())
+    );
+    std::fs::write(&path, envelope).unwrap();
+    n.node.restart().await;
+
+    let errors = n.node.plugin.unprepare(&[claim.reference()]).await.unwrap();
+    let error = errors[&uid(2001)].clone();
+    assert!(error.contains("is not claim"), "{error}");
+    let event = eventually("an UnprepareFailed event", &n.node, || {
+        n.events_with_reason("UnprepareFailed").pop()
+    })
+    .await;
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["metadata"]["namespace"], "team-b");
+    assert_eq!(event["involvedObject"]["kind"], "ResourceClaim");
+    assert_eq!(event["involvedObject"]["uid"], uid(2001));
+    let message = event["message"].as_str().unwrap();
+    assert!(
+        message.contains("NodeUnprepareResources") && message.contains(&error),
+        "{message}"
+    );
+    validate_events(&[event]);
+}
