@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 /// Inputs per target in an ordinary test run.
 pub const DEFAULT_CASES: u32 = 256;
 /// Inputs per batch in a time-bounded run.
-const BATCH: u32 = 2_000;
+const BATCH: u32 = 500;
 
 /// Run `test` on inputs from `strategy` as the environment asks (see the
 /// module docs). `cost` scales the default case count down for targets
