@@ -19,6 +19,8 @@ pub struct HostEnv {
     pub kubeconfig: Option<PathBuf>,
     /// Set: the host serves Prometheus metrics on 127.0.0.1 at this port.
     pub metrics_port: Option<u16>,
+    /// `RUST_LOG` for the host; default `$DRA_TEST_LOG`, else `info`.
+    pub log_filter: Option<String>,
 }
 
 /// One driver in the host config.
@@ -66,6 +68,7 @@ impl HostEnv {
             cache_dir: cache_dir.to_owned(),
             kubeconfig: None,
             metrics_port: None,
+            log_filter: None,
             kubelet_root,
             cdi_dir,
             dir,
@@ -148,7 +151,10 @@ impl HostEnv {
             .args(args)
             .env(
                 "RUST_LOG",
-                std::env::var("DRA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                self.log_filter
+                    .clone()
+                    .or_else(|| std::env::var("DRA_TEST_LOG").ok())
+                    .unwrap_or_else(|| "info".into()),
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
