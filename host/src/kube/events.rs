@@ -1,6 +1,7 @@
 //! Kubernetes Events about this node's drivers (guest swaps that were refused
-//! or rolled back), so that `kubectl describe node` and `kubectl get events`
-//! show what an operator's guest update did.
+//! or rolled back, inventory devices that could not be published), so that
+//! `kubectl describe node` and `kubectl get events` show what an operator's
+//! guest update did.
 //!
 //! Events are best effort: they go through the rate-limited client in the
 //! background and a failure is only logged. Like the kubelet's own node
@@ -53,11 +54,17 @@ impl EventRecorder {
 
     /// Record an event about `driver` on this node, in the background.
     pub fn record(&self, driver: &str, kind: EventType, reason: &str, message: String) {
+        self.record_action(driver, kind, reason, "SwapGuest", message);
+    }
+
+    /// [`Self::record`] for an event whose `action` (what the host was doing)
+    /// is not a guest swap, e.g. `PublishInventory`.
+    pub fn record_action(&self, driver: &str, kind: EventType, reason: &str, action: &'static str, message: String) {
         let this = self.clone();
         let (driver, reason) = (driver.to_owned(), reason.to_owned());
         tokio::spawn(async move {
             let uid = this.node_uid().await;
-            let event = this.event(&driver, kind, &reason, message, uid);
+            let event = this.event(&driver, kind, &reason, action, message, uid);
             let api = this.api;
             let reason = event.reason.clone().unwrap_or_default();
             let result = api
@@ -93,7 +100,15 @@ impl EventRecorder {
         self.node_uid.get_or_try_init(lookup).await.ok().cloned()
     }
 
-    fn event(&self, driver: &str, kind: EventType, reason: &str, message: String, node_uid: Option<String>) -> Event {
+    fn event(
+        &self,
+        driver: &str,
+        kind: EventType,
+        reason: &str,
+        action: &str,
+        message: String,
+        node_uid: Option<String>,
+    ) -> Event {
         let now = k8s_openapi::jiff::Timestamp::now();
         Event {
             metadata: ObjectMeta {
@@ -110,8 +125,12 @@ impl EventRecorder {
                 ..Default::default()
             },
             reason: Some(reason.to_owned()),
-            // The API server rejects messages over 1 KiB.
-            message: Some(truncate(&format!("driver {driver}: {message}"), 1024)),
+            // The API server rejects messages over 1 KiB; guest text in them
+            // (versions, errors) is made inert like everywhere else.
+            message: Some(crate::guest::text::bounded(
+                &format!("driver {driver}: {message}"),
+                crate::guest::text::MESSAGE_BYTES,
+            )),
             type_: Some(kind.as_str().to_owned()),
             source: Some(EventSource {
                 component: Some(COMPONENT.to_owned()),
@@ -121,33 +140,9 @@ impl EventRecorder {
             reporting_instance: Some(format!("{COMPONENT}-{}", self.node)),
             first_timestamp: Some(Time(now)),
             last_timestamp: Some(Time(now)),
-            action: Some("SwapGuest".to_owned()),
+            action: Some(action.to_owned()),
             count: Some(1),
             ..Default::default()
         }
-    }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max - 3;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::truncate;
-
-    #[test]
-    fn long_messages_are_cut_on_a_char_boundary() {
-        assert_eq!(truncate("short", 1024), "short");
-        let long = "é".repeat(1000);
-        let cut = truncate(&long, 1024);
-        assert!(cut.len() <= 1024 && cut.ends_with("..."), "{}", cut.len());
     }
 }

@@ -1,10 +1,18 @@
 //! The `DRAPlugin` service, v1 and v1beta1 from one implementation: v1beta1
 //! answers are the v1 answers without `share_id`, as the kubelet's own
 //! v1beta1 conversion does.
+//!
+//! Answers fit the kubelet (invariant 8): a claim's error is cut to
+//! [`CLAIM_ERROR_BYTES`] with control characters escaped, and if the errors of
+//! one call would still take the answer past grpc-go's 4 MiB receive limit
+//! they are shortened further. The call never fails as a whole, and no good
+//! claim of the batch loses its devices.
 
 use crate::claim::ClaimRef;
 use crate::driver::Driver;
+use crate::guest::text;
 use dra_proto::dra::{v1, v1beta1};
+use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +22,17 @@ use tracing::Instrument;
 /// Process-wide request counter, like the Go helper's `requestID`, so the log
 /// lines of one kubelet call can be found together.
 static REQUEST_ID: AtomicU64 = AtomicU64::new(0);
+
+/// grpc-go's default receive limit, which the kubelet keeps, in bytes of
+/// the encoded message.
+pub const KUBELET_RECEIVE_LIMIT: usize = 4 << 20;
+/// What one answer may take of it: room for the gRPC and HTTP/2 framing.
+pub const ANSWER_LIMIT: usize = KUBELET_RECEIVE_LIMIT - (64 << 10);
+/// One claim's error text (its guest's message is at most
+/// [`text::MESSAGE_BYTES`] of it; the rest is the host's own words).
+pub const CLAIM_ERROR_BYTES: usize = 2048;
+/// An error is never shortened below this: an empty error reads as success.
+const MIN_ERROR_BYTES: usize = 96;
 
 #[derive(Clone)]
 pub struct DraService {
@@ -50,13 +69,15 @@ impl DraService {
                         },
                         Err(e) => v1::NodePrepareResourceResponse {
                             devices: vec![],
-                            error: e.to_string(),
+                            error: claim_error(&e),
                         },
                     };
                     (uid, response)
                 })
                 .collect();
-            v1::NodePrepareResourcesResponse { claims }
+            let mut response = v1::NodePrepareResourcesResponse { claims };
+            fit_answer(&mut response, |r| r.claims.values_mut().map(|c| &mut c.error).collect());
+            response
         }
         .instrument(span)
         .await
@@ -78,14 +99,61 @@ impl DraService {
                 .await
                 .into_iter()
                 .map(|(uid, r)| {
-                    let error = r.err().map(|e| e.to_string()).unwrap_or_default();
+                    let error = r.err().map(|e| claim_error(&e)).unwrap_or_default();
                     (uid, v1::NodeUnprepareResourceResponse { error })
                 })
                 .collect();
-            v1::NodeUnprepareResourcesResponse { claims }
+            let mut response = v1::NodeUnprepareResourcesResponse { claims };
+            fit_answer(&mut response, |r| r.claims.values_mut().map(|c| &mut c.error).collect());
+            response
         }
         .instrument(span)
         .await
+    }
+}
+
+/// A claim's error as the kubelet gets it: bounded, control characters escaped.
+fn claim_error(e: &crate::driver::OperationError) -> String {
+    text::bounded(&e.to_string(), CLAIM_ERROR_BYTES)
+}
+
+/// Shorten the error texts of an answer until it encodes to at most
+/// [`ANSWER_LIMIT`] bytes. Each error keeps a share of what is left after
+/// everything else, in proportion to its length, and never less than
+/// [`MIN_ERROR_BYTES`]; devices are never touched.
+fn fit_answer<M: Message>(answer: &mut M, errors: impl for<'a> Fn(&'a mut M) -> Vec<&'a mut String>) {
+    let size = answer.encoded_len();
+    if size <= ANSWER_LIMIT {
+        return;
+    }
+    let mut errors = errors(answer);
+    errors.retain(|e| !e.is_empty());
+    let total: usize = errors.iter().map(|e| e.len()).sum();
+    // A shorter string also needs fewer bytes for its length prefix: count
+    // a few bytes per error as spent, so one pass suffices.
+    let target = total.saturating_sub(size - ANSWER_LIMIT + 8 * errors.len());
+    for e in &mut errors {
+        let keep = ((e.len() as u128 * target as u128) / total.max(1) as u128) as usize;
+        let keep = keep.max(MIN_ERROR_BYTES);
+        if e.len() > keep {
+            **e = text::bounded(e, keep);
+        }
+    }
+    let shortened = errors.len();
+    let size_now = answer.encoded_len();
+    if size_now > ANSWER_LIMIT {
+        tracing::error!(
+            size = size_now,
+            limit = KUBELET_RECEIVE_LIMIT,
+            "the answer is still over the kubelet's receive limit with every error at its shortest"
+        );
+    } else {
+        tracing::warn!(
+            from = size,
+            to = size_now,
+            errors = shortened,
+            "claim errors shortened to keep the answer under the kubelet's 4 MiB receive limit"
+        );
     }
 }
 
@@ -173,5 +241,68 @@ impl v1beta1::dra_plugin_server::DraPlugin for DraService {
             .map(|(uid, r)| (uid, v1beta1::NodeUnprepareResourceResponse { error: r.error }))
             .collect();
         Ok(Response::new(v1beta1::NodeUnprepareResourcesResponse { claims }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(n: usize) -> v1::Device {
+        v1::Device {
+            request_names: vec!["gpu".into()],
+            pool_name: "node-a".into(),
+            device_name: format!("gpu-{n}"),
+            cdi_device_ids: vec![format!("k8s.gpu.example.com/device=uid_gpu-{n}")],
+            share_id: None,
+        }
+    }
+
+    #[test]
+    fn errors_are_shortened_to_fit_and_good_claims_keep_their_devices() {
+        // 3,000 failed claims with 2 KiB errors (6 MiB) and one good claim.
+        let mut claims: HashMap<String, v1::NodePrepareResourceResponse> = (0..3000)
+            .map(|i| {
+                let response = v1::NodePrepareResourceResponse {
+                    devices: vec![],
+                    error: format!("claim {i}: {}", "e".repeat(CLAIM_ERROR_BYTES - 20)),
+                };
+                (format!("uid-{i}"), response)
+            })
+            .collect();
+        let good = v1::NodePrepareResourceResponse {
+            devices: (0..8).map(device).collect(),
+            error: String::new(),
+        };
+        claims.insert("good".into(), good.clone());
+        let mut answer = v1::NodePrepareResourcesResponse { claims };
+        assert!(answer.encoded_len() > KUBELET_RECEIVE_LIMIT);
+
+        fit_answer(&mut answer, |r| r.claims.values_mut().map(|c| &mut c.error).collect());
+        assert!(answer.encoded_len() <= ANSWER_LIMIT, "{}", answer.encoded_len());
+        assert_eq!(answer.claims.len(), 3001);
+        assert_eq!(answer.claims["good"], good);
+        for (uid, c) in &answer.claims {
+            if uid != "good" {
+                assert!(c.error.starts_with("claim "), "{:?}", c.error);
+                assert!(c.error.ends_with("bytes cut]"), "{:?}", c.error);
+            }
+        }
+    }
+
+    #[test]
+    fn an_answer_under_the_limit_is_left_alone() {
+        let mut answer = v1::NodeUnprepareResourcesResponse {
+            claims: [(
+                "a".to_owned(),
+                v1::NodeUnprepareResourceResponse {
+                    error: "x".repeat(4000),
+                },
+            )]
+            .into(),
+        };
+        let before = answer.clone();
+        fit_answer(&mut answer, |r| r.claims.values_mut().map(|c| &mut c.error).collect());
+        assert_eq!(answer, before);
     }
 }
