@@ -71,6 +71,14 @@ pub struct Metrics {
     guest_swap_duration: Family<DriverLabel, Histogram>,
     /// The `guest_info` series of each driver, to remove it on a swap.
     guest_info_current: std::sync::Mutex<std::collections::HashMap<String, GuestInfoLabels>>,
+    policy_rejections: Family<RuleLabels, Counter>,
+    inventory_invalid_devices: Family<DriverLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    driver: String,
+    rule: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -189,7 +197,21 @@ impl Metrics {
             "From noticing a changed guest file to the new component serving (load, checks, self-test, swap)",
             guest_swap_duration.clone(),
         );
+        let policy_rejections = Family::default();
+        registry.register(
+            "policy_rejections",
+            "Guest prepare answers refused by the driver's policy, by the rule that refused them (a policy key, or allocation, bounds, format)",
+            policy_rejections.clone(),
+        );
+        let inventory_invalid_devices = Family::default();
+        registry.register(
+            "inventory_invalid_devices",
+            "Devices of the guest's inventory left out of the ResourceSlices because the API server would reject them",
+            inventory_invalid_devices.clone(),
+        );
         Arc::new(Self {
+            policy_rejections,
+            inventory_invalid_devices,
             registry,
             guest_swaps,
             guest_swap_duration,
@@ -332,6 +354,23 @@ impl Metrics {
                 verb,
             })
             .inc();
+    }
+
+    pub fn policy_rejection(&self, driver: &str, rule: &'static str) {
+        self.policy_rejections
+            .get_or_create(&RuleLabels {
+                driver: driver.to_owned(),
+                rule,
+            })
+            .inc();
+    }
+
+    pub fn set_inventory_invalid_devices(&self, driver: &str, n: usize) {
+        self.inventory_invalid_devices
+            .get_or_create(&DriverLabel {
+                driver: driver.to_owned(),
+            })
+            .set(n as i64);
     }
 
     pub fn slice_sync_error(&self, driver: &str) {
