@@ -27,13 +27,16 @@ async fn gpu_node(n: u32) -> GpuNode {
     gpus::write_gpus_file(&gpus_file, n).unwrap();
     let driver_root = env.dir().join("driver-root");
     gpus::write_driver_root(&driver_root).unwrap();
+    let device_root = env.dir().join("device-root");
+    gpus::write_device_root(&device_root, n).unwrap();
     let events = env.dir().join("nvml-events.sock");
     let tables = format!(
         "[nvml]\ndriver_root = {driver_root:?}\n[nvml.simulated]\ngpus = {gpus_file:?}\nevents_socket = {events:?}\n"
     );
     let spec = DriverSpec::new(GPU, &guest("gpu_driver.wasm"))
         .extra(&format!(
-            "grants = [\"nvml\"]\n[drivers.policy]\nmount_host_prefixes = [{driver_root:?}]\n"
+            "grants = [\"nvml\"]\n{}",
+            gpus::policy_toml(&device_root, &driver_root)
         ))
         .config("sharing = { defaultMemory = \"5Gi\", memoryStep = \"5Gi\" }");
     let node = Node::start_in(env, vec![spec], "", &tables).await;
@@ -146,6 +149,20 @@ async fn whole_gpu_and_two_shares_prepare_separately() {
             "/dev/nvidia-uvm-tools"
         ]
     );
+    // The type and numbers the host read from the nodes (the guest gives none).
+    let numbers: Vec<(&str, i64, i64)> = edits["deviceNodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["type"].as_str().unwrap(),
+                n["major"].as_i64().unwrap(),
+                n["minor"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(numbers, [("c", 195, 0), ("c", 195, 255), ("c", 510, 0), ("c", 510, 1)]);
     let mounts: Vec<&str> = edits["mounts"]
         .as_array()
         .unwrap()

@@ -235,13 +235,13 @@ impl exports::dra::driver::device_driver::Guest for Faulty {
                     }),
                 });
             }
-        } else if name.starts_with("badenv") {
-            if let Some(d) = devices.first_mut() {
-                d.edits.env.push(EnvVar {
-                    name: "A=B".into(),
-                    value: "x".into(),
-                });
-            }
+        } else if name.starts_with("badenv")
+            && let Some(d) = devices.first_mut()
+        {
+            d.edits.env.push(EnvVar {
+                name: "A=B".into(),
+                value: "x".into(),
+            });
         }
         Ok(PreparedClaim { devices, state })
     }
