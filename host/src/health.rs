@@ -114,7 +114,12 @@ impl Health {
         let mut changed = 0;
         for r in reports {
             let Some(current) = devices.get_mut(&(r.pool.clone(), r.device.clone())) else {
-                tracing::warn!(driver = %self.driver, pool = %r.pool, device = %r.device, "guest reported health of a device it does not publish; ignored");
+                tracing::warn!(
+                    driver = %self.driver,
+                    pool = %crate::guest::text::quoted(&r.pool),
+                    device = %crate::guest::text::quoted(&r.device),
+                    "guest reported health of a device it does not publish; ignored"
+                );
                 continue;
             };
             let status = match r.status {
@@ -126,7 +131,13 @@ impl Health {
             if current.status == status && current.message == message {
                 continue;
             }
-            tracing::warn!(driver = %self.driver, pool = %r.pool, device = %r.device, from = current.status.as_str(), to = status.as_str(), message = %message, "device health changed");
+            tracing::warn!(
+                driver = %self.driver,
+                pool = %crate::guest::text::quoted(&r.pool),
+                device = %crate::guest::text::quoted(&r.device),
+                from = current.status.as_str(), to = status.as_str(), message = %message,
+                "device health changed"
+            );
             current.status = status;
             current.message = message;
             current.updated = now();

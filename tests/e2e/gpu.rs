@@ -287,6 +287,38 @@ async fn health_streams_end_when_the_host_stops() {
     );
 }
 
+/// Base-spec mode (the worked NVIDIA example of docs/operations.md): the
+/// guest references the GPU in the operator's `nvidia.com/gpu` CDI spec by
+/// its uuid, which the policy checks against the allocated GPU's `uuid`
+/// attribute; no device nodes or mounts of the guest's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_spec_mode_references_the_allocated_gpu_by_uuid() {
+    let env = HostEnv::new(&cache_dir()).unwrap();
+    let gpus_file = env.dir().join("gpus.json");
+    gpus::write_gpus_file(&gpus_file, 2).unwrap();
+    let events = env.dir().join("nvml-events.sock");
+    let tables = format!("[nvml.simulated]\ngpus = {gpus_file:?}\nevents_socket = {events:?}\n");
+    let spec = DriverSpec::new(GPU, &guest("gpu_driver.wasm"))
+        .extra(
+            "grants = [\"nvml\"]\n[drivers.policy]\n\
+             cdi_devices = [{ kind = \"nvidia.com/gpu\", name_attribute = \"uuid\" }]\n",
+        )
+        .config("cdi = { mode = \"base-spec\", kind = \"nvidia.com/gpu\" }");
+    let mut node = Node::start_in(env, vec![spec], "", &tables).await;
+    let claim = Claim::new("ml", "by-uuid", &uid(1)).device(GPU, "test-node", "gpu-1", "gpu");
+    node.claims.put(std::slice::from_ref(&claim)).unwrap();
+    let answer = node.plugin.prepare(&[claim.reference()]).await.unwrap();
+    let a = &answer[&uid(1)];
+    assert_eq!(a.error, "");
+    assert!(
+        a.devices[0].cdi_device_ids.contains(&format!("nvidia.com/gpu={}", gpus::uuid(1))),
+        "{:?}",
+        a.devices[0].cdi_device_ids
+    );
+    let edits = &spec_of(&node, &uid(1))["devices"][0]["containerEdits"];
+    assert!(edits["deviceNodes"].is_null() && edits["mounts"].is_null(), "{edits}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gpu_guest_without_the_nvml_grant_is_refused_at_load() {
     let env = HostEnv::new(&cache_dir()).unwrap();

@@ -18,7 +18,8 @@
 //!   names them, with options from an allow-list (`mount_options` adds);
 //! - hooks: programs named by `hook_paths` (and the host's own network
 //!   attach hook, with exactly the arguments the host hands out);
-//! - network devices: only when `allow_net_devices`;
+//! - network devices: only when `allow_net_devices`, and only interfaces
+//!   named by `net_host_interfaces` (by default the links the host creates);
 //! - references to operator CDI devices (`nvidia.com/gpu=<uuid>`): kinds in
 //!   `cdi_devices`, the name equal to an attribute of the allocated device
 //!   (its `uuid`), `all` only when allowed;
@@ -58,6 +59,7 @@ pub struct Policy {
     pub mount_options: Vec<String>,
     pub hook_paths: Vec<String>,
     pub allow_net_devices: bool,
+    pub net_host_interfaces: Vec<String>,
     pub cdi_devices: Vec<CdiDeviceRule>,
     pub max_cdi_spec_bytes: usize,
     /// Set by the host (never from the config) for drivers granted `net`:
@@ -105,9 +107,15 @@ struct PolicyConfig {
     /// paths). Default: none.
     #[serde(default)]
     hook_paths: Vec<String>,
-    /// Whether a guest may move host network interfaces into containers.
+    /// Whether a guest may move host network interfaces into containers
+    /// (CDI `netDevices`).
     #[serde(default)]
     allow_net_devices: bool,
+    /// Which host interfaces it may move, by name or glob. Default `dwh*`:
+    /// only the links the host creates for a driver granted `net`, never a
+    /// NIC of the node.
+    #[serde(default = "default_net_host_interfaces")]
+    net_host_interfaces: Vec<String>,
     /// Operator-installed CDI devices a guest may reference by ID.
     #[serde(default)]
     cdi_devices: Vec<CdiDeviceRule>,
@@ -163,6 +171,10 @@ fn default_device_root() -> PathBuf {
     PathBuf::from("/")
 }
 
+fn default_net_host_interfaces() -> Vec<String> {
+    vec![format!("{}*", crate::imports::net::LINK_PREFIX)]
+}
+
 fn default_max_cdi_spec_bytes() -> usize {
     256 << 10
 }
@@ -178,6 +190,7 @@ impl Default for Policy {
             mount_options: vec![],
             hook_paths: vec![],
             allow_net_devices: false,
+            net_host_interfaces: default_net_host_interfaces(),
             cdi_devices: vec![],
             max_cdi_spec_bytes: default_max_cdi_spec_bytes(),
             attach_hook: None,
@@ -226,6 +239,9 @@ impl TryFrom<PolicyConfig> for Policy {
                 return Err(format!("mount_options: {o:?} is not one mount option"));
             }
         }
+        for n in &c.net_host_interfaces {
+            paths::check_name_glob(n).map_err(|why| format!("net_host_interfaces: {why}"))?;
+        }
         for h in &c.hook_paths {
             paths::check_clean(h).map_err(|why| format!("hook_paths: {h:?} {why}"))?;
         }
@@ -257,6 +273,7 @@ impl TryFrom<PolicyConfig> for Policy {
             mount_options: c.mount_options,
             hook_paths: c.hook_paths,
             allow_net_devices: c.allow_net_devices,
+            net_host_interfaces: c.net_host_interfaces,
             cdi_devices: c.cdi_devices,
             max_cdi_spec_bytes: c.max_cdi_spec_bytes,
             attach_hook: None,
@@ -333,6 +350,7 @@ pub enum Rule {
     MountOptions,
     HookPaths,
     AllowNetDevices,
+    NetHostInterfaces,
     CdiDevices,
     MaxCdiSpecBytes,
 }
@@ -352,6 +370,7 @@ impl Rule {
             Rule::MountOptions => "mount_options",
             Rule::HookPaths => "hook_paths",
             Rule::AllowNetDevices => "allow_net_devices",
+            Rule::NetHostInterfaces => "net_host_interfaces",
             Rule::CdiDevices => "cdi_devices",
             Rule::MaxCdiSpecBytes => "max_cdi_spec_bytes",
         }
@@ -685,6 +704,20 @@ impl Policy {
                     );
                 }
             }
+            if !self
+                .net_host_interfaces
+                .iter()
+                .any(|p| paths::name_matches(p, &n.host_interface_name))
+            {
+                return refuse(
+                    format!("netDevices[{i}] {}", quoted(&n.host_interface_name)),
+                    Rule::NetHostInterfaces,
+                    format!(
+                        "not in net_host_interfaces {:?}: the runtime would move this interface of the node into the pod",
+                        self.net_host_interfaces
+                    ),
+                );
+            }
         }
         Ok(())
     }
@@ -864,10 +897,8 @@ impl Policy {
 
 /// An allowed mount option (exact, or a glob such as `size=*`) covers `o`.
 fn glob_option(allowed: &str, o: &str) -> bool {
-    // Options are matched as one path component: `*` never spans a `/`,
-    // so `lowerdir=*` does not allow `lowerdir=/`.
-    allowed == o
-        || (!o.contains('/') && PathRule::parse(&format!("/{allowed}")).is_ok_and(|r| r.matches(&format!("/{o}"))))
+    // A glob never matches a `/`, so `lowerdir=*` does not allow `lowerdir=/`.
+    allowed == o || paths::name_matches(allowed, o)
 }
 
 /// `vendor/class` as CDI writes kinds.

@@ -87,6 +87,20 @@ impl PathRule {
     }
 }
 
+/// Whether a glob of one component (no `/`) covers `name`: interface
+/// names, mount options.
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    !name.contains('/') && glob(pattern.as_bytes(), name.as_bytes())
+}
+
+/// Whether a glob of one component is well formed.
+pub fn check_name_glob(pattern: &str) -> Result<(), String> {
+    if pattern.is_empty() || pattern.contains(['/', '\0']) {
+        return Err(format!("{pattern:?} is not one name or glob"));
+    }
+    check_glob(pattern)
+}
+
 /// Whether any rule covers `path`.
 pub fn any_matches(rules: &[PathRule], path: &str) -> bool {
     rules.iter().any(|r| r.matches(path))

@@ -350,15 +350,23 @@ fn hooks_and_network_devices_need_the_operator() {
     };
     check(&p, &mut prepared(with(hook("/opt/hooks/ldcache")))).unwrap();
     assert_eq!(refused(&p, with(hook("/bin/sh"))).0, Rule::HookPaths);
-    let nic = ContainerEdits {
+    let nic = |host: &str| ContainerEdits {
         net_devices: vec![NetDevice {
-            host_interface_name: "eth0".into(),
+            host_interface_name: host.into(),
             name: "net1".into(),
         }],
         ..edits()
     };
-    assert_eq!(refused(&p, nic.clone()).0, Rule::AllowNetDevices);
-    check(&policy("allow_net_devices = true"), &mut prepared(nic)).unwrap();
+    assert_eq!(refused(&p, nic("dwh0123456789ab")).0, Rule::AllowNetDevices);
+    // Allowed: the links the host creates, never a NIC of the node unless named.
+    let net = policy("allow_net_devices = true");
+    check(&net, &mut prepared(nic("dwh0123456789ab"))).unwrap();
+    let (rule, text) = refused(&net, nic("eth0"));
+    assert_eq!(rule, Rule::NetHostInterfaces);
+    assert!(text.contains("\"eth0\"") && text.contains("[\"dwh*\"]"), "{text}");
+    let eth1 = policy("allow_net_devices = true\nnet_host_interfaces = [\"eth1\"]");
+    check(&eth1, &mut prepared(nic("eth1"))).unwrap();
+    assert_eq!(refused(&eth1, nic("eth0")).0, Rule::NetHostInterfaces);
 }
 
 #[test]
@@ -496,7 +504,75 @@ fn policy_config_errors_name_the_key_and_the_replacement() {
     assert!(err("cdi_devices = [{ kind = \"gpu\", name_attribute = \"uuid\" }]").contains("vendor/class"));
     assert!(err("cdi_devices = [{ kind = \"nvidia.com/gpu\" }]").contains("name_attribute"));
     assert!(err("max_cdi_spec_bytes = 100").contains("max_cdi_spec_bytes"));
+    assert!(err("net_host_interfaces = [\"a/b\"]").contains("net_host_interfaces"));
     assert!(err("device_nodez = []").contains("device_nodez"));
+}
+
+/// The TOML blocks of docs/operations.md's policy section, in order.
+fn documented_policies() -> Vec<String> {
+    let doc = include_str!("../../../docs/operations.md");
+    let section = &doc[doc.find("## The policy model").expect("the policy section")..];
+    let section = &section[..section.find("## Guest text").expect("the next section")];
+    section
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b[..b.find("```").expect("a closed block")].to_owned())
+        .collect()
+}
+
+/// The `[drivers.policy]` table of a documented block.
+fn documented_policy(block: &str) -> Policy {
+    let table: toml::Table = toml::from_str(block).unwrap_or_else(|e| panic!("{block}: {e}"));
+    let policy = table["drivers"]["policy"].clone();
+    policy.try_into().unwrap_or_else(|e| panic!("{block}: {e}"))
+}
+
+#[test]
+fn the_worked_examples_of_the_operations_guide_hold() {
+    let blocks = documented_policies();
+    assert_eq!(blocks.len(), 3, "GPU operator, driver on the node, macvlan");
+    let operator = documented_policy(&blocks[0]);
+    assert_eq!(operator.device_root, std::path::Path::new("/host"));
+    assert!(paths::any_matches(&operator.mount_host_paths, "/run/nvidia/driver/usr/lib64/libcuda.so.580.159.04"));
+    assert!(!paths::any_matches(&operator.mount_host_paths, "/run/nvidia/driverx/etc"));
+    assert_eq!(operator.cdi_devices[0].name_attribute, "uuid");
+
+    // Driver on the node: what the GPU guest mounts is allowed, nothing else.
+    let on_node = documented_policy(&blocks[1]);
+    for ok in [
+        "/usr/lib/x86_64-linux-gnu/libcuda.so.580.159.04",
+        "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.580.159.04",
+        "/usr/lib/x86_64-linux-gnu/libnvidia-ptxjitcompiler.so.580.159.04",
+        "/usr/bin/nvidia-smi",
+        "/usr/bin/nvidia-cuda-mps-server",
+        "/lib/firmware/nvidia/580.159.04/gsp_ga10x.bin",
+    ] {
+        assert!(paths::any_matches(&on_node.mount_host_paths, ok), "{ok}");
+    }
+    for no in [
+        "/usr/lib/x86_64-linux-gnu/libc.so.6",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/bin/bash",
+        "/etc/shadow",
+        "/lib/firmware/nvidia/580.159.04/sub/x.bin",
+    ] {
+        assert!(!paths::any_matches(&on_node.mount_host_paths, no), "{no}");
+    }
+    for (node, ok) in [
+        ("/dev/nvidia0", true),
+        ("/dev/nvidia15", true),
+        ("/dev/nvidiactl", true),
+        ("/dev/nvidia-uvm-tools", true),
+        ("/dev/nvidia-modeset", false),
+        ("/dev/sda", false),
+    ] {
+        assert_eq!(paths::any_matches(&on_node.device_nodes, node), ok, "{node}");
+    }
+
+    let macvlan = documented_policy(&blocks[2]);
+    assert!(macvlan.allow_net_devices);
+    assert_eq!(macvlan.net_host_interfaces, ["dwh*"]);
+    assert!(macvlan.device_nodes.is_empty() && macvlan.mount_host_paths.is_empty());
 }
 
 /// Property tests: `PROPTEST_CASES` sets how many (256 by default; see
@@ -630,7 +706,7 @@ mod properties {
     }
 
     fn net_device() -> impl Strategy<Value = NetDevice> {
-        (pick(&["mv0", "eth0", "", "a/b"]), pick(&["net1", "net2", ""])).prop_map(|(h, n)| NetDevice {
+        (pick(&["dwh0123456789ab", "dwh1", "eth0", "", "a/b"]), pick(&["net1", "net2", ""])).prop_map(|(h, n)| NetDevice {
             host_interface_name: h.into(),
             name: n.into(),
         })
@@ -855,6 +931,11 @@ mod properties {
             }
             if !e.net_devices.is_empty() && !allow_net {
                 return Err("network devices".into());
+            }
+            for n in &e.net_devices {
+                if !n.host_interface_name.starts_with("dwh") {
+                    return Err(format!("network device {}", n.host_interface_name));
+                }
             }
             for id in &d.cdi_device_ids {
                 let own = if d.device == "d" { "UUID-D" } else { "UUID-E" };
