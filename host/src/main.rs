@@ -174,8 +174,7 @@ fn main() -> std::process::ExitCode {
 fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    // Colours only on a terminal: in a file or a pod's log they are noise
-    // (and an escape character there is never ours).
+    // Colours only on a terminal: in a pod log or a file, escape codes are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -69,6 +69,8 @@ pub struct Metrics {
     slice_sync_errors: Family<DriverLabel, Counter>,
     guest_swaps: Family<SwapLabels, Counter>,
     guest_swap_duration: Family<DriverLabel, Histogram>,
+    http2_authority_replaced: Family<SocketLabels, Counter>,
+    http2_refusals: Family<RefusalLabels, Counter>,
     /// The `guest_info` series of each driver, to remove it on a swap.
     guest_info_current: std::sync::Mutex<std::collections::HashMap<String, GuestInfoLabels>>,
     policy_rejections: Family<RuleLabels, Counter>,
@@ -79,6 +81,20 @@ pub struct Metrics {
 struct RuleLabels {
     driver: String,
     rule: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SocketLabels {
+    driver: String,
+    socket: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    driver: String,
+    socket: &'static str,
+    scope: &'static str,
+    code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -209,10 +225,24 @@ impl Metrics {
             "Devices of the guest's inventory left out of the ResourceSlices because the API server would reject them",
             inventory_invalid_devices.clone(),
         );
+        let http2_authority_replaced = Family::default();
+        registry.register(
+            "http2_authority_replaced",
+            "Requests whose :authority the HTTP/2 server would refuse (a socket path, as grpc-go and grpcio send on Unix sockets), replaced with localhost, by driver and socket",
+            http2_authority_replaced.clone(),
+        );
+        let http2_refusals = Family::default();
+        registry.register(
+            "http2_refusals",
+            "Requests (scope=stream, RST_STREAM) and connections (scope=connection, GOAWAY) the HTTP/2 server refused, by driver, socket and HTTP/2 error code",
+            http2_refusals.clone(),
+        );
         Arc::new(Self {
             policy_rejections,
             inventory_invalid_devices,
             registry,
+            http2_authority_replaced,
+            http2_refusals,
             guest_swaps,
             guest_swap_duration,
             guest_info_current: Default::default(),
@@ -377,6 +407,26 @@ impl Metrics {
         self.slice_sync_errors
             .get_or_create(&DriverLabel {
                 driver: driver.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn http2_authority_replaced(&self, driver: &str, socket: &'static str) {
+        self.http2_authority_replaced
+            .get_or_create(&SocketLabels {
+                driver: driver.to_owned(),
+                socket,
+            })
+            .inc();
+    }
+
+    pub fn http2_refusal(&self, driver: &str, socket: &'static str, scope: &'static str, code: &'static str) {
+        self.http2_refusals
+            .get_or_create(&RefusalLabels {
+                driver: driver.to_owned(),
+                socket,
+                scope,
+                code,
             })
             .inc();
     }

@@ -2,7 +2,13 @@
 //! sockets, as the kubelet sees it: gRPC, claim lookup, guest call, policy
 //! check, CDI spec written durably, checkpoint committed durably.
 //!
-//! Run: `cargo bench --bench prepare` (options after `--`: `--iterations N`).
+//! Run: `cargo bench --bench prepare` (options after `--`: `--iterations N`,
+//! `--baseline PATH`).
+//!
+//! `--baseline PATH` runs the same workload against a second binary (say a
+//! release build of an earlier commit) in alternating batches, so that both
+//! see the same machine at the same time, and reports the ratios: on these
+//! shared machines only figures from one run compare.
 //!
 //! The CDI directory is put on a tmpfs (`/dev/shm`) when one is available,
 //! as `/var/run/cdi` is on real nodes; the checkpoint stays on the disk
@@ -10,98 +16,199 @@
 
 use dra_test_support::bench::{Latencies, arg};
 use dra_test_support::claims::{Claim, ClaimsFile, uid};
-use dra_test_support::host::{DriverSpec, HostEnv};
-use dra_test_support::kubelet::TestKubelet;
-use std::path::PathBuf;
+use dra_test_support::host::{DriverSpec, HostEnv, HostProcess};
+use dra_test_support::kubelet::{ClaimRef, Plugin, TestKubelet};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const DRIVER: &str = "example.dra.dev";
+const WARMUP: usize = 100;
+/// Iterations each binary runs before the other takes its turn.
+const BATCH: usize = 50;
 
 fn main() {
     let iterations = arg("--iterations", 2000usize);
+    let baseline: Option<PathBuf> = arg("--baseline", String::new())
+        .parse()
+        .ok()
+        .filter(|p: &PathBuf| !p.as_os_str().is_empty());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    rt.block_on(run(iterations));
+    rt.block_on(run(iterations, baseline));
 }
 
-async fn run(iterations: usize) {
-    let target_tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let env = HostEnv::new(&target_tmp.join("bench-guest-cache")).expect("node layout");
-    let shm = PathBuf::from("/dev/shm");
-    let cdi_on_tmpfs = shm.is_dir() && tempfile::tempdir_in(&shm).is_ok();
-    let cdi_dir = if cdi_on_tmpfs {
-        tempfile::tempdir_in(&shm).expect("tmpfs dir").keep()
-    } else {
-        env.cdi_dir.clone()
-    };
-    let guest = PathBuf::from(dra_wasm_host::BUILT_GUESTS_DIR).join("example_driver.wasm");
-    env.write_config(&[DriverSpec::new(DRIVER, &guest).config("devices = 8")], "")
-        .expect("config");
-    let config = std::fs::read_to_string(&env.config_path).expect("config");
-    let config = config.replace(
-        &format!("cdi_dir = {:?}", env.cdi_dir),
-        &format!("cdi_dir = {cdi_dir:?}"),
-    );
-    std::fs::write(&env.config_path, config).expect("config");
-
-    let mut claims = ClaimsFile::new(&env.claims_path).expect("claims");
-    let claim = Claim::new("default", "bench", &uid(1)).device(DRIVER, "test-node", "gpu-3", "gpu");
-    claims.put(std::slice::from_ref(&claim)).expect("claims");
-    let reference = claim.reference();
-
-    let kubelet = TestKubelet::start(&env.kubelet_root).expect("kubelet");
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_dra-wasm-host"));
+async fn run(iterations: usize, baseline: Option<PathBuf>) {
     // Quiet logs: the benchmark measures the host, not its log volume.
     // SAFETY: single-threaded at this point of start-up; no other thread reads the environment.
     unsafe { std::env::set_var("DRA_TEST_LOG", "warn") };
-    let mut host = env.start(&binary).expect("host");
-    let plugin = kubelet
-        .wait_for_plugin(DRIVER, Duration::from_secs(120))
-        .await
-        .expect("registration");
+    let mut subjects = vec![Subject::start("this build", Path::new(env!("CARGO_BIN_EXE_dra-wasm-host"))).await];
+    if let Some(path) = &baseline {
+        subjects.push(Subject::start("baseline", path).await);
+    }
+    for s in &mut subjects {
+        s.iterate(WARMUP, false).await;
+    }
+    let mut done = 0;
+    while done < iterations {
+        let n = BATCH.min(iterations - done);
+        for s in &mut subjects {
+            s.iterate(n, true).await;
+        }
+        done += n;
+    }
 
-    let mut prepare = Vec::with_capacity(iterations);
-    let mut repeat = Vec::with_capacity(iterations);
-    let mut unprepare = Vec::with_capacity(iterations);
-    let warmup = 100;
-    for i in 0..iterations + warmup {
-        let t = Instant::now();
-        let a = plugin.prepare(std::slice::from_ref(&reference)).await.expect("prepare");
-        let p = t.elapsed();
-        assert_eq!(a[&uid(1)].error, "", "prepare failed");
-        let t = Instant::now();
-        plugin
-            .prepare(std::slice::from_ref(&reference))
+    println!(
+        "prepare latency over the kubelet UDS path, {iterations} iterations per binary \
+         (example guest, 1 claim, 1 device; CDI dir on {})",
+        if subjects[0].cdi_on_tmpfs {
+            "tmpfs (/dev/shm)"
+        } else {
+            "disk"
+        }
+    );
+    for s in &subjects {
+        println!("  {} ({}):", s.label, s.binary.display());
+        let iteration_cpu = s.cpu.as_secs_f64() * 1e6 / s.prepare.len() as f64;
+        report("prepare (guest call + CDI write + durable checkpoint)", &s.prepare);
+        report("prepare repeated (answered from the checkpoint)", &s.repeat);
+        report("unprepare (guest call + CDI remove + checkpoint remove)", &s.unprepare);
+        println!(
+            "    host CPU (user+system) per iteration (prepare + repeated prepare + unprepare): {iteration_cpu:.0} µs"
+        );
+    }
+    if let [this, base] = &subjects[..] {
+        let (a, b) = (latencies(&this.prepare), latencies(&base.prepare));
+        let ratio = |x: Duration, y: Duration| x.as_secs_f64() / y.as_secs_f64();
+        println!(
+            "  this build / baseline: prepare p50 {:.2}×, p99 {:.2}×; host CPU per iteration {:.2}×",
+            ratio(a.p50, b.p50),
+            ratio(a.p99, b.p99),
+            ratio(this.cpu, base.cpu),
+        );
+    }
+    for mut s in subjects {
+        s.stop();
+    }
+}
+
+/// One host binary under test, with its own node, kubelet and samples.
+struct Subject {
+    label: &'static str,
+    binary: PathBuf,
+    _env: HostEnv,
+    _kubelet: TestKubelet,
+    host: HostProcess,
+    plugin: Plugin,
+    reference: ClaimRef,
+    cdi_dir: PathBuf,
+    cdi_on_tmpfs: bool,
+    prepare: Vec<Duration>,
+    repeat: Vec<Duration>,
+    unprepare: Vec<Duration>,
+    /// Host CPU time (user + system) over the recorded iterations.
+    cpu: Duration,
+}
+
+impl Subject {
+    async fn start(label: &'static str, binary: &Path) -> Subject {
+        let target_tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let env = HostEnv::new(&target_tmp.join("bench-guest-cache")).expect("node layout");
+        let shm = PathBuf::from("/dev/shm");
+        let cdi_on_tmpfs = shm.is_dir() && tempfile::tempdir_in(&shm).is_ok();
+        let cdi_dir = if cdi_on_tmpfs {
+            tempfile::tempdir_in(&shm).expect("tmpfs dir").keep()
+        } else {
+            env.cdi_dir.clone()
+        };
+        let guest = PathBuf::from(dra_wasm_host::BUILT_GUESTS_DIR).join("example_driver.wasm");
+        env.write_config(&[DriverSpec::new(DRIVER, &guest).config("devices = 8")], "")
+            .expect("config");
+        let config = std::fs::read_to_string(&env.config_path).expect("config");
+        let config = config.replace(
+            &format!("cdi_dir = {:?}", env.cdi_dir),
+            &format!("cdi_dir = {cdi_dir:?}"),
+        );
+        std::fs::write(&env.config_path, config).expect("config");
+
+        let mut claims = ClaimsFile::new(&env.claims_path).expect("claims");
+        let claim = Claim::new("default", "bench", &uid(1)).device(DRIVER, "test-node", "gpu-3", "gpu");
+        claims.put(std::slice::from_ref(&claim)).expect("claims");
+
+        let kubelet = TestKubelet::start(&env.kubelet_root).expect("kubelet");
+        let host = env.start(binary).expect("host");
+        let plugin = kubelet
+            .wait_for_plugin(DRIVER, Duration::from_secs(120))
             .await
-            .expect("repeat prepare");
-        let r = t.elapsed();
-        let t = Instant::now();
-        let u = plugin
-            .unprepare(std::slice::from_ref(&reference))
-            .await
-            .expect("unprepare");
-        let up = t.elapsed();
-        assert_eq!(u[&uid(1)], "", "unprepare failed");
-        if i >= warmup {
-            prepare.push(p);
-            repeat.push(r);
-            unprepare.push(up);
+            .unwrap_or_else(|e| panic!("{}: {e:#}\nhost log:\n{}", binary.display(), host.log()));
+        Subject {
+            label,
+            binary: binary.to_owned(),
+            _env: env,
+            _kubelet: kubelet,
+            host,
+            plugin,
+            reference: claim.reference(),
+            cdi_dir,
+            cdi_on_tmpfs,
+            prepare: Vec::new(),
+            repeat: Vec::new(),
+            unprepare: Vec::new(),
+            cpu: Duration::ZERO,
         }
     }
-    host.terminate(Duration::from_secs(20)).expect("clean stop");
-    if cdi_on_tmpfs {
-        let _ = std::fs::remove_dir_all(&cdi_dir);
+
+    /// `n` iterations of prepare, repeated prepare, unprepare.
+    async fn iterate(&mut self, n: usize, record: bool) {
+        let reference = std::slice::from_ref(&self.reference);
+        let cpu_before = cpu_time(self.host.pid());
+        for _ in 0..n {
+            let t = Instant::now();
+            let a = self.plugin.prepare(reference).await.expect("prepare");
+            let p = t.elapsed();
+            assert_eq!(a[&uid(1)].error, "", "prepare failed");
+            let t = Instant::now();
+            self.plugin.prepare(reference).await.expect("repeat prepare");
+            let r = t.elapsed();
+            let t = Instant::now();
+            let u = self.plugin.unprepare(reference).await.expect("unprepare");
+            let up = t.elapsed();
+            assert_eq!(u[&uid(1)], "", "unprepare failed");
+            if record {
+                self.prepare.push(p);
+                self.repeat.push(r);
+                self.unprepare.push(up);
+            }
+        }
+        if record {
+            self.cpu += cpu_time(self.host.pid()).saturating_sub(cpu_before);
+        }
     }
 
-    println!("prepare latency over the kubelet UDS path, {iterations} iterations (example guest, 1 claim, 1 device)");
-    println!("  CDI dir: {}", if cdi_on_tmpfs { "tmpfs (/dev/shm)" } else { "disk" });
-    report("prepare (guest call + CDI write + durable checkpoint)", &prepare);
-    report("prepare repeated (answered from the checkpoint)", &repeat);
-    report("unprepare (guest call + CDI remove + checkpoint remove)", &unprepare);
+    fn stop(&mut self) {
+        self.host.terminate(Duration::from_secs(20)).expect("clean stop");
+        if self.cdi_on_tmpfs {
+            let _ = std::fs::remove_dir_all(&self.cdi_dir);
+        }
+    }
+}
+
+/// User + system CPU time of a process so far, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("host's /proc stat");
+    // Fields after the command name (which may hold spaces) start at state (3).
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}
+
+fn latencies(samples: &[Duration]) -> Latencies {
+    Latencies::of(samples).expect("samples")
 }
 
 fn report(what: &str, samples: &[Duration]) {
-    println!("  {what}: {}", Latencies::of(samples).expect("samples"));
+    println!("    {what}: {}", latencies(samples));
 }

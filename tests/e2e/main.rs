@@ -3,10 +3,12 @@
 
 mod api;
 mod common;
+mod deadlines;
 mod faults;
 mod gpu;
 mod guest_text;
 mod inventory;
+mod kubelet_clients;
 mod lifecycle;
 mod manifests;
 mod net;
@@ -15,3 +17,4 @@ mod prepare;
 mod registration;
 mod rolling;
 mod swap;
+mod wire;

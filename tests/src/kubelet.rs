@@ -3,7 +3,8 @@
 //! What it does, as the kubelet does (see shared/reference §1.3, §2.4, §2.5):
 //! - watches `<root>/plugins_registry` with inotify (and walks it at start),
 //!   considering only Unix sockets whose names do not start with `.`;
-//! - for a new socket: dials it, calls `GetInfo` with a 1 s timeout, checks
+//! - for a new socket: dials it with the `:authority` the kubelet's grpc-go
+//!   sends (the percent-encoded socket path), calls `GetInfo` with a 1 s timeout, checks
 //!   type, name and endpoint, picks the first of the plugin's
 //!   `supported_versions` that it knows, and calls
 //!   `NotifyRegistrationStatus` with a 5 s timeout (false plus the reason when
@@ -534,8 +535,19 @@ async fn reconcile(root: &Path, known: &[String], shared: &Shared, path: &Path) 
     }
 }
 
+/// The `:authority` the kubelet's grpc-go (>= 1.57; kubelet 1.31+ ships
+/// 1.65 or newer) sends when it dials a socket path with the `passthrough`
+/// resolver: the path, percent-encoded.
+pub fn grpc_go_passthrough_authority(socket: &Path) -> Vec<u8> {
+    socket.to_string_lossy().replace('/', "%2F").into_bytes()
+}
+
 async fn register(root: &Path, known: &[String], socket: &Path, inode: u64) -> Result<Plugin> {
-    let channel = tokio::time::timeout(Duration::from_secs(10), dra_proto::connect_uds(socket))
+    // The plugin watcher dials the bare path without `WithAuthority`
+    // (`operation_generator.go`), so the socket path is the `:authority`.
+    let authority = grpc_go_passthrough_authority(socket);
+    let dial = dra_proto::wire::connect_uds_with_authority(socket, &authority);
+    let channel = tokio::time::timeout(Duration::from_secs(10), dial)
         .await
         .context("dialing the registration socket timed out")??;
     let mut client = RegistrationClient::new(channel);
@@ -596,6 +608,9 @@ async fn register(root: &Path, known: &[String], socket: &Path, inode: u64) -> R
     let notified = client.notify_registration_status(req).await;
     let (endpoint, service, health) = checked?;
     notified.context("NotifyRegistrationStatus")?;
+    // Kubelets since 1.34 dial `grpc.NewClient("unix:" + endpoint)`, whose
+    // resolver sends `localhost`; 1.31-1.33 dialed the path as the plugin
+    // watcher does (the Go and Python clients in tests/peers cover those).
     let channel = dra_proto::connect_uds(&endpoint)
         .await
         .with_context(|| format!("dialing {}", endpoint.display()))?;

@@ -8,6 +8,7 @@
 //! (the kubelet deregisters the plugin), then the DRA server drains and its
 //! socket goes.
 
+mod connection;
 pub mod health;
 pub mod liveness;
 pub mod names;
@@ -20,11 +21,13 @@ pub use registration::RegistrationState;
 
 use crate::driver::Driver;
 use crate::metrics::Metrics;
+use connection::{KubeletConn, SocketInfo};
 use dra_proto::dra::{v1, v1beta1};
 use dra_proto::health as health_api;
 use dra_proto::pluginregistration::PluginInfo;
 use dra_proto::pluginregistration::registration_server::RegistrationServer;
 use dra_proto::services;
+use futures_util::TryStreamExt;
 use socket::SocketFile;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -194,13 +197,21 @@ pub async fn serve(
         stopping_rx,
         Arc::clone(&metrics),
     );
+    let socket_info = |kind, path: &Path| {
+        Arc::new(SocketInfo {
+            driver: driver.name().to_owned(),
+            kind,
+            path: path.to_owned(),
+            metrics: Arc::clone(&metrics),
+        })
+    };
     let (listener, socket) = SocketFile::bind(&paths.dra_socket).map_err(socket_err(&paths.dra_socket))?;
     let router = tonic::transport::Server::builder()
         .add_service(v1::dra_plugin_server::DraPluginServer::new(service.clone()))
         .add_service(v1beta1::dra_plugin_server::DraPluginServer::new(service))
         .add_service(health_api::v1::dra_resource_health_server::DraResourceHealthServer::new(health.clone()))
         .add_service(health_api::v1alpha1::dra_resource_health_server::DraResourceHealthServer::new(health));
-    let dra = spawn(router, listener, socket, "DRA");
+    let dra = spawn(router, listener, socket, socket_info("dra", &paths.dra_socket));
 
     let info = PluginInfo {
         r#type: services::DRA_PLUGIN_TYPE.to_owned(),
@@ -208,11 +219,12 @@ pub async fn serve(
         endpoint: paths.dra_socket.to_string_lossy().into_owned(),
         supported_versions: supported_versions(),
     };
+    let registration_info = socket_info("registration", &paths.registration_socket);
     let (registration, state) = registration::RegistrationService::new(info, metrics);
     let (listener, socket) =
         SocketFile::bind(&paths.registration_socket).map_err(socket_err(&paths.registration_socket))?;
     let router = tonic::transport::Server::builder().add_service(RegistrationServer::new(registration));
-    let registration = spawn(router, listener, socket, "registration");
+    let registration = spawn(router, listener, socket, registration_info);
     tracing::info!(
         driver = %driver.name(),
         dra_socket = %paths.dra_socket.display(),
@@ -229,21 +241,22 @@ pub async fn serve(
     })
 }
 
+/// Serve `router` on `listener`, each connection through the adapter that
+/// lets the kubelet's own gRPC clients in (see [`connection`]).
 fn spawn(
     router: tonic::transport::server::Router,
     listener: tokio::net::UnixListener,
     socket: SocketFile,
-    what: &'static str,
+    info: Arc<SocketInfo>,
 ) -> Server {
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let shutdown = async {
             let _ = stopped.await;
         };
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-            .await
-        {
+        let what = info.kind;
+        let incoming = UnixListenerStream::new(listener).map_ok(move |io| KubeletConn::new(io, Arc::clone(&info)));
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
             tracing::error!(server = what, error = %e, "gRPC server failed");
         }
     });

@@ -48,8 +48,10 @@ impl DraService {
         let id = REQUEST_ID.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("NodePrepareResources", request_id = id, version, claims = claims.len());
         async {
-            let refs = claims.into_iter().map(claim_ref).collect();
-            let results = self.driver.prepare(refs).await;
+            let refs: Vec<ClaimRef> = claims.into_iter().map(claim_ref).collect();
+            let driver = Arc::clone(&self.driver);
+            let uids = refs.iter().map(|c| c.uid.clone()).collect();
+            let results = to_completion(uids, async move { driver.prepare(refs).await }).await;
             let claims: HashMap<String, v1::NodePrepareResourceResponse> = results
                 .into_iter()
                 .map(|(uid, result)| {
@@ -67,10 +69,7 @@ impl DraService {
                                 .collect(),
                             error: String::new(),
                         },
-                        Err(e) => v1::NodePrepareResourceResponse {
-                            devices: vec![],
-                            error: claim_error(&e),
-                        },
+                        Err(error) => v1::NodePrepareResourceResponse { devices: vec![], error },
                     };
                     (uid, response)
                 })
@@ -92,14 +91,14 @@ impl DraService {
             claims = claims.len()
         );
         async {
-            let refs = claims.into_iter().map(claim_ref).collect();
-            let claims = self
-                .driver
-                .unprepare(refs)
+            let refs: Vec<ClaimRef> = claims.into_iter().map(claim_ref).collect();
+            let driver = Arc::clone(&self.driver);
+            let uids = refs.iter().map(|c| c.uid.clone()).collect();
+            let claims = to_completion(uids, async move { driver.unprepare(refs).await })
                 .await
                 .into_iter()
                 .map(|(uid, r)| {
-                    let error = r.err().map(|e| claim_error(&e)).unwrap_or_default();
+                    let error = r.err().unwrap_or_default();
                     (uid, v1::NodeUnprepareResourceResponse { error })
                 })
                 .collect();
@@ -112,9 +111,38 @@ impl DraService {
     }
 }
 
+/// Run a claim operation in a task of its own and wait for it. When the
+/// kubelet's deadline (`grpc-timeout`, 45 s) passes or its connection goes,
+/// tonic drops the handler future; were the operation that future, it would
+/// stop at whatever it was awaiting: a guest's prepare done (a macvlan link
+/// made, say) but never checkpointed, and so never undone. In its own task it
+/// finishes and commits or undoes its work, and the kubelet's retry is
+/// answered from the checkpoint. A panic in it is each claim's error.
+async fn to_completion<T, E>(
+    uids: Vec<String>,
+    operation: impl Future<Output = Vec<(String, Result<T, E>)>> + Send + 'static,
+) -> Vec<(String, Result<T, String>)>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    match tokio::spawn(operation.in_current_span()).await {
+        Ok(results) => results
+            .into_iter()
+            .map(|(uid, r)| (uid, r.map_err(|e| claim_error(&e.to_string()))))
+            .collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "a claim operation panicked");
+            uids.into_iter()
+                .map(|uid| (uid, Err(claim_error(&format!("internal error in the driver host: {e}")))))
+                .collect()
+        }
+    }
+}
+
 /// A claim's error as the kubelet gets it: bounded, control characters escaped.
-fn claim_error(e: &crate::driver::OperationError) -> String {
-    text::bounded(&e.to_string(), CLAIM_ERROR_BYTES)
+fn claim_error(error: &str) -> String {
+    text::bounded(error, CLAIM_ERROR_BYTES)
 }
 
 /// Shorten the error texts of an answer until it encodes to at most

@@ -78,15 +78,19 @@ impl SerializeLock {
     }
 
     /// Wait for the lock: first among this process's calls, then among processes.
+    ///
+    /// Cancel-safe: the thread that waits in `flock` makes the guard itself,
+    /// so if this future is dropped while it waits, the guard it ends up
+    /// with is dropped too and the lock released; an abandoned wait never
+    /// leaves the other pod locked out.
     pub async fn acquire(&self) -> Result<SerializeGuard, SerializeError> {
         let local = Arc::clone(&self.local).lock_owned().await;
         let file = Arc::clone(&self.file);
-        let locked = Arc::clone(&file);
         let result = tokio::task::spawn_blocking(move || {
             loop {
                 // SAFETY: flock on a descriptor the Arc keeps open.
-                if unsafe { libc::flock(locked.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                    return Ok(());
+                if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                    return Ok(SerializeGuard { file, _local: local });
                 }
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -99,8 +103,7 @@ impl SerializeLock {
         result.map_err(|source| SerializeError {
             path: self.path.clone(),
             source,
-        })?;
-        Ok(SerializeGuard { file, _local: local })
+        })
     }
 }
 
@@ -141,6 +144,23 @@ mod tests {
             .await
             .unwrap()
             .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_wait_does_not_keep_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SerializeLock::open(dir.path()).unwrap();
+        let b = SerializeLock::open(dir.path()).unwrap();
+        let held = a.acquire().await.unwrap();
+        // b waits, and its caller gives up (a kubelet deadline passing).
+        let abandoned = tokio::time::timeout(Duration::from_millis(100), b.acquire()).await;
+        assert!(abandoned.is_err(), "b must still be waiting when it is dropped");
+        drop(held);
+        // b's waiting thread takes the lock after all and must let it go.
+        tokio::time::timeout(Duration::from_secs(5), a.acquire())
+            .await
+            .expect("the lock is free again after the abandoned wait")
             .unwrap();
     }
 }
