@@ -311,7 +311,9 @@ async fn base_spec_mode_references_the_allocated_gpu_by_uuid() {
     let a = &answer[&uid(1)];
     assert_eq!(a.error, "");
     assert!(
-        a.devices[0].cdi_device_ids.contains(&format!("nvidia.com/gpu={}", gpus::uuid(1))),
+        a.devices[0]
+            .cdi_device_ids
+            .contains(&format!("nvidia.com/gpu={}", gpus::uuid(1))),
         "{:?}",
         a.devices[0].cdi_device_ids
     );

@@ -61,6 +61,57 @@ async fn six_megabyte_errors_and_a_good_claim_fit_one_answer() {
     assert_log_clean(&node.host.log(), 16 << 10);
 }
 
+/// The same batch from grpc-go, the kubelet's own gRPC library, with its
+/// default 4 MiB receive limit (tests/peers/go, `-batch`): before the bound
+/// it got RESOURCE_EXHAUSTED for the whole call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_go_gets_one_answer_for_six_megabyte_errors_and_a_good_claim() {
+    use crate::kubelet_clients::{go_programs, run_peer, skipped};
+    if skipped("grpc_go_gets_one_answer_for_six_megabyte_errors_and_a_good_claim") {
+        return;
+    }
+    let go = go_programs().await;
+    let mut node = faulty_node(None).await;
+    let mut all: Vec<Claim> = (1..=6).map(|i| claim(&format!("longerror-{i}"), i)).collect();
+    all.push(claim("healthy", 7));
+    node.claims.put(&all).unwrap();
+    let socket = node.env.kubelet_root.join("plugins").join(FAULTY).join("dra.sock");
+    let batch: Vec<String> = all
+        .iter()
+        .map(|c| format!("{}/{}/{}", c.namespace, c.name, c.uid))
+        .collect();
+    let run = run_peer(
+        "grpc-go batch prepare",
+        &go.peer,
+        &[
+            "-dial",
+            "new-client",
+            "-endpoint",
+            socket.to_str().unwrap(),
+            "-batch",
+            &batch.join(","),
+        ],
+        Some(&node.host),
+    )
+    .await;
+    let step = run.ok("v1.NodePrepareResources (batch)");
+    let answers = step["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 7, "{}", run.context());
+    for a in &answers[..6] {
+        let bytes = a["error_bytes"].as_u64().unwrap();
+        assert!((1..=2048).contains(&bytes), "{a}");
+        assert!(
+            a["error_head"].as_str().unwrap().starts_with("guest prepare failed"),
+            "{a}"
+        );
+    }
+    assert_eq!(
+        (answers[6]["error_bytes"].as_u64(), answers[6]["devices"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert!(step["bytes"].as_u64().unwrap() < 4 << 20, "{step}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_log_lines_cannot_forge_host_log_lines() {
     let mut node = faulty_node(None).await;

@@ -109,12 +109,20 @@ fn the_commented_gpu_section_of_the_deployed_config_is_accepted() {
         .map(|l| l.trim_start().trim_start_matches('#').strip_prefix(' ').unwrap_or(""))
         .collect::<Vec<_>>()
         .join("\n");
-    let active: String = active.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n");
+    let active: String = active
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("host.toml");
     std::fs::write(&path, format!("{active}\n{gpu}\n")).unwrap();
     let config = dra_wasm_host::config::Config::load(&path).unwrap_or_else(|e| panic!("the GPU block: {e}\n{gpu}"));
-    let d = config.drivers.iter().find(|d| d.name == "gpu.example.com").expect("the GPU driver");
+    let d = config
+        .drivers
+        .iter()
+        .find(|d| d.name == "gpu.example.com")
+        .expect("the GPU driver");
     assert_eq!(d.policy.device_nodes.len(), 4);
     assert_eq!(d.policy.device_root, Path::new("/host"));
     assert!(d.policy.mount_host_paths[0].matches("/run/nvidia/driver/usr/lib64/libcuda.so.580.159.04"));

@@ -134,7 +134,12 @@ where
         Err(e) => {
             tracing::error!(error = %e, "a claim operation panicked");
             uids.into_iter()
-                .map(|uid| (uid, Err(claim_error(&format!("internal error in the driver host: {e}")))))
+                .map(|uid| {
+                    (
+                        uid,
+                        Err(claim_error(&format!("internal error in the driver host: {e}"))),
+                    )
+                })
                 .collect()
         }
     }

@@ -533,8 +533,14 @@ fn the_worked_examples_of_the_operations_guide_hold() {
     assert_eq!(blocks.len(), 3, "GPU operator, driver on the node, macvlan");
     let operator = documented_policy(&blocks[0]);
     assert_eq!(operator.device_root, std::path::Path::new("/host"));
-    assert!(paths::any_matches(&operator.mount_host_paths, "/run/nvidia/driver/usr/lib64/libcuda.so.580.159.04"));
-    assert!(!paths::any_matches(&operator.mount_host_paths, "/run/nvidia/driverx/etc"));
+    assert!(paths::any_matches(
+        &operator.mount_host_paths,
+        "/run/nvidia/driver/usr/lib64/libcuda.so.580.159.04"
+    ));
+    assert!(!paths::any_matches(
+        &operator.mount_host_paths,
+        "/run/nvidia/driverx/etc"
+    ));
     assert_eq!(operator.cdi_devices[0].name_attribute, "uuid");
 
     // Driver on the node: what the GPU guest mounts is allowed, nothing else.
@@ -706,10 +712,14 @@ mod properties {
     }
 
     fn net_device() -> impl Strategy<Value = NetDevice> {
-        (pick(&["dwh0123456789ab", "dwh1", "eth0", "", "a/b"]), pick(&["net1", "net2", ""])).prop_map(|(h, n)| NetDevice {
-            host_interface_name: h.into(),
-            name: n.into(),
-        })
+        (
+            pick(&["dwh0123456789ab", "dwh1", "eth0", "", "a/b"]),
+            pick(&["net1", "net2", ""]),
+        )
+            .prop_map(|(h, n)| NetDevice {
+                host_interface_name: h.into(),
+                name: n.into(),
+            })
     }
 
     /// Edits made of pieces the policy allows (a valid answer).
