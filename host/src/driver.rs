@@ -6,7 +6,8 @@
 //!    CDI spec if the CDI directory lost it): prepare is idempotent;
 //! 2. fetch the ResourceClaim, check UID and allocation, keep our devices;
 //! 3. guest `prepare` under a deadline;
-//! 4. check the result against the allocation and the policy;
+//! 4. check the result against the allocation and the policy (which also
+//!    fills in device nodes' numbers from the node and bounds the spec);
 //! 5. write the claim's CDI spec (durable), then commit the checkpoint
 //!    (durable); on failure undo what was done, guest included;
 //! 6. answer CDI device IDs.
@@ -607,9 +608,9 @@ impl Driver {
         if driver_claim.claim.devices.is_empty() {
             return Ok(Vec::new());
         }
-        let (prepared, identity) = self.guest.prepare(driver_claim.claim.clone()).await?;
+        let (mut prepared, identity) = self.guest.prepare(driver_claim.claim.clone()).await?;
 
-        match self.commit_prepared(c, &driver_claim, &prepared, identity) {
+        match self.commit_prepared(c, &driver_claim, &mut prepared, identity) {
             Ok((devices, status)) => {
                 // Prepared and durable. Should writing the status fail, the
                 // kubelet retries and the repeated prepare writes it again.
@@ -652,12 +653,13 @@ impl Driver {
         }
     }
 
-    /// Check the guest's answer, write the CDI spec and the checkpoint.
+    /// Check (and complete) the guest's answer, write the CDI spec and the
+    /// checkpoint.
     fn commit_prepared(
         &self,
         c: &ClaimRef,
         driver_claim: &crate::kube::DriverClaim,
-        prepared: &types::PreparedClaim,
+        prepared: &mut types::PreparedClaim,
         guest: crate::state::checkpoint::GuestIdentity,
     ) -> Result<
         (
@@ -666,7 +668,11 @@ impl Driver {
         ),
         OperationError,
     > {
-        self.policy.check(&driver_claim.claim, prepared)?;
+        let inventory = self.inventory.borrow().clone();
+        self.policy
+            .check(&driver_claim.claim, &inventory, prepared)
+            .map_err(|e| self.rejected(e))?;
+        let prepared = &*prepared;
 
         // Answer devices in allocation order.
         let by_key: HashMap<(&str, &str, Option<&str>), &types::PreparedDevice> = prepared
@@ -675,6 +681,7 @@ impl Driver {
             .map(|d| ((d.pool.as_str(), d.device.as_str(), d.share_id.as_deref()), d))
             .collect();
         let mut spec_devices = Vec::new();
+        let mut spec_owners: Vec<(&str, &str)> = Vec::new();
         let mut devices = Vec::with_capacity(driver_claim.claim.devices.len());
         for (alloc, request) in driver_claim.claim.devices.iter().zip(&driver_claim.request_names) {
             let key = (alloc.pool.as_str(), alloc.device.as_str(), alloc.share_id.as_deref());
@@ -694,6 +701,7 @@ impl Driver {
                 let name = CdiWriter::device_name(&c.uid, &p.device, p.share_id.as_deref());
                 cdi_device_ids.push(self.cdi.qualified_name(&name));
                 spec_devices.push(SpecDevice { name, edits: &p.edits });
+                spec_owners.push((&p.pool, &p.device));
             }
             devices.push(PreparedDevice {
                 request_names: vec![request.clone()],
@@ -708,6 +716,13 @@ impl Driver {
             None
         } else {
             let spec = self.cdi.build_spec(&spec_devices)?;
+            let sizes = spec_owners
+                .iter()
+                .zip(&spec_devices)
+                .map(|(&(pool, device), d)| (pool, device, cdi::device_json_len(d)));
+            self.policy
+                .check_spec_size(spec.len(), sizes)
+                .map_err(|e| self.rejected(e))?;
             self.cdi.write(&c.uid, &spec)?;
             Some(spec)
         };
@@ -749,6 +764,13 @@ impl Driver {
         }
         self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
         Ok((devices, device_status))
+    }
+
+    /// Count a policy refusal under its rule (the log line and the claim's
+    /// error carry the rest).
+    fn rejected(&self, e: PolicyError) -> OperationError {
+        self.metrics.policy_rejection(&self.name, e.rule().as_str());
+        OperationError::Rejected(e)
     }
 
     async fn unprepare_one(&self, c: &ClaimRef) -> Result<(), OperationError> {

@@ -14,6 +14,7 @@ use dra_wasm_host::imports::{Capabilities, Grant, Imports, net, nvml};
 use dra_wasm_host::kube::client::ApiClient;
 use dra_wasm_host::kube::events::EventRecorder;
 use dra_wasm_host::kube::publisher::{self, Publisher};
+use dra_wasm_host::kube::slices::desired_pools;
 use dra_wasm_host::kube::{ApiClaims, ClaimSource, FileClaims};
 use dra_wasm_host::kubelet::{self, PluginPaths, liveness};
 use dra_wasm_host::metrics::{self, Metrics};
@@ -482,13 +483,16 @@ impl Host {
             .with_context(|| format!("driver {}", d.name))?;
         match &self.api {
             Some(api) => {
-                let publisher = Publisher::new(
+                let mut publisher = Publisher::new(
                     api.clone(),
                     &d.name,
                     &self.node,
                     self.node_uid.clone(),
                     Arc::clone(&self.metrics),
                 );
+                if let Some(events) = &self.events {
+                    publisher = publisher.with_events(events.clone());
+                }
                 let inputs = publisher::Inputs {
                     inventory: driver.inventory(),
                     health: d.taint_unhealthy.then(|| driver.health().subscribe()),
@@ -595,7 +599,9 @@ fn install_hook(to: &std::path::Path) -> Result<()> {
 }
 
 /// `guest validate`: load each driver's guest as `run` would (grants, init
-/// config, limits), run its self-test and print its inventory as JSON.
+/// config, limits), run its self-test, check its inventory exactly as the
+/// publisher does ([`desired_pools`]) and print what would be published as
+/// JSON. Fails naming each device the API server would refuse.
 async fn validate(config_path: &std::path::Path, only: Option<&str>, file: Option<&std::path::Path>) -> Result<()> {
     let mut config = Config::load(config_path)?;
     if let Some(file) = file {
@@ -621,6 +627,7 @@ async fn validate(config_path: &std::path::Path, only: Option<&str>, file: Optio
     let runtime = Runtime::new(cache, config.runtime.tick())?;
     let caps = capabilities(&config)?;
     let mut out = serde_json::Map::new();
+    let mut refused = Vec::new();
     for d in config.drivers.iter().filter(|d| only.is_none_or(|n| n == d.name)) {
         let (tx, _rx) = mpsc::channel(nvml::EVENT_QUEUE);
         let imports =
@@ -630,13 +637,29 @@ async fn validate(config_path: &std::path::Path, only: Option<&str>, file: Optio
             .await
             .with_context(|| format!("driver {}: loading guest", d.name))?;
         let id = guest.identity();
+        let desired = desired_pools(&report.inventory, &[]);
+        for e in &desired.invalid {
+            eprintln!("driver {}: {e}", d.name);
+        }
+        if !desired.invalid.is_empty() {
+            refused.push(format!(
+                "driver {}: {} devices of the inventory would not be published (the API server would refuse them)",
+                d.name,
+                desired.invalid_devices()
+            ));
+        }
+        let pools: Vec<_> = desired
+            .pools
+            .iter()
+            .map(|p| serde_json::json!({ "name": p.name, "devices": p.slices.concat() }))
+            .collect();
         out.insert(
             d.name.clone(),
             serde_json::json!({
                 "guest": { "name": id.name, "version": id.version, "digest": id.digest },
                 "loadMs": report.duration.as_millis() as u64,
                 "cache": format!("{:?}", report.cache),
-                "pools": report.inventory.iter().map(pool_json).collect::<Vec<_>>(),
+                "pools": pools,
             }),
         );
     }
@@ -644,6 +667,9 @@ async fn validate(config_path: &std::path::Path, only: Option<&str>, file: Optio
         bail!("no driver named {:?} in {}", only.unwrap_or(""), config_path.display());
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
+    if !refused.is_empty() {
+        bail!("{}", refused.join("; "));
+    }
     Ok(())
 }
 
@@ -704,52 +730,6 @@ fn configmap(name: &str, namespace: &str, files: &[PathBuf]) -> Result<()> {
     }
     print!("{out}");
     Ok(())
-}
-
-/// A pool as JSON, in the shape of ResourceSlice devices.
-fn pool_json(p: &types::Pool) -> serde_json::Value {
-    use types::AttributeValue as V;
-    let devices: Vec<_> = p
-        .devices
-        .iter()
-        .map(|d| {
-            let attributes: serde_json::Map<_, _> = d
-                .attributes
-                .iter()
-                .map(|a| {
-                    let v = match &a.value {
-                        V::Boolean(b) => serde_json::json!({ "bool": b }),
-                        V::Integer(i) => serde_json::json!({ "int": i }),
-                        V::Text(s) => serde_json::json!({ "string": s }),
-                        V::Version(v) => serde_json::json!({ "version": v }),
-                    };
-                    (a.name.clone(), v)
-                })
-                .collect();
-            let capacity: serde_json::Map<_, _> = d
-                .capacity
-                .iter()
-                .map(|c| {
-                    let mut v = serde_json::json!({ "value": c.value });
-                    if let Some(rp) = &c.request_policy {
-                        v["requestPolicy"] = serde_json::json!({
-                            "default": rp.default,
-                            "validValues": rp.valid_values,
-                            "validRange": rp.valid_range.as_ref().map(|r| serde_json::json!({"min": r.min, "max": r.max, "step": r.step})),
-                        });
-                    }
-                    (c.name.clone(), v)
-                })
-                .collect();
-            serde_json::json!({
-                "name": d.name,
-                "attributes": attributes,
-                "capacity": capacity,
-                "allowMultipleAllocations": d.allow_multiple_allocations,
-            })
-        })
-        .collect();
-    serde_json::json!({ "name": p.name, "devices": devices })
 }
 
 /// This boot's ID, or `None` (then reboots are not detected, and said so).

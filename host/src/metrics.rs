@@ -81,6 +81,8 @@ pub struct Metrics {
     http2_refusals: Family<RefusalLabels, Counter>,
     /// The `guest_info` series of each driver, to remove it on a swap.
     guest_info_current: std::sync::Mutex<std::collections::HashMap<String, GuestInfoLabels>>,
+    policy_rejections: Family<RuleLabels, Counter>,
+    inventory_invalid_devices: Family<DriverLabel, Gauge>,
     checkpoint_quarantined: Family<ReasonLabels, Counter>,
     claims_reprepared: Family<SwapLabels, Counter>,
     kubernetes_events: Family<EventResultLabel, Counter>,
@@ -113,6 +115,12 @@ pub fn dra_duration_buckets() -> Vec<f64> {
     let (min, max, count) = (0.1f64, 40.0f64, 15);
     let factor = (max / min).powf(1.0 / f64::from(count - 1));
     (0..count).map(|i| min * factor.powf(f64::from(i))).collect()
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    driver: String,
+    rule: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -253,6 +261,18 @@ impl Metrics {
             "From noticing a changed guest file to the new component serving (load, checks, self-test, swap)",
             guest_swap_duration.clone(),
         );
+        let policy_rejections = Family::default();
+        registry.register(
+            "policy_rejections",
+            "Guest prepare answers refused by the driver's policy, by the rule that refused them (a policy key, or allocation, bounds, format)",
+            policy_rejections.clone(),
+        );
+        let inventory_invalid_devices = Family::default();
+        registry.register(
+            "inventory_invalid_devices",
+            "Devices of the guest's inventory left out of the ResourceSlices because the API server would reject them",
+            inventory_invalid_devices.clone(),
+        );
         let http2_authority_replaced = Family::default();
         registry.register(
             "http2_authority_replaced",
@@ -284,6 +304,8 @@ impl Metrics {
             kubernetes_events.clone(),
         );
         Arc::new(Self {
+            policy_rejections,
+            inventory_invalid_devices,
             registry: root,
             http2_authority_replaced,
             http2_refusals,
@@ -432,6 +454,23 @@ impl Metrics {
                 verb,
             })
             .inc();
+    }
+
+    pub fn policy_rejection(&self, driver: &str, rule: &'static str) {
+        self.policy_rejections
+            .get_or_create(&RuleLabels {
+                driver: driver.to_owned(),
+                rule,
+            })
+            .inc();
+    }
+
+    pub fn set_inventory_invalid_devices(&self, driver: &str, n: usize) {
+        self.inventory_invalid_devices
+            .get_or_create(&DriverLabel {
+                driver: driver.to_owned(),
+            })
+            .set(n as i64);
     }
 
     pub fn slice_sync_error(&self, driver: &str) {

@@ -17,6 +17,12 @@ fn claim(name: &str, n: u64) -> Claim {
     Claim::new("default", name, &uid(n)).device(FAULTY, "faulty", "dev-0", "dev")
 }
 
+/// Where this driver's CDI spec of a claim would be (`Node::cdi_spec_path`
+/// is the example driver's).
+fn spec_path(node: &Node, uid: &str) -> std::path::PathBuf {
+    node.env.cdi_dir.join(format!("k8s.{FAULTY}-device_{uid}.json"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runaway_guests_fail_only_their_claim() {
     let mut node = faulty_node().await;
@@ -47,9 +53,13 @@ async fn runaway_guests_fail_only_their_claim() {
     for (c, expected) in &cases {
         let e = &answer[&c.uid].error;
         assert!(e.contains(expected), "{}: {e:?} should contain {expected:?}", c.name);
-        assert!(!node.cdi_spec_path(&c.uid).exists());
+        assert!(!spec_path(&node, &c.uid).exists());
     }
     assert_eq!(answer[&good.uid].error, "");
+    assert!(
+        spec_path(&node, &good.uid).exists(),
+        "the path is right: the good claim has its spec"
+    );
     assert_eq!(answer[&good.uid].devices[0].device_name, "dev-0");
 
     // Each failure alone, then a healthy call: the host keeps serving, and
@@ -70,7 +80,7 @@ async fn malicious_guest_output_is_rejected() {
     let mut node = faulty_node().await;
     let cases = [
         (claim("unallocated-device", 11), "not allocated to this claim"),
-        (claim("escape-mount", 12), "outside the allowed prefixes"),
+        (claim("escape-mount", 12), "not in mount_host_paths"),
         (claim("bigstate", 13), "bytes of state"),
         (claim("badenv", 14), "environment variable name"),
     ];
@@ -85,8 +95,9 @@ async fn malicious_guest_output_is_rejected() {
         let e = &answer[&c.uid].error;
         assert!(e.starts_with("guest output rejected"), "{}: {e}", c.name);
         assert!(e.contains(expected), "{}: {e:?} should contain {expected:?}", c.name);
-        assert!(!node.cdi_spec_path(&c.uid).exists());
-        assert!(!node.checkpoint_dir().join(format!("{}.json", c.uid)).exists());
+        assert!(!spec_path(&node, &c.uid).exists());
+        let record = node.env.kubelet_root.join("plugins").join(FAULTY).join("claims");
+        assert!(!record.join(format!("{}.json", c.uid)).exists());
     }
 }
 

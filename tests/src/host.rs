@@ -22,6 +22,8 @@ pub struct HostEnv {
     /// Extra environment variables for the host process (e.g. the test-only
     /// `DRA_TEST_BOOT_ID_FILE`).
     pub env: Vec<(String, String)>,
+    /// `RUST_LOG` for the host; default `$DRA_TEST_LOG`, else `info`.
+    pub log_filter: Option<String>,
 }
 
 /// One driver in the host config.
@@ -70,6 +72,7 @@ impl HostEnv {
             kubeconfig: None,
             metrics_port: None,
             env: Vec::new(),
+            log_filter: None,
             kubelet_root,
             cdi_dir,
             dir,
@@ -153,7 +156,10 @@ impl HostEnv {
             .args(args)
             .env(
                 "RUST_LOG",
-                std::env::var("DRA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                self.log_filter
+                    .clone()
+                    .or_else(|| std::env::var("DRA_TEST_LOG").ok())
+                    .unwrap_or_else(|| "info".into()),
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -1,6 +1,7 @@
 //! Kubernetes Events, where an operator looks: on the Node (guest swaps,
-//! refused and rolled-back guests, quarantined checkpoint records, claims
-//! prepared again after a reboot) and on a ResourceClaim (a prepare or
+//! refused and rolled-back guests, inventory devices that could not be
+//! published, quarantined checkpoint records, claims prepared again after a
+//! reboot) and on a ResourceClaim (a prepare or
 //! unprepare that failed, with the error the kubelet got).
 //!
 //! Like the kubelet's own events they are legacy core/v1 Events (first/last
@@ -284,8 +285,9 @@ impl Sender {
             },
             involved_object,
             reason: Some(r.reason),
-            // The API server rejects messages over 1 KiB.
-            message: Some(truncate(&r.message, 1024)),
+            // The API server rejects messages over 1 KiB; guest text in them
+            // (versions, errors) is made inert like everywhere else.
+            message: Some(bounded(&r.message)),
             type_: Some(r.kind.as_str().to_owned()),
             source: Some(EventSource {
                 component: Some(COMPONENT.to_owned()),
@@ -419,7 +421,7 @@ impl Correlator {
             count: Some(1),
             first_timestamp: Some(stamp.clone()),
             last_timestamp: Some(stamp),
-            message: Some(truncate(&format!("{AGGREGATE_PREFIX}{message}"), 1024)),
+            message: Some(bounded(&format!("{AGGREGATE_PREFIX}{message}"))),
             ..event
         };
         (combined, key)
@@ -569,28 +571,15 @@ impl<V> Lru<V> {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max - 3;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
+/// An event message as the API server takes it (at most 1 KiB), with guest
+/// text made inert ([`crate::guest::text`]).
+fn bounded(message: &str) -> String {
+    crate::guest::text::bounded(message, crate::guest::text::MESSAGE_BYTES)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn long_messages_are_cut_on_a_char_boundary() {
-        assert_eq!(truncate("short", 1024), "short");
-        let long = "é".repeat(1000);
-        let cut = truncate(&long, 1024);
-        assert!(cut.len() <= 1024 && cut.ends_with("..."), "{}", cut.len());
-    }
 
     fn claim_event(name: &str, reason: &str, message: &str) -> Event {
         Event {

@@ -2,6 +2,12 @@
 //! answers are the v1 answers without `share_id`, as the kubelet's own
 //! v1beta1 conversion does.
 //!
+//! Answers fit the kubelet (invariant 8): a claim's error is cut to
+//! [`CLAIM_ERROR_BYTES`] with control characters escaped, and if the errors of
+//! one call would still take the answer past grpc-go's 4 MiB receive limit
+//! they are shortened further. The call never fails as a whole, and no good
+//! claim of the batch loses its devices.
+//!
 //! Every call is timed into `dra_grpc_operations_duration_seconds` with the
 //! kubelet's labels (driver name, full gRPC method path, Go name of the
 //! status code), so that dashboards built on the kubelet's metric of the
@@ -9,17 +15,32 @@
 
 use crate::claim::ClaimRef;
 use crate::driver::Driver;
+use crate::guest::text;
 use crate::metrics::Metrics;
 use dra_proto::dra::{v1, v1beta1};
+use prost::Message;
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 /// Process-wide request counter, like the Go helper's `requestID`, so the log
 /// lines of one kubelet call can be found together.
 static REQUEST_ID: AtomicU64 = AtomicU64::new(0);
+
+/// grpc-go's default receive limit, which the kubelet keeps, in bytes of
+/// the encoded message.
+pub const KUBELET_RECEIVE_LIMIT: usize = 4 << 20;
+/// What one answer may take of it: room for the gRPC and HTTP/2 framing.
+pub const ANSWER_LIMIT: usize = KUBELET_RECEIVE_LIMIT - (64 << 10);
+/// One claim's error text (its guest's message is at most
+/// [`text::MESSAGE_BYTES`] of it; the rest is the host's own words).
+pub const CLAIM_ERROR_BYTES: usize = 2048;
+/// An error is never shortened below this: an empty error reads as success.
+const MIN_ERROR_BYTES: usize = 96;
 
 /// Full gRPC method paths, as the kubelet's metric labels them.
 const V1_PREPARE: &str = "/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources";
@@ -90,7 +111,9 @@ impl DraService {
                     (uid, response)
                 })
                 .collect();
-            v1::NodePrepareResourcesResponse { claims }
+            let mut response = v1::NodePrepareResourcesResponse { claims };
+            fit_answer(&mut response, |r| r.claims.values_mut().map(|c| &mut c.error).collect());
+            response
         }
         .instrument(span)
         .await
@@ -116,20 +139,24 @@ impl DraService {
                     (uid, v1::NodeUnprepareResourceResponse { error })
                 })
                 .collect();
-            v1::NodeUnprepareResourcesResponse { claims }
+            let mut response = v1::NodeUnprepareResourcesResponse { claims };
+            fit_answer(&mut response, |r| r.claims.values_mut().map(|c| &mut c.error).collect());
+            response
         }
         .instrument(span)
         .await
     }
 }
 
-/// Run a claim operation in a task of its own and wait for it. When the
-/// kubelet's deadline (`grpc-timeout`, 45 s) passes or its connection goes,
-/// tonic drops the handler future; were the operation that future, it would
-/// stop at whatever it was awaiting: a guest's prepare done (a macvlan link
-/// made, say) but never checkpointed, and so never undone. In its own task it
-/// finishes and commits or undoes its work, and the kubelet's retry is
-/// answered from the checkpoint. A panic in it is each claim's error.
+/// Run a claim operation to completion, whatever becomes of the call. When
+/// the kubelet's deadline (`grpc-timeout`, 45 s) passes or its connection
+/// goes, tonic drops the handler future; were the operation part of that
+/// future, it would stop at whatever it was awaiting: a guest's prepare done
+/// (a macvlan link made, say) but never checkpointed, and so never undone.
+/// [`Detachable`] polls it in place, and if it is dropped unfinished the
+/// rest runs on as a task of its own, which commits or undoes its work; the
+/// kubelet's retry is answered from the checkpoint. A panic in it is each
+/// claim's error.
 async fn to_completion<T, E>(
     uids: Vec<String>,
     operation: impl Future<Output = Vec<(String, Result<T, E>)>> + Send + 'static,
@@ -138,17 +165,124 @@ where
     T: Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
-    match tokio::spawn(operation.in_current_span()).await {
+    match Detachable::new(operation.in_current_span()).await {
         Ok(results) => results
             .into_iter()
-            .map(|(uid, r)| (uid, r.map_err(|e| e.to_string())))
+            .map(|(uid, r)| (uid, r.map_err(|e| claim_error(&e.to_string()))))
             .collect(),
-        Err(e) => {
-            tracing::error!(error = %e, "a claim operation panicked");
+        Err(panic) => {
+            tracing::error!(error = %panic, "a claim operation panicked");
             uids.into_iter()
-                .map(|uid| (uid, Err(format!("internal error in the driver host: {e}"))))
+                .map(|uid| {
+                    let error = format!("internal error in the driver host: {panic}");
+                    (uid, Err(claim_error(&error)))
+                })
                 .collect()
         }
+    }
+}
+
+/// A future polled where it is awaited (no task, no thread hop on the common
+/// path), which, if dropped before it completes, is spawned to finish on its
+/// own. Spawning every operation up front would cost a task, and often the
+/// wake-up of another worker thread, on every call.
+struct Detachable<F: Future + Send + 'static> {
+    future: Option<Pin<Box<F>>>,
+}
+
+impl<F: Future + Send + 'static> Detachable<F> {
+    fn new(future: F) -> Self {
+        Self {
+            future: Some(Box::pin(future)),
+        }
+    }
+}
+
+impl<F: Future + Send + 'static> Future for Detachable<F> {
+    /// The operation's output, or the message of its panic.
+    type Output = Result<F::Output, String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let future = this.future.as_mut().expect("Detachable polled after completion");
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx)));
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => {
+                this.future = None;
+                Poll::Ready(Ok(output))
+            }
+            Err(panic) => {
+                // A panicked future is not polled again, here or in a task.
+                this.future = None;
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_owned());
+                Poll::Ready(Err(message))
+            }
+        }
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for Detachable<F> {
+    fn drop(&mut self) {
+        let Some(rest) = self.future.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                tracing::info!("the kubelet gave up on the call; its claim operation finishes in the background");
+                runtime.spawn(async move {
+                    rest.await;
+                });
+            }
+            Err(_) => tracing::error!("a claim operation was abandoned outside the runtime; it cannot finish"),
+        }
+    }
+}
+
+/// A claim's error as the kubelet gets it: bounded, control characters escaped.
+fn claim_error(error: &str) -> String {
+    text::bounded(error, CLAIM_ERROR_BYTES)
+}
+
+/// Shorten the error texts of an answer until it encodes to at most
+/// [`ANSWER_LIMIT`] bytes. Each error keeps a share of what is left after
+/// everything else, in proportion to its length, and never less than
+/// [`MIN_ERROR_BYTES`]; devices are never touched.
+fn fit_answer<M: Message>(answer: &mut M, errors: impl for<'a> Fn(&'a mut M) -> Vec<&'a mut String>) {
+    let size = answer.encoded_len();
+    if size <= ANSWER_LIMIT {
+        return;
+    }
+    let mut errors = errors(answer);
+    errors.retain(|e| !e.is_empty());
+    let total: usize = errors.iter().map(|e| e.len()).sum();
+    // A shorter string also needs fewer bytes for its length prefix: count
+    // a few bytes per error as spent, so one pass suffices.
+    let target = total.saturating_sub(size - ANSWER_LIMIT + 8 * errors.len());
+    for e in &mut errors {
+        let keep = ((e.len() as u128 * target as u128) / total.max(1) as u128) as usize;
+        let keep = keep.max(MIN_ERROR_BYTES);
+        if e.len() > keep {
+            **e = text::bounded(e, keep);
+        }
+    }
+    let shortened = errors.len();
+    let size_now = answer.encoded_len();
+    if size_now > ANSWER_LIMIT {
+        tracing::error!(
+            size = size_now,
+            limit = KUBELET_RECEIVE_LIMIT,
+            "the answer is still over the kubelet's receive limit with every error at its shortest"
+        );
+    } else {
+        tracing::warn!(
+            from = size,
+            to = size_now,
+            errors = shortened,
+            "claim errors shortened to keep the answer under the kubelet's 4 MiB receive limit"
+        );
     }
 }
 
@@ -295,13 +429,102 @@ impl v1beta1::dra_plugin_server::DraPlugin for DraService {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(n: usize) -> v1::Device {
+        v1::Device {
+            request_names: vec!["gpu".into()],
+            pool_name: "node-a".into(),
+            device_name: format!("gpu-{n}"),
+            cdi_device_ids: vec![format!("k8s.gpu.example.com/device=uid_gpu-{n}")],
+            share_id: None,
+        }
+    }
+
+    #[test]
+    fn errors_are_shortened_to_fit_and_good_claims_keep_their_devices() {
+        // 3,000 failed claims with 2 KiB errors (6 MiB) and one good claim.
+        let mut claims: HashMap<String, v1::NodePrepareResourceResponse> = (0..3000)
+            .map(|i| {
+                let response = v1::NodePrepareResourceResponse {
+                    devices: vec![],
+                    error: format!("claim {i}: {}", "e".repeat(CLAIM_ERROR_BYTES - 20)),
+                };
+                (format!("uid-{i}"), response)
+            })
+            .collect();
+        let good = v1::NodePrepareResourceResponse {
+            devices: (0..8).map(device).collect(),
+            error: String::new(),
+        };
+        claims.insert("good".into(), good.clone());
+        let mut answer = v1::NodePrepareResourcesResponse { claims };
+        assert!(answer.encoded_len() > KUBELET_RECEIVE_LIMIT);
+
+        fit_answer(&mut answer, |r| r.claims.values_mut().map(|c| &mut c.error).collect());
+        assert!(answer.encoded_len() <= ANSWER_LIMIT, "{}", answer.encoded_len());
+        assert_eq!(answer.claims.len(), 3001);
+        assert_eq!(answer.claims["good"], good);
+        for (uid, c) in &answer.claims {
+            if uid != "good" {
+                assert!(c.error.starts_with("claim "), "{:?}", c.error);
+                assert!(c.error.ends_with("bytes cut]"), "{:?}", c.error);
+            }
+        }
+    }
+
+    #[test]
+    fn an_answer_under_the_limit_is_left_alone() {
+        let mut answer = v1::NodeUnprepareResourcesResponse {
+            claims: [(
+                "a".to_owned(),
+                v1::NodeUnprepareResourceResponse {
+                    error: "x".repeat(4000),
+                },
+            )]
+            .into(),
+        };
+        let before = answer.clone();
+        fit_answer(&mut answer, |r| r.claims.values_mut().map(|c| &mut c.error).collect());
+        assert_eq!(answer, before);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_operation_finishes_in_the_background() {
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let call = Detachable::new(async move {
+            let _ = wait.await;
+            let _ = done.send("committed");
+        });
+        // The kubelet's deadline passes while the operation waits.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(20), call)
+                .await
+                .is_err()
+        );
+        go.send(()).unwrap();
+        let finished = tokio::time::timeout(std::time::Duration::from_secs(5), finished).await;
+        assert_eq!(finished.expect("the rest ran as a task").unwrap(), "committed");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_operation_is_an_error_not_a_lost_connection() {
+        let outcome = Detachable::new(async { panic!("guest glue broke") }).await;
+        assert_eq!(outcome.unwrap_err(), "guest glue broke");
+        assert_eq!(Detachable::new(async { 7 }).await, Ok(7));
+    }
+}
+
 /// The handlers in process, with the real example guest, CDI writer and
 /// checkpoint (on a tmpfs when there is one). `fuzz_grpc_handlers` (see
 /// [`crate::fuzzing`]): arbitrary requests (structured, and protobuf bytes
 /// mangled before decoding) get one answer per claim UID, never touch files
 /// outside the driver's folders, and leave nothing behind after unprepare.
 #[cfg(test)]
-mod tests {
+mod in_process {
     use super::*;
     use crate::fuzzing::fuzz;
     use crate::guest::{CompileCache, Guest, GuestSpec, Limits, Runtime, types};

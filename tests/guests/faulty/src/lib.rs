@@ -14,7 +14,11 @@
 //! | `bigstate`             | returns a 1 MiB state blob                       |
 //! | `badenv`               | returns an environment variable with `=` in its name |
 //! | `status`               | prepares normally and reports device status (Ready, data, network data) |
+//! | an attack of `attacks.rs` (`devnode-…`, `mount-…`, `cdi-…`, `bigspec`, `longerror`, `forgelog`) | see the table there |
 //! | anything else          | prepares normally with one env var per device    |
+//!
+//! Every device has a `uuid` attribute; the config's `inventory` adds the
+//! invalid devices of an inventory attack (`attacks.rs`).
 //!
 //! `init` fails when the config says `{"failInit": true}`.
 //!
@@ -25,6 +29,8 @@
 //! A build misbehaves as a whole when the config's `faultVersion` names its
 //! version, with `fault` one of `init` (init fails), `inventory-trap`,
 //! `inventory-loop` and `prepare-trap`; the other build ignores it.
+
+mod attacks;
 
 use std::cell::Cell;
 
@@ -38,6 +44,7 @@ use dra::driver::types::*;
 thread_local! {
     static DEVICES: Cell<u32> = const { Cell::new(0) };
     static FAULT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    static INVENTORY: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -52,6 +59,9 @@ struct Config {
     fault_version: Option<String>,
     #[serde(default)]
     fault: Option<String>,
+    /// An inventory attack (`attacks.rs`).
+    #[serde(default)]
+    inventory: Option<String>,
 }
 
 /// This build's version, as in its Cargo.toml.
@@ -115,6 +125,7 @@ impl exports::dra::driver::device_driver::Guest for Faulty {
         }
         DEVICES.set(cfg.devices.max(1));
         FAULT.set(fault);
+        INVENTORY.set(cfg.inventory);
         Ok(DriverInfo {
             name: env!("CARGO_PKG_NAME").into(),
             version: VERSION.into(),
@@ -127,15 +138,16 @@ impl exports::dra::driver::device_driver::Guest for Faulty {
             Some("inventory-loop") => spin(),
             _ => {}
         }
-        let devices = (0..DEVICES.get())
+        let mut devices: Vec<Device> = (0..DEVICES.get())
             .map(|i| Device {
                 name: format!("dev-{i}"),
-                attributes: vec![],
+                attributes: attacks::attributes(i),
                 capacity: vec![],
                 allow_multiple_allocations: false,
                 taints: vec![],
             })
             .collect();
+        devices.extend(INVENTORY.with_borrow(|mode| attacks::inventory(mode.as_deref()))?);
         Ok(vec![Pool {
             name: "faulty".into(),
             devices,
@@ -172,6 +184,7 @@ impl exports::dra::driver::device_driver::Guest for Faulty {
             })
             .collect();
         let mut state = claim.ref_.uid.clone().into_bytes();
+        attacks::prepare(name, &mut devices)?;
         if name.starts_with("loop") {
             spin();
         } else if name.starts_with("oom") {
@@ -222,13 +235,13 @@ impl exports::dra::driver::device_driver::Guest for Faulty {
                     }),
                 });
             }
-        } else if name.starts_with("badenv") {
-            if let Some(d) = devices.first_mut() {
-                d.edits.env.push(EnvVar {
-                    name: "A=B".into(),
-                    value: "x".into(),
-                });
-            }
+        } else if name.starts_with("badenv")
+            && let Some(d) = devices.first_mut()
+        {
+            d.edits.env.push(EnvVar {
+                name: "A=B".into(),
+                value: "x".into(),
+            });
         }
         Ok(PreparedClaim { devices, state })
     }
