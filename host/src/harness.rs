@@ -234,7 +234,10 @@ impl Harness {
                 cdi_spec: None,
                 status_devices: Vec::new(),
             };
-            match &results[&r.uid] {
+            let result = results
+                .get(&r.uid)
+                .ok_or_else(|| anyhow!("claim {}: the driver gave no answer (a host bug)", r.uid))?;
+            match result {
                 Ok(devices) => {
                     report.devices = devices.clone();
                     let spec = self.cdi.spec_path(&r.uid);
@@ -278,7 +281,10 @@ impl Harness {
         let mut docs = Vec::new();
         let mut failed = 0;
         for (r, checkpointed) in refs.iter().zip(known) {
-            let (result, reason) = match &results[&r.uid] {
+            let answer = results
+                .get(&r.uid)
+                .ok_or_else(|| anyhow!("claim {}: the driver gave no answer (a host bug)", r.uid))?;
+            let (result, reason) = match answer {
                 Ok(()) => ("Unprepared", None),
                 Err(e) => {
                     failed += 1;
@@ -832,6 +838,19 @@ mod tests {
             claim_yaml(ALLOCATED).replace("name: c", "name: d")
         );
         assert_eq!(read(&two).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn json_claims_and_lists_are_read_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("claims.json");
+        let claim: Value = serde_saphyr::from_str(&claim_yaml(ALLOCATED)).unwrap();
+        std::fs::write(&path, json!({ "kind": "List", "items": [claim] }).to_string()).unwrap();
+        let claims = read_claims(&path).unwrap();
+        assert_eq!(claims[0].1.metadata.name.as_deref(), Some("c"));
+        std::fs::write(&path, "{\"kind\": ").unwrap();
+        let e = format!("{:#}", read_claims(&path).unwrap_err());
+        assert!(e.contains("claims.json: not JSON"), "{e}");
     }
 
     #[test]

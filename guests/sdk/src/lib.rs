@@ -40,8 +40,8 @@
 //! crate only; a driver never sees it.
 //!
 //! Host capabilities beyond logging are features, each one a capability the
-//! operator must grant the driver: `nvml` ([`nvml`], GPUs) and `net`
-//! ([`net`], links and addresses). A driver that does not use one does not
+//! operator must grant the driver: `nvml` (module `nvml`, GPUs) and `net`
+//! (module `net`, links and addresses). A driver that does not use one does not
 //! import it, so it loads under the plain `driver` world with no grants.
 //!
 //! The SDK's version is written into every component built with
