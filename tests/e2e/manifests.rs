@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn validate(files: &[PathBuf]) {
+/// Validate Kubernetes objects in `files` against the 1.37 schemas.
+pub fn validate(files: &[PathBuf]) {
     let out = Command::new("kubernetes-validate")
         .args(["--strict", "-k", "1.37.0"])
         .args(files)
