@@ -3,21 +3,25 @@
 //! check, CDI spec written durably, checkpoint committed durably.
 //!
 //! Run: `cargo bench --bench prepare` (options after `--`: `--iterations N`,
-//! `--baseline PATH`).
+//! `--baseline PATH`, `--candidate PATH`).
 //!
 //! `--baseline PATH` runs the same workload against a second binary (say a
 //! release build of an earlier commit) in alternating batches, so that both
 //! see the same machine at the same time, and reports the ratios: on these
-//! shared machines only figures from one run compare.
+//! shared machines only figures from one run compare. `--candidate PATH`
+//! replaces this build's binary as the first one. With a baseline, the test
+//! kubelet registers with `:authority: localhost`, which builds from before
+//! the HTTP/2 adapter accept (they refuse the real kubelet's).
 //!
 //! The CDI directory is put on a tmpfs (`/dev/shm`) when one is available,
 //! as `/var/run/cdi` is on real nodes; the checkpoint stays on the disk
 //! under `target/`, as `/var/lib/kubelet` is.
 
+use dra_proto::services;
 use dra_test_support::bench::{Latencies, arg};
 use dra_test_support::claims::{Claim, ClaimsFile, uid};
 use dra_test_support::host::{DriverSpec, HostEnv, HostProcess};
-use dra_test_support::kubelet::{ClaimRef, Plugin, TestKubelet};
+use dra_test_support::kubelet::{ClaimRef, Plugin, RegistrationAuthority, TestKubelet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,24 +32,28 @@ const BATCH: usize = 50;
 
 fn main() {
     let iterations = arg("--iterations", 2000usize);
-    let baseline: Option<PathBuf> = arg("--baseline", String::new())
-        .parse()
-        .ok()
-        .filter(|p: &PathBuf| !p.as_os_str().is_empty());
+    let path_arg = |name| Some(PathBuf::from(arg(name, String::new()))).filter(|p| !p.as_os_str().is_empty());
+    let baseline = path_arg("--baseline");
+    let candidate = path_arg("--candidate").unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dra-wasm-host")));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    rt.block_on(run(iterations, baseline));
+    rt.block_on(run(iterations, candidate, baseline));
 }
 
-async fn run(iterations: usize, baseline: Option<PathBuf>) {
+async fn run(iterations: usize, candidate: PathBuf, baseline: Option<PathBuf>) {
     // Quiet logs: the benchmark measures the host, not its log volume.
     // SAFETY: single-threaded at this point of start-up; no other thread reads the environment.
     unsafe { std::env::set_var("DRA_TEST_LOG", "warn") };
-    let mut subjects = vec![Subject::start("this build", Path::new(env!("CARGO_BIN_EXE_dra-wasm-host"))).await];
+    let authority = if baseline.is_some() {
+        RegistrationAuthority::Localhost
+    } else {
+        RegistrationAuthority::GrpcGo
+    };
+    let mut subjects = vec![Subject::start("candidate", &candidate, authority).await];
     if let Some(path) = &baseline {
-        subjects.push(Subject::start("baseline", path).await);
+        subjects.push(Subject::start("baseline", path, authority).await);
     }
     for s in &mut subjects {
         s.iterate(WARMUP, false).await;
@@ -82,7 +90,7 @@ async fn run(iterations: usize, baseline: Option<PathBuf>) {
         let (a, b) = (latencies(&this.prepare), latencies(&base.prepare));
         let ratio = |x: Duration, y: Duration| x.as_secs_f64() / y.as_secs_f64();
         println!(
-            "  this build / baseline: prepare p50 {:.2}×, p99 {:.2}×; host CPU per iteration {:.2}×",
+            "  candidate / baseline: prepare p50 {:.2}×, p99 {:.2}×; host CPU per iteration {:.2}×",
             ratio(a.p50, b.p50),
             ratio(a.p99, b.p99),
             ratio(this.cpu, base.cpu),
@@ -112,7 +120,7 @@ struct Subject {
 }
 
 impl Subject {
-    async fn start(label: &'static str, binary: &Path) -> Subject {
+    async fn start(label: &'static str, binary: &Path, authority: RegistrationAuthority) -> Subject {
         let target_tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         let env = HostEnv::new(&target_tmp.join("bench-guest-cache")).expect("node layout");
         let shm = PathBuf::from("/dev/shm");
@@ -136,7 +144,8 @@ impl Subject {
         let claim = Claim::new("default", "bench", &uid(1)).device(DRIVER, "test-node", "gpu-3", "gpu");
         claims.put(std::slice::from_ref(&claim)).expect("claims");
 
-        let kubelet = TestKubelet::start(&env.kubelet_root).expect("kubelet");
+        let known = [services::DRA_PLUGIN_V1, services::DRA_PLUGIN_V1BETA1];
+        let kubelet = TestKubelet::start_with(&env.kubelet_root, &known, authority).expect("kubelet");
         let host = env.start(binary).expect("host");
         let plugin = kubelet
             .wait_for_plugin(DRIVER, Duration::from_secs(120))
