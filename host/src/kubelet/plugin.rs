@@ -14,8 +14,10 @@ use crate::guest::text;
 use dra_proto::dra::{v1, v1beta1};
 use prost::Message;
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -111,13 +113,15 @@ impl DraService {
     }
 }
 
-/// Run a claim operation in a task of its own and wait for it. When the
-/// kubelet's deadline (`grpc-timeout`, 45 s) passes or its connection goes,
-/// tonic drops the handler future; were the operation that future, it would
-/// stop at whatever it was awaiting: a guest's prepare done (a macvlan link
-/// made, say) but never checkpointed, and so never undone. In its own task it
-/// finishes and commits or undoes its work, and the kubelet's retry is
-/// answered from the checkpoint. A panic in it is each claim's error.
+/// Run a claim operation to completion, whatever becomes of the call. When
+/// the kubelet's deadline (`grpc-timeout`, 45 s) passes or its connection
+/// goes, tonic drops the handler future; were the operation part of that
+/// future, it would stop at whatever it was awaiting: a guest's prepare done
+/// (a macvlan link made, say) but never checkpointed, and so never undone.
+/// [`Detachable`] polls it in place, and if it is dropped unfinished the
+/// rest runs on as a task of its own, which commits or undoes its work; the
+/// kubelet's retry is answered from the checkpoint. A panic in it is each
+/// claim's error.
 async fn to_completion<T, E>(
     uids: Vec<String>,
     operation: impl Future<Output = Vec<(String, Result<T, E>)>> + Send + 'static,
@@ -126,21 +130,78 @@ where
     T: Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
-    match tokio::spawn(operation.in_current_span()).await {
+    match Detachable::new(operation.in_current_span()).await {
         Ok(results) => results
             .into_iter()
             .map(|(uid, r)| (uid, r.map_err(|e| claim_error(&e.to_string()))))
             .collect(),
-        Err(e) => {
-            tracing::error!(error = %e, "a claim operation panicked");
+        Err(panic) => {
+            tracing::error!(error = %panic, "a claim operation panicked");
             uids.into_iter()
                 .map(|uid| {
-                    (
-                        uid,
-                        Err(claim_error(&format!("internal error in the driver host: {e}"))),
-                    )
+                    let error = format!("internal error in the driver host: {panic}");
+                    (uid, Err(claim_error(&error)))
                 })
                 .collect()
+        }
+    }
+}
+
+/// A future polled where it is awaited (no task, no thread hop on the common
+/// path), which, if dropped before it completes, is spawned to finish on its
+/// own. Spawning every operation up front would cost a task, and often the
+/// wake-up of another worker thread, on every call.
+struct Detachable<F: Future + Send + 'static> {
+    future: Option<Pin<Box<F>>>,
+}
+
+impl<F: Future + Send + 'static> Detachable<F> {
+    fn new(future: F) -> Self {
+        Self {
+            future: Some(Box::pin(future)),
+        }
+    }
+}
+
+impl<F: Future + Send + 'static> Future for Detachable<F> {
+    /// The operation's output, or the message of its panic.
+    type Output = Result<F::Output, String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let future = this.future.as_mut().expect("Detachable polled after completion");
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx)));
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => {
+                this.future = None;
+                Poll::Ready(Ok(output))
+            }
+            Err(panic) => {
+                // A panicked future is not polled again, here or in a task.
+                this.future = None;
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".to_owned());
+                Poll::Ready(Err(message))
+            }
+        }
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for Detachable<F> {
+    fn drop(&mut self) {
+        let Some(rest) = self.future.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                tracing::info!("the kubelet gave up on the call; its claim operation finishes in the background");
+                runtime.spawn(async move {
+                    rest.await;
+                });
+            }
+            Err(_) => tracing::error!("a claim operation was abandoned outside the runtime; it cannot finish"),
         }
     }
 }
@@ -337,5 +398,31 @@ mod tests {
         let before = answer.clone();
         fit_answer(&mut answer, |r| r.claims.values_mut().map(|c| &mut c.error).collect());
         assert_eq!(answer, before);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_operation_finishes_in_the_background() {
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let call = Detachable::new(async move {
+            let _ = wait.await;
+            let _ = done.send("committed");
+        });
+        // The kubelet's deadline passes while the operation waits.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(20), call)
+                .await
+                .is_err()
+        );
+        go.send(()).unwrap();
+        let finished = tokio::time::timeout(std::time::Duration::from_secs(5), finished).await;
+        assert_eq!(finished.expect("the rest ran as a task").unwrap(), "committed");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_operation_is_an_error_not_a_lost_connection() {
+        let outcome = Detachable::new(async { panic!("guest glue broke") }).await;
+        assert_eq!(outcome.unwrap_err(), "guest glue broke");
+        assert_eq!(Detachable::new(async { 7 }).await, Ok(7));
     }
 }
