@@ -31,5 +31,5 @@ if [[ ${DRA_SKIP_REAL_CLIENTS:-} != 1 ]]; then
 fi
 
 cargo test --workspace --locked
-# The guests' logic compiled natively (the component glue is wasm-only).
-cargo test --locked --manifest-path guests/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}/guest-logic" -p example-driver -p gpu-driver -p macvlan-driver
+# The guests' logic and the guest SDK compiled natively (its tests and doc examples).
+cargo test --locked --manifest-path guests/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}/guest-logic" -p dra-driver-sdk -p example-driver -p gpu-driver -p macvlan-driver

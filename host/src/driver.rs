@@ -203,13 +203,21 @@ impl Driver {
     /// apply the health it reports. Runs until the sources are gone.
     pub async fn run_events(self: Arc<Self>, mut events: tokio::sync::mpsc::Receiver<types::Event>) {
         while let Some(event) = events.recv().await {
-            match self.guest.on_event(event).await {
-                Ok(reports) => {
-                    self.health.apply(&reports);
-                }
-                Err(e) => tracing::warn!(driver = %self.name, error = %e, "guest could not handle an event"),
-            }
+            let _ = self.handle_event(event).await;
         }
+    }
+
+    /// Hand one event to the guest and apply the health it reports. Returns
+    /// the guest's reports (`guest run` prints them); a failure is logged.
+    pub async fn handle_event(&self, event: types::Event) -> Result<Vec<types::DeviceHealth>, GuestError> {
+        let result = self.guest.on_event(event).await;
+        match &result {
+            Ok(reports) => {
+                self.health.apply(reports);
+            }
+            Err(e) => tracing::warn!(driver = %self.name, error = %e, "guest could not handle an event"),
+        }
+        result
     }
 
     /// Rewrite CDI specs of checkpointed claims that the CDI directory lost

@@ -3,6 +3,7 @@
 
 mod call;
 mod demo;
+mod harness;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -14,7 +15,7 @@ use dra_wasm_host::imports::{Capabilities, Grant, Imports, net, nvml};
 use dra_wasm_host::kube::client::ApiClient;
 use dra_wasm_host::kube::events::EventRecorder;
 use dra_wasm_host::kube::publisher::{self, Publisher};
-use dra_wasm_host::kube::slices::desired_pools;
+use dra_wasm_host::kube::slices::{Desired, desired_pools};
 use dra_wasm_host::kube::{ApiClaims, ClaimSource, FileClaims};
 use dra_wasm_host::kubelet::{self, PluginPaths, liveness};
 use dra_wasm_host::metrics::{self, Metrics};
@@ -110,9 +111,14 @@ enum GuestCommand {
         driver: Option<String>,
     },
     /// Describe a guest component without running it: world, WIT version,
-    /// imports and the grants they need, size, SHA-256, and whether this
-    /// host can link it (prints JSON).
+    /// the guest SDK version it was built with, imports and the grants they
+    /// need, size, SHA-256, and whether this host can link it (prints JSON).
     Inspect { file: PathBuf },
+    /// Run a guest locally as the host would (grants, config, policy and
+    /// limits of a host config's driver) with no kubelet, API server or root:
+    /// print its ResourceSlices, prepare and unprepare ResourceClaim files,
+    /// feed it GPU and link events.
+    Run(harness::RunArgs),
     /// Print a ConfigMap (YAML) holding guest components as binaryData, for
     /// the DaemonSet's guests volume. Fails past the 1 MiB ConfigMap limit.
     Configmap {
@@ -129,6 +135,8 @@ enum GuestCommand {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
+        // A vendor running a guest wants its log lines (on stderr).
+        Command::Guest(GuestCommand::Run(_)) => "info",
         Command::Demo { .. }
         | Command::Guest(_)
         | Command::Call(_)
@@ -155,6 +163,7 @@ fn main() -> std::process::ExitCode {
                 validate(&config, driver.as_deref(), file.as_deref()).await
             }
             Command::Guest(GuestCommand::Inspect { file }) => inspect(&file),
+            Command::Guest(GuestCommand::Run(args)) => harness::run(args).await,
             Command::Guest(GuestCommand::Configmap { name, namespace, files }) => configmap(&name, &namespace, &files),
             Command::Call(cmd) => call::run(cmd).await,
             Command::NetAttach { dir, link } => net_attach(&dir, &link),
@@ -321,9 +330,6 @@ impl Host {
         rolling_update_uid: Option<String>,
         boot_id: Option<String>,
     ) -> Result<Self> {
-        let cache = CompileCache::new(config.cache_dir.clone())
-            .with_context(|| format!("compile cache {:?}", config.cache_dir))?;
-        let runtime = Runtime::new(cache, config.runtime.tick()).context("starting the wasm engine")?;
         let (claims, api): (Arc<dyn ClaimSource>, Option<ApiClient>) = match &config.claims {
             ClaimsConfig::File { path } => {
                 tracing::warn!(path = %path.display(), "reading ResourceClaims from a local file (demo/test mode); no ResourceSlices are published");
@@ -334,6 +340,23 @@ impl Host {
                 (Arc::new(ApiClaims::new(api.clone())), Some(api))
             }
         };
+        Self::with_claims(config, node, metrics, claims, api, rolling_update_uid, boot_id)
+    }
+
+    /// What `new` makes, with the claim source given (`guest run` serves
+    /// claims from files, with no API server).
+    fn with_claims(
+        config: &Config,
+        node: &str,
+        metrics: Arc<Metrics>,
+        claims: Arc<dyn ClaimSource>,
+        api: Option<ApiClient>,
+        rolling_update_uid: Option<String>,
+        boot_id: Option<String>,
+    ) -> Result<Self> {
+        let cache = CompileCache::new(config.cache_dir.clone())
+            .with_context(|| format!("compile cache {:?}", config.cache_dir))?;
+        let runtime = Runtime::new(cache, config.runtime.tick()).context("starting the wasm engine")?;
         let events = api.as_ref().map(|api| {
             EventRecorder::new(
                 api.clone(),
@@ -403,52 +426,12 @@ impl Host {
                 tracing::info!(driver = %d.name, claims = ?released, "released network resources of claims not in the checkpoint");
             }
         }
-        let cdi = CdiWriter::new(&self.cdi_dir, &d.cdi_vendor(), &d.cdi_class())
-            .with_context(|| format!("driver {}", d.name))?;
-        let (events_tx, events_rx) = mpsc::channel(nvml::EVENT_QUEUE);
-        let imports = Imports::new(&d.grants, &d.name, &self.caps, &events_tx)
-            .map_err(|e| anyhow::anyhow!("driver {}: {e}", d.name))?;
-        let spec = guest_spec(d, &self.node, &self.limits, imports);
-        let (guest, report) = Guest::load(&self.runtime, &self.metrics, &spec)
-            .await
-            .with_context(|| format!("driver {}: loading guest", d.name))?;
-        let mut policy = d.policy.clone();
-        if let Some(nd) = &net_driver {
-            // The attach hook is the host's own program: allowed, but only
-            // with the arguments the host hands out.
-            policy.attach_hook = Some(dra_wasm_host::policy::AttachHook {
-                path: nd.hook_path.clone(),
-                plugin_dir: nd.plugin_dir.display().to_string(),
-            });
-        }
-        let guest = guest.with_error_budget(ErrorBudget {
-            calls: self.hot_swap.probation_calls,
-            failures: self.hot_swap.max_failed_calls,
-        });
-        let id = guest.identity();
-        tracing::info!(
-            driver = %d.name, guest = %id.name, version = %id.version, digest = %id.digest,
-            cache = ?report.cache, took_ms = report.duration.as_millis() as u64,
-            pools = report.inventory.len(),
-            devices = report.inventory.iter().map(|p| p.devices.len()).sum::<usize>(),
-            "guest loaded"
-        );
-        let health = Arc::new(Health::new(&d.name, Arc::clone(&self.metrics)));
-        health.set_inventory(&report.inventory);
-        let driver = Arc::new(Driver::new(DriverParts {
-            name: d.name.clone(),
-            guest,
-            claims: Arc::clone(&self.claims),
-            cdi,
-            checkpoint,
-            policy,
-            health,
-            metrics: Arc::clone(&self.metrics),
-            inventory: report.inventory.clone(),
-            serialize,
-            events: self.events.clone(),
-            boot_id: self.boot_id.clone(),
-        }));
+        let LoadedDriver {
+            driver,
+            spec,
+            events_tx,
+            events_rx,
+        } = self.load_driver(d, checkpoint, net_driver.as_ref(), serialize).await?;
         if let Some(net) = &self.caps.net
             && net_driver.is_some()
         {
@@ -545,6 +528,84 @@ fn guest_spec(d: &DriverConfig, node: &str, limits: &Limits, imports: Imports) -
     }
 }
 
+/// A driver assembled around its loaded guest, before anything serves it.
+struct LoadedDriver {
+    driver: Arc<Driver>,
+    /// What the guest was loaded with; hot swaps load new files with it.
+    spec: GuestSpec,
+    /// Where the driver's event sources (NVML, the link monitor) send.
+    events_tx: mpsc::Sender<types::Event>,
+    /// What [`Driver::run_events`] (or `guest run`) hands to the guest.
+    events_rx: mpsc::Receiver<types::Event>,
+}
+
+impl Host {
+    /// Load `d`'s guest with its grants, limits and config, run its
+    /// self-test, and assemble the driver (CDI writer, checkpoint, policy,
+    /// health) around it. `run` serves what this returns; `guest run` drives
+    /// it locally, so both go through the same checks.
+    async fn load_driver(
+        &self,
+        d: &DriverConfig,
+        checkpoint: Checkpoint,
+        net_driver: Option<&Arc<net::NetDriver>>,
+        serialize: Option<SerializeLock>,
+    ) -> Result<LoadedDriver> {
+        let cdi = CdiWriter::new(&self.cdi_dir, &d.cdi_vendor(), &d.cdi_class())
+            .with_context(|| format!("driver {}", d.name))?;
+        let (events_tx, events_rx) = mpsc::channel(nvml::EVENT_QUEUE);
+        let imports = Imports::new(&d.grants, &d.name, &self.caps, &events_tx)
+            .map_err(|e| anyhow::anyhow!("driver {}: {e}", d.name))?;
+        let spec = guest_spec(d, &self.node, &self.limits, imports);
+        let (guest, report) = Guest::load(&self.runtime, &self.metrics, &spec)
+            .await
+            .with_context(|| format!("driver {}: loading guest", d.name))?;
+        let mut policy = d.policy.clone();
+        if let Some(nd) = net_driver {
+            // The attach hook is the host's own program: allowed, but only
+            // with the arguments the host hands out.
+            policy.attach_hook = Some(dra_wasm_host::policy::AttachHook {
+                path: nd.hook_path.clone(),
+                plugin_dir: nd.plugin_dir.display().to_string(),
+            });
+        }
+        let guest = guest.with_error_budget(ErrorBudget {
+            calls: self.hot_swap.probation_calls,
+            failures: self.hot_swap.max_failed_calls,
+        });
+        let id = guest.identity();
+        tracing::info!(
+            driver = %d.name, guest = %id.name, version = %id.version, digest = %id.digest,
+            cache = ?report.cache, took_ms = report.duration.as_millis() as u64,
+            pools = report.inventory.len(),
+            devices = report.inventory.iter().map(|p| p.devices.len()).sum::<usize>(),
+            "guest loaded"
+        );
+        let health = Arc::new(Health::new(&d.name, Arc::clone(&self.metrics)));
+        health.set_inventory(&report.inventory);
+        let driver = Arc::new(Driver::new(DriverParts {
+            name: d.name.clone(),
+            guest,
+            claims: Arc::clone(&self.claims),
+            cdi,
+            checkpoint,
+            policy,
+            health,
+            metrics: Arc::clone(&self.metrics),
+            inventory: report.inventory,
+            serialize,
+            events: self.events.clone(),
+            boot_id: self.boot_id.clone(),
+        }));
+        Ok(LoadedDriver {
+            driver,
+            spec,
+            events_tx,
+            events_rx,
+        })
+    }
+}
+
 /// Host capabilities, created only when some driver is granted them.
 fn capabilities(config: &Config) -> Result<Capabilities> {
     let mut caps = Capabilities::default();
@@ -605,21 +666,7 @@ fn install_hook(to: &std::path::Path) -> Result<()> {
 async fn validate(config_path: &std::path::Path, only: Option<&str>, file: Option<&std::path::Path>) -> Result<()> {
     let mut config = Config::load(config_path)?;
     if let Some(file) = file {
-        let target = match only {
-            Some(name) => name.to_owned(),
-            None if config.drivers.len() == 1 => config.drivers[0].name.clone(),
-            None => bail!(
-                "{} configures {} drivers: name the one {} is for with --driver",
-                config_path.display(),
-                config.drivers.len(),
-                file.display()
-            ),
-        };
-        let Some(d) = config.drivers.iter_mut().find(|d| d.name == target) else {
-            bail!("no driver named {target:?} in {}", config_path.display());
-        };
-        d.guest = file.to_owned();
-        config.drivers.retain(|d| d.name == target);
+        select_driver(&mut config, config_path, only, file)?;
     }
     let node = config.node_name().unwrap_or_else(|_| "validate".to_owned());
     let metrics = Metrics::new();
@@ -637,17 +684,8 @@ async fn validate(config_path: &std::path::Path, only: Option<&str>, file: Optio
             .await
             .with_context(|| format!("driver {}: loading guest", d.name))?;
         let id = guest.identity();
-        let desired = desired_pools(&report.inventory, &[]);
-        for e in &desired.invalid {
-            eprintln!("driver {}: {e}", d.name);
-        }
-        if !desired.invalid.is_empty() {
-            refused.push(format!(
-                "driver {}: {} devices of the inventory would not be published (the API server would refuse them)",
-                d.name,
-                desired.invalid_devices()
-            ));
-        }
+        let (desired, refusal) = check_inventory(&d.name, &report.inventory);
+        refused.extend(refusal);
         let pools: Vec<_> = desired
             .pools
             .iter()
@@ -670,6 +708,53 @@ async fn validate(config_path: &std::path::Path, only: Option<&str>, file: Optio
     if !refused.is_empty() {
         bail!("{}", refused.join("; "));
     }
+    Ok(())
+}
+
+/// The publisher's inventory check ([`desired_pools`]) for the commands
+/// that show a guest's inventory before it is served (`guest validate`,
+/// `guest run slices`): each pool or device the API server would refuse is
+/// named on stderr, and what the command fails with once it has printed the
+/// valid rest is returned (`None`: every device is valid). The first publish
+/// has no host taints, so none are applied.
+fn check_inventory(driver: &str, inventory: &[types::Pool]) -> (Desired, Option<String>) {
+    let desired = desired_pools(inventory, &[]);
+    for e in &desired.invalid {
+        eprintln!("driver {driver}: {e}");
+    }
+    let refusal = (!desired.invalid.is_empty()).then(|| {
+        format!(
+            "driver {driver}: {} devices of the inventory would not be published (the API server would refuse them)",
+            desired.invalid_devices()
+        )
+    });
+    (desired, refusal)
+}
+
+/// Keep only the driver `only` (or the config's one driver) and give it the
+/// guest `file`: how `guest validate FILE` and `guest run FILE` pick the
+/// grants, config and policy a candidate guest is loaded with.
+fn select_driver(
+    config: &mut Config,
+    config_path: &std::path::Path,
+    only: Option<&str>,
+    file: &std::path::Path,
+) -> Result<()> {
+    let target = match only {
+        Some(name) => name.to_owned(),
+        None if config.drivers.len() == 1 => config.drivers[0].name.clone(),
+        None => bail!(
+            "{} configures {} drivers: name the one {} is for with --driver",
+            config_path.display(),
+            config.drivers.len(),
+            file.display()
+        ),
+    };
+    let Some(d) = config.drivers.iter_mut().find(|d| d.name == target) else {
+        bail!("no driver named {target:?} in {}", config_path.display());
+    };
+    d.guest = file.to_owned();
+    config.drivers.retain(|d| d.name == target);
     Ok(())
 }
 

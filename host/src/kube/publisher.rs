@@ -27,7 +27,7 @@ use crate::health::{Snapshot, Status};
 use crate::metrics::Metrics;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::resource::v1::{ResourcePool, ResourceSlice, ResourceSliceSpec};
+use k8s_openapi::api::resource::v1::{ResourceSlice, ResourceSliceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions, WatchEvent, WatchParams};
 use std::collections::BTreeMap;
@@ -388,17 +388,7 @@ impl Publisher {
         devices: &[k8s_openapi::api::resource::v1::Device],
         generation: i64,
     ) -> ResourceSliceSpec {
-        ResourceSliceSpec {
-            driver: self.driver.clone(),
-            node_name: Some(self.node.clone()),
-            pool: ResourcePool {
-                name: pool.name.clone(),
-                generation,
-                resource_slice_count: pool.slices.len() as i64,
-            },
-            devices: (!devices.is_empty()).then(|| devices.to_vec()),
-            ..Default::default()
-        }
+        super::slices::spec(&self.driver, &self.node, pool, devices, generation)
     }
 
     /// Watch our slices from `rv` until something changes: ours (drift), or
@@ -549,7 +539,7 @@ mod tests {
             spec: ResourceSliceSpec {
                 driver: "d".into(),
                 node_name: Some("n".into()),
-                pool: ResourcePool {
+                pool: k8s_openapi::api::resource::v1::ResourcePool {
                     name: "p".into(),
                     generation,
                     resource_slice_count: count,

@@ -140,6 +140,28 @@ pub fn desired_pools(pools: &[types::Pool], taints: &[HostTaint]) -> Desired {
     out
 }
 
+/// The spec of one slice of `pool` (its `devices`, of generation
+/// `generation`), as the publisher writes it and `guest run` prints it.
+pub fn spec(
+    driver: &str,
+    node: &str,
+    pool: &DesiredPool,
+    devices: &[resource::Device],
+    generation: i64,
+) -> resource::ResourceSliceSpec {
+    resource::ResourceSliceSpec {
+        driver: driver.to_owned(),
+        node_name: Some(node.to_owned()),
+        pool: resource::ResourcePool {
+            name: pool.name.clone(),
+            generation,
+            resource_slice_count: pool.slices.len() as i64,
+        },
+        devices: (!devices.is_empty()).then(|| devices.to_vec()),
+        ..Default::default()
+    }
+}
+
 /// Greedy split: a slice holds 128 devices, or 64 once it holds a tainted one.
 /// An empty pool is still published as one empty slice ("empty pool" is not "no pool").
 fn split(devices: Vec<resource::Device>) -> Vec<Vec<resource::Device>> {

@@ -1,8 +1,9 @@
 //! The hostile half of the faulty guest (issue 13): outputs that try to give
 //! a container more of the node than its claim was allocated, break the
 //! kubelet's answer or forge log lines, and inventories the API server would
-//! reject. Kept apart from the fault injection in `lib.rs` so that the guest
-//! can be ported to another SDK piece by piece.
+//! reject. Kept apart from the fault injection in `lib.rs`. Written on the
+//! guest SDK like every guest: its WIT records (public fields) let an attack
+//! say exactly what it sends, where the SDK's builders would pick safe values.
 //!
 //! Prepare attacks, chosen by the claim name's prefix:
 //!
@@ -33,77 +34,37 @@
 //! Every device carries the attribute `uuid` = `FAULTY-<index>`, for the CDI
 //! reference rule.
 
-use crate::dra::driver::log::{Level, log};
-use crate::dra::driver::types::*;
+use dra_driver_sdk::log::{Level, log};
+use dra_driver_sdk::{Device, DeviceNode, EnvVar, Error, Mount, PreparedDevice, Result};
 
 /// The `uuid` attribute of device `dev-<index>`.
 pub fn uuid(index: u32) -> String {
     format!("FAULTY-{index}")
 }
 
-/// Attributes every device of the inventory carries.
-pub fn attributes(index: u32) -> Vec<Attribute> {
-    vec![Attribute {
-        name: "uuid".into(),
-        value: AttributeValue::Text(uuid(index)),
-    }]
+/// `device` (`dev-<index>`) with the attributes every device of the
+/// inventory carries.
+pub fn with_attributes(device: Device, index: u32) -> Device {
+    device.attribute("uuid", uuid(index))
 }
 
 /// The devices an inventory attack adds after the valid ones.
-pub fn inventory(mode: Option<&str>) -> Result<Vec<Device>, DriverError> {
-    let device = |name: String, attributes: Vec<Attribute>| Device {
-        name,
-        attributes,
-        capacity: vec![],
-        allow_multiple_allocations: false,
-        taints: vec![],
-    };
+pub fn inventory(mode: Option<&str>) -> Result<Vec<Device>> {
     match mode {
         None => Ok(vec![]),
         Some("invalid") => Ok(vec![
-            device("Dev-Upper".into(), vec![]),
-            device("d".repeat(64), vec![]),
-            device("dev-0".into(), vec![]),
-            device(
-                "many-attributes".into(),
-                (0..100)
-                    .map(|i| Attribute {
-                        name: format!("a{i}"),
-                        value: AttributeValue::Integer(i),
-                    })
-                    .collect(),
-            ),
-            device(
-                "big-value".into(),
-                vec![Attribute {
-                    name: "blob".into(),
-                    value: AttributeValue::Text("v".repeat(1_000_000)),
-                }],
-            ),
+            Device::new("Dev-Upper"),
+            Device::new("d".repeat(64)),
+            Device::new("dev-0"),
+            (0..100i64).fold(Device::new("many-attributes"), |d, i| d.attribute(format!("a{i}"), i)),
+            Device::new("big-value").attribute("blob", "v".repeat(1_000_000)),
         ]),
-        Some(other) => Err(DriverError {
-            kind: ErrorKind::InvalidConfig,
-            message: format!("unknown inventory attack {other:?}"),
-        }),
+        Some(other) => Err(Error::invalid_config(format!("unknown inventory attack {other:?}"))),
     }
 }
 
 /// The host path every mount attack starts from (the policy allows it).
 const DRIVER_ROOT: &str = "/run/nvidia/driver";
-
-fn node(path: &str) -> DeviceNode {
-    DeviceNode {
-        path: path.into(),
-        host_path: None,
-        node_type: None,
-        major: None,
-        minor: None,
-        file_mode: None,
-        permissions: Some("rw".into()),
-        uid: None,
-        gid: None,
-    }
-}
 
 fn mount(host: &str, container: &str, mount_type: Option<&str>, options: &[&str]) -> Mount {
     Mount {
@@ -121,7 +82,7 @@ fn index(device: &str) -> u32 {
 
 /// Apply the attack the claim's name asks for, if any. `Err` is the
 /// guest's answer to `prepare`.
-pub fn prepare(name: &str, devices: &mut [PreparedDevice]) -> Result<(), DriverError> {
+pub fn prepare(name: &str, devices: &mut [PreparedDevice]) -> Result<()> {
     let Some(first) = devices.first_mut() else {
         return Ok(());
     };
@@ -132,14 +93,14 @@ pub fn prepare(name: &str, devices: &mut [PreparedDevice]) -> Result<(), DriverE
             major: Some(8),
             minor: Some(0),
             permissions: Some("rwm".into()),
-            ..node("/dev/nvidia0")
+            ..DeviceNode::new("/dev/nvidia0")
         });
     } else if name.starts_with("devnode-plain") {
-        edits.device_nodes.push(node("/dev/nvidia0"));
+        edits.device_nodes.push(DeviceNode::new("/dev/nvidia0"));
     } else if name.starts_with("devnode-missing") {
-        edits.device_nodes.push(node("/dev/nvidia9"));
+        edits.device_nodes.push(DeviceNode::new("/dev/nvidia9"));
     } else if name.starts_with("devnode-ctl") {
-        edits.device_nodes.push(node("/dev/nvidiactl"));
+        edits.device_nodes.push(DeviceNode::new("/dev/nvidiactl"));
     } else if name.starts_with("mount-overlay") {
         edits
             .mounts
@@ -160,12 +121,9 @@ pub fn prepare(name: &str, devices: &mut [PreparedDevice]) -> Result<(), DriverE
             &["ro", "bind", "suid", "dev"],
         ));
     } else if name.starts_with("mount-ro") {
-        edits.mounts.push(mount(
-            &format!("{DRIVER_ROOT}/lib"),
-            "/driver",
-            None,
-            &["ro", "nosuid", "nodev", "bind"],
-        ));
+        edits
+            .mounts
+            .push(Mount::read_only(format!("{DRIVER_ROOT}/lib"), "/driver"));
     } else if name.starts_with("cdi-all") {
         first.cdi_device_ids.push("nvidia.com/gpu=all".into());
     } else if name.starts_with("cdi-other") {
@@ -182,10 +140,7 @@ pub fn prepare(name: &str, devices: &mut [PreparedDevice]) -> Result<(), DriverE
             })
             .collect();
     } else if name.starts_with("longerror") {
-        return Err(DriverError {
-            kind: ErrorKind::InvalidClaim,
-            message: long_error(),
-        });
+        return Err(Error::invalid_claim(long_error()));
     } else if name.starts_with("forgelog") {
         log(Level::Error, FORGED);
     }
