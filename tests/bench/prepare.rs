@@ -18,7 +18,7 @@
 //! under `target/`, as `/var/lib/kubelet` is.
 
 use dra_proto::services;
-use dra_test_support::bench::{Latencies, arg};
+use dra_test_support::bench::{Latencies, arg, process_cpu_time};
 use dra_test_support::claims::{Claim, ClaimsFile, uid};
 use dra_test_support::host::{DriverSpec, HostEnv, HostProcess};
 use dra_test_support::kubelet::{ClaimRef, Plugin, RegistrationAuthority, TestKubelet};
@@ -171,7 +171,7 @@ impl Subject {
     /// `n` iterations of prepare, repeated prepare, unprepare.
     async fn iterate(&mut self, n: usize, record: bool) {
         let reference = std::slice::from_ref(&self.reference);
-        let cpu_before = cpu_time(self.host.pid());
+        let cpu_before = process_cpu_time(self.host.pid()).expect("host CPU time");
         for _ in 0..n {
             let t = Instant::now();
             let a = self.plugin.prepare(reference).await.expect("prepare");
@@ -191,7 +191,7 @@ impl Subject {
             }
         }
         if record {
-            self.cpu += cpu_time(self.host.pid()).saturating_sub(cpu_before);
+            self.cpu += process_cpu_time(self.host.pid()).expect("host CPU time").saturating_sub(cpu_before);
         }
     }
 
@@ -203,16 +203,6 @@ impl Subject {
     }
 }
 
-/// User + system CPU time of a process so far, from `/proc/<pid>/stat`.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("host's /proc stat");
-    // Fields after the command name (which may hold spaces) start at state (3).
-    let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..].split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_nanos(ticks * 1_000_000_000 / hz)
-}
 
 fn latencies(samples: &[Duration]) -> Latencies {
     Latencies::of(samples).expect("samples")
