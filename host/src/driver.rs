@@ -50,6 +50,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError};
 use crate::state::cdi::{self, CdiError, CdiWriter, SpecDevice};
 use crate::state::checkpoint::{Checkpoint, CheckpointError, ClaimRecord};
+use crate::state::fsutil;
 use crate::state::serialize::SerializeLock;
 use futures_util::future::join_all;
 use std::collections::HashMap;
@@ -593,7 +594,7 @@ impl Driver {
                     && !self.cdi.exists(&c.uid)
                 {
                     tracing::warn!("CDI spec of a prepared claim was missing; restored it from the checkpoint");
-                    self.cdi.write(&c.uid, spec)?;
+                    fsutil::blocking(|| self.cdi.write(&c.uid, spec))?;
                 }
                 if !record.device_status.is_empty() {
                     // Cheap when the API server already has it (a read, no write).
@@ -618,7 +619,8 @@ impl Driver {
         }
         let (mut prepared, identity) = self.guest.prepare(driver_claim.claim.clone()).await?;
 
-        match self.commit_prepared(c, &driver_claim, &mut prepared, identity) {
+        let committed = fsutil::blocking(|| self.commit_prepared(c, &driver_claim, &mut prepared, identity));
+        match committed {
             Ok((devices, status)) => {
                 // Prepared and durable. Should writing the status fail, the
                 // kubelet retries and the repeated prepare writes it again.
@@ -792,8 +794,11 @@ impl Driver {
         match self.checkpoint.get(&c.uid) {
             Some(record) => {
                 self.guest.unprepare(guest_ref, record.state).await?;
-                self.cdi.remove(&c.uid)?;
-                self.checkpoint.remove(&c.uid)?;
+                fsutil::blocking(|| -> Result<(), OperationError> {
+                    self.cdi.remove(&c.uid)?;
+                    self.checkpoint.remove(&c.uid)?;
+                    Ok(())
+                })?;
                 self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
                 if !record.device_status.is_empty() {
                     // Informational only: the devices are released whether or
@@ -809,7 +814,7 @@ impl Driver {
                 // between). Let the guest clean up by claim, and remove a CDI
                 // spec a crash may have left behind.
                 self.guest.unprepare(guest_ref, Vec::new()).await?;
-                if self.cdi.remove(&c.uid)? {
+                if fsutil::blocking(|| self.cdi.remove(&c.uid))? {
                     tracing::info!("removed a CDI spec left without a checkpoint record");
                 }
             }

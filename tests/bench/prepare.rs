@@ -191,7 +191,9 @@ impl Subject {
             }
         }
         if record {
-            self.cpu += process_cpu_time(self.host.pid()).expect("host CPU time").saturating_sub(cpu_before);
+            self.cpu += process_cpu_time(self.host.pid())
+                .expect("host CPU time")
+                .saturating_sub(cpu_before);
         }
     }
 
@@ -202,7 +204,6 @@ impl Subject {
         }
     }
 }
-
 
 fn latencies(samples: &[Duration]) -> Latencies {
     Latencies::of(samples).expect("samples")

@@ -86,7 +86,10 @@ struct Subject {
     host: HostProcess,
     cdi_dir: PathBuf,
     /// One client (one connection) and its claims per caller.
-    callers: Vec<(v1::dra_plugin_client::DraPluginClient<tonic::transport::Channel>, Vec<v1::Claim>)>,
+    callers: Vec<(
+        v1::dra_plugin_client::DraPluginClient<tonic::transport::Channel>,
+        Vec<v1::Claim>,
+    )>,
     prepare: Vec<Duration>,
     unprepare: Vec<Duration>,
     pairs: u64,
@@ -129,7 +132,10 @@ impl Subject {
                 )
             })
             .collect();
-        ClaimsFile::new(&env.claims_path).expect("claims").put(&all).expect("claims");
+        ClaimsFile::new(&env.claims_path)
+            .expect("claims")
+            .put(&all)
+            .expect("claims");
         let known = [services::DRA_PLUGIN_V1, services::DRA_PLUGIN_V1BETA1];
         let kubelet = TestKubelet::start_with(&env.kubelet_root, &known, authority).expect("kubelet");
         let host = env.start(binary).expect("host");
@@ -217,7 +223,9 @@ impl Subject {
         if record {
             self.pairs += pairs;
             self.elapsed += started.elapsed();
-            self.cpu += process_cpu_time(self.host.pid()).expect("host CPU time").saturating_sub(cpu_before);
+            self.cpu += process_cpu_time(self.host.pid())
+                .expect("host CPU time")
+                .saturating_sub(cpu_before);
         }
     }
 
@@ -251,4 +259,3 @@ impl Subject {
         );
     }
 }
-
