@@ -58,12 +58,18 @@ async fn run(iterations: usize, candidate: PathBuf, baseline: Option<PathBuf>) {
     for s in &mut subjects {
         s.iterate(WARMUP, false).await;
     }
+    // The floor: the one durable write a prepare cannot avoid, measured on
+    // the checkpoint's file system between the batches, so that it sees the
+    // same machine.
+    let floor_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("floor dir");
+    let mut floor = Vec::with_capacity(iterations);
     let mut done = 0;
     while done < iterations {
         let n = BATCH.min(iterations - done);
         for s in &mut subjects {
             s.iterate(n, true).await;
         }
+        floor.extend(durable_writes(floor_dir.path(), n));
         done += n;
     }
 
@@ -76,6 +82,8 @@ async fn run(iterations: usize, candidate: PathBuf, baseline: Option<PathBuf>) {
             "disk"
         }
     );
+    let floor = latencies(&floor);
+    println!("  durable write on the checkpoint's disk (1 KiB: write + fsync + rename + directory fsync): {floor}");
     for s in &subjects {
         println!("  {} ({}):", s.label, s.binary.display());
         let iteration_cpu = s.cpu.as_secs_f64() * 1e6 / s.prepare.len() as f64;
@@ -203,6 +211,19 @@ impl Subject {
             let _ = std::fs::remove_dir_all(&self.cdi_dir);
         }
     }
+}
+
+/// `n` durable writes of a checkpoint-sized file, as the host makes them.
+fn durable_writes(dir: &Path, n: usize) -> Vec<Duration> {
+    let record = vec![b'x'; 1024];
+    (0..n)
+        .map(|i| {
+            let t = Instant::now();
+            dra_wasm_host::state::fsutil::write_atomic(&dir.join(format!("{}.json", i % 64)), &record, 0o600)
+                .expect("durable write");
+            t.elapsed()
+        })
+        .collect()
 }
 
 fn latencies(samples: &[Duration]) -> Latencies {
