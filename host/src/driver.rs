@@ -50,7 +50,6 @@ use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError};
 use crate::state::cdi::{self, CdiError, CdiWriter, SpecDevice};
 use crate::state::checkpoint::{Checkpoint, CheckpointError, ClaimRecord};
-use crate::state::fsutil;
 use crate::state::serialize::SerializeLock;
 use futures_util::future::join_all;
 use std::collections::HashMap;
@@ -594,7 +593,7 @@ impl Driver {
                     && !self.cdi.exists(&c.uid)
                 {
                     tracing::warn!("CDI spec of a prepared claim was missing; restored it from the checkpoint");
-                    fsutil::blocking(|| self.cdi.write(&c.uid, spec))?;
+                    self.cdi.write(&c.uid, spec)?;
                 }
                 if !record.device_status.is_empty() {
                     // Cheap when the API server already has it (a read, no write).
@@ -619,8 +618,7 @@ impl Driver {
         }
         let (mut prepared, identity) = self.guest.prepare(driver_claim.claim.clone()).await?;
 
-        let committed = fsutil::blocking(|| self.commit_prepared(c, &driver_claim, &mut prepared, identity));
-        match committed {
+        match self.commit_prepared(c, &driver_claim, &mut prepared, identity) {
             Ok((devices, status)) => {
                 // Prepared and durable. Should writing the status fail, the
                 // kubelet retries and the repeated prepare writes it again.
@@ -794,11 +792,8 @@ impl Driver {
         match self.checkpoint.get(&c.uid) {
             Some(record) => {
                 self.guest.unprepare(guest_ref, record.state).await?;
-                fsutil::blocking(|| -> Result<(), OperationError> {
-                    self.cdi.remove(&c.uid)?;
-                    self.checkpoint.remove(&c.uid)?;
-                    Ok(())
-                })?;
+                self.cdi.remove(&c.uid)?;
+                self.checkpoint.remove(&c.uid)?;
                 self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
                 if !record.device_status.is_empty() {
                     // Informational only: the devices are released whether or
@@ -814,7 +809,7 @@ impl Driver {
                 // between). Let the guest clean up by claim, and remove a CDI
                 // spec a crash may have left behind.
                 self.guest.unprepare(guest_ref, Vec::new()).await?;
-                if fsutil::blocking(|| self.cdi.remove(&c.uid))? {
+                if self.cdi.remove(&c.uid)? {
                     tracing::info!("removed a CDI spec left without a checkpoint record");
                 }
             }

@@ -127,19 +127,6 @@ impl DirSync {
     }
 }
 
-/// Run blocking file work (writes with fsync) from async code. On the
-/// multi-threaded runtime the calling worker hands its other tasks to
-/// another thread first (`block_in_place`), so that one claim's fsync does
-/// not stall the calls of every other claim on that worker, and concurrent
-/// claims' fsyncs overlap (the journal then commits them together). Outside
-/// such a runtime (unit tests, tools) the work just runs.
-pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
-        _ => work(),
-    }
-}
-
 /// Create `dir` (and parents) with `mode` if it does not exist.
 pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
     match fs::metadata(dir) {
