@@ -10,6 +10,8 @@ rustup target add wasm32-wasip2 >/dev/null
 
 # Manifests and generated ResourceSlices are validated against the 1.37 schemas.
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore kubernetes-validate==1.37.0
+# The metrics endpoint is read back with Prometheus' own OpenMetrics parser.
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore prometheus-client==0.26.0
 
 # The networking tests (tests/e2e/net.rs, root) create links and namespaces with iproute2.
 if ! command -v ip >/dev/null 2>&1; then
@@ -29,5 +31,5 @@ if [[ ${DRA_SKIP_REAL_CLIENTS:-} != 1 ]]; then
 fi
 
 cargo test --workspace --locked
-# The guests' logic compiled natively (the component glue is wasm-only).
-cargo test --locked --manifest-path guests/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}/guest-logic" -p example-driver -p gpu-driver -p macvlan-driver
+# The guests' logic and the guest SDK compiled natively (its tests and doc examples).
+cargo test --locked --manifest-path guests/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}/guest-logic" -p dra-driver-sdk -p example-driver -p gpu-driver -p macvlan-driver

@@ -36,8 +36,9 @@
 //! grants = ["nvml"]
 //! [drivers.config]                     # handed to the guest's init as JSON
 //! sharing = "mps"
-//! [drivers.policy]
-//! mount_host_prefixes = ["/run/nvidia/driver"]
+//! [drivers.policy]                     # what the guest may hand containers (docs/operations.md)
+//! device_nodes = ["/dev/nvidia[0-9]*", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"]
+//! mount_host_paths = ["/run/nvidia/driver/**"]
 //!
 //! [[drivers]]                           # a network driver (docs/networking.md)
 //! name = "net.example.com"

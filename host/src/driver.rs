@@ -6,7 +6,8 @@
 //!    CDI spec if the CDI directory lost it): prepare is idempotent;
 //! 2. fetch the ResourceClaim, check UID and allocation, keep our devices;
 //! 3. guest `prepare` under a deadline;
-//! 4. check the result against the allocation and the policy;
+//! 4. check the result against the allocation and the policy (which also
+//!    fills in device nodes' numbers from the node and bounds the spec);
 //! 5. write the claim's CDI spec (durable), then commit the checkpoint
 //!    (durable); on failure undo what was done, guest included;
 //! 6. answer CDI device IDs.
@@ -14,7 +15,21 @@
 //! Unprepare: guest `unprepare` with the checkpointed state → remove the CDI
 //! spec → remove the checkpoint record. A claim the checkpoint does not know
 //! still gets a guest `unprepare` with empty state, so that a guest can clean
-//! up after a crash between its `prepare` and our checkpoint commit.
+//! up after a crash between its `prepare` and our checkpoint commit (or after
+//! its record was quarantined as unreadable).
+//!
+//! Reboots: each record carries the boot ID it was prepared in. A record from
+//! an earlier boot describes device-side state that is gone, so it is never
+//! answered as is: [`Driver::prepare_after_reboot`] runs the guest's
+//! `prepare` again for all of them before the DRA socket is served (from the
+//! ResourceClaim, or the allocation recorded at prepare time when it cannot
+//! be fetched), and a record whose re-prepare failed is prepared again by the
+//! kubelet's next call instead of being answered from the checkpoint.
+//!
+//! Nothing fails silently: a failed claim operation is logged on the claim's
+//! span, counted, and reported as a Kubernetes Event on the ResourceClaim
+//! (aggregated and rate-limited, see [`crate::kube::events`]); quarantined
+//! checkpoint records and re-prepares are reported on the Node.
 //!
 //! Different claims proceed concurrently; calls for the same claim are
 //! serialized by a per-claim lock. In rolling-update mode each kubelet call
@@ -30,7 +45,7 @@ use crate::claim::{ClaimRef, PreparedDevice, is_safe_uid, is_valid_object_name};
 use crate::guest::{Guest, GuestError, GuestFileWatcher, GuestSpec, Replaced, Rollback, Runtime, types};
 use crate::health::Health;
 use crate::kube::events::{EventRecorder, EventType};
-use crate::kube::{ClaimError, ClaimSource, FetchError, StatusError, claim_for_driver};
+use crate::kube::{ClaimError, ClaimSource, DriverClaim, FetchError, StatusError, claim_for_driver};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyError};
 use crate::state::cdi::{self, CdiError, CdiWriter, SpecDevice};
@@ -67,6 +82,16 @@ pub enum OperationError {
     Serialize(String),
 }
 
+/// What [`Driver::prepare_after_reboot`] did.
+#[derive(Debug, Default)]
+pub struct RebootReport {
+    /// Claims prepared in an earlier boot.
+    pub total: usize,
+    pub reprepared: usize,
+    /// Those that failed, with the error.
+    pub failed: Vec<(ClaimRef, String)>,
+}
+
 /// One driver: a guest plus the state it prepares claims into.
 #[derive(Debug)]
 pub struct Driver {
@@ -81,6 +106,8 @@ pub struct Driver {
     locks: ClaimLocks,
     inventory: tokio::sync::watch::Sender<Arc<Vec<types::Pool>>>,
     serialize: Option<SerializeLock>,
+    events: Option<EventRecorder>,
+    boot_id: Option<String>,
 }
 
 /// Everything a [`Driver`] is made of, named.
@@ -98,6 +125,10 @@ pub struct DriverParts {
     pub inventory: Vec<types::Pool>,
     /// Rolling-update mode: the lock shared with the other host process.
     pub serialize: Option<SerializeLock>,
+    /// Where to report as Kubernetes Events (when an API server is configured).
+    pub events: Option<EventRecorder>,
+    /// This boot's ID (`None`: unknown, reboots are not detected).
+    pub boot_id: Option<String>,
 }
 
 /// What a driver needs to replace its guest while it runs.
@@ -107,8 +138,6 @@ pub struct GuestUpdates {
     /// The spec the current guest was loaded with; new files load with it too.
     pub spec: GuestSpec,
     pub watcher: GuestFileWatcher,
-    /// Where to report swaps as Kubernetes Events (when an API server is configured).
-    pub events: Option<EventRecorder>,
 }
 
 impl Driver {
@@ -124,11 +153,13 @@ impl Driver {
             metrics,
             inventory,
             serialize,
+            events,
+            boot_id,
         } = parts;
         metrics.set_prepared_claims(&name, checkpoint.len());
         let id = guest.identity();
         metrics.set_guest_info(&name, &id.name, &id.version, &id.digest);
-        Self {
+        let driver = Self {
             name,
             guest,
             claims,
@@ -140,7 +171,11 @@ impl Driver {
             locks: ClaimLocks::default(),
             inventory: tokio::sync::watch::channel(Arc::new(inventory)).0,
             serialize,
-        }
+            events,
+            boot_id,
+        };
+        driver.report_quarantined();
+        driver
     }
 
     pub fn name(&self) -> &str {
@@ -168,13 +203,21 @@ impl Driver {
     /// apply the health it reports. Runs until the sources are gone.
     pub async fn run_events(self: Arc<Self>, mut events: tokio::sync::mpsc::Receiver<types::Event>) {
         while let Some(event) = events.recv().await {
-            match self.guest.on_event(event).await {
-                Ok(reports) => {
-                    self.health.apply(&reports);
-                }
-                Err(e) => tracing::warn!(driver = %self.name, error = %e, "guest could not handle an event"),
-            }
+            let _ = self.handle_event(event).await;
         }
+    }
+
+    /// Hand one event to the guest and apply the health it reports. Returns
+    /// the guest's reports (`guest run` prints them); a failure is logged.
+    pub async fn handle_event(&self, event: types::Event) -> Result<Vec<types::DeviceHealth>, GuestError> {
+        let result = self.guest.on_event(event).await;
+        match &result {
+            Ok(reports) => {
+                self.health.apply(reports);
+            }
+            Err(e) => tracing::warn!(driver = %self.name, error = %e, "guest could not handle an event"),
+        }
+        result
     }
 
     /// Rewrite CDI specs of checkpointed claims that the CDI directory lost
@@ -185,6 +228,13 @@ impl Driver {
             if let Some(spec) = &record.cdi_spec
                 && !self.cdi.exists(&record.claim.uid)
             {
+                if self.before_this_boot(&record) {
+                    // Its re-prepare failed: the spec describes devices as
+                    // they were before the reboot. A container must fail to
+                    // start (unresolvable CDI device) rather than get them.
+                    tracing::warn!(driver = %self.name, claim.uid = %record.claim.uid, "not restoring the CDI spec of a claim prepared before the reboot and not prepared again");
+                    continue;
+                }
                 self.cdi.write(&record.claim.uid, spec)?;
                 restored += 1;
             }
@@ -213,6 +263,9 @@ impl Driver {
                 Ok(devices) => tracing::info!(devices = devices.len(), took_us = started.elapsed().as_micros() as u64, "claim prepared"),
                 Err(e) => tracing::warn!(error = %e, "claim prepare failed"),
             });
+            if let Err(e) = &result {
+                self.claim_failed(&c, "NodePrepareResources", "PrepareFailed", e);
+            }
             (c.uid, result)
         }))
         .await
@@ -239,6 +292,9 @@ impl Driver {
                 Ok(()) => tracing::info!(took_us = started.elapsed().as_micros() as u64, "claim unprepared"),
                 Err(e) => tracing::warn!(error = %e, "claim unprepare failed"),
             });
+            if let Err(e) = &result {
+                self.claim_failed(&c, "NodeUnprepareResources", "UnprepareFailed", e);
+            }
             (c.uid, result)
         }))
         .await
@@ -250,8 +306,140 @@ impl Driver {
         let Some(lock) = &self.serialize else { return Ok(None) };
         let guard = lock.acquire().await.map_err(|e| e.to_string())?;
         self.checkpoint.reload().map_err(|e| e.to_string())?;
+        self.report_quarantined();
         self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
         Ok(Some(guard))
+    }
+
+    /// A claim operation failed: a Warning Event on the ResourceClaim with
+    /// the error as the kubelet sees it (the correlator counts repeats and
+    /// rate-limits a retrying kubelet). A reference that is not a valid
+    /// object name cannot be an Event's subject: the log has it.
+    fn claim_failed(&self, c: &ClaimRef, call: &'static str, reason: &str, e: &OperationError) {
+        let Some(events) = &self.events else { return };
+        if validate_ref(c).is_err() {
+            return;
+        }
+        let id = self.guest.identity();
+        events.claim_event(
+            c,
+            &self.name,
+            EventType::Warning,
+            reason,
+            call,
+            format!("{call} failed (guest {} {}): {e}", id.name, id.version),
+        );
+    }
+
+    /// Report checkpoint records the last load quarantined: log, metric and
+    /// a Warning Event on the Node for each.
+    fn report_quarantined(&self) {
+        for q in self.checkpoint.take_quarantined() {
+            self.metrics.checkpoint_quarantined(&self.name, q.reason);
+            let uid = q.uid.as_deref().unwrap_or("?");
+            let moved = match &q.moved_to {
+                Some(to) => format!("moved to {}", to.display()),
+                None => "could not be moved to claims-quarantine and is ignored".to_owned(),
+            };
+            tracing::error!(
+                driver = %self.name, path = %q.path.display(), claim.uid = uid, reason = q.reason,
+                detail = %q.detail, moved_to = ?q.moved_to,
+                "unusable checkpoint record quarantined; the other claims are served, and this claim is prepared again by its next NodePrepareResources"
+            );
+            if let Some(events) = &self.events {
+                events.node_event(
+                    &self.name,
+                    EventType::Warning,
+                    "CheckpointQuarantined",
+                    "LoadCheckpoint",
+                    format!(
+                        "checkpoint record {} of claim {uid} is unusable ({}), {moved}; the claim is prepared again by its next NodePrepareResources",
+                        q.path.display(),
+                        q.detail
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Whether `record` was prepared in an earlier boot of this node.
+    fn before_this_boot(&self, record: &ClaimRecord) -> bool {
+        matches!((&record.boot_id, &self.boot_id), (Some(then), Some(now)) if then != now)
+    }
+
+    /// After a reboot: prepare again every claim prepared in an earlier boot
+    /// (the guest's device-side state is gone, the checkpoint is not), and
+    /// report what was re-prepared or failed. Runs before the DRA socket is
+    /// served, under the rolling-update lock when there is one.
+    pub async fn prepare_after_reboot(&self) -> RebootReport {
+        let stale: Vec<ClaimRecord> = self
+            .checkpoint
+            .records()
+            .into_iter()
+            .filter(|r| self.before_this_boot(r))
+            .collect();
+        let mut report = RebootReport {
+            total: stale.len(),
+            ..Default::default()
+        };
+        if stale.is_empty() {
+            return report;
+        }
+        let previous = stale[0].boot_id.clone().unwrap_or_default();
+        let now = self.boot_id.clone().unwrap_or_default();
+        tracing::info!(driver = %self.name, claims = stale.len(), boot_id.previous = %previous, boot_id.now = %now, "the node rebooted since these claims were prepared; preparing them again");
+        for record in stale {
+            let c = record.claim.clone();
+            let span = tracing::info_span!("reprepare", driver = %self.name, claim.uid = %c.uid, claim.namespace = %c.namespace, claim.name = %c.name);
+            let result = self.prepare_one(&c).instrument(span.clone()).await;
+            self.metrics.claim_reprepared(&self.name, result.is_ok());
+            span.in_scope(|| match &result {
+                Ok(devices) if *devices != record.devices => tracing::warn!(
+                    before = ?record.devices, now = ?devices,
+                    "prepared again, but the guest answered other devices or CDI IDs than before the reboot; the kubelet keeps the earlier answer"
+                ),
+                Ok(_) => tracing::info!("claim prepared again after the reboot"),
+                Err(e) => tracing::error!(error = %e, "claim could not be prepared again after the reboot; its next NodePrepareResources tries again"),
+            });
+            match result {
+                Ok(_) => report.reprepared += 1,
+                Err(e) => {
+                    if let Some(events) = &self.events {
+                        events.node_event(
+                            &self.name,
+                            EventType::Warning,
+                            "ClaimRePrepareFailed",
+                            "PrepareAfterReboot",
+                            format!("claim {c} could not be prepared again after the reboot: {e}"),
+                        );
+                    }
+                    self.claim_failed(&c, "NodePrepareResources", "PrepareFailed", &e);
+                    report.failed.push((c, e.to_string()));
+                }
+            }
+        }
+        let failed: Vec<String> = report.failed.iter().map(|(c, e)| format!("{}: {e}", c.uid)).collect();
+        if report.failed.is_empty() {
+            tracing::info!(driver = %self.name, reprepared = report.reprepared, total = report.total, "claims re-prepared after a reboot");
+        } else {
+            tracing::error!(driver = %self.name, reprepared = report.reprepared, total = report.total, failed = ?failed, "claims re-prepared after a reboot, some failed");
+        }
+        if let Some(events) = &self.events {
+            let kind = if report.failed.is_empty() {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            let mut message = format!(
+                "the node rebooted (boot ID {previous} -> {now}): {} of {} prepared claims prepared again",
+                report.reprepared, report.total
+            );
+            if !failed.is_empty() {
+                message.push_str(&format!("; failed: {}", failed.join("; ")));
+            }
+            events.node_event(&self.name, kind, "ClaimsRePrepared", "PrepareAfterReboot", message);
+        }
+        report
     }
 
     /// Replace the guest as its file changes, and report what happens,
@@ -265,10 +453,10 @@ impl Driver {
                         tracing::warn!(driver = %self.name, "guest file watch ended; no more hot swaps");
                         return;
                     }
-                    self.update_guest(&updates.runtime, &updates.spec, updates.events.as_ref()).await;
+                    self.update_guest(&updates.runtime, &updates.spec).await;
                 }
                 Some(rollback) = async { match rollbacks.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
-                    self.rolled_back(rollback, updates.events.as_ref()).await;
+                    self.rolled_back(rollback).await;
                 }
             }
         }
@@ -276,7 +464,8 @@ impl Driver {
 
     /// Load the guest file again and swap it in if its content changed and
     /// it passes the checks and self-test. Returns whether a swap happened.
-    pub async fn update_guest(&self, runtime: &Arc<Runtime>, spec: &GuestSpec, events: Option<&EventRecorder>) -> bool {
+    pub async fn update_guest(&self, runtime: &Arc<Runtime>, spec: &GuestSpec) -> bool {
+        let events = self.events.as_ref();
         let started = Instant::now();
         match self.guest.replace(runtime, &self.metrics, spec).await {
             Ok(Replaced::Unchanged) => {
@@ -299,10 +488,11 @@ impl Driver {
                     "guest swapped"
                 );
                 if let Some(ev) = events {
-                    ev.record(
+                    ev.node_event(
                         &self.name,
                         EventType::Normal,
                         "GuestSwapped",
+                        "SwapGuest",
                         format!(
                             "now serving {} {} ({}), was {} ({})",
                             to.name,
@@ -324,10 +514,11 @@ impl Driver {
                     "new guest refused; the current guest keeps serving"
                 );
                 if let Some(ev) = events {
-                    ev.record(
+                    ev.node_event(
                         &self.name,
                         EventType::Warning,
                         "GuestRejected",
+                        "SwapGuest",
                         format!("{e}; still serving {} ({})", current.version, short(&current.digest)),
                     );
                 }
@@ -336,7 +527,8 @@ impl Driver {
         }
     }
 
-    async fn rolled_back(&self, rollback: Rollback, events: Option<&EventRecorder>) {
+    async fn rolled_back(&self, rollback: Rollback) {
+        let events = self.events.as_ref();
         let Rollback {
             from,
             to,
@@ -354,10 +546,11 @@ impl Driver {
             "new guest failed too many of its first calls; rolled back to the previous guest"
         );
         if let Some(ev) = events {
-            ev.record(
+            ev.node_event(
                 &self.name,
                 EventType::Warning,
                 "GuestRolledBack",
+                "SwapGuest",
                 format!(
                     "{} ({}) failed {failures} of its first {calls} calls (last: {last_error}); back to {} ({})",
                     from.version,
@@ -393,31 +586,39 @@ impl Driver {
         validate_ref(c)?;
         let _lock = self.locks.lock(&c.uid).await;
 
-        if let Some(record) = self.checkpoint.get(&c.uid) {
-            if let Some(spec) = &record.cdi_spec
-                && !self.cdi.exists(&c.uid)
-            {
-                tracing::warn!("CDI spec of a prepared claim was missing; restored it from the checkpoint");
-                self.cdi.write(&c.uid, spec)?;
+        let recorded = self.checkpoint.get(&c.uid);
+        match &recorded {
+            Some(record) if !self.before_this_boot(record) => {
+                if let Some(spec) = &record.cdi_spec
+                    && !self.cdi.exists(&c.uid)
+                {
+                    tracing::warn!("CDI spec of a prepared claim was missing; restored it from the checkpoint");
+                    self.cdi.write(&c.uid, spec)?;
+                }
+                if !record.device_status.is_empty() {
+                    // Cheap when the API server already has it (a read, no write).
+                    self.claims
+                        .set_driver_status(c, &self.name, record.device_status.clone())
+                        .await?;
+                }
+                tracing::debug!("claim already prepared; answering from the checkpoint");
+                return Ok(record.devices.clone());
             }
-            if !record.device_status.is_empty() {
-                // Cheap when the API server already has it (a read, no write).
-                self.claims
-                    .set_driver_status(c, &self.name, record.device_status.clone())
-                    .await?;
-            }
-            tracing::debug!("claim already prepared; answering from the checkpoint");
-            return Ok(record.devices);
+            Some(record) => tracing::info!(
+                boot_id.recorded = record.boot_id.as_deref().unwrap_or(""),
+                boot_id.now = self.boot_id.as_deref().unwrap_or(""),
+                "claim was prepared before the node rebooted; running the guest's prepare again"
+            ),
+            None => {}
         }
 
-        let object = self.claims.get(&c.namespace, &c.name).await?;
-        let driver_claim = claim_for_driver(&object, c, &self.name)?;
+        let driver_claim = self.driver_claim(c, recorded.as_ref()).await?;
         if driver_claim.claim.devices.is_empty() {
             return Ok(Vec::new());
         }
-        let (prepared, identity) = self.guest.prepare(driver_claim.claim.clone()).await?;
+        let (mut prepared, identity) = self.guest.prepare(driver_claim.claim.clone()).await?;
 
-        match self.commit_prepared(c, &driver_claim, &prepared, identity) {
+        match self.commit_prepared(c, &driver_claim, &mut prepared, identity) {
             Ok((devices, status)) => {
                 // Prepared and durable. Should writing the status fail, the
                 // kubelet retries and the repeated prepare writes it again.
@@ -440,12 +641,33 @@ impl Driver {
         }
     }
 
-    /// Check the guest's answer, write the CDI spec and the checkpoint.
+    /// This driver's part of the claim, from the API server (or the claims
+    /// file). A claim prepared before a reboot whose object cannot be used
+    /// now (API server unreachable, object gone or replaced while its pod
+    /// still runs) is prepared from the allocation recorded with it.
+    async fn driver_claim(&self, c: &ClaimRef, recorded: Option<&ClaimRecord>) -> Result<DriverClaim, OperationError> {
+        let fetched = match self.claims.get(&c.namespace, &c.name).await {
+            Ok(object) => claim_for_driver(&object, c, &self.name).map_err(OperationError::from),
+            Err(e) => Err(OperationError::from(e)),
+        };
+        let fallback = recorded.and_then(|r| r.allocation.as_ref());
+        match (fetched, fallback) {
+            (Ok(claim), _) => Ok(claim),
+            (Err(e), Some(allocation)) => {
+                tracing::warn!(error = %e, "the ResourceClaim cannot be used; preparing again from the allocation recorded at prepare time");
+                Ok(DriverClaim::from_recorded(c, allocation)?)
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    /// Check (and complete) the guest's answer, write the CDI spec and the
+    /// checkpoint.
     fn commit_prepared(
         &self,
         c: &ClaimRef,
         driver_claim: &crate::kube::DriverClaim,
-        prepared: &types::PreparedClaim,
+        prepared: &mut types::PreparedClaim,
         guest: crate::state::checkpoint::GuestIdentity,
     ) -> Result<
         (
@@ -454,7 +676,11 @@ impl Driver {
         ),
         OperationError,
     > {
-        self.policy.check(&driver_claim.claim, prepared)?;
+        let inventory = self.inventory.borrow().clone();
+        self.policy
+            .check(&driver_claim.claim, &inventory, prepared)
+            .map_err(|e| self.rejected(e))?;
+        let prepared = &*prepared;
 
         // Answer devices in allocation order.
         let by_key: HashMap<(&str, &str, Option<&str>), &types::PreparedDevice> = prepared
@@ -463,6 +689,7 @@ impl Driver {
             .map(|d| ((d.pool.as_str(), d.device.as_str(), d.share_id.as_deref()), d))
             .collect();
         let mut spec_devices = Vec::new();
+        let mut spec_owners: Vec<(&str, &str)> = Vec::new();
         let mut devices = Vec::with_capacity(driver_claim.claim.devices.len());
         for (alloc, request) in driver_claim.claim.devices.iter().zip(&driver_claim.request_names) {
             let key = (alloc.pool.as_str(), alloc.device.as_str(), alloc.share_id.as_deref());
@@ -482,6 +709,7 @@ impl Driver {
                 let name = CdiWriter::device_name(&c.uid, &p.device, p.share_id.as_deref());
                 cdi_device_ids.push(self.cdi.qualified_name(&name));
                 spec_devices.push(SpecDevice { name, edits: &p.edits });
+                spec_owners.push((&p.pool, &p.device));
             }
             devices.push(PreparedDevice {
                 request_names: vec![request.clone()],
@@ -496,6 +724,13 @@ impl Driver {
             None
         } else {
             let spec = self.cdi.build_spec(&spec_devices)?;
+            let sizes = spec_owners
+                .iter()
+                .zip(&spec_devices)
+                .map(|(&(pool, device), d)| (pool, device, cdi::device_json_len(d)));
+            self.policy
+                .check_spec_size(spec.len(), sizes)
+                .map_err(|e| self.rejected(e))?;
             self.cdi.write(&c.uid, &spec)?;
             Some(spec)
         };
@@ -526,6 +761,8 @@ impl Driver {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             device_status: device_status.clone(),
+            boot_id: self.boot_id.clone(),
+            allocation: Some(driver_claim.to_recorded()),
         };
         if let Err(e) = self.checkpoint.commit(record) {
             if let Err(undo) = self.cdi.remove(&c.uid) {
@@ -535,6 +772,13 @@ impl Driver {
         }
         self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
         Ok((devices, device_status))
+    }
+
+    /// Count a policy refusal under its rule (the log line and the claim's
+    /// error carry the rest).
+    fn rejected(&self, e: PolicyError) -> OperationError {
+        self.metrics.policy_rejection(&self.name, e.rule().as_str());
+        OperationError::Rejected(e)
     }
 
     async fn unprepare_one(&self, c: &ClaimRef) -> Result<(), OperationError> {

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
-/// The kubelet keeps at most this many characters of a message.
-pub const MAX_MESSAGE: usize = 1024;
+/// The kubelet keeps at most this many characters of a message (a bound in
+/// bytes, which is no more characters).
+pub const MAX_MESSAGE: usize = crate::guest::text::MESSAGE_BYTES;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -61,14 +62,10 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Cut a message to what the kubelet keeps, at a character boundary.
+/// A guest's health message as the kubelet and the log get it: cut to what
+/// the kubelet keeps, control characters escaped.
 fn bounded(message: &str) -> String {
-    if message.chars().count() <= MAX_MESSAGE {
-        return message.to_owned();
-    }
-    let mut out: String = message.chars().take(MAX_MESSAGE - 3).collect();
-    out.push_str("...");
-    out
+    crate::guest::text::bounded(message, MAX_MESSAGE)
 }
 
 impl Health {
@@ -117,7 +114,12 @@ impl Health {
         let mut changed = 0;
         for r in reports {
             let Some(current) = devices.get_mut(&(r.pool.clone(), r.device.clone())) else {
-                tracing::warn!(driver = %self.driver, pool = %r.pool, device = %r.device, "guest reported health of a device it does not publish; ignored");
+                tracing::warn!(
+                    driver = %self.driver,
+                    pool = %crate::guest::text::quoted(&r.pool),
+                    device = %crate::guest::text::quoted(&r.device),
+                    "guest reported health of a device it does not publish; ignored"
+                );
                 continue;
             };
             let status = match r.status {
@@ -129,7 +131,13 @@ impl Health {
             if current.status == status && current.message == message {
                 continue;
             }
-            tracing::warn!(driver = %self.driver, pool = %r.pool, device = %r.device, from = current.status.as_str(), to = status.as_str(), message = %message, "device health changed");
+            tracing::warn!(
+                driver = %self.driver,
+                pool = %crate::guest::text::quoted(&r.pool),
+                device = %crate::guest::text::quoted(&r.device),
+                from = current.status.as_str(), to = status.as_str(), message = %message,
+                "device health changed"
+            );
             current.status = status;
             current.message = message;
             current.updated = now();
@@ -229,9 +237,9 @@ mod tests {
     fn long_messages_are_cut_to_the_kubelet_limit() {
         let h = Health::new("d", Metrics::new());
         h.set_inventory(&[pool(&["a"])]);
-        h.apply(&[report("a", types::HealthStatus::Unhealthy, &"é".repeat(2000))]);
+        h.apply(&[report("a", types::HealthStatus::Unhealthy, &"é\n".repeat(2000))]);
         let m = &h.snapshot()[0].message;
-        assert_eq!(m.chars().count(), MAX_MESSAGE);
-        assert!(m.ends_with("..."));
+        assert!(m.len() <= MAX_MESSAGE, "{}", m.len());
+        assert!(m.starts_with("é\\né") && m.ends_with("bytes cut]"), "{m}");
     }
 }

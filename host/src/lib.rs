@@ -25,6 +25,9 @@ pub mod metrics;
 pub mod policy;
 pub mod state;
 
+#[cfg(test)]
+mod fuzzing;
+
 /// Folder holding the guest components built with this host (example and
 /// test guests), set by the build script.
 pub const BUILT_GUESTS_DIR: &str = env!("DRA_GUEST_DIR");

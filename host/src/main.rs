@@ -3,6 +3,7 @@
 
 mod call;
 mod demo;
+mod harness;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -14,6 +15,7 @@ use dra_wasm_host::imports::{Capabilities, Grant, Imports, net, nvml};
 use dra_wasm_host::kube::client::ApiClient;
 use dra_wasm_host::kube::events::EventRecorder;
 use dra_wasm_host::kube::publisher::{self, Publisher};
+use dra_wasm_host::kube::slices::{Desired, desired_pools};
 use dra_wasm_host::kube::{ApiClaims, ClaimSource, FileClaims};
 use dra_wasm_host::kubelet::{self, PluginPaths, liveness};
 use dra_wasm_host::metrics::{self, Metrics};
@@ -109,9 +111,14 @@ enum GuestCommand {
         driver: Option<String>,
     },
     /// Describe a guest component without running it: world, WIT version,
-    /// imports and the grants they need, size, SHA-256, and whether this
-    /// host can link it (prints JSON).
+    /// the guest SDK version it was built with, imports and the grants they
+    /// need, size, SHA-256, and whether this host can link it (prints JSON).
     Inspect { file: PathBuf },
+    /// Run a guest locally as the host would (grants, config, policy and
+    /// limits of a host config's driver) with no kubelet, API server or root:
+    /// print its ResourceSlices, prepare and unprepare ResourceClaim files,
+    /// feed it GPU and link events.
+    Run(harness::RunArgs),
     /// Print a ConfigMap (YAML) holding guest components as binaryData, for
     /// the DaemonSet's guests volume. Fails past the 1 MiB ConfigMap limit.
     Configmap {
@@ -128,6 +135,8 @@ enum GuestCommand {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
+        // A vendor running a guest wants its log lines (on stderr).
+        Command::Guest(GuestCommand::Run(_)) => "info",
         Command::Demo { .. }
         | Command::Guest(_)
         | Command::Call(_)
@@ -154,6 +163,7 @@ fn main() -> std::process::ExitCode {
                 validate(&config, driver.as_deref(), file.as_deref()).await
             }
             Command::Guest(GuestCommand::Inspect { file }) => inspect(&file),
+            Command::Guest(GuestCommand::Run(args)) => harness::run(args).await,
             Command::Guest(GuestCommand::Configmap { name, namespace, files }) => configmap(&name, &namespace, &files),
             Command::Call(cmd) => call::run(cmd).await,
             Command::NetAttach { dir, link } => net_attach(&dir, &link),
@@ -207,7 +217,7 @@ async fn run(config_path: &std::path::Path, rolling_update_uid: Option<String>) 
         })
         .await?;
     }
-    let host = Host::new(&config, &node, Arc::clone(&metrics), rolling_update_uid).await?;
+    let host = Host::new(&config, &node, Arc::clone(&metrics), rolling_update_uid, boot_id()).await?;
 
     let mut plugins = Vec::new();
     let mut probes = Vec::new();
@@ -300,6 +310,10 @@ struct Host {
     /// ResourceSlices are published too).
     api: Option<ApiClient>,
     node_uid: Option<String>,
+    /// Kubernetes Events (when an API server is configured), one sender for all drivers.
+    events: Option<EventRecorder>,
+    /// This boot's ID, recorded with prepared claims to notice reboots.
+    boot_id: Option<String>,
     caps: Capabilities,
     limits: Limits,
     kubelet_root: PathBuf,
@@ -314,10 +328,8 @@ impl Host {
         node: &str,
         metrics: Arc<Metrics>,
         rolling_update_uid: Option<String>,
+        boot_id: Option<String>,
     ) -> Result<Self> {
-        let cache = CompileCache::new(config.cache_dir.clone())
-            .with_context(|| format!("compile cache {:?}", config.cache_dir))?;
-        let runtime = Runtime::new(cache, config.runtime.tick()).context("starting the wasm engine")?;
         let (claims, api): (Arc<dyn ClaimSource>, Option<ApiClient>) = match &config.claims {
             ClaimsConfig::File { path } => {
                 tracing::warn!(path = %path.display(), "reading ResourceClaims from a local file (demo/test mode); no ResourceSlices are published");
@@ -328,6 +340,31 @@ impl Host {
                 (Arc::new(ApiClaims::new(api.clone())), Some(api))
             }
         };
+        Self::with_claims(config, node, metrics, claims, api, rolling_update_uid, boot_id)
+    }
+
+    /// What `new` makes, with the claim source given (`guest run` serves
+    /// claims from files, with no API server).
+    fn with_claims(
+        config: &Config,
+        node: &str,
+        metrics: Arc<Metrics>,
+        claims: Arc<dyn ClaimSource>,
+        api: Option<ApiClient>,
+        rolling_update_uid: Option<String>,
+        boot_id: Option<String>,
+    ) -> Result<Self> {
+        let cache = CompileCache::new(config.cache_dir.clone())
+            .with_context(|| format!("compile cache {:?}", config.cache_dir))?;
+        let runtime = Runtime::new(cache, config.runtime.tick()).context("starting the wasm engine")?;
+        let events = api.as_ref().map(|api| {
+            EventRecorder::new(
+                api.clone(),
+                node,
+                config.kubernetes.node_uid.clone(),
+                Arc::clone(&metrics),
+            )
+        });
         Ok(Self {
             node: node.to_owned(),
             metrics,
@@ -335,6 +372,8 @@ impl Host {
             claims,
             api,
             node_uid: config.kubernetes.node_uid.clone(),
+            events,
+            boot_id,
             caps: capabilities(config)?,
             limits: limits(config),
             kubelet_root: config.kubelet_root_dir.clone(),
@@ -387,50 +426,12 @@ impl Host {
                 tracing::info!(driver = %d.name, claims = ?released, "released network resources of claims not in the checkpoint");
             }
         }
-        let cdi = CdiWriter::new(&self.cdi_dir, &d.cdi_vendor(), &d.cdi_class())
-            .with_context(|| format!("driver {}", d.name))?;
-        let (events_tx, events_rx) = mpsc::channel(nvml::EVENT_QUEUE);
-        let imports = Imports::new(&d.grants, &d.name, &self.caps, &events_tx)
-            .map_err(|e| anyhow::anyhow!("driver {}: {e}", d.name))?;
-        let spec = guest_spec(d, &self.node, &self.limits, imports);
-        let (guest, report) = Guest::load(&self.runtime, &self.metrics, &spec)
-            .await
-            .with_context(|| format!("driver {}: loading guest", d.name))?;
-        let mut policy = d.policy.clone();
-        if let Some(nd) = &net_driver {
-            // The attach hook is the host's own program: allowed, but only
-            // with the arguments the host hands out.
-            policy.attach_hook = Some(dra_wasm_host::policy::AttachHook {
-                path: nd.hook_path.clone(),
-                plugin_dir: nd.plugin_dir.display().to_string(),
-            });
-        }
-        let guest = guest.with_error_budget(ErrorBudget {
-            calls: self.hot_swap.probation_calls,
-            failures: self.hot_swap.max_failed_calls,
-        });
-        let id = guest.identity();
-        tracing::info!(
-            driver = %d.name, guest = %id.name, version = %id.version, digest = %id.digest,
-            cache = ?report.cache, took_ms = report.duration.as_millis() as u64,
-            pools = report.inventory.len(),
-            devices = report.inventory.iter().map(|p| p.devices.len()).sum::<usize>(),
-            "guest loaded"
-        );
-        let health = Arc::new(Health::new(&d.name, Arc::clone(&self.metrics)));
-        health.set_inventory(&report.inventory);
-        let driver = Arc::new(Driver::new(DriverParts {
-            name: d.name.clone(),
-            guest,
-            claims: Arc::clone(&self.claims),
-            cdi,
-            checkpoint,
-            policy,
-            health,
-            metrics: Arc::clone(&self.metrics),
-            inventory: report.inventory.clone(),
-            serialize,
-        }));
+        let LoadedDriver {
+            driver,
+            spec,
+            events_tx,
+            events_rx,
+        } = self.load_driver(d, checkpoint, net_driver.as_ref(), serialize).await?;
         if let Some(net) = &self.caps.net
             && net_driver.is_some()
         {
@@ -438,6 +439,9 @@ impl Host {
                 .with_context(|| format!("driver {}: watching parent links", d.name))?;
         }
         tokio::spawn(Arc::clone(&driver).run_events(events_rx));
+        // Before the kubelet can call: claims prepared in an earlier boot
+        // describe device state that is gone. Reported inside.
+        driver.prepare_after_reboot().await;
         let restored = driver
             .restore_cdi_specs()
             .with_context(|| format!("driver {}", d.name))?;
@@ -449,10 +453,6 @@ impl Host {
                 runtime: Arc::clone(&self.runtime),
                 spec: spec.clone(),
                 watcher,
-                events: self
-                    .api
-                    .as_ref()
-                    .map(|api| EventRecorder::new(api.clone(), &self.node, self.node_uid.clone())),
             };
             tokio::spawn(Arc::clone(&driver).run_guest_updates(updates));
             tracing::info!(driver = %d.name, guest = %d.guest.display(), "watching the guest file for updates");
@@ -466,13 +466,16 @@ impl Host {
             .with_context(|| format!("driver {}", d.name))?;
         match &self.api {
             Some(api) => {
-                let publisher = Publisher::new(
+                let mut publisher = Publisher::new(
                     api.clone(),
                     &d.name,
                     &self.node,
                     self.node_uid.clone(),
                     Arc::clone(&self.metrics),
                 );
+                if let Some(events) = &self.events {
+                    publisher = publisher.with_events(events.clone());
+                }
                 let inputs = publisher::Inputs {
                     inventory: driver.inventory(),
                     health: d.taint_unhealthy.then(|| driver.health().subscribe()),
@@ -522,6 +525,84 @@ fn guest_spec(d: &DriverConfig, node: &str, limits: &Limits, imports: Imports) -
         },
         limits: limits.clone(),
         imports,
+    }
+}
+
+/// A driver assembled around its loaded guest, before anything serves it.
+struct LoadedDriver {
+    driver: Arc<Driver>,
+    /// What the guest was loaded with; hot swaps load new files with it.
+    spec: GuestSpec,
+    /// Where the driver's event sources (NVML, the link monitor) send.
+    events_tx: mpsc::Sender<types::Event>,
+    /// What [`Driver::run_events`] (or `guest run`) hands to the guest.
+    events_rx: mpsc::Receiver<types::Event>,
+}
+
+impl Host {
+    /// Load `d`'s guest with its grants, limits and config, run its
+    /// self-test, and assemble the driver (CDI writer, checkpoint, policy,
+    /// health) around it. `run` serves what this returns; `guest run` drives
+    /// it locally, so both go through the same checks.
+    async fn load_driver(
+        &self,
+        d: &DriverConfig,
+        checkpoint: Checkpoint,
+        net_driver: Option<&Arc<net::NetDriver>>,
+        serialize: Option<SerializeLock>,
+    ) -> Result<LoadedDriver> {
+        let cdi = CdiWriter::new(&self.cdi_dir, &d.cdi_vendor(), &d.cdi_class())
+            .with_context(|| format!("driver {}", d.name))?;
+        let (events_tx, events_rx) = mpsc::channel(nvml::EVENT_QUEUE);
+        let imports = Imports::new(&d.grants, &d.name, &self.caps, &events_tx)
+            .map_err(|e| anyhow::anyhow!("driver {}: {e}", d.name))?;
+        let spec = guest_spec(d, &self.node, &self.limits, imports);
+        let (guest, report) = Guest::load(&self.runtime, &self.metrics, &spec)
+            .await
+            .with_context(|| format!("driver {}: loading guest", d.name))?;
+        let mut policy = d.policy.clone();
+        if let Some(nd) = net_driver {
+            // The attach hook is the host's own program: allowed, but only
+            // with the arguments the host hands out.
+            policy.attach_hook = Some(dra_wasm_host::policy::AttachHook {
+                path: nd.hook_path.clone(),
+                plugin_dir: nd.plugin_dir.display().to_string(),
+            });
+        }
+        let guest = guest.with_error_budget(ErrorBudget {
+            calls: self.hot_swap.probation_calls,
+            failures: self.hot_swap.max_failed_calls,
+        });
+        let id = guest.identity();
+        tracing::info!(
+            driver = %d.name, guest = %id.name, version = %id.version, digest = %id.digest,
+            cache = ?report.cache, took_ms = report.duration.as_millis() as u64,
+            pools = report.inventory.len(),
+            devices = report.inventory.iter().map(|p| p.devices.len()).sum::<usize>(),
+            "guest loaded"
+        );
+        let health = Arc::new(Health::new(&d.name, Arc::clone(&self.metrics)));
+        health.set_inventory(&report.inventory);
+        let driver = Arc::new(Driver::new(DriverParts {
+            name: d.name.clone(),
+            guest,
+            claims: Arc::clone(&self.claims),
+            cdi,
+            checkpoint,
+            policy,
+            health,
+            metrics: Arc::clone(&self.metrics),
+            inventory: report.inventory,
+            serialize,
+            events: self.events.clone(),
+            boot_id: self.boot_id.clone(),
+        }));
+        Ok(LoadedDriver {
+            driver,
+            spec,
+            events_tx,
+            events_rx,
+        })
     }
 }
 
@@ -579,25 +660,13 @@ fn install_hook(to: &std::path::Path) -> Result<()> {
 }
 
 /// `guest validate`: load each driver's guest as `run` would (grants, init
-/// config, limits), run its self-test and print its inventory as JSON.
+/// config, limits), run its self-test, check its inventory exactly as the
+/// publisher does ([`desired_pools`]) and print what would be published as
+/// JSON. Fails naming each device the API server would refuse.
 async fn validate(config_path: &std::path::Path, only: Option<&str>, file: Option<&std::path::Path>) -> Result<()> {
     let mut config = Config::load(config_path)?;
     if let Some(file) = file {
-        let target = match only {
-            Some(name) => name.to_owned(),
-            None if config.drivers.len() == 1 => config.drivers[0].name.clone(),
-            None => bail!(
-                "{} configures {} drivers: name the one {} is for with --driver",
-                config_path.display(),
-                config.drivers.len(),
-                file.display()
-            ),
-        };
-        let Some(d) = config.drivers.iter_mut().find(|d| d.name == target) else {
-            bail!("no driver named {target:?} in {}", config_path.display());
-        };
-        d.guest = file.to_owned();
-        config.drivers.retain(|d| d.name == target);
+        select_driver(&mut config, config_path, only, file)?;
     }
     let node = config.node_name().unwrap_or_else(|_| "validate".to_owned());
     let metrics = Metrics::new();
@@ -605,6 +674,7 @@ async fn validate(config_path: &std::path::Path, only: Option<&str>, file: Optio
     let runtime = Runtime::new(cache, config.runtime.tick())?;
     let caps = capabilities(&config)?;
     let mut out = serde_json::Map::new();
+    let mut refused = Vec::new();
     for d in config.drivers.iter().filter(|d| only.is_none_or(|n| n == d.name)) {
         let (tx, _rx) = mpsc::channel(nvml::EVENT_QUEUE);
         let imports =
@@ -614,13 +684,20 @@ async fn validate(config_path: &std::path::Path, only: Option<&str>, file: Optio
             .await
             .with_context(|| format!("driver {}: loading guest", d.name))?;
         let id = guest.identity();
+        let (desired, refusal) = check_inventory(&d.name, &report.inventory);
+        refused.extend(refusal);
+        let pools: Vec<_> = desired
+            .pools
+            .iter()
+            .map(|p| serde_json::json!({ "name": p.name, "devices": p.slices.concat() }))
+            .collect();
         out.insert(
             d.name.clone(),
             serde_json::json!({
                 "guest": { "name": id.name, "version": id.version, "digest": id.digest },
                 "loadMs": report.duration.as_millis() as u64,
                 "cache": format!("{:?}", report.cache),
-                "pools": report.inventory.iter().map(pool_json).collect::<Vec<_>>(),
+                "pools": pools,
             }),
         );
     }
@@ -628,6 +705,56 @@ async fn validate(config_path: &std::path::Path, only: Option<&str>, file: Optio
         bail!("no driver named {:?} in {}", only.unwrap_or(""), config_path.display());
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
+    if !refused.is_empty() {
+        bail!("{}", refused.join("; "));
+    }
+    Ok(())
+}
+
+/// The publisher's inventory check ([`desired_pools`]) for the commands
+/// that show a guest's inventory before it is served (`guest validate`,
+/// `guest run slices`): each pool or device the API server would refuse is
+/// named on stderr, and what the command fails with once it has printed the
+/// valid rest is returned (`None`: every device is valid). The first publish
+/// has no host taints, so none are applied.
+fn check_inventory(driver: &str, inventory: &[types::Pool]) -> (Desired, Option<String>) {
+    let desired = desired_pools(inventory, &[]);
+    for e in &desired.invalid {
+        eprintln!("driver {driver}: {e}");
+    }
+    let refusal = (!desired.invalid.is_empty()).then(|| {
+        format!(
+            "driver {driver}: {} devices of the inventory would not be published (the API server would refuse them)",
+            desired.invalid_devices()
+        )
+    });
+    (desired, refusal)
+}
+
+/// Keep only the driver `only` (or the config's one driver) and give it the
+/// guest `file`: how `guest validate FILE` and `guest run FILE` pick the
+/// grants, config and policy a candidate guest is loaded with.
+fn select_driver(
+    config: &mut Config,
+    config_path: &std::path::Path,
+    only: Option<&str>,
+    file: &std::path::Path,
+) -> Result<()> {
+    let target = match only {
+        Some(name) => name.to_owned(),
+        None if config.drivers.len() == 1 => config.drivers[0].name.clone(),
+        None => bail!(
+            "{} configures {} drivers: name the one {} is for with --driver",
+            config_path.display(),
+            config.drivers.len(),
+            file.display()
+        ),
+    };
+    let Some(d) = config.drivers.iter_mut().find(|d| d.name == target) else {
+        bail!("no driver named {target:?} in {}", config_path.display());
+    };
+    d.guest = file.to_owned();
+    config.drivers.retain(|d| d.name == target);
     Ok(())
 }
 
@@ -690,50 +817,27 @@ fn configmap(name: &str, namespace: &str, files: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// A pool as JSON, in the shape of ResourceSlice devices.
-fn pool_json(p: &types::Pool) -> serde_json::Value {
-    use types::AttributeValue as V;
-    let devices: Vec<_> = p
-        .devices
-        .iter()
-        .map(|d| {
-            let attributes: serde_json::Map<_, _> = d
-                .attributes
-                .iter()
-                .map(|a| {
-                    let v = match &a.value {
-                        V::Boolean(b) => serde_json::json!({ "bool": b }),
-                        V::Integer(i) => serde_json::json!({ "int": i }),
-                        V::Text(s) => serde_json::json!({ "string": s }),
-                        V::Version(v) => serde_json::json!({ "version": v }),
-                    };
-                    (a.name.clone(), v)
-                })
-                .collect();
-            let capacity: serde_json::Map<_, _> = d
-                .capacity
-                .iter()
-                .map(|c| {
-                    let mut v = serde_json::json!({ "value": c.value });
-                    if let Some(rp) = &c.request_policy {
-                        v["requestPolicy"] = serde_json::json!({
-                            "default": rp.default,
-                            "validValues": rp.valid_values,
-                            "validRange": rp.valid_range.as_ref().map(|r| serde_json::json!({"min": r.min, "max": r.max, "step": r.step})),
-                        });
-                    }
-                    (c.name.clone(), v)
-                })
-                .collect();
-            serde_json::json!({
-                "name": d.name,
-                "attributes": attributes,
-                "capacity": capacity,
-                "allowMultipleAllocations": d.allow_multiple_allocations,
-            })
-        })
-        .collect();
-    serde_json::json!({ "name": p.name, "devices": devices })
+/// This boot's ID, or `None` (then reboots are not detected, and said so).
+/// `DRA_TEST_BOOT_ID_FILE` replaces the kernel's file for end-to-end tests.
+fn boot_id() -> Option<String> {
+    use dra_wasm_host::state::boot::{BOOT_ID_PATH, TEST_BOOT_ID_FILE_ENV, read_boot_id};
+    let path = match std::env::var_os(TEST_BOOT_ID_FILE_ENV) {
+        Some(path) => {
+            tracing::warn!(path = ?path, "{TEST_BOOT_ID_FILE_ENV} is set: the boot ID is read from a test file (never set this in production)");
+            PathBuf::from(path)
+        }
+        None => PathBuf::from(BOOT_ID_PATH),
+    };
+    match read_boot_id(&path) {
+        Ok(id) => {
+            tracing::info!(boot_id = %id, "node boot ID");
+            Some(id)
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the node's boot ID: reboots will not be noticed, and claims prepared before one are not prepared again");
+            None
+        }
+    }
 }
 
 async fn wait_for_signal() -> Result<()> {

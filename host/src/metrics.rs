@@ -2,6 +2,14 @@
 //!
 //! Names start with `dra_host_`. Label values are bounded sets (driver names
 //! from the config, fixed operation and outcome names): never claim UIDs.
+//!
+//! One metric keeps an upstream name so that existing dashboards and alerts
+//! work unchanged: `dra_grpc_operations_duration_seconds` (labels
+//! `driver_name`, `method_name`, `grpc_status_code`, buckets
+//! `ExponentialBucketsRange(0.1, 40, 15)`). Upstream it is the *kubelet's*
+//! client-side histogram of its calls to a DRA plugin
+//! (`pkg/kubelet/metrics/metrics.go`); here it is timed on the server side,
+//! around each `DRAPlugin` call.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -80,6 +88,46 @@ pub struct Metrics {
     http2_refusals: Family<RefusalLabels, Counter>,
     /// The `guest_info` series of each driver, to remove it on a swap.
     guest_info_current: std::sync::Mutex<std::collections::HashMap<String, GuestInfoLabels>>,
+    policy_rejections: Family<RuleLabels, Counter>,
+    inventory_invalid_devices: Family<DriverLabel, Gauge>,
+    checkpoint_quarantined: Family<ReasonLabels, Counter>,
+    claims_reprepared: Family<SwapLabels, Counter>,
+    kubernetes_events: Family<EventResultLabel, Counter>,
+    dra_grpc_duration: Family<GrpcLabels, Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    driver: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventResultLabel {
+    result: &'static str,
+}
+
+/// The kubelet's label names for `dra_grpc_operations_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcLabels {
+    driver_name: String,
+    method_name: &'static str,
+    grpc_status_code: &'static str,
+}
+
+/// The kubelet's `DRADurationBuckets`: `ExponentialBucketsRange(0.1, 40, 15)`
+/// of the Prometheus Go client, computed the same way (each bound is
+/// `min * factor^i`, not a running product).
+pub fn dra_duration_buckets() -> Vec<f64> {
+    let (min, max, count) = (0.1f64, 40.0f64, 15);
+    let factor = (max / min).powf(1.0 / f64::from(count - 1));
+    (0..count).map(|i| min * factor.powf(f64::from(i))).collect()
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    driver: String,
+    rule: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,7 +185,15 @@ fn guest_call_histogram() -> Histogram {
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        let mut registry = Registry::with_prefix("dra_host");
+        let mut root = Registry::default();
+        let dra_grpc_duration =
+            Family::new_with_constructor((|| Histogram::new(dra_duration_buckets())) as fn() -> Histogram);
+        root.register(
+            "dra_grpc_operations_duration_seconds",
+            "Duration in seconds of the DRA gRPC operations (upstream a kubelet metric; here timed by the plugin around each DRAPlugin call)",
+            dra_grpc_duration.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("dra_host");
         let claim_operations = Family::default();
         registry.register(
             "claim_operations",
@@ -226,6 +282,18 @@ impl Metrics {
             "From noticing a changed guest file to the new component serving (load, checks, self-test, swap)",
             guest_swap_duration.clone(),
         );
+        let policy_rejections = Family::default();
+        registry.register(
+            "policy_rejections",
+            "Guest prepare answers refused by the driver's policy, by the rule that refused them (a policy key, or allocation, bounds, format)",
+            policy_rejections.clone(),
+        );
+        let inventory_invalid_devices = Family::default();
+        registry.register(
+            "inventory_invalid_devices",
+            "Devices of the guest's inventory left out of the ResourceSlices because the API server would reject them",
+            inventory_invalid_devices.clone(),
+        );
         let http2_authority_replaced = Family::default();
         registry.register(
             "http2_authority_replaced",
@@ -238,10 +306,34 @@ impl Metrics {
             "Requests (scope=stream, RST_STREAM) and connections (scope=connection, GOAWAY) the HTTP/2 server refused, by driver, socket and HTTP/2 error code",
             http2_refusals.clone(),
         );
+        let checkpoint_quarantined = Family::default();
+        registry.register(
+            "checkpoint_quarantined",
+            "Unusable checkpoint records moved to the quarantine folder, by driver and reason (corrupt, foreign, unreadable)",
+            checkpoint_quarantined.clone(),
+        );
+        let claims_reprepared = Family::default();
+        registry.register(
+            "claims_reprepared",
+            "Claims prepared again because the node rebooted since their prepare, by driver and result (ok, error)",
+            claims_reprepared.clone(),
+        );
+        let kubernetes_events = Family::default();
+        registry.register(
+            "kubernetes_events",
+            "Kubernetes Events by result: created, patched (a repeat counted up), rate_limited, dropped (queue full), failed",
+            kubernetes_events.clone(),
+        );
         Arc::new(Self {
-            registry,
+            policy_rejections,
+            inventory_invalid_devices,
+            registry: root,
             http2_authority_replaced,
             http2_refusals,
+            checkpoint_quarantined,
+            claims_reprepared,
+            kubernetes_events,
+            dra_grpc_duration,
             guest_swaps,
             guest_swap_duration,
             guest_info_current: Default::default(),
@@ -395,6 +487,23 @@ impl Metrics {
             .inc();
     }
 
+    pub fn policy_rejection(&self, driver: &str, rule: &'static str) {
+        self.policy_rejections
+            .get_or_create(&RuleLabels {
+                driver: driver.to_owned(),
+                rule,
+            })
+            .inc();
+    }
+
+    pub fn set_inventory_invalid_devices(&self, driver: &str, n: usize) {
+        self.inventory_invalid_devices
+            .get_or_create(&DriverLabel {
+                driver: driver.to_owned(),
+            })
+            .set(n as i64);
+    }
+
     pub fn slice_sync_error(&self, driver: &str) {
         self.slice_sync_errors
             .get_or_create(&DriverLabel {
@@ -412,6 +521,16 @@ impl Metrics {
             .inc();
     }
 
+    /// A checkpoint record was quarantined (`corrupt`, `foreign`, `unreadable`).
+    pub fn checkpoint_quarantined(&self, driver: &str, reason: &'static str) {
+        self.checkpoint_quarantined
+            .get_or_create(&ReasonLabels {
+                driver: driver.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
     pub fn http2_refusal(&self, driver: &str, socket: &'static str, scope: &'static str, code: &'static str) {
         self.http2_refusals
             .get_or_create(&RefusalLabels {
@@ -421,6 +540,33 @@ impl Metrics {
                 code,
             })
             .inc();
+    }
+
+    /// A claim was prepared again after a reboot, or that failed.
+    pub fn claim_reprepared(&self, driver: &str, ok: bool) {
+        self.claims_reprepared
+            .get_or_create(&SwapLabels {
+                driver: driver.to_owned(),
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+
+    /// What became of a Kubernetes Event.
+    pub fn kubernetes_event(&self, result: &'static str) {
+        self.kubernetes_events.get_or_create(&EventResultLabel { result }).inc();
+    }
+
+    /// One `DRAPlugin` call: `method` is the full gRPC path, `code` the Go
+    /// name of the status code (`OK`, `Unavailable`, ...).
+    pub fn dra_grpc_operation(&self, driver: &str, method: &'static str, code: &'static str, took: Duration) {
+        self.dra_grpc_duration
+            .get_or_create(&GrpcLabels {
+                driver_name: driver.to_owned(),
+                method_name: method,
+                grpc_status_code: code,
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// The text exposition format.
@@ -489,4 +635,39 @@ pub fn serve(
             });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dra_buckets_are_the_kubelets() {
+        let b = dra_duration_buckets();
+        assert_eq!(b.len(), 15);
+        assert_eq!(b[0], 0.1);
+        assert!((b[14] - 40.0).abs() < 1e-9, "{b:?}");
+        assert!((b[1] - 0.153_412_74).abs() < 1e-8, "{b:?}");
+        assert!((b[7] - 2.0).abs() < 1e-9, "{b:?}");
+    }
+
+    #[test]
+    fn the_upstream_name_is_served_beside_the_host_metrics() {
+        let m = Metrics::new();
+        m.dra_grpc_operation(
+            "d",
+            "/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources",
+            "OK",
+            Duration::from_millis(3),
+        );
+        m.set_prepared_claims("d", 1);
+        let text = m.encode();
+        assert!(
+            text.contains("# TYPE dra_grpc_operations_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(text.contains("dra_grpc_operations_duration_seconds_count{driver_name=\"d\",method_name=\"/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources\",grpc_status_code=\"OK\"} 1"), "{text}");
+        assert!(text.contains("dra_host_prepared_claims{driver=\"d\"} 1"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1);
+    }
 }

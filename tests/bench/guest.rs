@@ -4,9 +4,10 @@
 //! Run: `cargo bench --bench guest` (options after `--`: `--iterations N`,
 //! `--evict-mib N`).
 //!
-//! - **native**: `example_driver::logic` compiled into this benchmark (the
-//!   guest's `logic.rs` is plain Rust; its `component.rs` is the wasm glue),
-//!   called on a `logic::Claim` built from the inputs in the timed region.
+//! - **native**: the `example-driver` crate compiled into this benchmark,
+//!   called through the guest SDK's `Instance` (what the component's exports
+//!   do: resolve the claim's opaque configs, call the driver), on the SDK's
+//!   copy of the claim built from the inputs in the timed region.
 //! - **component**: the same crate built for `wasm32-wasip2` (the file the
 //!   host serves), called through the host's own path, `Guest::prepare`:
 //!   instance pool, deadline, fiber, canonical-ABI copies in and out, the
@@ -21,11 +22,12 @@
 //! end-to-end prepare comes from `cargo bench --bench prepare`, which reads
 //! the host's own call metric.
 
+use dra_driver_sdk::Instance;
 use dra_test_support::bench::{Latencies, arg};
 use dra_wasm_host::guest::{CompileCache, Guest, GuestSpec, Limits, Runtime, types};
 use dra_wasm_host::imports::Imports;
 use dra_wasm_host::metrics::Metrics;
-use example_driver::logic;
+use example_driver::logic::ExampleDriver;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -87,28 +89,43 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// The guest's input in its logic's own types, as its component glue builds it.
-fn logic_claim(claim: &types::Claim) -> logic::Claim {
-    logic::Claim {
-        uid: claim.ref_.uid.clone(),
-        allocations: claim
+/// The guest's input as the SDK's own copy of the WIT types, which is what
+/// the component's export glue hands to `Instance::prepare`.
+fn sdk_claim(claim: &types::Claim) -> dra_driver_sdk::AllocatedClaim {
+    dra_driver_sdk::AllocatedClaim {
+        ref_: sdk_ref(&claim.ref_),
+        devices: claim
             .devices
             .iter()
-            .map(|d| logic::Allocation {
+            .map(|d| dra_driver_sdk::AllocatedDevice {
                 request: d.request.clone(),
                 pool: d.pool.clone(),
                 device: d.device.clone(),
                 share_id: d.share_id.clone(),
+                consumed_capacity: d.consumed_capacity.clone(),
+                admin_access: d.admin_access,
             })
             .collect(),
         configs: claim
             .configs
             .iter()
-            .map(|c| logic::OpaqueConfig {
+            .map(|c| dra_driver_sdk::OpaqueConfig {
+                source: match c.source {
+                    types::ConfigSource::DeviceClass => dra_driver_sdk::ConfigSource::DeviceClass,
+                    types::ConfigSource::ResourceClaim => dra_driver_sdk::ConfigSource::ResourceClaim,
+                },
                 requests: c.requests.clone(),
                 parameters: c.parameters.clone(),
             })
             .collect(),
+    }
+}
+
+fn sdk_ref(r: &types::ClaimRef) -> dra_driver_sdk::ClaimRef {
+    dra_driver_sdk::ClaimRef {
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        uid: r.uid.clone(),
     }
 }
 
@@ -146,7 +163,12 @@ fn main() {
 
 async fn run(iterations: usize, mut evict: Evict) {
     let config = r#"{"devices": 8}"#;
-    let native = logic::Driver::new(config, NODE).expect("native driver");
+    let native = Instance::<ExampleDriver>::init(dra_driver_sdk::InitContext {
+        driver_name: "example.dra.dev".into(),
+        node_name: NODE.into(),
+        config: config.into(),
+    })
+    .expect("native driver");
     let path = PathBuf::from(dra_wasm_host::BUILT_GUESTS_DIR).join("example_driver.wasm");
     let cache_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-guest-cache");
     let runtime = Runtime::new(
@@ -179,7 +201,7 @@ async fn run(iterations: usize, mut evict: Evict) {
     );
     for case in cases() {
         // Both must agree before either is timed.
-        let expected = native.prepare(&logic_claim(&case.claim)).expect("native prepare");
+        let expected = native.prepare(sdk_claim(&case.claim)).expect("native prepare");
         let (prepared, _) = guest.prepare(case.claim.clone()).await.expect("component prepare");
         assert_eq!(prepared.state, expected.state, "native and component disagree");
         assert_eq!(prepared.devices.len(), expected.devices.len());
@@ -192,12 +214,12 @@ async fn run(iterations: usize, mut evict: Evict) {
             for _ in 0..n {
                 evict.run();
                 let t = Instant::now();
-                let p = native.prepare(&logic_claim(&case.claim)).expect("native prepare");
+                let p = native.prepare(sdk_claim(&case.claim)).expect("native prepare");
                 let np = t.elapsed();
                 evict.run();
                 let t = Instant::now();
                 native
-                    .unprepare(&case.claim.ref_.uid, &p.state)
+                    .unprepare(&sdk_ref(&case.claim.ref_), &p.state)
                     .expect("native unprepare");
                 let nu = t.elapsed();
                 std::hint::black_box(p);

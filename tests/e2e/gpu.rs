@@ -27,13 +27,16 @@ async fn gpu_node(n: u32) -> GpuNode {
     gpus::write_gpus_file(&gpus_file, n).unwrap();
     let driver_root = env.dir().join("driver-root");
     gpus::write_driver_root(&driver_root).unwrap();
+    let device_root = env.dir().join("device-root");
+    gpus::write_device_root(&device_root, n).unwrap();
     let events = env.dir().join("nvml-events.sock");
     let tables = format!(
         "[nvml]\ndriver_root = {driver_root:?}\n[nvml.simulated]\ngpus = {gpus_file:?}\nevents_socket = {events:?}\n"
     );
     let spec = DriverSpec::new(GPU, &guest("gpu_driver.wasm"))
         .extra(&format!(
-            "grants = [\"nvml\"]\n[drivers.policy]\nmount_host_prefixes = [{driver_root:?}]\n"
+            "grants = [\"nvml\"]\n{}",
+            gpus::policy_toml(&device_root, &driver_root)
         ))
         .config("sharing = { defaultMemory = \"5Gi\", memoryStep = \"5Gi\" }");
     let node = Node::start_in(env, vec![spec], "", &tables).await;
@@ -146,6 +149,20 @@ async fn whole_gpu_and_two_shares_prepare_separately() {
             "/dev/nvidia-uvm-tools"
         ]
     );
+    // The type and numbers the host read from the nodes (the guest gives none).
+    let numbers: Vec<(&str, i64, i64)> = edits["deviceNodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["type"].as_str().unwrap(),
+                n["major"].as_i64().unwrap(),
+                n["minor"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(numbers, [("c", 195, 0), ("c", 195, 255), ("c", 510, 0), ("c", 510, 1)]);
     let mounts: Vec<&str> = edits["mounts"]
         .as_array()
         .unwrap()
@@ -268,6 +285,40 @@ async fn health_streams_end_when_the_host_stops() {
         !log.contains("did not close within"),
         "streams must not hold up shutdown:\n{log}"
     );
+}
+
+/// Base-spec mode (the worked NVIDIA example of docs/operations.md): the
+/// guest references the GPU in the operator's `nvidia.com/gpu` CDI spec by
+/// its uuid, which the policy checks against the allocated GPU's `uuid`
+/// attribute; no device nodes or mounts of the guest's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_spec_mode_references_the_allocated_gpu_by_uuid() {
+    let env = HostEnv::new(&cache_dir()).unwrap();
+    let gpus_file = env.dir().join("gpus.json");
+    gpus::write_gpus_file(&gpus_file, 2).unwrap();
+    let events = env.dir().join("nvml-events.sock");
+    let tables = format!("[nvml.simulated]\ngpus = {gpus_file:?}\nevents_socket = {events:?}\n");
+    let spec = DriverSpec::new(GPU, &guest("gpu_driver.wasm"))
+        .extra(
+            "grants = [\"nvml\"]\n[drivers.policy]\n\
+             cdi_devices = [{ kind = \"nvidia.com/gpu\", name_attribute = \"uuid\" }]\n",
+        )
+        .config("cdi = { mode = \"base-spec\", kind = \"nvidia.com/gpu\" }");
+    let mut node = Node::start_in(env, vec![spec], "", &tables).await;
+    let claim = Claim::new("ml", "by-uuid", &uid(1)).device(GPU, "test-node", "gpu-1", "gpu");
+    node.claims.put(std::slice::from_ref(&claim)).unwrap();
+    let answer = node.plugin.prepare(&[claim.reference()]).await.unwrap();
+    let a = &answer[&uid(1)];
+    assert_eq!(a.error, "");
+    assert!(
+        a.devices[0]
+            .cdi_device_ids
+            .contains(&format!("nvidia.com/gpu={}", gpus::uuid(1))),
+        "{:?}",
+        a.devices[0].cdi_device_ids
+    );
+    let edits = &spec_of(&node, &uid(1))["devices"][0]["containerEdits"];
+    assert!(edits["deviceNodes"].is_null() && edits["mounts"].is_null(), "{edits}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

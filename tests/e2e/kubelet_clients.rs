@@ -46,7 +46,7 @@ const INSTALL_HINT: &str = "run tests/run.sh (it installs golang-go, golang-goog
      or set DRA_SKIP_REAL_CLIENTS=1 to skip these tests";
 
 /// Whether to skip: only when `DRA_SKIP_REAL_CLIENTS=1` asks to, loudly.
-fn skipped(test: &str) -> bool {
+pub(crate) fn skipped(test: &str) -> bool {
     let skip = std::env::var("DRA_SKIP_REAL_CLIENTS").as_deref() == Ok("1");
     if skip {
         println!("SKIPPED kubelet_clients::{test}: real grpc-go/grpcio clients not run (DRA_SKIP_REAL_CLIENTS=1)");
@@ -60,15 +60,15 @@ fn repo_root() -> PathBuf {
 
 /// The programs tests/peers/go/build.sh builds.
 #[derive(Clone)]
-struct GoPrograms {
+pub(crate) struct GoPrograms {
     /// The grpc-go kubelet peer.
-    peer: PathBuf,
+    pub(crate) peer: PathBuf,
     /// The server that records what a client sends.
     probe: PathBuf,
 }
 
 /// The grpc-go programs, built once per test run.
-async fn go_programs() -> GoPrograms {
+pub(crate) async fn go_programs() -> GoPrograms {
     static BUILT: OnceLock<Result<GoPrograms, String>> = OnceLock::new();
     let built = tokio::task::spawn_blocking(|| {
         BUILT
@@ -180,7 +180,7 @@ fn registration_socket(env: &HostEnv) -> PathBuf {
 }
 
 /// What a peer printed: one JSON object per step.
-struct PeerRun {
+pub(crate) struct PeerRun {
     /// Names the peer in failure messages, e.g. "grpc-go pre-1.34 DRA dial".
     what: String,
     steps: Vec<Value>,
@@ -190,7 +190,7 @@ struct PeerRun {
 
 impl PeerRun {
     /// The step's line, after checking it (and every step before it) succeeded.
-    fn ok(&self, step: &str) -> &Value {
+    pub(crate) fn ok(&self, step: &str) -> &Value {
         let failed = self.steps.iter().find(|s| s["ok"] != Value::Bool(true));
         let found = self.steps.iter().find(|s| s["step"] == step);
         match (found, failed) {
@@ -212,7 +212,7 @@ impl PeerRun {
         }
     }
 
-    fn context(&self) -> String {
+    pub(crate) fn context(&self) -> String {
         format!(
             "client output:\n{}\nhost log:\n{}",
             self.output.trim_end(),
@@ -223,7 +223,7 @@ impl PeerRun {
 
 /// Run a peer to its end (or [`PEER_TIMEOUT`]) and collect its steps.
 /// `host`: the host it talks to, whose log failure messages show.
-async fn run_peer(what: &str, program: &Path, args: &[&str], host: Option<&HostProcess>) -> PeerRun {
+pub(crate) async fn run_peer(what: &str, program: &Path, args: &[&str], host: Option<&HostProcess>) -> PeerRun {
     let host_log = || host.map(HostProcess::log).unwrap_or_else(|| "(no host)".into());
     let child = tokio::process::Command::new(program)
         .args(args)

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn validate(files: &[PathBuf]) {
+/// Validate files against the 1.37 schemas (also used for the Events the host creates).
+pub fn validate(files: &[PathBuf]) {
     let out = Command::new("kubernetes-validate")
         .args(["--strict", "-k", "1.37.0"])
         .args(files)
@@ -95,6 +96,39 @@ fn deployed_config_is_accepted_by_the_host_and_the_daemonset_uses_rolling_update
     assert!(ds.contains("- --rolling-update-uid=$(POD_UID)"), "{ds}");
     assert!(ds.contains("name: POD_UID") && ds.contains("fieldPath: metadata.uid"));
     assert!(ds.contains("maxSurge: 1"));
+}
+
+/// The GPU block that deploy/config.yaml keeps commented out (the worked
+/// NVIDIA example) loads as it is once uncommented, policy included.
+#[test]
+fn the_commented_gpu_section_of_the_deployed_config_is_accepted() {
+    let manifest = std::fs::read_to_string(deploy_dir().join("config.yaml")).unwrap();
+    let toml = host_toml(&manifest);
+    let (active, commented) = toml.split_once("Uncomment from here:").expect("the GPU block's marker");
+    let gpu: String = commented
+        .lines()
+        .map(|l| l.trim_start().trim_start_matches('#').strip_prefix(' ').unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let active: String = active
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("host.toml");
+    std::fs::write(&path, format!("{active}\n{gpu}\n")).unwrap();
+    let config = dra_wasm_host::config::Config::load(&path).unwrap_or_else(|e| panic!("the GPU block: {e}\n{gpu}"));
+    let d = config
+        .drivers
+        .iter()
+        .find(|d| d.name == "gpu.example.com")
+        .expect("the GPU driver");
+    assert_eq!(d.policy.device_nodes.len(), 4);
+    assert_eq!(d.policy.device_root, Path::new("/host"));
+    assert!(d.policy.mount_host_paths[0].matches("/run/nvidia/driver/usr/lib64/libcuda.so.580.159.04"));
+    let ds = std::fs::read_to_string(deploy_dir().join("daemonset.yaml")).unwrap();
+    assert!(ds.contains("mountPath: /host/dev") && ds.contains("path: /dev"), "{ds}");
 }
 
 /// The networking example's config grants `net` on the NICs it names, and

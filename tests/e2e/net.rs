@@ -488,3 +488,70 @@ async fn rolling_update_hosts_each_serve_and_remove_their_own_attach_socket() {
         "the new host attached it"
     );
 }
+
+/// A reboot (issue 14): the links the guest made are gone with the old
+/// kernel, the checkpoint is not, and `/var/run/cdi` is empty. With a new
+/// boot ID the host has the guest prepare the claim again before it serves:
+/// the macvlan is back on the parent, the CDI spec with the attach hook is
+/// back, and the hook puts the link, with the same address, into the
+/// restarted pod. The reboot is faked with the test-only boot ID file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reboot_the_macvlan_is_created_again_and_attaches() {
+    if !need_root("after_a_reboot_the_macvlan_is_created_again_and_attaches") {
+        return;
+    }
+    let mut lab = Lab::new(1);
+    let parent = lab.parents[0].clone();
+    let api = TestApiServer::start().await.unwrap();
+    api.put_node("test-node", NODE_UID);
+    let mut env = HostEnv::new(&cache_dir()).unwrap();
+    env.use_api_server(&api).unwrap();
+    let boot_file = env.dir().join("boot_id");
+    std::fs::write(&boot_file, "boot-1\n").unwrap();
+    env.env
+        .push(("DRA_TEST_BOOT_ID_FILE".into(), boot_file.display().to_string()));
+    let spec = net_spec(&[&parent], &parent_config(&lab.parents));
+    let node = Node::start_in(env, vec![spec], "", "").await;
+    let mut net = NetNode { api, node };
+
+    let a = share_claim("a", 21, &parent, 921, "100M");
+    net.api.put_claim(a.to_json());
+    let answer = net.node.plugin.prepare(&[a.reference()]).await.unwrap();
+    assert_eq!(answer[&uid(21)].error, "", "{}", net.node.host.log());
+    let ip_a = network_data(&net, "a").await["networkData"]["ips"][0].clone();
+    assert_eq!(host_links_on(&parent).len(), 1);
+    net.node.host.terminate(Duration::from_secs(20)).unwrap();
+
+    // The reboot.
+    for link in host_links_on(&parent) {
+        ip_ok(&["link", "del", &link]);
+    }
+    for entry in std::fs::read_dir(&net.node.env.cdi_dir).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    std::fs::write(&boot_file, "boot-2\n").unwrap();
+    net.node.restart().await;
+
+    // Before the kubelet asked for anything, the link is back...
+    assert_eq!(
+        host_links_on(&parent).len(),
+        1,
+        "the macvlan is created again\n{}",
+        net.node.host.log()
+    );
+    // ...and the restarted pod gets it from the hook in the new CDI spec.
+    let (ns, pid) = lab.pod();
+    let (path, args) = hook_of(&net.node, &uid(21));
+    let (ok, out) = run_hook(&path, &args, pid);
+    assert!(ok, "{out}\n{}", net.node.host.log());
+    let (addrs, _, up) = pod_interface(&ns, "net1").expect("net1 in the restarted pod");
+    assert_eq!(Value::from(addrs[0].clone()), ip_a, "the same address as before");
+    assert!(up);
+    // The kubelet's repeat is answered as before; unprepare removes it all.
+    let again = net.node.plugin.prepare(&[a.reference()]).await.unwrap();
+    assert_eq!(again[&uid(21)].devices, answer[&uid(21)].devices);
+    let gone = net.node.plugin.unprepare(&[a.reference()]).await.unwrap();
+    assert_eq!(gone[&uid(21)], "");
+    assert!(pod_interface(&ns, "net1").is_none());
+    assert_eq!(net_state(&net.node)["links"], json!([]));
+}

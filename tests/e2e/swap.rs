@@ -113,6 +113,8 @@ fn version_in(spec: &Path) -> Option<String> {
 /// One prepare or unprepare the load made.
 struct Call {
     started: Instant,
+    /// When its answer came back.
+    ended: Instant,
     /// For a prepare: the version in the claim's CDI edits.
     version: Option<String>,
     error: Option<String>,
@@ -139,6 +141,7 @@ async fn load_worker(plugin: Plugin, claims: Vec<Claim>, cdi_dir: PathBuf, stop:
         };
         calls.push(Call {
             started,
+            ended: Instant::now(),
             version,
             error,
         });
@@ -150,6 +153,7 @@ async fn load_worker(plugin: Plugin, claims: Vec<Claim>, cdi_dir: PathBuf, stop:
         };
         calls.push(Call {
             started,
+            ended: Instant::now(),
             version: None,
             error,
         });
@@ -246,13 +250,16 @@ async fn swaps_under_load_fail_no_call() {
         calls.len()
     );
 
-    // Every prepare that started after a swap was seen, and before the next
-    // file update, ran on the new build.
+    // Every prepare that started after a swap was seen, and was answered
+    // before the next file update, ran on the new build. (One that started
+    // before the update but was answered after it may have reached the host
+    // after the next swap: under load, tens of milliseconds pass between a
+    // call's start and the host's handling of it.)
     for (i, (_, seen, version)) in swaps.iter().enumerate() {
         let until = swaps.get(i + 1).map(|s| s.0);
         let in_window: Vec<&Call> = calls
             .iter()
-            .filter(|c| c.version.is_some() && c.started >= *seen && until.is_none_or(|u| c.started < u))
+            .filter(|c| c.version.is_some() && c.started >= *seen && until.is_none_or(|u| c.ended < u))
             .collect();
         assert!(!in_window.is_empty(), "no prepare ran after swap {i}");
         for c in in_window {

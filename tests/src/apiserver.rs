@@ -9,7 +9,13 @@
 //! - `POST …/resourceslices` (`generateName`), `PUT …/resourceslices/{name}`,
 //!   `DELETE …/resourceslices/{name}` (uid/resourceVersion preconditions)
 //! - `POST /api/v1/namespaces/{ns}/events` (core/v1 Events; name required,
-//!   as are `involvedObject`, `reason` and `type`)
+//!   as are `involvedObject`, `reason` and `type`; the involved object's
+//!   namespace must be the event's, or empty with `default`, as the API
+//!   server's legacy event validation demands)
+//! - `PATCH /api/v1/namespaces/{ns}/events/{name}` (strategic-merge or merge
+//!   patch, as client-go's event correlator sends to bump `count`; for the
+//!   scalar fields an event patch changes both kinds merge alike; a
+//!   `metadata.resourceVersion` in the patch is a precondition)
 //!
 //! Every object carries a `resourceVersion` from one counter; an update
 //! naming an older one gets 409 Conflict; missing objects get 404; errors
@@ -38,6 +44,9 @@ pub struct Writes {
     pub claim_status_updates: usize,
     /// Not a write: LIST requests for ResourceSlices, to see a sync happen.
     pub slice_lists: usize,
+    /// core/v1 Events created (POST) and patched (PATCH).
+    pub event_creates: usize,
+    pub event_patches: usize,
 }
 
 impl Writes {
@@ -172,6 +181,28 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// RFC 7386 merge patch: objects merge key by key, `null` removes, anything
+/// else replaces. (A strategic-merge patch of scalar fields and maps, all an
+/// event patch holds, means the same.)
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (key, value) in fields {
+        if value.is_null() {
+            if let Some(t) = target.as_object_mut() {
+                t.remove(key);
+            }
+        } else {
+            merge_patch(&mut target[key.as_str()], value);
+        }
+    }
 }
 
 /// `spec.driver=x,spec.nodeName=y` (also `==`) against an object.
@@ -329,6 +360,11 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let q = query(&req);
+    let content_type = req
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
     // Injected faults first.
     {
         let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -371,11 +407,69 @@ async fn handle(
             if !matches!(obj["type"].as_str(), Some("Normal" | "Warning")) {
                 return error(422, "Invalid", "type: Unsupported value");
             }
+            // Legacy events (no eventTime): the involved object's namespace is
+            // the event's, or empty (a cluster-scoped object) with "default".
+            let involved_ns = obj["involvedObject"]["namespace"].as_str().unwrap_or("");
+            let agrees = if involved_ns.is_empty() {
+                *ns == "default"
+            } else {
+                involved_ns == *ns
+            };
+            if obj["eventTime"].is_null() && !agrees {
+                return error(
+                    422,
+                    "Invalid",
+                    "involvedObject.namespace: Invalid value: does not match event.namespace",
+                );
+            }
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            if s.events
+                .iter()
+                .any(|e| e["metadata"]["namespace"] == *ns && e["metadata"]["name"] == name)
+            {
+                return error(409, "AlreadyExists", &format!("events \"{name}\" already exists"));
+            }
             let rv = s.next_rv();
             obj["metadata"]["namespace"] = json!(ns);
             obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+            obj["metadata"]["uid"] = json!(format!("event-uid-{rv}"));
             s.events.push(obj.clone());
+            s.writes.event_creates += 1;
             reply(StatusCode::CREATED, &obj)
+        }
+        (&Method::PATCH, ["api", "v1", "namespaces", ns, "events", name]) => {
+            let kind = content_type.as_deref().unwrap_or("");
+            if !matches!(
+                kind,
+                "application/strategic-merge-patch+json" | "application/merge-patch+json"
+            ) {
+                return error(
+                    415,
+                    "UnsupportedMediaType",
+                    &format!("the test API server takes strategic-merge and merge patches of events, not {kind:?}"),
+                );
+            }
+            let Ok(patch): Result<Value, _> = serde_json::from_slice(&body) else {
+                return error(400, "BadRequest", "patch is not JSON");
+            };
+            let rv = s.rv + 1;
+            let Some(stored) = s
+                .events
+                .iter_mut()
+                .find(|e| e["metadata"]["namespace"] == *ns && e["metadata"]["name"] == *name)
+            else {
+                return error(404, "NotFound", &format!("events \"{name}\" not found"));
+            };
+            let precondition = &patch["metadata"]["resourceVersion"];
+            if !precondition.is_null() && *precondition != stored["metadata"]["resourceVersion"] {
+                return conflict();
+            }
+            merge_patch(stored, &patch);
+            stored["metadata"]["resourceVersion"] = json!(rv.to_string());
+            let out = stored.clone();
+            s.rv = rv;
+            s.writes.event_patches += 1;
+            reply(StatusCode::OK, &out)
         }
         (&Method::GET, ["api", "v1", "nodes", name]) => match s.nodes.get(*name) {
             Some(n) => reply(StatusCode::OK, n),

@@ -15,6 +15,23 @@ pub fn arg<T: FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// User + system CPU time of a process so far, from `/proc/<pid>/stat`:
+/// how benchmarks report the host's CPU per operation, a figure that
+/// compares across machines better than wall-clock time.
+pub fn process_cpu_time(pid: u32) -> std::io::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces: fields are counted after its ')'.
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("/proc/{pid}/stat: {stat}"));
+    let rest = stat.get(stat.rfind(')').ok_or_else(bad)? + 2..).ok_or_else(bad)?;
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).ok_or_else(bad);
+    let ticks = field(11)? + field(12)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
 /// Milliseconds, for printing.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -64,6 +81,13 @@ impl fmt::Display for Latencies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_process_has_used_some_cpu() {
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(50) {}
+        assert!(process_cpu_time(std::process::id()).unwrap() >= Duration::from_millis(10));
+    }
 
     #[test]
     fn percentiles_are_nearest_rank() {

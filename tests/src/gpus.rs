@@ -45,6 +45,42 @@ pub fn write_driver_root(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Character device nodes as the NVIDIA driver creates them, made with
+/// mknod(2) under `root/dev` (root only): `nvidia<i>` (195:i) for `n` GPUs,
+/// `nvidiactl` (195:255), `nvidia-uvm` and `nvidia-uvm-tools` (510:0 and
+/// 510:1; the driver's major for them is dynamic). For a host whose policy
+/// has `device_root = root`.
+pub fn write_device_root(root: &Path, n: u32) -> Result<()> {
+    let dev = root.join("dev");
+    std::fs::create_dir_all(&dev)?;
+    let mut nodes: Vec<(String, u32, u32)> = (0..n).map(|i| (format!("nvidia{i}"), 195, i)).collect();
+    nodes.push(("nvidiactl".into(), 195, 255));
+    nodes.push(("nvidia-uvm".into(), 510, 0));
+    nodes.push(("nvidia-uvm-tools".into(), 510, 1));
+    for (name, major, minor) in nodes {
+        let path = std::ffi::CString::new(dev.join(&name).to_string_lossy().into_owned())?;
+        // SAFETY: mknod(2) with a valid NUL-terminated path.
+        let rc = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(major, minor)) };
+        if rc != 0 {
+            bail!("mknod {name} (needs root): {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The policy of a GPU driver whose device nodes are under `device_root`
+/// and whose user-space files are under `driver_root` (the worked NVIDIA
+/// example of docs/operations.md, with test paths).
+pub fn policy_toml(device_root: &Path, driver_root: &Path) -> String {
+    format!(
+        "[drivers.policy]\n\
+         device_root = {device_root:?}\n\
+         device_nodes = [\"/dev/nvidia[0-9]*\", \"/dev/nvidiactl\", \"/dev/nvidia-uvm\", \"/dev/nvidia-uvm-tools\"]\n\
+         mount_host_paths = [\"{}/**\"]\n",
+        driver_root.display()
+    )
+}
+
 /// Injects events into a running host's simulated NVML.
 pub struct Injector {
     lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,

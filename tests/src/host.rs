@@ -19,6 +19,11 @@ pub struct HostEnv {
     pub kubeconfig: Option<PathBuf>,
     /// Set: the host serves Prometheus metrics on 127.0.0.1 at this port.
     pub metrics_port: Option<u16>,
+    /// Extra environment variables for the host process (e.g. the test-only
+    /// `DRA_TEST_BOOT_ID_FILE`).
+    pub env: Vec<(String, String)>,
+    /// `RUST_LOG` for the host; default `$DRA_TEST_LOG`, else `info`.
+    pub log_filter: Option<String>,
 }
 
 /// One driver in the host config.
@@ -66,6 +71,8 @@ impl HostEnv {
             cache_dir: cache_dir.to_owned(),
             kubeconfig: None,
             metrics_port: None,
+            env: Vec::new(),
+            log_filter: None,
             kubelet_root,
             cdi_dir,
             dir,
@@ -142,13 +149,17 @@ impl HostEnv {
         if let Some(kubeconfig) = &self.kubeconfig {
             cmd.env("KUBECONFIG", kubeconfig);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .args(["run", "--config"])
             .arg(&self.config_path)
             .args(args)
             .env(
                 "RUST_LOG",
-                std::env::var("DRA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                self.log_filter
+                    .clone()
+                    .or_else(|| std::env::var("DRA_TEST_LOG").ok())
+                    .unwrap_or_else(|| "info".into()),
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

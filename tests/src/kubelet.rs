@@ -342,6 +342,13 @@ impl TestKubelet {
 
     /// A kubelet that only knows `known` services (e.g. only v1beta1, like 1.32/1.33).
     pub fn start_with_services(root: &Path, known: &[&str]) -> Result<Self> {
+        Self::start_with(root, known, RegistrationAuthority::GrpcGo)
+    }
+
+    /// A kubelet that registers plugins sending `authority`: benchmarks that
+    /// compare against host builds from before the HTTP/2 adapter (which
+    /// refuse the real kubelet's authority) use [`RegistrationAuthority::Localhost`].
+    pub fn start_with(root: &Path, known: &[&str], authority: RegistrationAuthority) -> Result<Self> {
         let registry = root.join("plugins_registry");
         std::fs::create_dir_all(&registry).with_context(|| format!("creating {}", registry.display()))?;
         let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
@@ -359,7 +366,10 @@ impl TestKubelet {
             let _ = tx.send(entry.path());
         }
         let shared = Arc::new(Shared::default());
-        let known: Vec<String> = known.iter().map(|s| s.to_string()).collect();
+        let known = Known {
+            services: known.iter().map(|s| s.to_string()).collect(),
+            authority,
+        };
         let (root2, shared2) = (root.to_owned(), Arc::clone(&shared));
         let task = tokio::spawn(async move {
             // Failed registrations per socket path, for the retry back-off.
@@ -465,7 +475,7 @@ impl TestKubelet {
 
 /// Bring the kubelet's view of `path` up to date; false when a socket there
 /// failed to register (and should be tried again).
-async fn reconcile(root: &Path, known: &[String], shared: &Shared, path: &Path) -> bool {
+async fn reconcile(root: &Path, known: &Known, shared: &Shared, path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return true;
     };
@@ -542,10 +552,28 @@ pub fn grpc_go_passthrough_authority(socket: &Path) -> Vec<u8> {
     socket.to_string_lossy().replace('/', "%2F").into_bytes()
 }
 
-async fn register(root: &Path, known: &[String], socket: &Path, inode: u64) -> Result<Plugin> {
+/// What the `:authority` of the registration calls is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistrationAuthority {
+    /// What every kubelet sends: the socket path, percent-encoded.
+    GrpcGo,
+    /// `localhost`, which no kubelet sends to the registration socket.
+    Localhost,
+}
+
+/// What this kubelet knows and how it dials.
+struct Known {
+    services: Vec<String>,
+    authority: RegistrationAuthority,
+}
+
+async fn register(root: &Path, known: &Known, socket: &Path, inode: u64) -> Result<Plugin> {
     // The plugin watcher dials the bare path without `WithAuthority`
     // (`operation_generator.go`), so the socket path is the `:authority`.
-    let authority = grpc_go_passthrough_authority(socket);
+    let authority = match known.authority {
+        RegistrationAuthority::GrpcGo => grpc_go_passthrough_authority(socket),
+        RegistrationAuthority::Localhost => b"localhost".to_vec(),
+    };
     let dial = dra_proto::wire::connect_uds_with_authority(socket, &authority);
     let channel = tokio::time::timeout(Duration::from_secs(10), dial)
         .await
@@ -572,7 +600,7 @@ async fn register(root: &Path, known: &[String], socket: &Path, inode: u64) -> R
         let service = info
             .supported_versions
             .iter()
-            .find(|v| known.contains(v))
+            .find(|v| known.services.contains(v))
             .ok_or_else(|| {
                 anyhow!(
                     "none of the plugin's services {:?} is supported",

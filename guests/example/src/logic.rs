@@ -1,14 +1,17 @@
-//! The example driver's decisions in plain Rust, free of WIT types, so the
-//! same code runs inside the component and natively (for benchmarks).
+//! The example driver's decisions, over the SDK's types: the same code runs
+//! inside the component and natively (its tests drive it through
+//! [`Instance`](dra_driver_sdk::Instance), as the host would).
 //!
 //! It simulates GPUs the way the upstream `dra-example-driver` does: a
 //! configurable number of identical devices named `gpu-0`, `gpu-1`, ...,
 //! prepared by handing the container environment variables (and, when
 //! configured, a device node).
 
+use dra_driver_sdk::{
+    AttributeValue, Claim, ClaimRef, ContainerEdits, Device, DeviceNode, Driver, Error, InitContext, Pool,
+    PreparedClaim, PreparedDevice, Quantity, Result, state,
+};
 use serde::Deserialize;
-use std::collections::BTreeMap;
-use std::fmt;
 
 /// The guest's configuration (the `config` table of the driver in the host config).
 #[derive(Debug, Clone, Deserialize)]
@@ -47,105 +50,20 @@ pub const MAX_DEVICES: u32 = 1024;
 
 pub const DRIVER_VERSION: &str = "1.0.0";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    InvalidConfig,
-    InvalidClaim,
-    Internal,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Error {
-    pub kind: ErrorKind,
-    pub message: String,
-}
-
-impl Error {
-    fn config(message: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::InvalidConfig,
-            message: message.into(),
-        }
-    }
-    fn claim(message: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::InvalidClaim,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// A configured driver: config plus the identity of the node it runs on.
+/// The example driver on one node.
 #[derive(Debug, Clone)]
-pub struct Driver {
+pub struct ExampleDriver {
     pub config: Config,
     pub pool: String,
+    memory: Quantity,
     node: String,
-}
-
-/// A simulated device as published.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Device {
-    pub name: String,
-    pub index: u32,
-    pub uuid: String,
-    pub model: String,
-    pub memory: String,
-    pub driver_version: String,
-}
-
-/// One allocated device of a claim.
-#[derive(Debug, Clone)]
-pub struct Allocation {
-    pub request: String,
-    pub pool: String,
-    pub device: String,
-    pub share_id: Option<String>,
-}
-
-/// Opaque parameters and the requests they apply to (empty: all).
-#[derive(Debug, Clone)]
-pub struct OpaqueConfig {
-    pub requests: Vec<String>,
-    pub parameters: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct Claim {
-    pub uid: String,
-    pub allocations: Vec<Allocation>,
-    /// Class configs first, then claim configs: later entries win.
-    pub configs: Vec<OpaqueConfig>,
-}
-
-/// What a container gets for one prepared device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PreparedDevice {
-    pub pool: String,
-    pub device: String,
-    pub share_id: Option<String>,
-    pub env: Vec<(String, String)>,
-    /// (container path, host path)
-    pub device_node: Option<(String, String)>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Prepared {
-    pub devices: Vec<PreparedDevice>,
-    pub state: Vec<u8>,
 }
 
 /// Opaque per-claim parameters, in the shape of the upstream example
 /// driver's `GpuConfig`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct DeviceConfig {
+pub struct DeviceConfig {
     #[serde(default)]
     sharing: Option<Sharing>,
 }
@@ -179,6 +97,7 @@ enum TimeSliceInterval {
 }
 
 /// The state blob checkpointed by the host between prepare and unprepare.
+/// Its JSON form is what every build of this driver wrote: keep it readable.
 #[derive(Debug, serde::Serialize, Deserialize)]
 struct State {
     version: u32,
@@ -187,53 +106,124 @@ struct State {
 }
 const STATE_VERSION: u32 = 1;
 
-impl Driver {
-    /// Parse and check the configuration.
-    pub fn new(config_json: &str, node: &str) -> Result<Self, Error> {
-        let text = if config_json.trim().is_empty() {
-            "{}"
-        } else {
-            config_json
-        };
-        let config: Config =
-            serde_json::from_str(text).map_err(|e| Error::config(format!("invalid example driver config: {e}")))?;
+impl Driver for ExampleDriver {
+    type Config = Config;
+    type ClaimConfig = DeviceConfig;
+
+    fn init(ctx: &InitContext, config: Config) -> Result<Self> {
         if config.devices > MAX_DEVICES {
-            return Err(Error::config(format!(
+            return Err(Error::invalid_config(format!(
                 "devices: {} is more than the {MAX_DEVICES} this driver simulates",
                 config.devices
             )));
         }
-        if let Some(path) = &config.device_node_host_path {
-            if !path.starts_with("/dev/") {
-                return Err(Error::config(format!(
-                    "deviceNodeHostPath: {path:?} is not under /dev/"
-                )));
-            }
+        if let Some(path) = &config.device_node_host_path
+            && !path.starts_with("/dev/")
+        {
+            return Err(Error::invalid_config(format!(
+                "deviceNodeHostPath: {path:?} is not under /dev/"
+            )));
         }
-        let pool = config.pool.clone().unwrap_or_else(|| node.to_owned());
+        let memory = Quantity::parse(&config.memory).map_err(|e| Error::invalid_config(format!("memory: {e}")))?;
+        let pool = config.pool.clone().unwrap_or_else(|| ctx.node_name.clone());
         if pool.is_empty() {
-            return Err(Error::config("pool: empty, and the host gave no node name"));
+            return Err(Error::invalid_config("pool: empty, and the host gave no node name"));
         }
+        dra_driver_sdk::log::info(&format!("simulating {} devices in pool {pool}", config.devices));
         Ok(Self {
             config,
             pool,
-            node: node.to_owned(),
+            memory,
+            node: ctx.node_name.clone(),
         })
     }
 
-    pub fn devices(&self) -> Vec<Device> {
-        (0..self.config.devices)
-            .map(|index| Device {
-                name: format!("gpu-{index}"),
-                index,
-                uuid: self.uuid(index),
-                model: self.config.model.clone(),
-                memory: self.config.memory.clone(),
-                driver_version: DRIVER_VERSION.to_owned(),
+    fn inventory(&self) -> Result<Vec<Pool>> {
+        let devices = (0..self.config.devices)
+            .map(|index| {
+                // Attributes in name order, as every earlier build published them.
+                Device::new(format!("gpu-{index}"))
+                    .attribute("driverVersion", AttributeValue::version(DRIVER_VERSION))
+                    .attribute("index", index)
+                    .attribute("model", self.config.model.as_str())
+                    .attribute("uuid", self.uuid(index))
+                    .capacity("memory", self.memory.clone())
             })
-            .collect()
+            .collect();
+        Ok(vec![Pool::new(&self.pool, devices)])
     }
 
+    fn prepare(&self, claim: Claim<DeviceConfig>) -> Result<PreparedClaim> {
+        let mut devices = Vec::with_capacity(claim.devices.len());
+        for alloc in &claim.devices {
+            if alloc.pool != self.pool {
+                return Err(Error::invalid_claim(format!(
+                    "device {}/{} is not in this driver's pool {:?}",
+                    alloc.pool, alloc.device, self.pool
+                )));
+            }
+            let index = self.device_index(&alloc.device).ok_or_else(|| {
+                Error::invalid_claim(format!("device {:?} does not exist on this node", alloc.device))
+            })?;
+            let mut edits = ContainerEdits::default()
+                .env(format!("GPU_DEVICE_{index}"), &alloc.device)
+                .env(format!("GPU_DEVICE_{index}_RESOURCE_CLAIM"), &claim.claim.uid);
+            if let Some(sharing) = &alloc.config.sharing {
+                edits = edits.env(
+                    format!("GPU_DEVICE_{index}_SHARING_STRATEGY"),
+                    format!("{:?}", sharing.strategy),
+                );
+                match (sharing.strategy, &sharing.time_slicing) {
+                    (SharingStrategy::TimeSlicing, ts) => {
+                        let interval = ts.as_ref().map_or(TimeSliceInterval::Default, |t| t.interval);
+                        edits = edits.env(
+                            format!("GPU_DEVICE_{index}_TIMESLICE_INTERVAL"),
+                            format!("{interval:?}"),
+                        );
+                    }
+                    (SharingStrategy::SpacePartitioning, Some(_)) => {
+                        return Err(Error::invalid_claim(
+                            "sharing.timeSlicing: only valid with strategy TimeSlicing",
+                        ));
+                    }
+                    (SharingStrategy::SpacePartitioning, None) => {}
+                }
+            }
+            if let Some(host) = &self.config.device_node_host_path {
+                edits = edits.device_node(DeviceNode::new(format!("/dev/example-gpu-{index}")).host_path(host));
+            }
+            devices.push(PreparedDevice::new(alloc).edits(edits));
+        }
+        let state = state::encode(&State {
+            version: STATE_VERSION,
+            claim: claim.claim.uid.clone(),
+            devices: claim.devices.iter().map(|a| a.device.clone()).collect(),
+        })?;
+        Ok(PreparedClaim { devices, state })
+    }
+
+    /// Nothing to undo for simulated devices, but the state must be ours.
+    fn unprepare(&self, claim: &ClaimRef, state: &[u8]) -> Result<()> {
+        let Some(state) = state::decode::<State>(state)? else {
+            return Ok(());
+        };
+        if state.version != STATE_VERSION {
+            return Err(Error::invalid_claim(format!(
+                "prepare state version {} is not understood by this build",
+                state.version
+            )));
+        }
+        if state.claim != claim.uid {
+            return Err(Error::invalid_claim(format!(
+                "prepare state belongs to claim {}, not {}",
+                state.claim, claim.uid
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl ExampleDriver {
     /// A stable UUID-shaped identifier per (node, index), as a real GPU has.
     fn uuid(&self, index: u32) -> String {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -256,203 +246,118 @@ impl Driver {
         let index: u32 = name.strip_prefix("gpu-")?.parse().ok()?;
         (index < self.config.devices && name == format!("gpu-{index}")).then_some(index)
     }
-
-    pub fn prepare(&self, claim: &Claim) -> Result<Prepared, Error> {
-        let mut devices = Vec::with_capacity(claim.allocations.len());
-        for alloc in &claim.allocations {
-            if alloc.pool != self.pool {
-                return Err(Error::claim(format!(
-                    "device {}/{} is not in this driver's pool {:?}",
-                    alloc.pool, alloc.device, self.pool
-                )));
-            }
-            let index = self
-                .device_index(&alloc.device)
-                .ok_or_else(|| Error::claim(format!("device {:?} does not exist on this node", alloc.device)))?;
-            let config = config_for(&claim.configs, &alloc.request)?;
-            let mut env = vec![
-                (format!("GPU_DEVICE_{index}"), alloc.device.clone()),
-                (format!("GPU_DEVICE_{index}_RESOURCE_CLAIM"), claim.uid.clone()),
-            ];
-            if let Some(sharing) = &config.sharing {
-                env.push((
-                    format!("GPU_DEVICE_{index}_SHARING_STRATEGY"),
-                    format!("{:?}", sharing.strategy),
-                ));
-                match (sharing.strategy, &sharing.time_slicing) {
-                    (SharingStrategy::TimeSlicing, ts) => {
-                        let interval = ts.as_ref().map_or(TimeSliceInterval::Default, |t| t.interval);
-                        env.push((
-                            format!("GPU_DEVICE_{index}_TIMESLICE_INTERVAL"),
-                            format!("{interval:?}"),
-                        ));
-                    }
-                    (SharingStrategy::SpacePartitioning, Some(_)) => {
-                        return Err(Error::claim(
-                            "sharing.timeSlicing: only valid with strategy TimeSlicing",
-                        ));
-                    }
-                    (SharingStrategy::SpacePartitioning, None) => {}
-                }
-            }
-            let device_node = self
-                .config
-                .device_node_host_path
-                .as_ref()
-                .map(|host| (format!("/dev/example-gpu-{index}"), host.clone()));
-            devices.push(PreparedDevice {
-                pool: alloc.pool.clone(),
-                device: alloc.device.clone(),
-                share_id: alloc.share_id.clone(),
-                env,
-                device_node,
-            });
-        }
-        let state = State {
-            version: STATE_VERSION,
-            claim: claim.uid.clone(),
-            devices: claim.allocations.iter().map(|a| a.device.clone()).collect(),
-        };
-        let state = serde_json::to_vec(&state).map_err(|e| Error {
-            kind: ErrorKind::Internal,
-            message: e.to_string(),
-        })?;
-        Ok(Prepared { devices, state })
-    }
-
-    /// Nothing to undo for simulated devices, but the state must be ours.
-    pub fn unprepare(&self, claim_uid: &str, state: &[u8]) -> Result<(), Error> {
-        if state.is_empty() {
-            return Ok(());
-        }
-        let state: State =
-            serde_json::from_slice(state).map_err(|e| Error::claim(format!("unreadable prepare state: {e}")))?;
-        if state.version != STATE_VERSION {
-            return Err(Error::claim(format!(
-                "prepare state version {} is not understood by this build",
-                state.version
-            )));
-        }
-        if state.claim != claim_uid {
-            return Err(Error::claim(format!(
-                "prepare state belongs to claim {}, not {claim_uid}",
-                state.claim
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// The effective opaque config for one request: later entries override
-/// earlier ones (class configs come before claim configs).
-fn config_for(configs: &[OpaqueConfig], request: &str) -> Result<DeviceConfig, Error> {
-    // `request/subrequest` matches configs naming the parent request too.
-    let parent = request.split('/').next().unwrap_or(request);
-    let mut effective = DeviceConfig::default();
-    for c in configs {
-        let applies = c.requests.is_empty() || c.requests.iter().any(|r| r == request || r == parent);
-        if !applies {
-            continue;
-        }
-        let parsed: DeviceConfig = serde_json::from_str(&c.parameters)
-            .map_err(|e| Error::claim(format!("invalid opaque config for request {request:?}: {e}")))?;
-        if parsed.sharing.is_some() {
-            effective.sharing = parsed.sharing;
-        }
-    }
-    Ok(effective)
-}
-
-/// Attributes published for a device, in a WIT-independent form.
-pub fn attributes(device: &Device) -> BTreeMap<&'static str, AttributeValue> {
-    BTreeMap::from([
-        ("index", AttributeValue::Int(i64::from(device.index))),
-        ("uuid", AttributeValue::Text(device.uuid.clone())),
-        ("model", AttributeValue::Text(device.model.clone())),
-        ("driverVersion", AttributeValue::Version(device.driver_version.clone())),
-    ])
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum AttributeValue {
-    Int(i64),
-    Text(String),
-    Version(String),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dra_driver_sdk::{AllocatedClaim, ConfigSource, ErrorKind, Instance};
 
-    fn claim(configs: Vec<OpaqueConfig>) -> Claim {
-        Claim {
-            uid: "uid-1".into(),
-            allocations: vec![Allocation {
-                request: "gpu".into(),
-                pool: "node-a".into(),
-                device: "gpu-3".into(),
-                share_id: None,
-            }],
-            configs,
-        }
+    fn driver(config: &str) -> Instance<ExampleDriver> {
+        Instance::start("node-a", config).unwrap()
+    }
+
+    fn claim() -> AllocatedClaim {
+        AllocatedClaim::new("default", "c", "uid-1").device("gpu", "node-a", "gpu-3")
+    }
+
+    fn env(p: &PreparedClaim) -> Vec<(String, String)> {
+        p.devices[0]
+            .edits
+            .env
+            .iter()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect()
     }
 
     #[test]
     fn publishes_configured_devices_with_stable_uuids() {
-        let d = Driver::new(r#"{"devices": 4}"#, "node-a").unwrap();
-        let devices = d.devices();
+        let d = driver(r#"{"devices": 4}"#);
+        let pools = d.inventory().unwrap();
+        assert_eq!(pools[0].name, "node-a");
+        let devices = &pools[0].devices;
         assert_eq!(devices.len(), 4);
         assert_eq!(devices[2].name, "gpu-2");
-        assert_eq!(devices, Driver::new(r#"{"devices": 4}"#, "node-a").unwrap().devices());
-        assert_ne!(devices[0].uuid, devices[1].uuid);
-        assert_eq!(d.pool, "node-a");
+        assert_eq!(pools, driver(r#"{"devices": 4}"#).inventory().unwrap());
+        let uuid = |i: usize| devices[i].attributes.iter().find(|a| a.name == "uuid").cloned();
+        assert_ne!(uuid(0), uuid(1));
+        assert_eq!(devices[0].capacity[0].value, "80Gi");
+        assert!(devices[0].attributes.contains(&dra_driver_sdk::Attribute {
+            name: "driverVersion".into(),
+            value: AttributeValue::version("1.0.0")
+        }));
     }
 
     #[test]
-    fn unknown_config_field_is_named() {
-        let err = Driver::new(r#"{"devcies": 4}"#, "n").unwrap_err();
-        assert_eq!(err.kind, ErrorKind::InvalidConfig);
-        assert!(err.message.contains("devcies"), "{err}");
+    fn config_errors_name_the_field() {
+        for (config, field) in [
+            (r#"{"devcies": 4}"#, "devcies"),
+            (r#"{"devices": 5000}"#, "devices"),
+            (r#"{"memory": "lots"}"#, "memory"),
+            (r#"{"deviceNodeHostPath": "/etc/passwd"}"#, "deviceNodeHostPath"),
+        ] {
+            let err = Instance::<ExampleDriver>::start("n", config).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidConfig);
+            assert!(err.message.contains(field), "{config}: {err}");
+        }
     }
 
     #[test]
     fn prepare_applies_claim_config_over_class_config() {
-        let d = Driver::new("{}", "node-a").unwrap();
+        let d = driver("{}");
         let p = d
-            .prepare(&claim(vec![
-                OpaqueConfig {
-                    requests: vec![],
-                    parameters: r#"{"sharing":{"strategy":"SpacePartitioning"}}"#.into(),
-                },
-                OpaqueConfig {
-                    requests: vec!["gpu".into()],
-                    parameters: r#"{"sharing":{"strategy":"TimeSlicing","timeSlicing":{"interval":"Long"}}}"#.into(),
-                },
-            ]))
+            .prepare(
+                claim()
+                    .config(
+                        ConfigSource::DeviceClass,
+                        &[],
+                        r#"{"sharing":{"strategy":"SpacePartitioning"}}"#,
+                    )
+                    .config(
+                        ConfigSource::ResourceClaim,
+                        &["gpu"],
+                        r#"{"sharing":{"strategy":"TimeSlicing","timeSlicing":{"interval":"Long"}}}"#,
+                    ),
+            )
             .unwrap();
-        let env = &p.devices[0].env;
-        assert!(env.contains(&("GPU_DEVICE_3".into(), "gpu-3".into())));
-        assert!(env.contains(&("GPU_DEVICE_3_SHARING_STRATEGY".into(), "TimeSlicing".into())));
-        assert!(env.contains(&("GPU_DEVICE_3_TIMESLICE_INTERVAL".into(), "Long".into())));
-        d.unprepare("uid-1", &p.state).unwrap();
+        assert!(env(&p).contains(&("GPU_DEVICE_3".into(), "gpu-3".into())));
+        assert!(env(&p).contains(&("GPU_DEVICE_3_SHARING_STRATEGY".into(), "TimeSlicing".into())));
+        assert!(env(&p).contains(&("GPU_DEVICE_3_TIMESLICE_INTERVAL".into(), "Long".into())));
         assert_eq!(
-            d.unprepare("uid-2", &p.state).unwrap_err().kind,
-            ErrorKind::InvalidClaim
+            p.state, br#"{"version":1,"claim":"uid-1","devices":["gpu-3"]}"#,
+            "the state format every earlier build wrote"
         );
+        let mut r = claim().ref_;
+        d.unprepare(&r, &p.state).unwrap();
+        d.unprepare(&r, b"").unwrap();
+        r.uid = "uid-2".into();
+        assert_eq!(d.unprepare(&r, &p.state).unwrap_err().kind, ErrorKind::InvalidClaim);
     }
 
     #[test]
     fn prepare_rejects_bad_opaque_config_and_unknown_devices() {
-        let d = Driver::new("{}", "node-a").unwrap();
+        let d = driver("{}");
         let err = d
-            .prepare(&claim(vec![OpaqueConfig {
-                requests: vec![],
-                parameters: r#"{"sharing":{"strategy":"TimeSlicing","color":"red"}}"#.into(),
-            }]))
+            .prepare(claim().config(
+                ConfigSource::ResourceClaim,
+                &[],
+                r#"{"sharing":{"strategy":"TimeSlicing","color":"red"}}"#,
+            ))
             .unwrap_err();
         assert!(err.message.contains("color"), "{err}");
-        let mut c = claim(vec![]);
-        c.allocations[0].device = "gpu-99".into();
-        assert!(d.prepare(&c).unwrap_err().message.contains("gpu-99"));
+        let unknown = AllocatedClaim::new("default", "c", "uid-1").device("gpu", "node-a", "gpu-99");
+        assert!(d.prepare(unknown).unwrap_err().message.contains("gpu-99"));
+        let elsewhere = AllocatedClaim::new("default", "c", "uid-1").device("gpu", "node-b", "gpu-1");
+        assert!(d.prepare(elsewhere).unwrap_err().message.contains("node-b"));
+    }
+
+    #[test]
+    fn device_nodes_when_configured() {
+        let d = driver(r#"{"deviceNodeHostPath": "/dev/null"}"#);
+        let p = d.prepare(claim()).unwrap();
+        let node = &p.devices[0].edits.device_nodes[0];
+        assert_eq!(node.path, "/dev/example-gpu-3");
+        assert_eq!(node.host_path.as_deref(), Some("/dev/null"));
+        assert_eq!(node.permissions.as_deref(), Some("rw"));
     }
 }

@@ -1,12 +1,9 @@
 //! NVIDIA GPU DRA guest.
 //!
-//! [`logic`] holds the decisions in plain Rust (inventory attributes, opaque
-//! config, container edits, Xid → health); `component` adapts them to the
-//! `dra:driver` `gpu-driver` world and asks the host's `nvml` import for the
-//! GPUs when built for `wasm32-wasip2`.
+//! [`logic`] holds the decisions (inventory attributes, opaque config,
+//! container edits, Xid → health) over the SDK's types, and asks the host's
+//! `nvml` import (SDK feature `nvml`) for the GPUs at `init`.
 
 pub mod logic;
-pub mod quantity;
 
-#[cfg(target_arch = "wasm32")]
-mod component;
+dra_driver_sdk::export_driver!(logic::GpuDriver);

@@ -1,82 +1,21 @@
-//! The GPU driver's decisions in plain Rust.
+//! The GPU driver's decisions, over the SDK's types and its `nvml` import.
 
-use crate::quantity::{format_bytes, parse_bytes};
+use dra_driver_sdk::nvml::{self, DriverFile, DriverFileKind, GpuInfo};
+use dra_driver_sdk::{
+    AttributeValue, Claim, ClaimRef, ContainerEdits, Device, DeviceHealth, DeviceNode, Driver, Error, Event,
+    GpuEventKind, InitContext, Mount, Pool, PreparedClaim, PreparedDevice, Quantity, RequestPolicy, Result, state,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::fmt;
-
-/// One GPU as NVML describes it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Gpu {
-    pub index: u32,
-    pub uuid: String,
-    pub product_name: String,
-    pub brand: String,
-    pub architecture: String,
-    pub cuda_compute_capability: (u32, u32),
-    pub memory_bytes: u64,
-    pub pci_bus_id: String,
-    pub minor: u32,
-    pub mig_enabled: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileKind {
-    Library,
-    Binary,
-    Firmware,
-}
-
-/// A user-space driver file the host found under the driver root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DriverFile {
-    pub kind: FileKind,
-    pub host_path: String,
-    pub container_path: String,
-}
 
 /// What the node has: from NVML at `init`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub driver_version: String,
     pub cuda_driver_version: (u32, u32),
-    pub gpus: Vec<Gpu>,
+    pub gpus: Vec<GpuInfo>,
     /// Empty unless the driver mounts the user-space driver itself.
     pub files: Vec<DriverFile>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    InvalidConfig,
-    InvalidClaim,
-    Internal,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Error {
-    pub kind: ErrorKind,
-    pub message: String,
-}
-
-impl Error {
-    fn config(m: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::InvalidConfig,
-            message: m.into(),
-        }
-    }
-    fn claim(m: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::InvalidClaim,
-            message: m.into(),
-        }
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
 }
 
 /// The driver's configuration (`[drivers.config]` in the host config).
@@ -152,52 +91,10 @@ pub fn xid_meaning(xid: u64) -> &'static str {
     }
 }
 
-/// An attribute value, WIT-independent.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Int(i64),
-    Text(String),
-    Version(String),
-}
-
-/// Capacity of a published device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Capacity {
-    pub value: String,
-    /// (default, min/step) when the GPU is shared by memory.
-    pub policy: Option<(String, String)>,
-    pub max: String,
-}
-
-/// A device to publish.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Device {
-    pub name: String,
-    pub attributes: Vec<(&'static str, Value)>,
-    pub memory: Capacity,
-    pub shared: bool,
-}
-
-/// One allocated device of a claim.
-#[derive(Debug, Clone)]
-pub struct Allocation {
-    pub request: String,
-    pub device: String,
-    pub share_id: Option<String>,
-    /// The share's consumed `memory`, when shared.
-    pub consumed_memory: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct OpaqueConfig {
-    pub requests: Vec<String>,
-    pub parameters: String,
-}
-
 /// Per-claim parameters (`config[].opaque.parameters`).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ClaimConfig {
+pub struct ClaimConfig {
     #[serde(default)]
     sharing: Option<ClaimSharing>,
     /// Memory the workload may use on the GPU (enforced by an MPS daemon).
@@ -219,29 +116,6 @@ enum Strategy {
     Mps,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    pub host_path: String,
-    pub container_path: String,
-}
-
-/// What a container gets for one prepared device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PreparedDevice {
-    pub device: String,
-    pub share_id: Option<String>,
-    pub device_nodes: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub mounts: Vec<Mount>,
-    pub cdi_device_ids: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Prepared {
-    pub devices: Vec<PreparedDevice>,
-    pub state: Vec<u8>,
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 struct State {
     version: u32,
@@ -259,22 +133,13 @@ struct StateDevice {
 
 const STATE_VERSION: u32 = 1;
 
-/// Health a GPU event leads to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HealthChange {
-    /// Mark these devices unhealthy with this message.
-    Unhealthy {
-        devices: Vec<String>,
-        message: String,
-    },
-    None,
-}
-
-/// A configured driver on a node.
+/// The GPU driver on one node.
 #[derive(Debug, Clone)]
-pub struct Driver {
+pub struct GpuDriver {
     pub config: Config,
     pub node: Node,
+    /// The pool: the node's name.
+    pub pool: String,
     ignored: BTreeSet<u64>,
     share_step: Option<(u64, u64)>,
 }
@@ -295,122 +160,140 @@ fn semver(v: &str) -> String {
     parts.join(".")
 }
 
-impl Driver {
-    pub fn new(config_json: &str, node: Node) -> Result<Self, Error> {
-        let text = if config_json.trim().is_empty() {
-            "{}"
-        } else {
-            config_json
-        };
-        let config: Config =
-            serde_json::from_str(text).map_err(|e| Error::config(format!("invalid GPU driver config: {e}")))?;
-        let share_step = match &config.sharing {
-            Some(s) => {
-                let default = parse_bytes(&s.default_memory).ok_or_else(|| {
-                    Error::config(format!(
-                        "sharing.defaultMemory: {:?} is not a quantity",
-                        s.default_memory
-                    ))
-                })?;
-                let step = parse_bytes(&s.memory_step).filter(|s| *s > 0).ok_or_else(|| {
-                    Error::config(format!(
-                        "sharing.memoryStep: {:?} is not a positive quantity",
-                        s.memory_step
-                    ))
-                })?;
-                Some((default, step))
+/// A whole, positive number of bytes from a quantity field.
+fn bytes(field: &str, q: &str) -> Result<u64> {
+    Quantity::parse(q)
+        .and_then(|q| q.to_u64())
+        .map_err(|e| Error::invalid_config(format!("{field}: {e}")))
+}
+
+/// Check the parts of the config NVML does not come into: (default, step)
+/// of shares when the GPUs are shared.
+fn check(config: &Config) -> Result<Option<(u64, u64)>> {
+    let share_step = match &config.sharing {
+        Some(s) => {
+            let default = bytes("sharing.defaultMemory", &s.default_memory)?;
+            let step = bytes("sharing.memoryStep", &s.memory_step)?;
+            if step == 0 {
+                return Err(Error::invalid_config("sharing.memoryStep: must be positive"));
             }
-            None => None,
-        };
-        if let CdiMode::BaseSpec { kind } = &config.cdi
-            && !kind.contains('/')
-        {
-            return Err(Error::config(format!("cdi.kind: {kind:?} is not vendor/class")));
+            Some((default, step))
         }
-        let ignored = APPLICATION_XIDS.iter().chain(&config.ignored_xids).copied().collect();
-        Ok(Self {
-            config,
-            node,
-            ignored,
-            share_step,
-        })
+        None => None,
+    };
+    if let CdiMode::BaseSpec { kind } = &config.cdi
+        && !kind.contains('/')
+    {
+        return Err(Error::invalid_config(format!("cdi.kind: {kind:?} is not vendor/class")));
+    }
+    Ok(share_step)
+}
+
+/// Everything NVML says about the node.
+fn discover(want_files: bool) -> Result<Node> {
+    Ok(Node {
+        driver_version: nvml::driver_version()?,
+        cuda_driver_version: nvml::cuda_driver_version()?,
+        gpus: nvml::gpus()?,
+        files: if want_files { nvml::driver_files()? } else { Vec::new() },
+    })
+}
+
+impl Driver for GpuDriver {
+    type Config = Config;
+    type ClaimConfig = ClaimConfig;
+
+    fn init(ctx: &InitContext, config: Config) -> Result<Self> {
+        // Config errors come before anything is asked of NVML.
+        check(&config)?;
+        let node = discover(config.cdi == CdiMode::Mounts)?;
+        let driver = Self::new(config, node, &ctx.node_name)?;
+        let uuids: Vec<String> = driver.node.gpus.iter().map(|g| g.uuid.clone()).collect();
+        nvml::subscribe(
+            &uuids,
+            &[GpuEventKind::XidCriticalError, GpuEventKind::DoubleBitEccError],
+        )?;
+        dra_driver_sdk::log::info(&format!(
+            "{} GPUs, driver {}, CUDA {}.{}",
+            driver.node.gpus.len(),
+            driver.node.driver_version,
+            driver.node.cuda_driver_version.0,
+            driver.node.cuda_driver_version.1
+        ));
+        Ok(driver)
     }
 
     /// One device per GPU.
-    pub fn devices(&self) -> Vec<Device> {
-        self.node
+    fn inventory(&self) -> Result<Vec<Pool>> {
+        let devices = self
+            .node
             .gpus
             .iter()
             .map(|g| {
                 let (major, minor) = g.cuda_compute_capability;
                 let (cuda_major, cuda_minor) = self.node.cuda_driver_version;
-                let attributes = vec![
-                    ("type", Value::Text("gpu".into())),
-                    ("uuid", Value::Text(g.uuid.clone())),
-                    ("productName", Value::Text(g.product_name.clone())),
-                    ("brand", Value::Text(g.brand.clone())),
-                    ("architecture", Value::Text(g.architecture.clone())),
-                    ("cudaComputeCapability", Value::Version(format!("{major}.{minor}.0"))),
-                    ("driverVersion", Value::Version(semver(&self.node.driver_version))),
-                    (
+                let memory = Quantity::binary(g.memory_total_bytes);
+                let device = Device::new(device_name(g.index))
+                    .attribute("type", "gpu")
+                    .attribute("uuid", g.uuid.as_str())
+                    .attribute("productName", g.product_name.as_str())
+                    .attribute("brand", g.brand.as_str())
+                    .attribute("architecture", g.architecture.as_str())
+                    .attribute(
+                        "cudaComputeCapability",
+                        AttributeValue::version(format!("{major}.{minor}.0")),
+                    )
+                    .attribute(
+                        "driverVersion",
+                        AttributeValue::version(semver(&self.node.driver_version)),
+                    )
+                    .attribute(
                         "cudaDriverVersion",
-                        Value::Version(format!("{cuda_major}.{cuda_minor}.0")),
+                        AttributeValue::version(format!("{cuda_major}.{cuda_minor}.0")),
+                    )
+                    .attribute("pciBusID", g.pci.bus_id.as_str())
+                    .attribute("index", g.index)
+                    .attribute("minor", g.minor_number);
+                match self.share_step {
+                    Some((default, step)) => device.shared(true).consumable(
+                        "memory",
+                        memory.clone(),
+                        RequestPolicy::range(
+                            Quantity::binary(default),
+                            Quantity::binary(step),
+                            Some(memory),
+                            Some(Quantity::binary(step)),
+                        ),
                     ),
-                    ("pciBusID", Value::Text(g.pci_bus_id.clone())),
-                    ("index", Value::Int(i64::from(g.index))),
-                    ("minor", Value::Int(i64::from(g.minor))),
-                ];
-                let memory = Capacity {
-                    value: format_bytes(g.memory_bytes),
-                    policy: self
-                        .share_step
-                        .map(|(default, step)| (format_bytes(default), format_bytes(step))),
-                    max: format_bytes(g.memory_bytes),
-                };
-                Device {
-                    name: device_name(g.index),
-                    attributes,
-                    memory,
-                    shared: self.share_step.is_some(),
+                    None => device.capacity("memory", memory),
                 }
             })
-            .collect()
+            .collect();
+        Ok(vec![Pool::new(&self.pool, devices)])
     }
 
-    fn gpu(&self, device: &str) -> Option<&Gpu> {
-        let index: u32 = device.strip_prefix("gpu-")?.parse().ok()?;
-        self.node
-            .gpus
-            .iter()
-            .find(|g| g.index == index && device == device_name(index))
-    }
-
-    pub fn prepare(
-        &self,
-        claim_uid: &str,
-        allocations: &[Allocation],
-        configs: &[OpaqueConfig],
-    ) -> Result<Prepared, Error> {
-        let mut devices = Vec::with_capacity(allocations.len());
-        let mut state = Vec::with_capacity(allocations.len());
-        for a in allocations {
+    fn prepare(&self, claim: Claim<ClaimConfig>) -> Result<PreparedClaim> {
+        let mut devices = Vec::with_capacity(claim.devices.len());
+        let mut state = Vec::with_capacity(claim.devices.len());
+        for a in &claim.devices {
             let gpu = self
                 .gpu(&a.device)
-                .ok_or_else(|| Error::claim(format!("device {:?} is not a GPU of this node", a.device)))?;
-            let config = config_for(configs, &a.request)?;
-            let limit = match (&a.consumed_memory, &config.memory_limit) {
-                (Some(consumed), _) => Some(("the share's consumed memory", consumed)),
-                (None, Some(limit)) => Some(("memoryLimit", limit)),
+                .ok_or_else(|| Error::invalid_claim(format!("device {:?} is not a GPU of this node", a.device)))?;
+            let consumed = a.consumed("memory");
+            let limit = match (consumed, &a.config.memory_limit) {
+                (Some(q), _) => Some(("the share's consumed memory", q.as_str())),
+                (None, Some(limit)) => Some(("memoryLimit", limit.as_str())),
                 (None, None) => None,
             };
             let limit_bytes = match limit {
                 Some((what, q)) => {
-                    let bytes =
-                        parse_bytes(q).ok_or_else(|| Error::claim(format!("{what}: {q:?} is not a quantity")))?;
-                    if bytes == 0 || bytes > gpu.memory_bytes {
-                        return Err(Error::claim(format!(
+                    let bytes = Quantity::parse(q)
+                        .and_then(|q| q.to_u64())
+                        .map_err(|e| Error::invalid_claim(format!("{what}: {e}")))?;
+                    if bytes == 0 || bytes > gpu.memory_total_bytes {
+                        return Err(Error::invalid_claim(format!(
                             "{what}: {q} is not between 1 byte and the GPU's {}",
-                            format_bytes(gpu.memory_bytes)
+                            Quantity::binary(gpu.memory_total_bytes)
                         )));
                     }
                     Some(bytes)
@@ -418,61 +301,101 @@ impl Driver {
                 None => None,
             };
             let i = gpu.index;
-            let mut env = vec![(format!("DRA_GPU_{i}_UUID"), gpu.uuid.clone())];
-            if let Some(s) = &config.sharing {
+            let mut edits = ContainerEdits::default().env(format!("DRA_GPU_{i}_UUID"), &gpu.uuid);
+            if let Some(s) = &a.config.sharing {
                 let name = match s.strategy {
                     Strategy::Exclusive => "Exclusive",
                     Strategy::TimeSlicing => "TimeSlicing",
                     Strategy::Mps => "MPS",
                 };
-                env.push((format!("DRA_GPU_{i}_SHARING_STRATEGY"), name.into()));
+                edits = edits.env(format!("DRA_GPU_{i}_SHARING_STRATEGY"), name);
             }
             if let Some(bytes) = limit_bytes {
                 // Read by CUDA clients of an MPS server; without one the limit is advisory.
-                env.push((
-                    "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT".into(),
+                edits = edits.env(
+                    "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
                     format!("{}={}M", gpu.uuid, bytes.div_ceil(1 << 20)),
-                ));
+                );
             }
-            let mut prepared = PreparedDevice {
-                device: a.device.clone(),
-                share_id: a.share_id.clone(),
-                device_nodes: vec![],
-                env,
-                mounts: vec![],
-                cdi_device_ids: vec![],
-            };
+            let mut prepared = PreparedDevice::new(a);
             match &self.config.cdi {
                 CdiMode::Mounts => {
                     // The runtime's own NVIDIA hook must not inject anything else.
-                    prepared.env.push(("NVIDIA_VISIBLE_DEVICES".into(), "void".into()));
-                    prepared.device_nodes = vec![
-                        format!("/dev/nvidia{}", gpu.minor),
+                    edits = edits.env("NVIDIA_VISIBLE_DEVICES", "void");
+                    for path in [
+                        format!("/dev/nvidia{}", gpu.minor_number),
                         "/dev/nvidiactl".into(),
                         "/dev/nvidia-uvm".into(),
                         "/dev/nvidia-uvm-tools".into(),
-                    ];
-                    prepared.mounts = self.mounts();
+                    ] {
+                        edits = edits.device_node(DeviceNode::new(path));
+                    }
+                    edits.mounts = self.mounts();
                 }
-                CdiMode::BaseSpec { kind } => prepared.cdi_device_ids.push(format!("{kind}={}", gpu.uuid)),
+                CdiMode::BaseSpec { kind } => prepared = prepared.cdi_device(format!("{kind}={}", gpu.uuid)),
             }
-            devices.push(prepared);
+            devices.push(prepared.edits(edits));
             state.push(StateDevice {
                 device: a.device.clone(),
                 uuid: gpu.uuid.clone(),
-                share: a.share_id.clone(),
+                share: a.share_id.as_ref().map(|s| s.as_str().to_owned()),
             });
         }
-        let state = serde_json::to_vec(&State {
+        let state = state::encode(&State {
             version: STATE_VERSION,
-            claim: claim_uid.to_owned(),
+            claim: claim.claim.uid.clone(),
             devices: state,
-        })
-        .map_err(|e| Error {
-            kind: ErrorKind::Internal,
-            message: e.to_string(),
         })?;
-        Ok(Prepared { devices, state })
+        Ok(PreparedClaim { devices, state })
+    }
+
+    /// Nothing is changed on the host at prepare, so nothing needs undoing;
+    /// the state must still be ours.
+    fn unprepare(&self, claim: &ClaimRef, state: &[u8]) -> Result<()> {
+        let Some(state) = state::decode::<State>(state)? else {
+            return Ok(());
+        };
+        if state.version != STATE_VERSION || state.claim != claim.uid {
+            return Err(Error::invalid_claim(format!(
+                "prepare state (version {}, claim {}) is not this build's for claim {}",
+                state.version, state.claim, claim.uid
+            )));
+        }
+        Ok(())
+    }
+
+    fn on_event(&self, event: Event) -> Result<Vec<DeviceHealth>> {
+        Ok(match event {
+            Event::Gpu(g) => match g.kind {
+                GpuEventKind::XidCriticalError => self.on_xid(&g.uuid, g.data),
+                GpuEventKind::DoubleBitEccError => self.on_double_bit_ecc(&g.uuid),
+                _ => Vec::new(),
+            },
+            Event::Link(_) => Vec::new(),
+        })
+    }
+}
+
+impl GpuDriver {
+    /// The driver for `node`'s GPUs, published in the pool `pool`.
+    pub fn new(config: Config, node: Node, pool: &str) -> Result<Self> {
+        let share_step = check(&config)?;
+        let ignored = APPLICATION_XIDS.iter().chain(&config.ignored_xids).copied().collect();
+        Ok(Self {
+            config,
+            node,
+            pool: pool.to_owned(),
+            ignored,
+            share_step,
+        })
+    }
+
+    fn gpu(&self, device: &str) -> Option<&GpuInfo> {
+        let index: u32 = device.strip_prefix("gpu-")?.parse().ok()?;
+        self.node
+            .gpus
+            .iter()
+            .find(|g| g.index == index && device == device_name(index))
     }
 
     /// Read-only bind mounts of the driver files; each library also under
@@ -480,249 +403,236 @@ impl Driver {
     fn mounts(&self) -> Vec<Mount> {
         let mut mounts = Vec::new();
         for f in &self.node.files {
-            mounts.push(Mount {
-                host_path: f.host_path.clone(),
-                container_path: f.container_path.clone(),
-            });
-            if f.kind == FileKind::Library
+            mounts.push(Mount::read_only(&f.host_path, &f.container_path));
+            if f.kind == DriverFileKind::Library
                 && let Some(pos) = f.container_path.find(".so.")
             {
                 let soname = format!("{}.so.1", &f.container_path[..pos]);
                 if soname != f.container_path {
-                    mounts.push(Mount {
-                        host_path: f.host_path.clone(),
-                        container_path: soname,
-                    });
+                    mounts.push(Mount::read_only(&f.host_path, soname));
                 }
             }
         }
         mounts
     }
 
-    /// Nothing is changed on the host at prepare, so nothing needs undoing;
-    /// the state must still be ours.
-    pub fn unprepare(&self, claim_uid: &str, state: &[u8]) -> Result<(), Error> {
-        if state.is_empty() {
-            return Ok(());
-        }
-        let state: State =
-            serde_json::from_slice(state).map_err(|e| Error::claim(format!("unreadable prepare state: {e}")))?;
-        if state.version != STATE_VERSION || state.claim != claim_uid {
-            return Err(Error::claim(format!(
-                "prepare state (version {}, claim {}) is not this build's for claim {claim_uid}",
-                state.version, state.claim
-            )));
-        }
-        Ok(())
-    }
-
     /// Health after an Xid on the GPU with `uuid` (empty: NVML could not say which).
-    pub fn on_xid(&self, uuid: &str, xid: u64) -> HealthChange {
+    pub fn on_xid(&self, uuid: &str, xid: u64) -> Vec<DeviceHealth> {
         if self.ignored.contains(&xid) {
-            return HealthChange::None;
+            return Vec::new();
         }
-        self.unhealthy(uuid, format!("Xid {xid}: {}", xid_meaning(xid)))
+        self.unhealthy(uuid, &format!("Xid {xid}: {}", xid_meaning(xid)))
     }
 
-    pub fn on_double_bit_ecc(&self, uuid: &str) -> HealthChange {
-        self.unhealthy(uuid, "double-bit ECC error: uncorrectable memory error".into())
+    pub fn on_double_bit_ecc(&self, uuid: &str) -> Vec<DeviceHealth> {
+        self.unhealthy(uuid, "double-bit ECC error: uncorrectable memory error")
     }
 
-    fn unhealthy(&self, uuid: &str, message: String) -> HealthChange {
+    fn unhealthy(&self, uuid: &str, message: &str) -> Vec<DeviceHealth> {
         // An event NVML could not attribute marks every GPU, as NVIDIA's plugin does.
-        let devices: Vec<String> = self
-            .node
+        self.node
             .gpus
             .iter()
             .filter(|g| uuid.is_empty() || g.uuid == uuid)
-            .map(|g| device_name(g.index))
-            .collect();
-        if devices.is_empty() {
-            return HealthChange::None;
-        }
-        HealthChange::Unhealthy { devices, message }
+            .map(|g| DeviceHealth::unhealthy(&self.pool, device_name(g.index), message))
+            .collect()
     }
-}
-
-/// The effective config for a request: later configs (claim) override
-/// earlier ones (class), field by field.
-fn config_for(configs: &[OpaqueConfig], request: &str) -> Result<ClaimConfig, Error> {
-    let parent = request.split('/').next().unwrap_or(request);
-    let mut effective = ClaimConfig::default();
-    for c in configs {
-        if !(c.requests.is_empty() || c.requests.iter().any(|r| r == request || r == parent)) {
-            continue;
-        }
-        let parsed: ClaimConfig = serde_json::from_str(&c.parameters)
-            .map_err(|e| Error::claim(format!("invalid GPU config for request {request:?}: {e}")))?;
-        if parsed.sharing.is_some() {
-            effective.sharing = parsed.sharing;
-        }
-        if parsed.memory_limit.is_some() {
-            effective.memory_limit = parsed.memory_limit;
-        }
-    }
-    Ok(effective)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dra_driver_sdk::nvml::PciInfo;
+    use dra_driver_sdk::{AllocatedClaim, ConfigSource, ErrorKind, HealthStatus, Instance};
 
     fn node(n: u32) -> Node {
         Node {
             driver_version: "580.159.04".into(),
             cuda_driver_version: (13, 0),
             gpus: (0..n)
-                .map(|i| Gpu {
+                .map(|i| GpuInfo {
                     index: i,
                     uuid: format!("GPU-{i:08x}-0000-0000-0000-000000000000"),
                     product_name: "NVIDIA H100 80GB HBM3".into(),
                     brand: "Nvidia".into(),
                     architecture: "Hopper".into(),
                     cuda_compute_capability: (9, 0),
-                    memory_bytes: 85_520_809_984,
-                    pci_bus_id: format!("00000000:{:02X}:00.0", 0x19 + i),
-                    minor: i,
+                    memory_total_bytes: 85_520_809_984,
+                    pci: PciInfo {
+                        bus_id: format!("00000000:{:02X}:00.0", 0x19 + i),
+                        device_id: 0,
+                        subsystem_id: 0,
+                    },
+                    minor_number: i,
                     mig_enabled: false,
                 })
                 .collect(),
             files: vec![DriverFile {
-                kind: FileKind::Library,
+                kind: DriverFileKind::Library,
                 host_path: "/run/nvidia/driver/usr/lib64/libcuda.so.580.159.04".into(),
                 container_path: "/usr/lib64/libcuda.so.580.159.04".into(),
             }],
         }
     }
 
-    fn alloc(device: &str, share: Option<&str>, consumed: Option<&str>) -> Allocation {
-        Allocation {
-            request: "gpu".into(),
-            device: device.into(),
-            share_id: share.map(Into::into),
-            consumed_memory: consumed.map(Into::into),
-        }
+    fn driver(config: &str, gpus: u32) -> GpuDriver {
+        let config: Config = serde_json::from_str(config).unwrap();
+        GpuDriver::new(config, node(gpus), "node-a").unwrap()
+    }
+
+    fn prepare(d: &GpuDriver, claim: AllocatedClaim) -> Result<PreparedClaim> {
+        d.prepare(claim.resolve()?)
+    }
+
+    fn claim() -> AllocatedClaim {
+        AllocatedClaim::new("default", "c", "uid").device("gpu", "node-a", "gpu-0")
+    }
+
+    fn has_env(p: &PreparedDevice, name: &str, value: &str) -> bool {
+        p.edits.env.iter().any(|e| e.name == name && e.value == value)
     }
 
     #[test]
     fn inventory_attributes_and_shared_capacity() {
-        let d = Driver::new(r#"{"sharing": {}}"#, node(2)).unwrap();
-        let devices = d.devices();
+        let d = driver(r#"{"sharing": {}}"#, 2);
+        let pools = d.inventory().unwrap();
+        assert_eq!(pools[0].name, "node-a");
+        let devices = &pools[0].devices;
         assert_eq!(devices.len(), 2);
-        let a = &devices[1].attributes;
-        assert!(a.contains(&("driverVersion", Value::Version("580.159.4".into()))));
-        assert!(a.contains(&("cudaComputeCapability", Value::Version("9.0.0".into()))));
-        assert!(a.contains(&("pciBusID", Value::Text("00000000:1A:00.0".into()))));
-        assert!(a.contains(&("index", Value::Int(1))));
-        assert_eq!(devices[0].memory.value, "81559Mi");
-        assert_eq!(devices[0].memory.policy, Some(("5Gi".into(), "5Gi".into())));
-        assert!(devices[0].shared);
-        assert!(!Driver::new("{}", node(1)).unwrap().devices()[0].shared);
+        let attr = |name: &str| {
+            devices[1]
+                .attributes
+                .iter()
+                .find(|a| a.name == name)
+                .map(|a| a.value.clone())
+        };
+        assert_eq!(attr("driverVersion"), Some(AttributeValue::version("580.159.4")));
+        assert_eq!(attr("cudaComputeCapability"), Some(AttributeValue::version("9.0.0")));
+        assert_eq!(attr("pciBusID"), Some(AttributeValue::Text("00000000:1A:00.0".into())));
+        assert_eq!(attr("index"), Some(AttributeValue::Integer(1)));
+        let memory = &devices[0].capacity[0];
+        assert_eq!(memory.value, "81559Mi");
+        let policy = memory.request_policy.as_ref().unwrap();
+        assert_eq!(policy.default.as_deref(), Some("5Gi"));
+        assert_eq!(policy.valid_range.as_ref().unwrap().step.as_deref(), Some("5Gi"));
+        assert!(devices[0].allow_multiple_allocations);
+        let whole = driver("{}", 1).inventory().unwrap();
+        assert!(!whole[0].devices[0].allow_multiple_allocations);
+        assert!(whole[0].devices[0].capacity[0].request_policy.is_none());
     }
 
     #[test]
     fn whole_gpu_in_mounts_mode() {
-        let d = Driver::new("{}", node(2)).unwrap();
-        let p = d.prepare("uid", &[alloc("gpu-1", None, None)], &[]).unwrap();
+        let d = driver("{}", 2);
+        let p = prepare(
+            &d,
+            AllocatedClaim::new("default", "c", "uid").device("gpu", "node-a", "gpu-1"),
+        )
+        .unwrap();
         let dev = &p.devices[0];
-        assert_eq!(dev.device_nodes[0], "/dev/nvidia1");
-        assert!(dev.device_nodes.contains(&"/dev/nvidia-uvm".to_string()));
-        assert!(dev.mounts.iter().any(|m| m.container_path == "/usr/lib64/libcuda.so.1"));
-        assert!(dev.env.contains(&("NVIDIA_VISIBLE_DEVICES".into(), "void".into())));
-        d.unprepare("uid", &p.state).unwrap();
+        assert_eq!(dev.edits.device_nodes[0].path, "/dev/nvidia1");
+        assert!(dev.edits.device_nodes.iter().any(|n| n.path == "/dev/nvidia-uvm"));
+        assert!(
+            dev.edits
+                .mounts
+                .iter()
+                .any(|m| m.container_path == "/usr/lib64/libcuda.so.1")
+        );
+        assert!(has_env(dev, "NVIDIA_VISIBLE_DEVICES", "void"));
+        d.unprepare(&claim().ref_, &p.state).unwrap();
     }
 
     #[test]
     fn shares_get_their_memory_limit_and_base_spec_references() {
-        let d = Driver::new(
+        let d = driver(
             r#"{"sharing": {}, "cdi": {"mode": "base-spec", "kind": "nvidia.com/gpu"}}"#,
-            node(1),
+            1,
+        );
+        let p = prepare(
+            &d,
+            AllocatedClaim::new("default", "c", "uid")
+                .share("gpu", "node-a", "gpu-0", "s1", &[("memory", "10Gi")])
+                .share("gpu", "node-a", "gpu-0", "s2", &[("memory", "5Gi")]),
         )
         .unwrap();
-        let p = d
-            .prepare(
-                "uid",
-                &[
-                    alloc("gpu-0", Some("s1"), Some("10Gi")),
-                    alloc("gpu-0", Some("s2"), Some("5Gi")),
-                ],
-                &[],
-            )
-            .unwrap();
         let uuid = &d.node.gpus[0].uuid;
         assert_eq!(p.devices[0].cdi_device_ids, [format!("nvidia.com/gpu={uuid}")]);
-        assert!(
-            p.devices[0]
-                .env
-                .contains(&("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT".into(), format!("{uuid}=10240M")))
-        );
-        assert!(
-            p.devices[1]
-                .env
-                .contains(&("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT".into(), format!("{uuid}=5120M")))
-        );
-        assert!(p.devices[0].mounts.is_empty() && p.devices[0].device_nodes.is_empty());
+        assert_eq!(p.devices[1].share_id.as_deref(), Some("s2"));
+        assert!(has_env(
+            &p.devices[0],
+            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
+            &format!("{uuid}=10240M")
+        ));
+        assert!(has_env(
+            &p.devices[1],
+            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT",
+            &format!("{uuid}=5120M")
+        ));
+        assert!(p.devices[0].edits.mounts.is_empty() && p.devices[0].edits.device_nodes.is_empty());
     }
 
     #[test]
     fn opaque_config_errors_name_the_field() {
-        let d = Driver::new("{}", node(1)).unwrap();
+        let d = driver("{}", 1);
         let bad = |params: &str| {
-            d.prepare(
-                "uid",
-                &[alloc("gpu-0", None, None)],
-                &[OpaqueConfig {
-                    requests: vec![],
-                    parameters: params.into(),
-                }],
-            )
-            .unwrap_err()
-            .message
+            prepare(&d, claim().config(ConfigSource::ResourceClaim, &[], params))
+                .unwrap_err()
+                .message
         };
         assert!(bad(r#"{"memoryLimt": "5Gi"}"#).contains("memoryLimt"));
         assert!(bad(r#"{"sharing": {"strategy": "Sometimes"}}"#).contains("Sometimes"));
         assert!(bad(r#"{"memoryLimit": "500Gi"}"#).contains("memoryLimit"));
-        let ok = d
-            .prepare(
-                "uid",
-                &[alloc("gpu-0", None, None)],
-                &[OpaqueConfig {
-                    requests: vec!["gpu".into()],
-                    parameters: r#"{"sharing":{"strategy":"MPS"},"memoryLimit":"8Gi"}"#.into(),
-                }],
-            )
-            .unwrap();
-        assert!(
-            ok.devices[0]
-                .env
-                .contains(&("DRA_GPU_0_SHARING_STRATEGY".into(), "MPS".into()))
-        );
-        assert!(
-            Driver::new(r#"{"sharng": {}}"#, node(1))
-                .unwrap_err()
-                .message
-                .contains("sharng")
-        );
+        assert!(bad(r#"{"memoryLimit": "lots"}"#).contains("memoryLimit"));
+        let ok = prepare(
+            &d,
+            claim().config(
+                ConfigSource::ResourceClaim,
+                &["gpu"],
+                r#"{"sharing":{"strategy":"MPS"},"memoryLimit":"8Gi"}"#,
+            ),
+        )
+        .unwrap();
+        assert!(has_env(&ok.devices[0], "DRA_GPU_0_SHARING_STRATEGY", "MPS"));
+        for (config, field) in [
+            (r#"{"sharng": {}}"#, "sharng"),
+            (r#"{"sharing": {"memoryStep": "0"}}"#, "sharing.memoryStep"),
+            (r#"{"sharing": {"defaultMemory": "lots"}}"#, "sharing.defaultMemory"),
+            (r#"{"cdi": {"mode": "base-spec", "kind": "gpu"}}"#, "cdi.kind"),
+        ] {
+            // Through the SDK as the host calls it: config errors come
+            // before NVML is asked anything (natively NVML is not there).
+            let e = Instance::<GpuDriver>::start("node-a", config).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::InvalidConfig, "{config}: {e}");
+            assert!(e.message.contains(field), "{config}: {e}");
+        }
+        let e = Instance::<GpuDriver>::start("node-a", "{}").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+        assert!(e.message.contains("NVML not available"), "{e}");
     }
 
     #[test]
     fn xids_map_to_health() {
-        let d = Driver::new(r#"{"ignoredXids": [63]}"#, node(2)).unwrap();
+        let d = driver(r#"{"ignoredXids": [63]}"#, 2);
         let uuid = d.node.gpus[1].uuid.clone();
         assert_eq!(
             d.on_xid(&uuid, 79),
-            HealthChange::Unhealthy {
-                devices: vec!["gpu-1".into()],
-                message: "Xid 79: GPU has fallen off the bus".into()
-            }
+            vec![DeviceHealth::unhealthy(
+                "node-a",
+                "gpu-1",
+                "Xid 79: GPU has fallen off the bus"
+            )]
         );
-        assert_eq!(d.on_xid(&uuid, 13), HealthChange::None);
-        assert_eq!(d.on_xid(&uuid, 63), HealthChange::None, "configured ignore list");
-        assert_eq!(d.on_xid("GPU-unknown", 79), HealthChange::None);
-        match d.on_xid("", 48) {
-            HealthChange::Unhealthy { devices, .. } => assert_eq!(devices.len(), 2),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(d.on_double_bit_ecc(&uuid), HealthChange::Unhealthy { .. }));
+        assert!(d.on_xid(&uuid, 13).is_empty());
+        assert!(d.on_xid(&uuid, 63).is_empty(), "configured ignore list");
+        assert!(d.on_xid("GPU-unknown", 79).is_empty());
+        assert_eq!(d.on_xid("", 48).len(), 2);
+        let ecc = d
+            .on_event(Event::Gpu(dra_driver_sdk::GpuEvent {
+                uuid: uuid.clone(),
+                kind: GpuEventKind::DoubleBitEccError,
+                data: 0,
+            }))
+            .unwrap();
+        assert_eq!(ecc[0].status, HealthStatus::Unhealthy);
     }
 }

@@ -1,41 +1,13 @@
-//! The macvlan driver's decisions in plain Rust.
+//! The macvlan driver's decisions, over the SDK's types and its `net`
+//! import. The host owns every link and address (named and recorded by the
+//! host), so nothing here needs remembering across instances.
 
+use dra_driver_sdk::net::{self, AddressRequest, Attachment, IpPool, Link, Macvlan, MacvlanMode, Route};
+use dra_driver_sdk::{
+    Allocation, Claim, ClaimRef, Condition, ContainerEdits, Device, DeviceHealth, DeviceStatus, Driver, Error, Event,
+    InitContext, NetworkData, Pool, PreparedClaim, PreparedDevice, Quantity, RequestPolicy, Result, ShareId, state,
+};
 use serde::{Deserialize, Serialize};
-use std::fmt;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    InvalidConfig,
-    InvalidClaim,
-    Unavailable,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Error {
-    pub kind: ErrorKind,
-    pub message: String,
-}
-
-impl Error {
-    fn config(m: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::InvalidConfig,
-            message: m.into(),
-        }
-    }
-    fn claim(m: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::InvalidClaim,
-            message: m.into(),
-        }
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
 
 /// How a prepared interface gets into the pod.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -121,53 +93,11 @@ pub struct ClaimParams {
     pub mac: Option<String>,
 }
 
-/// A link as the host reports it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Link {
-    pub name: String,
-    pub mtu: u32,
-    pub mac: String,
-    pub up: bool,
-    pub speed_mbps: Option<u32>,
-    pub pci_address: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Value {
-    Int(i64),
-    Text(String),
-}
-
-/// A published device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Device {
-    pub name: String,
-    pub attributes: Vec<(&'static str, Value)>,
-    /// Total bandwidth, and the default request.
-    pub bandwidth: String,
-    pub default_bandwidth: String,
-}
-
-/// One allocated device of a claim.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Allocation {
-    pub request: String,
-    pub device: String,
-    pub share_id: Option<String>,
-    pub consumed_bandwidth: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct OpaqueConfig {
-    pub requests: Vec<String>,
-    pub parameters: String,
-}
-
 /// What to do for one allocated device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub device: String,
-    pub share_id: Option<String>,
+    pub share_id: Option<ShareId>,
     pub parent: Parent,
     /// The key of the link within the claim (the share ID, or the device).
     pub key: String,
@@ -185,47 +115,22 @@ pub struct State {
     pub links: Vec<String>,
 }
 
-#[derive(Debug)]
-pub struct Driver {
-    pub config: Config,
-}
-
 /// A DNS label for a device from an interface name.
 pub fn device_name(ifname: &str) -> String {
-    let mut s: String = ifname
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
+    let s: String = ifname
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b.to_ascii_lowercase())
             } else {
                 '-'
             }
         })
         .collect();
-    s = s.trim_matches('-').to_owned();
-    if s.is_empty() { "nic".into() } else { s }
-}
-
-/// Parse a Kubernetes quantity of bits per second (`100M`, `10G`, `1500k`,
-/// `2Gi`, plain digits).
-pub fn parse_rate(q: &str) -> Option<u64> {
-    let q = q.trim();
-    let split = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult: u64 = match suffix {
-        "" => 1,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(mult)
+    match s.trim_matches('-') {
+        "" => "nic".into(),
+        name => name.to_owned(),
+    }
 }
 
 fn is_ifname(s: &str) -> bool {
@@ -237,27 +142,95 @@ fn is_ifname(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-impl Driver {
-    pub fn new(config_json: &str) -> Result<Self, Error> {
-        let config: Config =
-            serde_json::from_str(config_json).map_err(|e| Error::config(format!("driver config: {e}")))?;
+/// The macvlan driver on one node.
+#[derive(Debug)]
+pub struct MacvlanDriver {
+    pub config: Config,
+    /// The pool: the node's name.
+    pub pool: String,
+}
+
+/// A rate in bit/s from a quantity such as `100M`, `10G`, `2Gi`.
+fn rate(q: &str) -> Option<u64> {
+    Quantity::parse(q).and_then(|q| q.to_u64()).ok()
+}
+
+impl Driver for MacvlanDriver {
+    type Config = Config;
+    type ClaimConfig = ClaimParams;
+
+    fn init(ctx: &InitContext, config: Config) -> Result<Self> {
+        let driver = Self::new(config, &ctx.node_name)?;
+        dra_driver_sdk::log::info(&format!(
+            "{} parent NICs configured, mode {}, attach {:?}",
+            driver.config.parents.len(),
+            driver.config.mode,
+            driver.config.attach
+        ));
+        Ok(driver)
+    }
+
+    fn inventory(&self) -> Result<Vec<Pool>> {
+        let links = net::list_links()?;
+        Ok(vec![Pool::new(&self.pool, self.devices(&links))])
+    }
+
+    fn prepare(&self, claim: Claim<ClaimParams>) -> Result<PreparedClaim> {
+        let uid = &claim.claim.uid;
+        let plans = self.plan(&claim.devices)?;
+        let mut devices = Vec::with_capacity(plans.len());
+        let mut links = Vec::with_capacity(plans.len());
+        for plan in &plans {
+            match self.prepare_one(uid, plan) {
+                Ok((device, link)) => {
+                    devices.push(device);
+                    links.push(link);
+                }
+                Err(e) => {
+                    // Leave nothing behind for a failed prepare.
+                    if let Err(undo) = net::release_claim(uid) {
+                        dra_driver_sdk::log::error(&format!("claim {uid}, after a failure: {undo}"));
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let state = state::encode(&State { v: 1, links })?;
+        Ok(PreparedClaim { devices, state })
+    }
+
+    /// The host knows every link and address of the claim: even with no
+    /// state (a crash before the checkpoint) everything is released.
+    fn unprepare(&self, claim: &ClaimRef, _state: &[u8]) -> Result<()> {
+        net::release_claim(&claim.uid)?;
+        Ok(())
+    }
+
+    fn on_event(&self, event: Event) -> Result<Vec<DeviceHealth>> {
+        let Event::Link(l) = event else { return Ok(Vec::new()) };
+        Ok(self.on_link(&l.name, l.up).into_iter().collect())
+    }
+}
+
+impl MacvlanDriver {
+    pub fn new(config: Config, pool: &str) -> Result<Self> {
         if config.parents.is_empty() {
-            return Err(Error::config("driver config: parents is empty"));
+            return Err(Error::invalid_config("driver config: parents is empty"));
         }
         if !matches!(config.mode.as_str(), "bridge" | "private" | "vepa" | "passthru") {
-            return Err(Error::config(format!(
+            return Err(Error::invalid_config(format!(
                 "driver config: mode {:?} is not bridge, private, vepa or passthru",
                 config.mode
             )));
         }
         if !is_ifname(&config.pod_interface) {
-            return Err(Error::config(format!(
+            return Err(Error::invalid_config(format!(
                 "driver config: podInterface {:?} is not an interface name",
                 config.pod_interface
             )));
         }
-        if parse_rate(&config.default_bandwidth).is_none() {
-            return Err(Error::config(format!(
+        if rate(&config.default_bandwidth).is_none() {
+            return Err(Error::invalid_config(format!(
                 "driver config: defaultBandwidth {:?} is not a quantity",
                 config.default_bandwidth
             )));
@@ -265,27 +238,30 @@ impl Driver {
         let mut names = std::collections::BTreeSet::new();
         for p in &config.parents {
             if !names.insert(device_name(&p.name)) {
-                return Err(Error::config(format!(
+                return Err(Error::invalid_config(format!(
                     "driver config: parent {} is listed twice",
                     p.name
                 )));
             }
             if let Some(b) = &p.bandwidth
-                && parse_rate(b).is_none()
+                && rate(b).is_none()
             {
-                return Err(Error::config(format!(
+                return Err(Error::invalid_config(format!(
                     "parent {}: bandwidth {b:?} is not a quantity",
                     p.name
                 )));
             }
             if !p.subnet.contains('/') {
-                return Err(Error::config(format!(
+                return Err(Error::invalid_config(format!(
                     "parent {}: subnet {:?} is not in CIDR notation",
                     p.name, p.subnet
                 )));
             }
         }
-        Ok(Self { config })
+        Ok(Self {
+            config,
+            pool: pool.to_owned(),
+        })
     }
 
     /// The devices to publish: each configured parent that the host reports.
@@ -295,29 +271,27 @@ impl Driver {
             .iter()
             .filter_map(|p| {
                 let link = links.iter().find(|l| l.name == p.name)?;
-                let mut attributes = vec![
-                    ("interfaceName", Value::Text(p.name.clone())),
-                    ("subnet", Value::Text(p.subnet.clone())),
-                    ("mtu", Value::Int(i64::from(p.mtu.unwrap_or(link.mtu)))),
-                    ("macvlanMode", Value::Text(self.config.mode.clone())),
-                ];
+                let mut device = Device::new(device_name(&p.name))
+                    .attribute("interfaceName", p.name.as_str())
+                    .attribute("subnet", p.subnet.as_str())
+                    .attribute("mtu", p.mtu.unwrap_or(link.mtu))
+                    .attribute("macvlanMode", self.config.mode.as_str());
                 if let Some(s) = link.speed_mbps {
-                    attributes.push(("linkSpeedMbps", Value::Int(i64::from(s))));
+                    device = device.attribute("linkSpeedMbps", s);
                 }
                 if let Some(pci) = &link.pci_address {
-                    attributes.push(("pciAddress", Value::Text(pci.clone())));
+                    device = device.attribute("pciAddress", pci.as_str());
                 }
                 let bandwidth = p
                     .bandwidth
                     .clone()
                     .or_else(|| link.speed_mbps.map(|s| format!("{s}M")))
                     .unwrap_or_else(|| "10G".into());
-                Some(Device {
-                    name: device_name(&p.name),
-                    attributes,
-                    bandwidth,
-                    default_bandwidth: self.config.default_bandwidth.clone(),
-                })
+                // Checked in `new` (config) or built from a number above.
+                let bandwidth = Quantity::parse(&bandwidth).ok()?;
+                let default = Quantity::parse(&self.config.default_bandwidth).ok()?;
+                let policy = RequestPolicy::range(default, Quantity::parse("1M").ok()?, Some(bandwidth.clone()), None);
+                Some(device.shared(true).consumable("bandwidth", bandwidth, policy))
             })
             .collect()
     }
@@ -327,68 +301,146 @@ impl Driver {
     }
 
     /// What to do for each allocated device of a claim.
-    pub fn plan(&self, allocations: &[Allocation], configs: &[OpaqueConfig]) -> Result<Vec<Plan>, Error> {
+    pub fn plan(&self, allocations: &[Allocation<ClaimParams>]) -> Result<Vec<Plan>> {
         let mut plans: Vec<Plan> = Vec::with_capacity(allocations.len());
         for (i, a) in allocations.iter().enumerate() {
             let parent = self
                 .parent_of(&a.device)
-                .ok_or_else(|| Error::claim(format!("device {} is not a NIC of this driver", a.device)))?;
-            let mut params = ClaimParams::default();
-            let base_request = a.request.split('/').next().unwrap_or(&a.request);
-            for c in configs
-                .iter()
-                .filter(|c| c.requests.is_empty() || c.requests.iter().any(|r| r == &a.request || r == base_request))
-            {
-                let p: ClaimParams =
-                    serde_json::from_str(&c.parameters).map_err(|e| Error::claim(format!("claim parameters: {e}")))?;
-                params.address = p.address.or(params.address);
-                params.interface_name = p.interface_name.or(params.interface_name);
-                params.mac = p.mac.or(params.mac);
-            }
-            let pod_interface = match params.interface_name {
-                Some(n) => n,
+                .ok_or_else(|| Error::invalid_claim(format!("device {} is not a NIC of this driver", a.device)))?;
+            let params = &a.config;
+            let pod_interface = match &params.interface_name {
+                Some(n) => n.clone(),
                 None if i == 0 => self.config.pod_interface.clone(),
                 None => next_name(&self.config.pod_interface, i),
             };
             if !is_ifname(&pod_interface) {
-                return Err(Error::claim(format!("{pod_interface:?} is not an interface name")));
+                return Err(Error::invalid_claim(format!(
+                    "{pod_interface:?} is not an interface name"
+                )));
             }
             if plans.iter().any(|p| p.pod_interface == pod_interface) {
-                return Err(Error::claim(format!(
+                return Err(Error::invalid_claim(format!(
                     "two devices of the claim would both be {pod_interface} in the pod: name them with interfaceName"
                 )));
             }
-            let egress_bps = match &a.consumed_bandwidth {
+            let egress_bps = match a.consumed("bandwidth") {
                 Some(q) => Some(
-                    parse_rate(q).ok_or_else(|| Error::claim(format!("consumed bandwidth {q:?} is not a quantity")))?,
+                    q.to_u64()
+                        .map_err(|e| Error::invalid_claim(format!("consumed bandwidth: {e}")))?,
                 ),
                 None => None,
             };
             plans.push(Plan {
                 device: a.device.clone(),
+                key: match &a.share_id {
+                    Some(s) => s.as_str().to_owned(),
+                    None => format!("device-{}", a.device),
+                },
                 share_id: a.share_id.clone(),
                 parent: parent.clone(),
-                key: a.share_id.clone().unwrap_or_else(|| format!("device-{}", a.device)),
                 pod_interface,
-                static_address: params.address,
-                mac: params.mac,
+                static_address: params.address.clone(),
+                mac: params.mac.clone(),
                 egress_bps,
             });
         }
         Ok(plans)
     }
 
+    /// Create the link, address it and arrange its attachment, for one
+    /// device; returns the prepared device and the link's name.
+    fn prepare_one(&self, uid: &str, plan: &Plan) -> Result<(PreparedDevice, String)> {
+        let p = &plan.parent;
+        let link = net::create_macvlan(&Macvlan {
+            parent: p.name.clone(),
+            claim_uid: uid.to_owned(),
+            key: plan.key.clone(),
+            mode: match self.config.mode.as_str() {
+                "private" => MacvlanMode::Private,
+                "vepa" => MacvlanMode::Vepa,
+                "passthru" => MacvlanMode::Passthru,
+                _ => MacvlanMode::Bridge,
+            },
+            mtu: p.mtu,
+            hardware_address: plan.mac.clone(),
+        })?;
+        let address = net::allocate_address(&AddressRequest {
+            parent: p.name.clone(),
+            pool: IpPool {
+                subnet: p.subnet.clone(),
+                range_start: p.range_start.clone(),
+                range_end: p.range_end.clone(),
+                gateway: p.gateway.clone(),
+            },
+            claim_uid: uid.to_owned(),
+            share_id: plan.key.clone(),
+            static_address: plan.static_address.clone(),
+        })
+        // The pool is exhausted or the claim's static address is taken.
+        .map_err(|e| Error::invalid_claim(e.to_string()))?;
+        if let Some(bps) = plan.egress_bps
+            && !net::set_egress_rate(&link.name, bps)?
+        {
+            dra_driver_sdk::log::warn(&format!(
+                "no egress limit for {} on this node (tc unavailable)",
+                link.name
+            ));
+        }
+        let mut edits = ContainerEdits::default();
+        match self.config.attach {
+            Attach::Hook => {
+                let routes = match (&p.gateway, p.default_route) {
+                    (Some(gw), true) => vec![Route {
+                        destination: "0.0.0.0/0".into(),
+                        gateway: Some(gw.clone()),
+                    }],
+                    _ => vec![],
+                };
+                edits = edits.hook(net::prepare_attachment(&Attachment {
+                    link: link.name.clone(),
+                    claim_uid: uid.to_owned(),
+                    pod_interface: plan.pod_interface.clone(),
+                    addresses: vec![address.clone()],
+                    routes,
+                })?);
+            }
+            Attach::NetDevices => {
+                net::configure_link(&link.name, std::slice::from_ref(&address))?;
+                edits = edits.net_device(&link.name, &plan.pod_interface);
+            }
+        }
+        let status = DeviceStatus {
+            conditions: vec![Condition::ready(
+                "InterfacePrepared",
+                format!("{} on {} as {}", link.name, p.name, plan.pod_interface),
+            )],
+            data: None,
+            network_data: Some(NetworkData {
+                interface_name: plan.pod_interface.clone(),
+                ips: vec![address],
+                hardware_address: link.hardware_address,
+            }),
+        };
+        let device = PreparedDevice::named(&self.pool, &plan.device, plan.share_id.as_ref())
+            .edits(edits)
+            .status(status);
+        Ok((device, link.name))
+    }
+
     /// Health of the device on `link` after a link event (None: not ours).
     /// Healthy carries no message, as a device starts out, so the state
     /// delivered at start changes nothing.
-    pub fn on_link(&self, link: &str, up: bool) -> Option<(String, bool, String)> {
+    pub fn on_link(&self, link: &str, up: bool) -> Option<DeviceHealth> {
         let p = self.config.parents.iter().find(|p| p.name == link)?;
-        let message = if up {
-            String::new()
+        Some(if up {
+            DeviceHealth::healthy(&self.pool, device_name(&p.name))
         } else {
-            format!("parent link {} is down", p.name)
-        };
-        Some((device_name(&p.name), up, message))
+            DeviceHealth::unhealthy(
+                &self.pool,
+                device_name(&p.name),
+                format!("parent link {} is down", p.name),
+            )
+        })
     }
 }
 
@@ -402,29 +454,40 @@ fn next_name(base: &str, index: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dra_driver_sdk::{AllocatedClaim, ConfigSource, ErrorKind, HealthStatus, Instance};
 
     const CONFIG: &str = r#"{"parents":[
         {"name":"eth1","subnet":"192.0.2.0/24","gateway":"192.0.2.1","bandwidth":"10G"},
         {"name":"ens2f0","subnet":"198.51.100.0/24"}]}"#;
 
+    fn driver() -> MacvlanDriver {
+        MacvlanDriver::new(serde_json::from_str(CONFIG).unwrap(), "node-a").unwrap()
+    }
+
     fn link(name: &str, speed: Option<u32>) -> Link {
         Link {
             name: name.into(),
+            index: 7,
+            kind: "ether".into(),
             mtu: 9000,
-            mac: "02:00:00:00:00:01".into(),
+            hardware_address: "02:00:00:00:00:01".into(),
             up: true,
+            addresses: vec![],
             speed_mbps: speed,
             pci_address: speed.map(|_| "0000:3b:00.0".into()),
         }
     }
 
-    fn alloc(device: &str, share: Option<&str>, bw: Option<&str>) -> Allocation {
-        Allocation {
-            request: "nic".into(),
-            device: device.into(),
-            share_id: share.map(Into::into),
-            consumed_bandwidth: bw.map(Into::into),
-        }
+    fn plan(d: &MacvlanDriver, claim: AllocatedClaim) -> Result<Vec<Plan>> {
+        d.plan(&claim.resolve()?.devices)
+    }
+
+    fn attr(device: &Device, name: &str) -> Option<dra_driver_sdk::AttributeValue> {
+        device
+            .attributes
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.value.clone())
     }
 
     #[test]
@@ -450,7 +513,7 @@ mod tests {
                 "twice",
             ),
         ] {
-            let e = Driver::new(bad).unwrap_err();
+            let e = Instance::<MacvlanDriver>::start("node-a", bad).unwrap_err();
             assert_eq!(e.kind, ErrorKind::InvalidConfig);
             assert!(e.message.contains(why), "{bad}: {e}");
         }
@@ -458,40 +521,39 @@ mod tests {
 
     #[test]
     fn devices_describe_reported_parents_only() {
-        let d = Driver::new(CONFIG).unwrap();
+        let d = driver();
         let devices = d.devices(&[link("ens2f0", Some(25000)), link("lo", None)]);
         assert_eq!(devices.len(), 1, "eth1 is not on this node");
         let dev = &devices[0];
         assert_eq!(dev.name, "ens2f0");
-        assert!(
-            dev.attributes
-                .contains(&("subnet", Value::Text("198.51.100.0/24".into())))
-        );
-        assert!(dev.attributes.contains(&("linkSpeedMbps", Value::Int(25000))));
-        assert!(
-            dev.attributes
-                .contains(&("pciAddress", Value::Text("0000:3b:00.0".into())))
-        );
-        assert!(dev.attributes.contains(&("mtu", Value::Int(9000))));
-        assert_eq!(dev.bandwidth, "25000M", "from the link speed");
+        assert_eq!(attr(dev, "subnet"), Some("198.51.100.0/24".into()));
+        assert_eq!(attr(dev, "linkSpeedMbps"), Some(25000u32.into()));
+        assert_eq!(attr(dev, "pciAddress"), Some("0000:3b:00.0".into()));
+        assert_eq!(attr(dev, "mtu"), Some(9000u32.into()));
+        assert_eq!(dev.capacity[0].value, "25000M", "from the link speed");
+        assert!(dev.allow_multiple_allocations);
+        let policy = dev.capacity[0].request_policy.as_ref().unwrap();
+        assert_eq!(policy.default.as_deref(), Some("100M"));
         let devices = d.devices(&[link("eth1", None)]);
-        assert_eq!(devices[0].bandwidth, "10G", "from the config");
-        assert!(!devices[0].attributes.iter().any(|(n, _)| *n == "pciAddress"));
+        assert_eq!(devices[0].capacity[0].value, "10G", "from the config");
+        assert_eq!(attr(&devices[0], "pciAddress"), None);
     }
 
     #[test]
     fn plans_follow_shares_params_and_bandwidth() {
-        let d = Driver::new(CONFIG).unwrap();
-        let configs = vec![OpaqueConfig {
-            requests: vec![],
-            parameters: r#"{"address":"192.0.2.50/24","mac":"02:00:00:00:00:09"}"#.into(),
-        }];
-        let plans = d
-            .plan(
-                &[alloc("eth1", Some("s-1"), Some("250M")), alloc("ens2f0", None, None)],
-                &configs,
-            )
-            .unwrap();
+        let d = driver();
+        let plans = plan(
+            &d,
+            AllocatedClaim::new("default", "c", "uid")
+                .share("nic", "node-a", "eth1", "s-1", &[("bandwidth", "250M")])
+                .device("nic", "node-a", "ens2f0")
+                .config(
+                    ConfigSource::ResourceClaim,
+                    &[],
+                    r#"{"address":"192.0.2.50/24","mac":"02:00:00:00:00:09"}"#,
+                ),
+        )
+        .unwrap();
         assert_eq!(plans[0].key, "s-1");
         assert_eq!(plans[0].pod_interface, "net1");
         assert_eq!(plans[0].egress_bps, Some(250_000_000));
@@ -500,34 +562,26 @@ mod tests {
         assert_eq!(plans[1].pod_interface, "net2");
         assert_eq!(plans[1].egress_bps, None);
 
-        let e = d.plan(&[alloc("eth9", None, None)], &[]).unwrap_err();
+        let e = plan(
+            &d,
+            AllocatedClaim::new("default", "c", "uid").device("nic", "node-a", "eth9"),
+        )
+        .unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidClaim);
-        let typo = vec![OpaqueConfig {
-            requests: vec![],
-            parameters: r#"{"adress":"192.0.2.50"}"#.into(),
-        }];
-        assert!(
-            d.plan(&[alloc("eth1", None, None)], &typo)
-                .unwrap_err()
-                .message
-                .contains("adress")
-        );
-        let same = vec![OpaqueConfig {
-            requests: vec![],
-            parameters: r#"{"interfaceName":"data"}"#.into(),
-        }];
-        let e = d
-            .plan(&[alloc("eth1", Some("a"), None), alloc("eth1", Some("b"), None)], &same)
-            .unwrap_err();
+        let typo = AllocatedClaim::new("default", "c", "uid")
+            .device("nic", "node-a", "eth1")
+            .config(ConfigSource::ResourceClaim, &[], r#"{"adress":"192.0.2.50"}"#);
+        assert!(plan(&d, typo).unwrap_err().message.contains("adress"));
+        let same = AllocatedClaim::new("default", "c", "uid")
+            .share("nic", "node-a", "eth1", "a", &[])
+            .share("nic", "node-a", "eth1", "b", &[])
+            .config(ConfigSource::DeviceClass, &[], r#"{"interfaceName":"data"}"#);
+        let e = plan(&d, same).unwrap_err();
         assert!(e.message.contains("both be data"), "{e}");
     }
 
     #[test]
-    fn quantities_and_names() {
-        assert_eq!(parse_rate("100M"), Some(100_000_000));
-        assert_eq!(parse_rate("2Gi"), Some(2 << 30));
-        assert_eq!(parse_rate("1.5G"), None);
-        assert_eq!(parse_rate("x"), None);
+    fn names() {
         assert_eq!(device_name("ens2f0.100"), "ens2f0-100");
         assert_eq!(device_name("ETH_1"), "eth-1");
         assert_eq!(next_name("net1", 2), "net3");
@@ -536,12 +590,14 @@ mod tests {
 
     #[test]
     fn link_events_map_to_health() {
-        let d = Driver::new(CONFIG).unwrap();
+        let d = driver();
+        let down = d.on_link("eth1", false).unwrap();
+        assert_eq!(down.status, HealthStatus::Unhealthy);
         assert_eq!(
-            d.on_link("eth1", false),
-            Some(("eth1".into(), false, "parent link eth1 is down".into()))
+            (down.device.as_str(), down.message.as_str()),
+            ("eth1", "parent link eth1 is down")
         );
-        assert_eq!(d.on_link("eth1", true), Some(("eth1".into(), true, String::new())));
+        assert_eq!(d.on_link("eth1", true), Some(DeviceHealth::healthy("node-a", "eth1")));
         assert_eq!(d.on_link("lo", false), None);
     }
 }

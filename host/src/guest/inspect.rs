@@ -12,6 +12,14 @@ use wasmtime::component::{Component, Linker};
 /// The export every guest implements.
 const DRIVER_EXPORT: &str = "dra:driver/device-driver";
 
+/// The custom section the guest SDK's `export_driver!` writes into every
+/// component built with it: the SDK's version, as UTF-8 text. A section of
+/// its own, not the `producers` section, because that one is the
+/// toolchain's: wasm-ld and wit-component rewrite and merge it, and a
+/// stripped build may drop it, while the linker copies an unknown custom
+/// section through as is.
+pub const SDK_SECTION: &str = "dra-driver-sdk";
+
 /// What a guest component is and needs.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -24,6 +32,9 @@ pub struct Inspection {
     pub world: String,
     /// The `dra:driver` package version it implements, e.g. `0.1.0`.
     pub wit_version: Option<String>,
+    /// The version of the guest SDK (`dra-driver-sdk`) it was built with;
+    /// absent for a guest written without the SDK.
+    pub sdk_version: Option<String>,
     /// Capabilities an operator must grant it in the host config.
     pub grants_needed: Vec<&'static str>,
     pub imports: Vec<String>,
@@ -104,6 +115,7 @@ pub fn inspect(engine: &Engine, path: &Path) -> Result<Inspection, GuestError> {
         sha256: digest(&bytes),
         world: world.to_owned(),
         wit_version,
+        sdk_version: sdk_version(&bytes),
         grants_needed: grants.iter().map(|g| g.as_str()).collect(),
         imports: imports.into_iter().map(|(n, _)| n).collect(),
         exports,
@@ -112,4 +124,58 @@ pub fn inspect(engine: &Engine, path: &Path) -> Result<Inspection, GuestError> {
         // base64 in the ConfigMap's binaryData.
         fits_configmap: bytes.len().div_ceil(3) * 4 <= 1 << 20,
     })
+}
+
+/// The SDK version recorded in [`SDK_SECTION`], in the component or any
+/// module inside it (`export_driver!` writes it into the guest's core
+/// module, which the component embeds).
+fn sdk_version(bytes: &[u8]) -> Option<String> {
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        // The component compiled, so its sections parse; stop at anything else.
+        let Ok(payload) = payload else { return None };
+        if let wasmparser::Payload::CustomSection(section) = payload
+            && section.name() == SDK_SECTION
+        {
+            let text = std::str::from_utf8(section.data()).ok()?;
+            let plausible = !text.is_empty() && text.len() <= 64 && text.bytes().all(|b| b.is_ascii_graphic());
+            return plausible.then(|| text.to_owned());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A core module with one custom section, and a component embedding it.
+    fn module_with_section(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut payload = vec![name.len() as u8];
+        payload.extend_from_slice(name.as_bytes());
+        payload.extend_from_slice(data);
+        let mut module = b"\0asm\x01\0\0\0".to_vec();
+        module.push(0); // custom section
+        module.push(payload.len() as u8);
+        module.extend(payload);
+        module
+    }
+
+    fn component_embedding(module: &[u8]) -> Vec<u8> {
+        let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+        component.push(1); // core module section
+        component.push(module.len() as u8);
+        component.extend_from_slice(module);
+        component
+    }
+
+    #[test]
+    fn sdk_version_is_read_from_the_embedded_module() {
+        let module = module_with_section(SDK_SECTION, b"0.1.0");
+        assert_eq!(sdk_version(&module).as_deref(), Some("0.1.0"));
+        assert_eq!(sdk_version(&component_embedding(&module)).as_deref(), Some("0.1.0"));
+        let other = module_with_section("producers", b"0.1.0");
+        assert_eq!(sdk_version(&component_embedding(&other)), None);
+        let garbage = module_with_section(SDK_SECTION, b"\x00\xff");
+        assert_eq!(sdk_version(&garbage), None);
+    }
 }

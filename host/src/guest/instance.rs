@@ -38,6 +38,7 @@
 use super::bindings::{DriverHost as Host, DriverHostPre as HostPre, types};
 use super::engine::{Limits, Runtime};
 use super::error::{DeadlinePassed, Export, GuestError, LimitExceeded};
+use super::text;
 use crate::imports::Imports;
 use crate::imports::log::GuestLog;
 use crate::metrics::Metrics;
@@ -222,11 +223,7 @@ impl LoadedGuest {
         instance.calls += 1;
         let result = match result {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(GuestError::Driver {
-                export,
-                kind: e.kind,
-                message: e.message,
-            }),
+            Ok(Err(e)) => Err(driver_error(export, e)),
             Err(e) => Err(self.classify(export, e, &mut instance.store)),
         };
         let retire = if result.as_ref().err().is_some_and(GuestError::poisons_instance) {
@@ -305,16 +302,16 @@ impl LoadedGuest {
         .await;
         let (bindings, info) = match started {
             Ok((bindings, Ok(info))) => (bindings, info),
-            Ok((_, Err(e))) => {
-                return Err(GuestError::Driver {
-                    export: Export::Init,
-                    kind: e.kind,
-                    message: e.message,
-                });
-            }
+            Ok((_, Err(e))) => return Err(driver_error(Export::Init, e)),
             Err(e) => return Err(self.classify(Export::Init, e, &mut store)),
         };
         self.metrics.guest_instance_created(&self.ctx.driver_name);
+        // The guest's own words for itself reach log fields, metric labels
+        // and Events.
+        let info = types::DriverInfo {
+            name: text::bounded(&info.name, text::IDENTITY_BYTES),
+            version: text::bounded(&info.version, text::IDENTITY_BYTES),
+        };
         Ok((
             Instance {
                 store,
@@ -344,14 +341,21 @@ impl LoadedGuest {
                 timeout: self.limits.call_timeout,
             };
         }
-        let mut message = match err.downcast_ref::<Trap>() {
-            Some(trap) => trap.to_string(),
-            None => format!("{err:#}"),
-        };
+        // The answer and the log line get the cause in a few words; the
+        // whole error, wasm backtrace included, goes to the debug log, on one
+        // line (function names come from the guest's name section).
+        let mut message = trap_cause(&err);
         if let Some(said) = store.data_mut().log.take_last_error() {
-            message.push_str(&format!(" (guest logged: {said})"));
+            message.push_str(&format!(
+                " (guest logged: {})",
+                text::bounded(&said, text::QUOTED_BYTES)
+            ));
         }
-        tracing::debug!(driver = %self.ctx.driver_name, export = %export, error = ?err, "guest trap details");
+        tracing::debug!(
+            driver = %self.ctx.driver_name, export = %export,
+            details = %text::bounded(&format!("{err:?}"), 16 << 10),
+            "guest trap details"
+        );
         GuestError::Trap { export, message }
     }
 
@@ -376,4 +380,59 @@ impl LoadedGuest {
         }
         Ok(())
     }
+}
+
+/// A guest's own error, with its message bounded and made inert.
+fn driver_error(export: Export, e: types::DriverError) -> GuestError {
+    GuestError::Driver {
+        export,
+        kind: e.kind,
+        message: text::bounded(&e.message, text::MESSAGE_BYTES),
+    }
+}
+
+/// Why a guest call trapped, in a few words an operator can act on.
+///
+/// A Rust guest that panics either reaches `unreachable` (`panic = "abort"`
+/// with a panic hook that logs) or, with the standard library's panic hook,
+/// first reads `RUST_BACKTRACE` from the environment and writes the message
+/// to stderr: `wasi:cli` is linked as traps (guests get no environment or
+/// stdio), so that reads as a panic too. Deep recursion in such a guest
+/// overflows its stack in linear memory before wasm's own call stack.
+fn trap_cause(err: &wasmtime::Error) -> String {
+    if let Some(trap) = err.downcast_ref::<Trap>() {
+        return match trap {
+            Trap::UnreachableCodeReached => "guest panicked".to_owned(),
+            Trap::StackOverflow => "stack overflow".to_owned(),
+            // Rust and C keep their stack in linear memory, below the data:
+            // running off its end is an access below address 0.
+            Trap::MemoryOutOfBounds => {
+                "out-of-bounds memory access (in a Rust or C guest, usually a stack overflow)".to_owned()
+            }
+            Trap::IntegerDivisionByZero => "integer division by zero".to_owned(),
+            other => {
+                let text = other.to_string();
+                text.strip_prefix("wasm trap: ").unwrap_or(&text).to_owned()
+            }
+        };
+    }
+    let root = err.root_cause().to_string();
+    if let Some(import) = root
+        .strip_prefix("unknown import: `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        return if import.starts_with("wasi:cli/") || import.starts_with("wasi:io/") {
+            format!(
+                "guest panicked, or used stdio or the environment, which guests are not given (it called {}; guests log through dra:driver/log)",
+                text::quoted(import)
+            )
+        } else {
+            format!(
+                "guest called {}, which this host provides only as a trap",
+                text::quoted(import)
+            )
+        };
+    }
+    let first_line = root.lines().next().unwrap_or_default();
+    text::bounded(first_line, text::QUOTED_BYTES)
 }

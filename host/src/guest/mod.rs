@@ -13,6 +13,7 @@ mod engine;
 mod error;
 mod inspect;
 mod instance;
+pub mod text;
 mod watch;
 
 pub use bindings::dra::driver::log as bindings_log;
@@ -436,7 +437,7 @@ pub(crate) fn check_import(path: &Path, name: &str, item: &ComponentItem, import
     let refuse = |reason: String| {
         Err(GuestError::NotGranted {
             path: path.to_owned(),
-            import: name.to_owned(),
+            import: text::bounded(name, text::QUOTED_BYTES),
             reason,
         })
     };

@@ -1,15 +1,16 @@
 //! `dra:driver/log`: a guest's log lines, into the host's structured log.
 //!
-//! Lines are tagged with the driver, bounded in length, and limited per call
-//! so that a chatty or hostile guest cannot flood the node's logs.
+//! Lines are tagged with the driver, bounded in length with control
+//! characters escaped ([`crate::guest::text`]: a guest cannot forge a line of
+//! the host's log), and limited per call so that a chatty or hostile guest
+//! cannot flood the node's logs.
 
 use crate::guest::StoreState;
+use crate::guest::text;
 use std::sync::Arc;
 
 use crate::guest::bindings_log::{Host, Level};
 
-/// Longest line kept, bytes; longer lines are cut at a character boundary.
-const MAX_LINE: usize = 4096;
 /// Lines accepted per guest call; the rest are counted and dropped.
 const MAX_LINES_PER_CALL: u32 = 200;
 
@@ -46,20 +47,13 @@ impl GuestLog {
         self.last_error.take()
     }
 
-    fn emit(&mut self, level: Level, mut message: String) {
+    fn emit(&mut self, level: Level, message: String) {
         if self.lines >= MAX_LINES_PER_CALL {
             self.dropped += 1;
             return;
         }
         self.lines += 1;
-        if message.len() > MAX_LINE {
-            let mut cut = MAX_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
+        let message = text::bounded(&message, text::LOG_LINE_BYTES);
         let driver = &*self.driver;
         match level {
             Level::Trace => tracing::trace!(target: "guest", driver, "{message}"),

@@ -13,15 +13,21 @@
 //! duplicate or out-of-range index are deleted; the generation is kept when
 //! no slice is new and at most one changed (a single atomic update), and
 //! bumped otherwise, in which case every slice is rewritten.
+//!
+//! Devices the API server would refuse ([`desired_pools`]) are left out and
+//! reported (log lines naming each, the metric
+//! `dra_host_inventory_invalid_devices`, a Warning Event on the Node) each
+//! time the set of them changes; the valid devices are published.
 
 use super::client::{ApiClient, status_code};
-use super::slices::{DesiredPool, HostTaint, SliceError, desired_pools};
+use super::events::{EventRecorder, EventType};
+use super::slices::{Desired, DesiredPool, HostTaint, SliceError, desired_pools};
 use crate::guest::types;
 use crate::health::{Snapshot, Status};
 use crate::metrics::Metrics;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::resource::v1::{ResourcePool, ResourceSlice, ResourceSliceSpec};
+use k8s_openapi::api::resource::v1::{ResourceSlice, ResourceSliceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions, WatchEvent, WatchParams};
 use std::collections::BTreeMap;
@@ -55,11 +61,14 @@ impl Writes {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error(transparent)]
-    Invalid(#[from] SliceError),
     #[error("{what}: {source}")]
     Api { what: &'static str, source: kube::Error },
 }
+
+/// Log lines naming invalid devices, per change; the count says the rest.
+const MAX_INVALID_LOGGED: usize = 20;
+/// Invalid devices named in the Event's message (it holds 1 KiB).
+const MAX_INVALID_IN_EVENT: usize = 5;
 
 pub struct Publisher {
     api: ApiClient,
@@ -67,6 +76,9 @@ pub struct Publisher {
     node: String,
     node_uid: Option<String>,
     metrics: Arc<Metrics>,
+    events: Option<EventRecorder>,
+    /// What was last reported as invalid, so that each change is reported once.
+    reported_invalid: Vec<SliceError>,
 }
 
 impl Publisher {
@@ -77,7 +89,15 @@ impl Publisher {
             node: node.to_owned(),
             node_uid,
             metrics,
+            events: None,
+            reported_invalid: Vec::new(),
         }
+    }
+
+    /// Report invalid inventory devices as Kubernetes Events too.
+    pub fn with_events(mut self, events: EventRecorder) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// Run until the inventory sender is dropped.
@@ -94,10 +114,8 @@ impl Publisher {
                 }
             };
             let desired = self.desired(&mut inputs);
-            let result = match &desired {
-                Ok(pools) => self.sync(pools, &owner).await,
-                Err(e) => Err(PublishError::Invalid(e.clone())),
-            };
+            self.report_invalid(&desired);
+            let result = self.sync(&desired.pools, &owner).await;
             let resource_version = match result {
                 Ok((writes, rv)) => {
                     backoff = Duration::from_millis(500);
@@ -109,13 +127,6 @@ impl Publisher {
                 Err(e) => {
                     self.metrics.slice_sync_error(&self.driver);
                     tracing::error!(driver = %self.driver, error = %e, "publishing ResourceSlices failed");
-                    if matches!(e, PublishError::Invalid(_)) {
-                        // Nothing to retry until the inventory changes.
-                        if !wait_for_input(&mut inputs).await {
-                            return;
-                        }
-                        continue;
-                    }
                     None
                 }
             };
@@ -138,7 +149,53 @@ impl Publisher {
         }
     }
 
-    fn desired(&self, inputs: &mut Inputs) -> Result<Vec<DesiredPool>, SliceError> {
+    /// Report the inventory's invalid devices when they differ from what
+    /// was last reported.
+    fn report_invalid(&mut self, desired: &Desired) {
+        if desired.invalid == self.reported_invalid {
+            return;
+        }
+        self.reported_invalid = desired.invalid.clone();
+        let n = desired.invalid_devices();
+        self.metrics.set_inventory_invalid_devices(&self.driver, n);
+        if n == 0 {
+            tracing::info!(driver = %self.driver, "every device of the inventory is valid again");
+            return;
+        }
+        for e in desired.invalid.iter().take(MAX_INVALID_LOGGED) {
+            tracing::error!(driver = %self.driver, error = %e, "inventory device not published: the API server would refuse it");
+        }
+        tracing::error!(
+            driver = %self.driver, devices = n, logged = desired.invalid.len().min(MAX_INVALID_LOGGED),
+            "{n} devices of the inventory are not published; the valid devices are"
+        );
+        if let Some(events) = &self.events {
+            let named: Vec<String> = desired
+                .invalid
+                .iter()
+                .take(MAX_INVALID_IN_EVENT)
+                .map(|e| e.to_string())
+                .collect();
+            let more = desired.invalid.len().saturating_sub(MAX_INVALID_IN_EVENT);
+            let more = if more > 0 {
+                format!("; {more} more in the host's log")
+            } else {
+                String::new()
+            };
+            events.node_event(
+                &self.driver,
+                EventType::Warning,
+                "InvalidDevices",
+                "PublishInventory",
+                format!(
+                    "{n} devices of the guest's inventory are not published: {}{more}",
+                    named.join("; ")
+                ),
+            );
+        }
+    }
+
+    fn desired(&self, inputs: &mut Inputs) -> Desired {
         let pools = inputs.inventory.borrow_and_update().clone();
         let taints: Vec<HostTaint> = match &mut inputs.health {
             Some(h) => h
@@ -331,17 +388,7 @@ impl Publisher {
         devices: &[k8s_openapi::api::resource::v1::Device],
         generation: i64,
     ) -> ResourceSliceSpec {
-        ResourceSliceSpec {
-            driver: self.driver.clone(),
-            node_name: Some(self.node.clone()),
-            pool: ResourcePool {
-                name: pool.name.clone(),
-                generation,
-                resource_slice_count: pool.slices.len() as i64,
-            },
-            devices: (!devices.is_empty()).then(|| devices.to_vec()),
-            ..Default::default()
-        }
+        super::slices::spec(&self.driver, &self.node, pool, devices, generation)
     }
 
     /// Watch our slices from `rv` until something changes: ours (drift), or
@@ -492,7 +539,7 @@ mod tests {
             spec: ResourceSliceSpec {
                 driver: "d".into(),
                 node_name: Some("n".into()),
-                pool: ResourcePool {
+                pool: k8s_openapi::api::resource::v1::ResourcePool {
                     name: "p".into(),
                     generation,
                     resource_slice_count: count,

@@ -1,8 +1,15 @@
 //! From a guest's inventory to the ResourceSlices that publish it: device
-//! conversion, the checks the API server would make (so a bad inventory is
-//! an error naming the device, not a rejected write), and splitting a pool
-//! into slices within the per-slice limits.
+//! conversion, the checks the API server would make (so a bad device is an
+//! error naming it, not a rejected write), and splitting a pool into slices
+//! within the per-slice limits.
+//!
+//! [`desired_pools`] is the one inventory check: the publisher publishes
+//! what it accepts and reports what it refuses, and `dra-wasm-host guest
+//! validate` runs it on a guest's inventory before anything is served. A
+//! bad device is left out, never the whole inventory: the other devices of
+//! the driver stay schedulable.
 
+use crate::guest::text::quoted;
 use crate::guest::types;
 use k8s_openapi::api::resource::v1 as resource;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -19,16 +26,33 @@ pub const MAX_VALUE_LENGTH: usize = 64;
 /// `DeviceTaintsMaxLength`.
 pub const MAX_TAINTS: usize = 16;
 
+/// A pool or device of the inventory the API server would refuse. Names
+/// are the guest's, quoted, bounded and escaped.
 #[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum SliceError {
-    #[error("pool {pool:?}: {reason}")]
-    Pool { pool: String, reason: String },
-    #[error("pool {pool:?}, device {device:?}: {reason}")]
+    /// The whole pool is left out (with its `devices`).
+    #[error("pool {}: {reason}", quoted(.pool))]
+    Pool {
+        pool: String,
+        devices: usize,
+        reason: String,
+    },
+    #[error("pool {}, device {}: {reason}", quoted(.pool), quoted(.device))]
     Device {
         pool: String,
         device: String,
         reason: String,
     },
+}
+
+impl SliceError {
+    /// How many devices this leaves out.
+    pub fn devices(&self) -> usize {
+        match self {
+            SliceError::Pool { devices, .. } => *devices,
+            SliceError::Device { .. } => 1,
+        }
+    }
 }
 
 /// A taint the host adds to a device (e.g. while it is unhealthy).
@@ -48,44 +72,94 @@ pub struct DesiredPool {
     pub slices: Vec<Vec<resource::Device>>,
 }
 
-/// Convert and check every pool; split each into slices.
-pub fn desired_pools(pools: &[types::Pool], taints: &[HostTaint]) -> Result<Vec<DesiredPool>, SliceError> {
+/// What an inventory is published as, and what of it cannot be.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    pub pools: Vec<DesiredPool>,
+    /// Pools and devices left out, in inventory order.
+    pub invalid: Vec<SliceError>,
+}
+
+impl Desired {
+    /// Devices left out (a pool left out counts all its devices).
+    pub fn invalid_devices(&self) -> usize {
+        self.invalid.iter().map(SliceError::devices).sum()
+    }
+}
+
+/// Convert and check every pool and device; split each pool into slices.
+/// A device the API server would refuse is left out (and listed in
+/// `invalid`); of devices sharing a name, the first is kept; a pool whose
+/// name is invalid or repeated is left out whole.
+pub fn desired_pools(pools: &[types::Pool], taints: &[HostTaint]) -> Desired {
     let mut names = HashSet::new();
-    let mut out = Vec::with_capacity(pools.len());
+    let mut out = Desired::default();
     for pool in pools {
-        check_pool_name(&pool.name)?;
+        let refuse_pool = |reason: &str| SliceError::Pool {
+            pool: pool.name.clone(),
+            devices: pool.devices.len(),
+            reason: reason.to_owned(),
+        };
+        if !is_pool_name(&pool.name) {
+            out.invalid
+                .push(refuse_pool("not DNS subdomains separated by '/' (at most 253)"));
+            continue;
+        }
         if !names.insert(pool.name.as_str()) {
-            return Err(SliceError::Pool {
-                pool: pool.name.clone(),
-                reason: "listed twice in the inventory".into(),
-            });
+            out.invalid.push(refuse_pool("listed twice in the inventory"));
+            continue;
         }
         let mut seen = HashSet::new();
         let mut devices = Vec::with_capacity(pool.devices.len());
         for d in &pool.devices {
+            let refuse = |reason: String| SliceError::Device {
+                pool: pool.name.clone(),
+                device: d.name.clone(),
+                reason,
+            };
             if !seen.insert(d.name.as_str()) {
-                return Err(SliceError::Device {
-                    pool: pool.name.clone(),
-                    device: d.name.clone(),
-                    reason: "device name used twice in the pool".into(),
-                });
+                out.invalid.push(refuse(
+                    "device name used twice in the pool; only the first is published".into(),
+                ));
+                continue;
             }
             let extra: Vec<&HostTaint> = taints
                 .iter()
                 .filter(|t| t.pool == pool.name && t.device == d.name)
                 .collect();
-            devices.push(device(d, &extra).map_err(|reason| SliceError::Device {
-                pool: pool.name.clone(),
-                device: d.name.clone(),
-                reason,
-            })?);
+            match device(d, &extra) {
+                Ok(converted) => devices.push(converted),
+                Err(reason) => out.invalid.push(refuse(reason)),
+            }
         }
-        out.push(DesiredPool {
+        out.pools.push(DesiredPool {
             name: pool.name.clone(),
             slices: split(devices),
         });
     }
-    Ok(out)
+    out
+}
+
+/// The spec of one slice of `pool` (its `devices`, of generation
+/// `generation`), as the publisher writes it and `guest run` prints it.
+pub fn spec(
+    driver: &str,
+    node: &str,
+    pool: &DesiredPool,
+    devices: &[resource::Device],
+    generation: i64,
+) -> resource::ResourceSliceSpec {
+    resource::ResourceSliceSpec {
+        driver: driver.to_owned(),
+        node_name: Some(node.to_owned()),
+        pool: resource::ResourcePool {
+            name: pool.name.clone(),
+            generation,
+            resource_slice_count: pool.slices.len() as i64,
+        },
+        devices: (!devices.is_empty()).then(|| devices.to_vec()),
+        ..Default::default()
+    }
 }
 
 /// Greedy split: a slice holds 128 devices, or 64 once it holds a tainted one.
@@ -117,7 +191,7 @@ fn device(d: &types::Device, extra: &[&HostTaint]) -> Result<resource::Device, S
     }
     let mut attributes = BTreeMap::new();
     for a in &d.attributes {
-        check_qualified_name(&a.name).map_err(|r| format!("attribute {:?}: {r}", a.name))?;
+        check_qualified_name(&a.name).map_err(|r| format!("attribute {}: {r}", quoted(&a.name)))?;
         let mut v = resource::DeviceAttribute::default();
         match &a.value {
             types::AttributeValue::Boolean(b) => v.bool = Some(*b),
@@ -125,34 +199,39 @@ fn device(d: &types::Device, extra: &[&HostTaint]) -> Result<resource::Device, S
             types::AttributeValue::Text(s) => {
                 if s.chars().count() > MAX_VALUE_LENGTH {
                     return Err(format!(
-                        "attribute {:?}: string longer than {MAX_VALUE_LENGTH} characters",
-                        a.name
+                        "attribute {}: string longer than {MAX_VALUE_LENGTH} characters ({} bytes)",
+                        quoted(&a.name),
+                        s.len()
                     ));
                 }
                 v.string = Some(s.clone());
             }
             types::AttributeValue::Version(s) => {
                 if s.len() > MAX_VALUE_LENGTH || !is_semver(s) {
-                    return Err(format!("attribute {:?}: {s:?} is not a semantic version", a.name));
+                    return Err(format!(
+                        "attribute {}: {} is not a semantic version",
+                        quoted(&a.name),
+                        quoted(s)
+                    ));
                 }
                 v.version = Some(s.clone());
             }
         }
         if attributes.insert(a.name.clone(), v).is_some() {
-            return Err(format!("attribute {:?} listed twice", a.name));
+            return Err(format!("attribute {} listed twice", quoted(&a.name)));
         }
     }
     let mut capacity = BTreeMap::new();
     for c in &d.capacity {
-        check_qualified_name(&c.name).map_err(|r| format!("capacity {:?}: {r}", c.name))?;
+        check_qualified_name(&c.name).map_err(|r| format!("capacity {}: {r}", quoted(&c.name)))?;
         if attributes.contains_key(&c.name) {
-            return Err(format!("{:?} is both an attribute and a capacity", c.name));
+            return Err(format!("{} is both an attribute and a capacity", quoted(&c.name)));
         }
         let q = |s: &str| {
             if is_quantity(s) {
                 Ok(Quantity(s.to_owned()))
             } else {
-                Err(format!("capacity {:?}: {s:?} is not a quantity", c.name))
+                Err(format!("capacity {}: {} is not a quantity", quoted(&c.name), quoted(s)))
             }
         };
         let request_policy = match &c.request_policy {
@@ -179,8 +258,8 @@ fn device(d: &types::Device, extra: &[&HostTaint]) -> Result<resource::Device, S
             .is_some_and(|p| p.valid_values.is_some() && p.valid_range.is_some())
         {
             return Err(format!(
-                "capacity {:?}: validValues and validRange are mutually exclusive",
-                c.name
+                "capacity {}: validValues and validRange are mutually exclusive",
+                quoted(&c.name)
             ));
         }
         if capacity
@@ -193,7 +272,7 @@ fn device(d: &types::Device, extra: &[&HostTaint]) -> Result<resource::Device, S
             )
             .is_some()
         {
-            return Err(format!("capacity {:?} listed twice", c.name));
+            return Err(format!("capacity {} listed twice", quoted(&c.name)));
         }
     }
     let mut taints: Vec<resource::DeviceTaint> = d
@@ -221,7 +300,16 @@ fn device(d: &types::Device, extra: &[&HostTaint]) -> Result<resource::Device, S
         return Err(format!("{} taints; at most {MAX_TAINTS} are allowed", taints.len()));
     }
     for t in &taints {
-        check_qualified_name(&t.key).map_err(|r| format!("taint key {:?}: {r}", t.key))?;
+        check_qualified_name(&t.key).map_err(|r| format!("taint key {}: {r}", quoted(&t.key)))?;
+        if let Some(v) = &t.value
+            && !is_label_value(v)
+        {
+            return Err(format!(
+                "taint {}: value {} is not a label value (at most 63 letters, digits, '-', '_', '.')",
+                quoted(&t.key),
+                quoted(v)
+            ));
+        }
     }
     Ok(resource::Device {
         name: d.name.clone(),
@@ -267,15 +355,19 @@ fn check_qualified_name(s: &str) -> Result<(), &'static str> {
 }
 
 /// DNS subdomains separated by '/', at most 253 characters.
-fn check_pool_name(s: &str) -> Result<(), SliceError> {
-    if s.len() <= 253 && s.split('/').all(is_dns_subdomain) {
-        Ok(())
-    } else {
-        Err(SliceError::Pool {
-            pool: s.to_owned(),
-            reason: "not DNS subdomains separated by '/' (at most 253)".into(),
-        })
-    }
+fn is_pool_name(s: &str) -> bool {
+    s.len() <= 253 && s.split('/').all(is_dns_subdomain)
+}
+
+/// A label value: empty, or at most 63 characters, alphanumeric at both ends,
+/// `-`, `_`, `.` inside.
+fn is_label_value(s: &str) -> bool {
+    s.is_empty()
+        || (s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')))
 }
 
 fn is_semver(s: &str) -> bool {
@@ -340,8 +432,12 @@ mod tests {
 
     #[test]
     fn splits_at_128_and_at_64_once_tainted() {
-        let p = desired_pools(&[pool(300)], &[]).unwrap();
-        assert_eq!(p[0].slices.iter().map(Vec::len).collect::<Vec<_>>(), [128, 128, 44]);
+        let p = desired_pools(&[pool(300)], &[]);
+        assert!(p.invalid.is_empty());
+        assert_eq!(
+            p.pools[0].slices.iter().map(Vec::len).collect::<Vec<_>>(),
+            [128, 128, 44]
+        );
         let taint = HostTaint {
             pool: "node-a".into(),
             device: "d0".into(),
@@ -349,59 +445,91 @@ mod tests {
             value: None,
             effect: "NoSchedule",
         };
-        let p = desired_pools(&[pool(130)], &[taint]).unwrap();
-        assert_eq!(p[0].slices.iter().map(Vec::len).collect::<Vec<_>>(), [64, 66]);
+        let p = desired_pools(&[pool(130)], &[taint]);
+        assert_eq!(p.pools[0].slices.iter().map(Vec::len).collect::<Vec<_>>(), [64, 66]);
         assert_eq!(
-            desired_pools(&[pool(0)], &[]).unwrap()[0].slices,
+            desired_pools(&[pool(0)], &[]).pools[0].slices,
             vec![Vec::<resource::Device>::new()]
         );
     }
 
-    #[test]
-    fn errors_name_the_device() {
-        let mut p = pool(2);
-        p.devices[1].name = "d0".into();
-        let e = desired_pools(&[p], &[]).unwrap_err();
-        assert!(
-            e.to_string().contains("\"d0\"") && e.to_string().contains("twice"),
-            "{e}"
-        );
+    /// The one bad device of each kind is left out, named with the reason;
+    /// the valid devices are kept.
+    fn refused(p: types::Pool) -> String {
+        let d = desired_pools(&[p], &[]);
+        assert_eq!(d.invalid.len(), 1, "{:?}", d.invalid);
+        assert_eq!(d.pools[0].slices[0].len(), 1, "the valid device is kept");
+        d.invalid[0].to_string()
+    }
 
-        let mut p = pool(1);
+    #[test]
+    fn bad_devices_are_left_out_and_named() {
+        let mut p = pool(3);
+        p.devices[2].name = "d0".into();
+        let d = desired_pools(&[p], &[]);
+        assert_eq!(d.invalid_devices(), 1);
+        let e = d.invalid[0].to_string();
+        assert!(e.contains("device \"d0\"") && e.contains("twice"), "{e}");
+        assert_eq!(d.pools[0].slices[0].len(), 2);
+        assert_eq!(d.pools[0].slices[0][0].name, "d0", "the first is published");
+
+        let mut p = pool(2);
         for i in 0..32 {
-            p.devices[0].attributes.push(types::Attribute {
+            p.devices[1].attributes.push(types::Attribute {
                 name: format!("a{i}"),
                 value: types::AttributeValue::Integer(i),
             });
         }
-        assert!(desired_pools(&[p], &[]).unwrap_err().to_string().contains("at most 32"));
+        assert!(refused(p).contains("at most 32"));
 
-        let mut p = pool(1);
-        p.devices[0].attributes[0].value = types::AttributeValue::Text("x".repeat(65));
-        assert!(
-            desired_pools(&[p], &[])
-                .unwrap_err()
-                .to_string()
-                .contains("longer than 64")
-        );
+        let mut p = pool(2);
+        p.devices[1].attributes[0].value = types::AttributeValue::Text("x".repeat(1_000_000));
+        let e = refused(p);
+        assert!(e.contains("longer than 64") && e.len() < 300, "{e}");
 
-        let mut p = pool(1);
-        p.devices[0].attributes[0].value = types::AttributeValue::Version("580.159.04".into());
-        assert!(
-            desired_pools(&[p], &[])
-                .unwrap_err()
-                .to_string()
-                .contains("semantic version")
-        );
+        let mut p = pool(2);
+        p.devices[1].attributes[0].value = types::AttributeValue::Version("580.159.04".into());
+        assert!(refused(p).contains("semantic version"));
 
+        let mut p = pool(2);
+        p.devices[1].capacity[0].value = "lots".into();
+        assert!(refused(p).contains("not a quantity"));
+
+        for bad in ["Upper", &"d".repeat(64), "-x", "a_b"] {
+            let mut p = pool(2);
+            p.devices[1].name = bad.to_owned();
+            assert!(refused(p).contains("DNS label"), "{bad}");
+        }
+
+        let mut p = pool(2);
+        p.devices[1].taints.push(types::Taint {
+            key: "x.com/t".into(),
+            value: Some("not a label value!".into()),
+            effect: types::TaintEffect::NoSchedule,
+        });
+        assert!(refused(p).contains("label value"));
+    }
+
+    #[test]
+    fn a_bad_or_repeated_pool_is_left_out_whole() {
+        let mut bad = pool(3);
+        bad.name = "Node_A".into();
+        let d = desired_pools(&[bad, pool(2), pool(4)], &[]);
+        assert_eq!(d.pools.len(), 1);
+        assert_eq!(d.pools[0].slices[0].len(), 2);
+        assert_eq!(d.invalid.len(), 2);
+        assert_eq!(d.invalid_devices(), 3 + 4);
+        assert!(d.invalid[0].to_string().contains("pool \"Node_A\""), "{}", d.invalid[0]);
+        assert!(d.invalid[1].to_string().contains("listed twice"), "{}", d.invalid[1]);
+    }
+
+    #[test]
+    fn guest_names_in_errors_are_quoted_bounded_and_escaped() {
         let mut p = pool(1);
-        p.devices[0].capacity[0].value = "lots".into();
-        assert!(
-            desired_pools(&[p], &[])
-                .unwrap_err()
-                .to_string()
-                .contains("not a quantity")
-        );
+        p.devices[0].name = format!("evil\n{}", "x".repeat(100_000));
+        let e = desired_pools(&[p], &[]).invalid[0].to_string();
+        assert!(!e.contains('\n') && e.len() < 1024, "{e}");
+        assert!(e.contains("device \"evil\\nxxx"), "{e}");
     }
 
     #[test]

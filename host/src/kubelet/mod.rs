@@ -189,7 +189,7 @@ pub async fn serve(
     let reg_dir = paths.registration_socket.parent().unwrap_or(Path::new("/"));
     crate::state::fsutil::ensure_dir(reg_dir, 0o750).map_err(socket_err(reg_dir))?;
 
-    let service = plugin::DraService::new(Arc::clone(&driver));
+    let service = plugin::DraService::new(Arc::clone(&driver), Arc::clone(&metrics));
     let (stopping, stopping_rx) = watch::channel(false);
     let health = health::HealthService::new(
         driver.name(),

@@ -143,6 +143,14 @@ impl CdiWriter {
     }
 }
 
+/// The bytes one device's entry takes in a spec (as [`CdiWriter::build_spec`]
+/// writes it), to say which device made a spec too large.
+pub fn device_json_len(d: &SpecDevice<'_>) -> usize {
+    json!({ "name": d.name, "containerEdits": edits_json(d.edits) })
+        .to_string()
+        .len()
+}
+
 /// Whether a device's edits would produce anything in a spec. CDI rejects
 /// devices without edits; such devices simply get no CDI ID.
 pub fn has_edits(e: &types::ContainerEdits) -> bool {

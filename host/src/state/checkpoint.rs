@@ -9,9 +9,23 @@
 //! each other's claims.
 //!
 //! Each file is an envelope naming its kind, format version and driver, with a
-//! CRC-32 of the record's exact bytes. Anything that does not verify is a
-//! start-up error naming the file: the host never guesses, and never drops a
-//! claim it cannot read.
+//! CRC-32 of the record's exact bytes; [`decode_record`] checks all of it and
+//! is a pure function of the bytes (the fuzz tests drive it directly).
+//!
+//! A record that does not verify (corrupt, truncated, empty, another driver's,
+//! a format version this host does not read) never takes the driver down:
+//! the file is moved, unchanged, to the quarantine folder beside the
+//! checkpoint (`<plugin dir>/claims-quarantine/`), never deleted, and the
+//! rest is served. The caller reports each one ([`Checkpoint::take_quarantined`]).
+//! Its claim is then simply unknown to the checkpoint: a prepare runs the
+//! guest again and writes a new record, an unprepare runs the guest's
+//! `unprepare` with empty state and removes the CDI spec.
+//!
+//! Each record also carries the node's boot ID at the time it was written
+//! and the allocation it was prepared from, so that after a reboot (device
+//! state gone, checkpoint kept) the claim can be prepared again even when the
+//! ResourceClaim cannot be fetched. Both fields are optional and ignored by
+//! older hosts: the format version stays 1.
 
 use super::fsutil;
 use crate::claim::{ClaimRef, PreparedDevice};
@@ -25,6 +39,8 @@ use std::sync::{Mutex, MutexGuard};
 const KIND: &str = "DraWasmHostClaimCheckpoint";
 const FORMAT_VERSION: u32 = 1;
 const SUFFIX: &str = ".json";
+/// The quarantine folder's name, beside the checkpoint directory.
+pub const QUARANTINE_DIR: &str = "claims-quarantine";
 
 /// Which guest build prepared a claim.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +71,50 @@ pub struct ClaimRecord {
     /// they can be written again until the API server has them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub device_status: Vec<k8s_openapi::api::resource::v1::AllocatedDeviceStatus>,
+    /// The node's boot ID when the guest prepared the claim. A different
+    /// boot ID at start-up means the device-side state is gone (reboot).
+    /// Absent in records of older hosts (then taken as the current boot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// What the guest prepared: this driver's allocated devices and opaque
+    /// configs, used to prepare again after a reboot when the ResourceClaim
+    /// cannot be fetched. Absent in records of older hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<RecordedAllocation>,
+}
+
+/// The guest's view of a claim's allocation, as recorded at prepare time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedAllocation {
+    pub devices: Vec<RecordedDevice>,
+    pub configs: Vec<RecordedConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedDevice {
+    /// As in the allocation result (may name a subrequest).
+    pub request: String,
+    pub pool: String,
+    pub device: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumed_capacity: Vec<(String, String)>,
+    #[serde(default)]
+    pub admin_access: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedConfig {
+    /// `FromClass` or `FromClaim`, as in the ResourceClaim.
+    pub source: String,
+    #[serde(default)]
+    pub requests: Vec<String>,
+    /// The opaque parameters, JSON.
+    pub parameters: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -75,12 +135,47 @@ pub enum CheckpointError {
     Dir { dir: PathBuf, source: io::Error },
     #[error("checkpoint file {}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
-    #[error("checkpoint file {} is corrupt: {reason}", path.display())]
-    Corrupt { path: PathBuf, reason: String },
-    #[error("checkpoint file {} is not this driver's: {reason}", path.display())]
-    Foreign { path: PathBuf, reason: String },
     #[error("claim UID {0:?} cannot name a checkpoint file")]
     BadUid(String),
+}
+
+/// Why bytes are not a record of this driver ([`decode_record`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not a record at all, or damaged: bad JSON, truncated, empty, a
+    /// checksum that does not match, a record named for another claim.
+    #[error("corrupt: {0}")]
+    Corrupt(String),
+    /// A well-formed record this host must not use: another kind, another
+    /// driver's, or a format version it does not read.
+    #[error("not this driver's: {0}")]
+    Foreign(String),
+}
+
+impl DecodeError {
+    /// A metric label: `corrupt` or `foreign`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Corrupt(_) => "corrupt",
+            DecodeError::Foreign(_) => "foreign",
+        }
+    }
+}
+
+/// A record that could not be used, moved out of the checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// Where it was.
+    pub path: PathBuf,
+    /// Where it is now; `None` when moving it failed (then it stays where it
+    /// was, is ignored, and is reported again at the next load).
+    pub moved_to: Option<PathBuf>,
+    /// The claim UID its file name gives, if it is one.
+    pub uid: Option<String>,
+    /// `corrupt`, `foreign` or `unreadable` (the file could not be read).
+    pub reason: &'static str,
+    /// What was wrong, for logs and events.
+    pub detail: String,
 }
 
 /// The prepared claims of one driver, in memory and on disk.
@@ -89,6 +184,8 @@ pub struct Checkpoint {
     dir: PathBuf,
     driver: String,
     claims: Mutex<HashMap<String, ClaimRecord>>,
+    /// Quarantined since the last [`Checkpoint::take_quarantined`].
+    quarantined: Mutex<Vec<Quarantined>>,
 }
 
 impl Checkpoint {
@@ -103,12 +200,19 @@ impl Checkpoint {
         for path in removed {
             tracing::info!(path = %path.display(), "removed an unfinished checkpoint write left by a crash");
         }
-        let claims = load_dir(dir, driver)?;
+        let (claims, quarantined) = load_dir(dir, driver)?;
         Ok(Self {
             dir: dir.to_owned(),
             driver: driver.to_owned(),
             claims: Mutex::new(claims),
+            quarantined: Mutex::new(quarantined),
         })
+    }
+
+    /// The records quarantined by the loads since the last call, for the
+    /// caller to report (log, metric, Kubernetes Event).
+    pub fn take_quarantined(&self) -> Vec<Quarantined> {
+        std::mem::take(&mut *self.quarantined.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Read the directory again, replacing what is in memory. During a
@@ -116,8 +220,12 @@ impl Checkpoint {
     /// the same directory; this is called under the serialization lock
     /// (see [`super::serialize`]) before each claim operation.
     pub fn reload(&self) -> Result<(), CheckpointError> {
-        let claims = load_dir(&self.dir, &self.driver)?;
+        let (claims, quarantined) = load_dir(&self.dir, &self.driver)?;
         *self.lock() = claims;
+        self.quarantined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(quarantined);
         Ok(())
     }
 
@@ -145,22 +253,7 @@ impl Checkpoint {
     /// Durably record a prepared claim, replacing any earlier record.
     pub fn commit(&self, record: ClaimRecord) -> Result<(), CheckpointError> {
         let path = self.path_for(&record.claim.uid)?;
-        let claim = serde_json::to_string(&record).map_err(|e| CheckpointError::Io {
-            path: path.clone(),
-            source: io::Error::other(e),
-        })?;
-        let raw = RawValue::from_string(claim).map_err(|e| CheckpointError::Io {
-            path: path.clone(),
-            source: io::Error::other(e),
-        })?;
-        let envelope = Envelope {
-            kind: KIND,
-            version: FORMAT_VERSION,
-            driver: &self.driver,
-            checksum: crc32fast::hash(raw.get().as_bytes()),
-            claim: &raw,
-        };
-        let bytes = serde_json::to_vec(&envelope).map_err(|e| CheckpointError::Io {
+        let bytes = encode_record(&record, &self.driver).map_err(|e| CheckpointError::Io {
             path: path.clone(),
             source: io::Error::other(e),
         })?;
@@ -190,13 +283,14 @@ impl Checkpoint {
     }
 }
 
-/// Every record in `dir`, checked.
-fn load_dir(dir: &Path, driver: &str) -> Result<HashMap<String, ClaimRecord>, CheckpointError> {
+/// Every usable record in `dir`, and the unusable ones, quarantined.
+fn load_dir(dir: &Path, driver: &str) -> Result<(HashMap<String, ClaimRecord>, Vec<Quarantined>), CheckpointError> {
     let dir_err = |source| CheckpointError::Dir {
         dir: dir.to_owned(),
         source,
     };
     let mut claims = HashMap::new();
+    let mut quarantined = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(dir_err)? {
         let path = entry.map_err(dir_err)?.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
@@ -206,63 +300,117 @@ fn load_dir(dir: &Path, driver: &str) -> Result<HashMap<String, ClaimRecord>, Ch
         if name.starts_with('.') {
             continue;
         }
-        let record = match read_record(&path, driver) {
-            Ok(r) => r,
+        let (reason, detail) = match std::fs::read(&path) {
+            Ok(bytes) => match decode_record(&bytes, driver, Some(uid)) {
+                Ok(record) => {
+                    claims.insert(uid.to_owned(), record);
+                    continue;
+                }
+                Err(e) => (e.reason(), e.to_string()),
+            },
             // Removed by the other host process between listing and reading.
-            Err(CheckpointError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => ("unreadable", format!("cannot be read: {e}")),
         };
-        if record.claim.uid != uid {
-            return Err(CheckpointError::Corrupt {
-                path,
-                reason: format!("it records claim {}, but is named for claim {uid}", record.claim.uid),
-            });
-        }
-        claims.insert(uid.to_owned(), record);
+        let moved_to = match quarantine(dir, &path, &name) {
+            Ok(to) => Some(to),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "could not move an unusable checkpoint record to quarantine; it is ignored");
+                None
+            }
+        };
+        quarantined.push(Quarantined {
+            path,
+            moved_to,
+            uid: crate::claim::is_safe_uid(uid).then(|| uid.to_owned()),
+            reason,
+            detail,
+        });
     }
-    Ok(claims)
+    Ok((claims, quarantined))
 }
 
-fn read_record(path: &Path, driver: &str) -> Result<ClaimRecord, CheckpointError> {
-    let corrupt = |reason: String| CheckpointError::Corrupt {
-        path: path.to_owned(),
-        reason,
-    };
-    let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+/// Move `path` (named `name`) into the quarantine folder beside `dir`,
+/// under a name no earlier quarantined file has. Durable: both directories
+/// are synced.
+fn quarantine(dir: &Path, path: &Path, name: &str) -> io::Result<PathBuf> {
+    let folder = dir.with_file_name(QUARANTINE_DIR);
+    fsutil::ensure_dir(&folder, 0o700)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut target = folder.join(format!("{name}.{stamp}"));
+    let mut n = 1;
+    while target.exists() {
+        target = folder.join(format!("{name}.{stamp}.{n}"));
+        n += 1;
+    }
+    std::fs::rename(path, &target)?;
+    fsutil::sync_dir(&folder)?;
+    fsutil::sync_dir(dir)?;
+    Ok(target)
+}
+
+/// Decode one checkpoint file: the envelope (kind, format version, driver,
+/// checksum) and the record in it. With `uid`, the record must be that
+/// claim's (the file's name). A pure function of its input: no I/O, and no
+/// input makes it panic.
+pub fn decode_record(bytes: &[u8], driver: &str, uid: Option<&str>) -> Result<ClaimRecord, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Corrupt("the file is empty".into()));
+    }
     let envelope: Envelope<'_> =
-        serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not a checkpoint envelope: {e}")))?;
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Corrupt(format!("not a checkpoint envelope: {e}")))?;
     if envelope.kind != KIND {
-        return Err(CheckpointError::Foreign {
-            path: path.to_owned(),
-            reason: format!("kind is {:?}, expected {KIND:?}", envelope.kind),
-        });
+        return Err(DecodeError::Foreign(format!(
+            "kind is {:?}, expected {KIND:?}",
+            envelope.kind
+        )));
     }
     if envelope.version != FORMAT_VERSION {
-        return Err(CheckpointError::Foreign {
-            path: path.to_owned(),
-            reason: format!(
-                "format version {} is not understood by this host (it reads version {FORMAT_VERSION})",
-                envelope.version
-            ),
-        });
+        return Err(DecodeError::Foreign(format!(
+            "format version {} is not understood by this host (it reads version {FORMAT_VERSION})",
+            envelope.version
+        )));
     }
     if envelope.driver != driver {
-        return Err(CheckpointError::Foreign {
-            path: path.to_owned(),
-            reason: format!("it belongs to driver {:?}, not {driver:?}", envelope.driver),
-        });
+        return Err(DecodeError::Foreign(format!(
+            "it belongs to driver {:?}, not {driver:?}",
+            envelope.driver
+        )));
     }
     let actual = crc32fast::hash(envelope.claim.get().as_bytes());
     if actual != envelope.checksum {
-        return Err(corrupt(format!(
+        return Err(DecodeError::Corrupt(format!(
             "checksum {actual:#010x} does not match the recorded {:#010x}",
             envelope.checksum
         )));
     }
-    serde_json::from_str(envelope.claim.get()).map_err(|e| corrupt(format!("claim record: {e}")))
+    let record: ClaimRecord =
+        serde_json::from_str(envelope.claim.get()).map_err(|e| DecodeError::Corrupt(format!("claim record: {e}")))?;
+    if let Some(uid) = uid
+        && record.claim.uid != uid
+    {
+        return Err(DecodeError::Corrupt(format!(
+            "it records claim {}, but is named for claim {uid}",
+            record.claim.uid
+        )));
+    }
+    Ok(record)
+}
+
+/// The bytes [`Checkpoint::commit`] writes for `record`: the inverse of
+/// [`decode_record`].
+pub fn encode_record(record: &ClaimRecord, driver: &str) -> Result<Vec<u8>, serde_json::Error> {
+    let raw = RawValue::from_string(serde_json::to_string(record)?)?;
+    serde_json::to_vec(&Envelope {
+        kind: KIND,
+        version: FORMAT_VERSION,
+        driver,
+        checksum: crc32fast::hash(raw.get().as_bytes()),
+        claim: &raw,
+    })
 }
 
 mod base64_bytes {
@@ -307,6 +455,8 @@ mod tests {
             },
             prepared_at: 1,
             device_status: vec![],
+            boot_id: None,
+            allocation: None,
         }
     }
 
@@ -322,38 +472,109 @@ mod tests {
         assert_eq!(cp.get("u1").unwrap(), record("u1"));
     }
 
+    /// Every way a record goes bad on a node: moved to quarantine unchanged,
+    /// reported with its reason, and the good record still served.
     #[test]
-    fn corruption_and_foreign_files_are_errors_naming_the_file() {
+    fn unusable_records_are_quarantined_and_the_rest_is_loaded() {
         let dir = tempfile::tempdir().unwrap();
-        let cp = Checkpoint::open(dir.path(), "drv").unwrap();
-        cp.commit(record("u1")).unwrap();
-        let path = dir.path().join("u1.json");
+        let claims = dir.path().join("claims");
+        let cp = Checkpoint::open(&claims, "drv").unwrap();
+        for uid in ["u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7"] {
+            cp.commit(record(uid)).unwrap();
+        }
+        let path = |uid: &str| claims.join(format!("{uid}.json"));
+        let good = std::fs::read_to_string(path("u0")).unwrap();
+        let envelope = |field: &str, value: serde_json::Value| {
+            let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+            v[field] = value;
+            serde_json::to_vec(&v).unwrap()
+        };
+        let damage: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("u1", good.replace("gpu-0", "gpu-1").into_bytes(), "corrupt"), // checksum
+            ("u2", good.as_bytes()[..good.len() / 2].to_vec(), "corrupt"),  // truncated
+            ("u3", Vec::new(), "corrupt"),                                  // empty
+            ("u4", envelope("driver", "other".into()), "foreign"),
+            ("u5", envelope("version", 2.into()), "foreign"),
+            ("u6", good.clone().into_bytes(), "corrupt"), // u0's record under u6's name
+        ];
+        for (uid, bytes, _) in &damage {
+            std::fs::write(path(uid), bytes).unwrap();
+        }
+        let cp = Checkpoint::open(&claims, "drv").unwrap();
+        let mut loaded: Vec<_> = cp.records().into_iter().map(|r| r.claim.uid).collect();
+        loaded.sort();
+        assert_eq!(loaded, ["u0", "u7"]);
+        let quarantined = cp.take_quarantined();
+        assert_eq!(quarantined.len(), damage.len());
+        for (uid, bytes, reason) in &damage {
+            let q = quarantined
+                .iter()
+                .find(|q| q.uid.as_deref() == Some(*uid))
+                .unwrap_or_else(|| panic!("{uid} not reported"));
+            assert_eq!(q.reason, *reason, "{uid}: {}", q.detail);
+            assert_eq!(q.path, path(uid));
+            let moved = q.moved_to.as_ref().expect("moved");
+            assert!(
+                moved.starts_with(dir.path().join(QUARANTINE_DIR)),
+                "{}",
+                moved.display()
+            );
+            assert_eq!(&std::fs::read(moved).unwrap(), bytes, "moved unchanged");
+            assert!(!path(uid).exists());
+        }
+        assert!(cp.take_quarantined().is_empty(), "reported once");
+        // The same name going bad again does not overwrite the first copy.
+        std::fs::write(path("u3"), b"").unwrap();
+        cp.reload().unwrap();
+        assert_eq!(cp.take_quarantined().len(), 1);
+        assert_eq!(std::fs::read_dir(dir.path().join(QUARANTINE_DIR)).unwrap().count(), 7);
+    }
 
-        // Flip one byte inside the record: the checksum catches it.
-        let good = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, good.replace("gpu-0", "gpu-1")).unwrap();
-        let err = Checkpoint::open(dir.path(), "drv").unwrap_err();
-        assert!(matches!(err, CheckpointError::Corrupt { .. }), "{err}");
-        assert!(err.to_string().contains("u1.json"), "{err}");
-
-        // Truncated file.
-        std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+    #[test]
+    fn decode_is_the_inverse_of_encode() {
+        let mut r = record("u1");
+        r.boot_id = Some("b".into());
+        r.allocation = Some(RecordedAllocation {
+            devices: vec![RecordedDevice {
+                request: "gpu/small".into(),
+                pool: "node".into(),
+                device: "gpu-0".into(),
+                share_id: None,
+                consumed_capacity: vec![("memory".into(), "1Gi".into())],
+                admin_access: false,
+            }],
+            configs: vec![RecordedConfig {
+                source: "FromClaim".into(),
+                requests: vec![],
+                parameters: "{}".into(),
+            }],
+        });
+        let bytes = encode_record(&r, "drv").unwrap();
+        assert_eq!(decode_record(&bytes, "drv", Some("u1")).unwrap(), r);
+        assert_eq!(decode_record(&bytes, "drv", None).unwrap(), r);
         assert!(matches!(
-            Checkpoint::open(dir.path(), "drv").unwrap_err(),
-            CheckpointError::Corrupt { .. }
+            decode_record(&bytes, "drv", Some("u2")),
+            Err(DecodeError::Corrupt(_))
         ));
+        assert!(matches!(decode_record(&bytes, "x", None), Err(DecodeError::Foreign(_))));
+    }
 
-        // Another driver's checkpoint.
-        std::fs::write(&path, &good).unwrap();
-        let err = Checkpoint::open(dir.path(), "other").unwrap_err();
-        assert!(matches!(err, CheckpointError::Foreign { .. }), "{err}");
-
-        // A file renamed to another claim's name.
-        std::fs::rename(&path, dir.path().join("u9.json")).unwrap();
-        assert!(matches!(
-            Checkpoint::open(dir.path(), "drv").unwrap_err(),
-            CheckpointError::Corrupt { .. }
-        ));
+    /// Records written before boot IDs and allocations were recorded load.
+    #[test]
+    fn records_of_older_hosts_load() {
+        let mut r = serde_json::to_value(record("u1")).unwrap();
+        let fields = r.as_object_mut().unwrap();
+        fields.remove("bootId");
+        fields.remove("allocation");
+        let raw = serde_json::to_string(&r).unwrap();
+        let bytes = format!(
+            r#"{{"kind":"{KIND}","version":1,"driver":"drv","checksum":{},"claim":{raw}}}"#,
+            crc32fast::hash(raw.as_bytes())
+        );
+        let bytes = bytes.as_bytes();
+        let decoded = decode_record(bytes, "drv", Some("u1")).unwrap();
+        assert_eq!(decoded.boot_id, None);
+        assert_eq!(decoded.allocation, None);
     }
 
     #[test]
@@ -365,5 +586,187 @@ mod tests {
             CheckpointError::BadUid(_)
         ));
         assert!(matches!(cp.remove(".hidden").unwrap_err(), CheckpointError::BadUid(_)));
+    }
+}
+
+/// Fuzzing the decoder (see [`crate::fuzzing`]): whatever the bytes, it
+/// returns an error or a record, never panics, and never takes a damaged
+/// record for a good one.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::fuzzing::fuzz;
+    use k8s_openapi::api::resource::v1::AllocatedDeviceStatus;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9.-]{0,16}",
+            any::<String>(),
+            Just(String::new()),
+            Just("\"\\\u{0}\u{ffff}/".to_owned()),
+        ]
+    }
+
+    fn device() -> impl Strategy<Value = PreparedDevice> {
+        (
+            vec(text(), 0..3),
+            text(),
+            text(),
+            proptest::option::of(text()),
+            vec(text(), 0..3),
+        )
+            .prop_map(
+                |(request_names, pool, device, share_id, cdi_device_ids)| PreparedDevice {
+                    request_names,
+                    pool,
+                    device,
+                    share_id,
+                    cdi_device_ids,
+                },
+            )
+    }
+
+    fn allocation() -> impl Strategy<Value = RecordedAllocation> {
+        let device = (
+            text(),
+            text(),
+            text(),
+            proptest::option::of(text()),
+            vec((text(), text()), 0..3),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(request, pool, device, share_id, consumed_capacity, admin_access)| RecordedDevice {
+                    request,
+                    pool,
+                    device,
+                    share_id,
+                    consumed_capacity,
+                    admin_access,
+                },
+            );
+        let config = (text(), vec(text(), 0..3), text()).prop_map(|(source, requests, parameters)| RecordedConfig {
+            source,
+            requests,
+            parameters,
+        });
+        (vec(device, 0..4), vec(config, 0..3)).prop_map(|(devices, configs)| RecordedAllocation { devices, configs })
+    }
+
+    pub(super) fn record() -> impl Strategy<Value = ClaimRecord> {
+        let claim = (text(), text(), text()).prop_map(|(namespace, name, uid)| ClaimRef { namespace, name, uid });
+        let guest =
+            (text(), text(), text()).prop_map(|(name, version, digest)| GuestIdentity { name, version, digest });
+        let status = vec(
+            (text(), text(), text()).prop_map(|(driver, pool, device)| AllocatedDeviceStatus {
+                driver,
+                pool,
+                device,
+                ..Default::default()
+            }),
+            0..2,
+        );
+        (
+            claim,
+            vec(device(), 0..4),
+            proptest::option::of(text()),
+            vec(any::<u8>(), 0..256),
+            guest,
+            any::<u64>(),
+            status,
+            proptest::option::of(text()),
+            proptest::option::of(allocation()),
+        )
+            .prop_map(
+                |(claim, devices, cdi_spec, state, guest, prepared_at, device_status, boot_id, allocation)| {
+                    ClaimRecord {
+                        claim,
+                        devices,
+                        cdi_spec,
+                        state,
+                        guest,
+                        prepared_at,
+                        device_status,
+                        boot_id,
+                        allocation,
+                    }
+                },
+            )
+    }
+
+    #[derive(Debug, Clone)]
+    enum Input {
+        /// Any bytes.
+        Raw(Vec<u8>),
+        /// A good file, then one byte replaced.
+        OneByte(ClaimRecord, usize, u8),
+        /// A good file, cut short.
+        Truncated(ClaimRecord, usize),
+        /// A good file, then several bytes replaced, inserted or removed.
+        Mangled(ClaimRecord, Vec<(usize, u8, u8)>),
+        /// A good file.
+        Good(ClaimRecord),
+    }
+
+    #[test]
+    fn fuzz_checkpoint_decoder() {
+        let input = prop_oneof![
+            vec(any::<u8>(), 0..1024).prop_map(Input::Raw),
+            (record(), any::<usize>(), any::<u8>()).prop_map(|(r, at, b)| Input::OneByte(r, at, b)),
+            (record(), any::<usize>()).prop_map(|(r, at)| Input::Truncated(r, at)),
+            (record(), vec((any::<usize>(), 0u8..3, any::<u8>()), 1..8)).prop_map(|(r, m)| Input::Mangled(r, m)),
+            record().prop_map(Input::Good),
+        ];
+        fuzz("checkpoint decoder", 1, input, |input| {
+            match input {
+                Input::Raw(bytes) => {
+                    if let Ok(r) = decode_record(&bytes, "drv", None) {
+                        let again = encode_record(&r, "drv").map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        prop_assert_eq!(decode_record(&again, "drv", None), Ok(r));
+                    }
+                }
+                Input::Good(r) => {
+                    let bytes = encode_record(&r, "drv").map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert_eq!(decode_record(&bytes, "drv", Some(&r.claim.uid)), Ok(r.clone()));
+                    prop_assert!(decode_record(&bytes, "other", None).is_err());
+                }
+                Input::OneByte(r, at, b) => {
+                    let mut bytes = encode_record(&r, "drv").map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let at = at % bytes.len();
+                    bytes[at] = b;
+                    // A changed byte is caught (JSON syntax, envelope fields, or
+                    // the CRC, which detects every single-byte change).
+                    if let Ok(decoded) = decode_record(&bytes, "drv", None) {
+                        prop_assert_eq!(decoded, r, "a changed file decoded to another record");
+                    }
+                }
+                Input::Truncated(r, at) => {
+                    let bytes = encode_record(&r, "drv").map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let at = at % bytes.len();
+                    prop_assert!(
+                        decode_record(&bytes[..at], "drv", None).is_err(),
+                        "a prefix of {at} bytes decoded"
+                    );
+                }
+                Input::Mangled(r, edits) => {
+                    let mut bytes = encode_record(&r, "drv").map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    for (at, op, b) in edits {
+                        let at = at % (bytes.len() + 1);
+                        match op {
+                            0 if at < bytes.len() => bytes[at] = b,
+                            1 => bytes.insert(at, b),
+                            _ if at < bytes.len() => {
+                                bytes.remove(at);
+                            }
+                            _ => {}
+                        }
+                    }
+                    let _ = decode_record(&bytes, "drv", None);
+                }
+            }
+            Ok(())
+        });
     }
 }

@@ -341,10 +341,8 @@ func sameIDs(a, b []string) bool {
 	return strings.Join(a, "\n") == strings.Join(b, "\n")
 }
 
-// runDRA is what the kubelet does on the DRA socket for one pod's claim:
-// prepare, prepare again (after a kubelet restart; must answer the same CDI
-// IDs), unprepare, and the health stream it keeps open.
-func runDRA(dial, endpoint, service, health string, c claim) {
+// dialDRA dials the DRA socket as the kubelet named by dial does.
+func dialDRA(dial, endpoint string) *grpc.ClientConn {
 	var conn *grpc.ClientConn
 	var err error
 	switch dial {
@@ -362,6 +360,49 @@ func runDRA(dial, endpoint, service, health string, c claim) {
 	if err != nil {
 		fail(dial, "Dial", err)
 	}
+	return conn
+}
+
+// runBatch is one v1.NodePrepareResources call for all of a pod's claims,
+// as the kubelet makes it, with grpc-go's default receive limit (4 MiB):
+// the answer for each claim, or the call's gRPC error.
+func runBatch(dial, endpoint string, claims []claim) {
+	conn := dialDRA(dial, endpoint)
+	defer conn.Close()
+	report(dial, "Dial", nil, map[string]interface{}{"endpoint": endpoint, "target": conn.Target()})
+	var req drav1.NodePrepareResourcesRequest
+	for _, c := range claims {
+		req.Claims = append(req.Claims, &drav1.Claim{Namespace: c.namespace, Name: c.name, Uid: c.uid})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	step := "v1.NodePrepareResources (batch)"
+	resp, err := drav1.NewDRAPluginClient(conn).NodePrepareResources(ctx, &req)
+	if err != nil {
+		fail(dial, step, err)
+	}
+	answers := []map[string]interface{}{}
+	for _, c := range claims {
+		r, ok := resp.Claims[c.uid]
+		if !ok {
+			fail(dial, step, fmt.Errorf("no answer entry for claim %s", c.uid))
+		}
+		head := r.Error
+		if len(head) > 120 {
+			head = head[:120]
+		}
+		answers = append(answers, map[string]interface{}{
+			"uid": c.uid, "error_bytes": len(r.Error), "error_head": head, "devices": len(r.Devices),
+		})
+	}
+	report(dial, step, nil, map[string]interface{}{"answers": answers, "bytes": proto.Size(resp)})
+}
+
+// runDRA is what the kubelet does on the DRA socket for one pod's claim:
+// prepare, prepare again (after a kubelet restart; must answer the same CDI
+// IDs), unprepare, and the health stream it keeps open.
+func runDRA(dial, endpoint, service, health string, c claim) {
+	conn := dialDRA(dial, endpoint)
 	defer conn.Close()
 	report(dial, "Dial", nil, map[string]interface{}{"endpoint": endpoint, "target": conn.Target()})
 
@@ -426,6 +467,7 @@ func main() {
 	service := flag.String("service", "v1", "DRAPlugin service: v1 or v1beta1")
 	health := flag.String("health", "v1", "DRAResourceHealth service: v1 or v1alpha1")
 	claimArg := flag.String("claim", "", "the claim to prepare: namespace/name/uid")
+	batchArg := flag.String("batch", "", "instead: one v1 prepare of these claims, namespace/name/uid,...")
 	flag.Parse()
 	if authorityOption != "" && authorityOption != "percent-encoded" {
 		fail(*dial, "arguments", fmt.Errorf("unknown -authority %q (percent-encoded)", authorityOption))
@@ -438,6 +480,21 @@ func main() {
 		}
 	}
 	if *dial == "" {
+		return
+	}
+	if *batchArg != "" {
+		var claims []claim
+		for _, a := range strings.Split(*batchArg, ",") {
+			c, err := parseClaim(a)
+			if err != nil {
+				fail(*dial, "arguments", err)
+			}
+			claims = append(claims, c)
+		}
+		if *endpoint == "" {
+			fail(*dial, "arguments", errors.New("no -endpoint and no -registration to learn it from"))
+		}
+		runBatch(*dial, *endpoint, claims)
 		return
 	}
 	c, err := parseClaim(*claimArg)

@@ -15,7 +15,11 @@
 //! | `spike-N`              | grows its memory by N MiB, holds it a while, frees it, then prepares normally |
 //! | `badenv`               | returns an environment variable with `=` in its name |
 //! | `status`               | prepares normally and reports device status (Ready, data, network data) |
+//! | an attack of `attacks.rs` (`devnode-…`, `mount-…`, `cdi-…`, `bigspec`, `longerror`, `forgelog`) | see the table there |
 //! | anything else          | prepares normally with one env var per device    |
+//!
+//! Every device has a `uuid` attribute; the config's `inventory` adds the
+//! invalid devices of an inventory attack (`attacks.rs`).
 //!
 //! `init` fails when the config says `{"failInit": true}`.
 //!
@@ -27,23 +31,17 @@
 //! version, with `fault` one of `init` (init fails), `inventory-trap`,
 //! `inventory-loop` and `prepare-trap`; the other build ignores it.
 
-use std::cell::Cell;
+mod attacks;
 
-wit_bindgen::generate!({
-    world: "driver",
-    path: "../../../wit",
-});
-
-use dra::driver::types::*;
-
-thread_local! {
-    static DEVICES: Cell<u32> = const { Cell::new(0) };
-    static FAULT: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
-}
+use dra_driver_sdk::{
+    Claim, ClaimRef, Condition, ContainerEdits, Device, DeviceStatus, Driver, EnvVar, Error, InitContext, Mount,
+    NetworkData, Pool, PreparedClaim, PreparedDevice, Result,
+};
+use serde::de::IgnoredAny;
 
 #[derive(serde::Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Config {
+pub struct Config {
     #[serde(default)]
     devices: u32,
     #[serde(default)]
@@ -53,26 +51,20 @@ struct Config {
     fault_version: Option<String>,
     #[serde(default)]
     fault: Option<String>,
+    /// An inventory attack (`attacks.rs`).
+    #[serde(default)]
+    inventory: Option<String>,
 }
 
 /// This build's version, as in its Cargo.toml.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// The fault this build was asked to inject, if the config names this build.
-fn fault() -> Option<String> {
-    FAULT.with_borrow(|f| f.clone())
-}
-
-struct Faulty;
-
-fn no_edits() -> ContainerEdits {
-    ContainerEdits {
-        env: vec![],
-        device_nodes: vec![],
-        mounts: vec![],
-        hooks: vec![],
-        net_devices: vec![],
-    }
+pub struct Faulty {
+    devices: u32,
+    /// The fault this build was asked to inject, if the config names this build.
+    fault: Option<String>,
+    /// The inventory attack the config asks for (`attacks.rs`).
+    inventory: Option<String>,
 }
 
 /// Burn CPU forever: only the host's deadline ends this.
@@ -113,88 +105,57 @@ fn recurse(depth: u64, buf: &mut [u8; 256]) -> u64 {
     recurse(depth + 1, &mut next) + u64::from(buf[0])
 }
 
-impl exports::dra::driver::device_driver::Guest for Faulty {
-    fn init(ctx: InitContext) -> Result<DriverInfo, DriverError> {
-        let cfg: Config = if ctx.config.trim().is_empty() {
-            Config::default()
-        } else {
-            serde_json::from_str(&ctx.config).map_err(|e| DriverError {
-                kind: ErrorKind::InvalidConfig,
-                message: e.to_string(),
-            })?
-        };
+impl Driver for Faulty {
+    type Config = Config;
+    /// Opaque parameters are not looked at.
+    type ClaimConfig = IgnoredAny;
+
+    fn init(_: &InitContext, cfg: Config) -> Result<Self> {
         if cfg.fail_init {
-            return Err(DriverError {
-                kind: ErrorKind::InvalidConfig,
-                message: "failInit is set".into(),
-            });
+            return Err(Error::invalid_config("failInit is set"));
         }
         let fault = cfg.fault.filter(|_| cfg.fault_version.as_deref() == Some(VERSION));
         if fault.as_deref() == Some("init") {
-            return Err(DriverError {
-                kind: ErrorKind::InvalidConfig,
-                message: format!("build {VERSION} was asked to fail init"),
-            });
+            return Err(Error::invalid_config(format!("build {VERSION} was asked to fail init")));
         }
-        DEVICES.set(cfg.devices.max(1));
-        FAULT.set(fault);
-        Ok(DriverInfo {
-            name: env!("CARGO_PKG_NAME").into(),
-            version: VERSION.into(),
+        Ok(Faulty {
+            devices: cfg.devices.max(1),
+            fault,
+            inventory: cfg.inventory,
         })
     }
 
-    fn inventory() -> Result<Vec<Pool>, DriverError> {
-        match fault().as_deref() {
+    fn inventory(&self) -> Result<Vec<Pool>> {
+        match self.fault.as_deref() {
             Some("inventory-trap") => panic!("build {VERSION} was asked to trap in inventory"),
             Some("inventory-loop") => spin(),
             _ => {}
         }
-        let devices = (0..DEVICES.get())
-            .map(|i| Device {
-                name: format!("dev-{i}"),
-                attributes: vec![],
-                capacity: vec![],
-                allow_multiple_allocations: false,
-                taints: vec![],
-            })
+        let mut devices: Vec<Device> = (0..self.devices)
+            .map(|i| attacks::with_attributes(Device::new(format!("dev-{i}")), i))
             .collect();
-        Ok(vec![Pool {
-            name: "faulty".into(),
-            devices,
-        }])
+        devices.extend(attacks::inventory(self.inventory.as_deref())?);
+        Ok(vec![Pool::new("faulty", devices)])
     }
 
-    fn prepare(claim: Claim) -> Result<PreparedClaim, DriverError> {
-        if fault().as_deref() == Some("prepare-trap") {
+    fn prepare(&self, claim: Claim<IgnoredAny>) -> Result<PreparedClaim> {
+        if self.fault.as_deref() == Some("prepare-trap") {
             panic!("build {VERSION} was asked to trap in prepare");
         }
-        let name = claim.ref_.name.as_str();
+        let name = claim.claim.name.as_str();
         let mut devices: Vec<PreparedDevice> = claim
             .devices
             .iter()
-            .map(|d| PreparedDevice {
-                pool: d.pool.clone(),
-                device: d.device.clone(),
-                share_id: d.share_id.clone(),
-                edits: ContainerEdits {
-                    env: vec![
-                        EnvVar {
-                            name: "FAULTY_DEVICE".into(),
-                            value: d.device.clone(),
-                        },
-                        EnvVar {
-                            name: "FAULTY_VERSION".into(),
-                            value: VERSION.into(),
-                        },
-                    ],
-                    ..no_edits()
-                },
-                cdi_device_ids: vec![],
-                status: None,
+            .map(|d| {
+                PreparedDevice::new(d).edits(
+                    ContainerEdits::default()
+                        .env("FAULTY_DEVICE", &d.device)
+                        .env("FAULTY_VERSION", VERSION),
+                )
             })
             .collect();
-        let mut state = claim.ref_.uid.clone().into_bytes();
+        let mut state = claim.claim.uid.clone().into_bytes();
+        attacks::prepare(name, &mut devices)?;
         if name.starts_with("loop") {
             spin();
         } else if name.starts_with("oom") {
@@ -209,22 +170,10 @@ impl exports::dra::driver::device_driver::Guest for Faulty {
             let mut buf = [0u8; 256];
             state.push(recurse(0, &mut buf) as u8);
         } else if name.starts_with("unallocated") {
-            devices.push(PreparedDevice {
-                pool: "faulty".into(),
-                device: "not-allocated".into(),
-                share_id: None,
-                edits: no_edits(),
-                cdi_device_ids: vec![],
-                status: None,
-            });
+            devices.push(PreparedDevice::named("faulty", "not-allocated", None));
         } else if name.starts_with("escape") {
             if let Some(d) = devices.first_mut() {
-                d.edits.mounts.push(Mount {
-                    host_path: "/etc".into(),
-                    container_path: "/host-etc".into(),
-                    mount_type: None,
-                    options: vec!["bind".into()],
-                });
+                d.edits.mounts.push(Mount::bind("/etc", "/host-etc"));
             }
         } else if let Some(mib) = name
             .strip_prefix("spike-")
@@ -237,12 +186,7 @@ impl exports::dra::driver::device_driver::Guest for Faulty {
         } else if name.starts_with("status") {
             for (i, d) in devices.iter_mut().enumerate() {
                 d.status = Some(DeviceStatus {
-                    conditions: vec![Condition {
-                        condition_type: "Ready".into(),
-                        status: ConditionStatus::True,
-                        reason: "Prepared".into(),
-                        message: format!("device {} is ready", d.device),
-                    }],
+                    conditions: vec![Condition::ready("Prepared", format!("device {} is ready", d.device))],
                     data: Some(format!("{{\"slot\":{i}}}")),
                     network_data: Some(NetworkData {
                         interface_name: format!("net{i}"),
@@ -251,36 +195,29 @@ impl exports::dra::driver::device_driver::Guest for Faulty {
                     }),
                 });
             }
-        } else if name.starts_with("badenv") {
-            if let Some(d) = devices.first_mut() {
-                d.edits.env.push(EnvVar {
-                    name: "A=B".into(),
-                    value: "x".into(),
-                });
-            }
+        } else if name.starts_with("badenv")
+            && let Some(d) = devices.first_mut()
+        {
+            d.edits.env.push(EnvVar {
+                name: "A=B".into(),
+                value: "x".into(),
+            });
         }
         Ok(PreparedClaim { devices, state })
     }
 
     /// The state is the claim UID (possibly followed by bytes); anything else
     /// means the host handed back the wrong claim's state.
-    fn unprepare(claim: ClaimRef, state: Vec<u8>) -> Result<(), DriverError> {
+    fn unprepare(&self, claim: &ClaimRef, state: &[u8]) -> Result<()> {
         if !state.is_empty() && !state.starts_with(claim.uid.as_bytes()) && !state.starts_with(&[7]) {
-            return Err(DriverError {
-                kind: ErrorKind::Internal,
-                message: format!(
-                    "state {:?} is not claim {}'s",
-                    String::from_utf8_lossy(&state),
-                    claim.uid
-                ),
-            });
+            return Err(Error::internal(format!(
+                "state {:?} is not claim {}'s",
+                String::from_utf8_lossy(state),
+                claim.uid
+            )));
         }
         Ok(())
     }
-
-    fn on_event(_event: Event) -> Result<Vec<DeviceHealth>, DriverError> {
-        Ok(vec![])
-    }
 }
 
-export!(Faulty);
+dra_driver_sdk::export_driver!(Faulty);

@@ -1,0 +1,261 @@
+//! Throughput of prepare + unprepare under concurrent kubelet connections,
+//! through the real binary: how many claim pairs per second the host
+//! sustains, their latency, and the host's CPU per pair.
+//!
+//! Run: `cargo bench --bench throughput` (options after `--`: `--callers N`
+//! (16), `--seconds S` per phase (5), `--rounds R` (2), `--claims N` per
+//! caller (4), `--baseline PATH`, `--candidate PATH`).
+//!
+//! Each caller has its own HTTP/2 connection to the DRA socket, as separate
+//! kubelet calls would, and loops over its own claims: prepare, then
+//! unprepare. With `--baseline`, phases of the candidate and the baseline
+//! alternate (`rounds` each), so both see the same machine; compare only
+//! figures from one run. The host CPU per pair is read from
+//! `/proc/<pid>/stat` (user + system), so it can be compared across machines.
+
+use dra_proto::dra::v1;
+use dra_proto::services;
+use dra_test_support::bench::{Latencies, arg, ms, process_cpu_time};
+use dra_test_support::claims::{Claim, ClaimsFile, uid};
+use dra_test_support::host::{DriverSpec, HostEnv, HostProcess};
+use dra_test_support::kubelet::{RegistrationAuthority, TestKubelet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const DRIVER: &str = "example.dra.dev";
+
+fn main() {
+    let callers = arg("--callers", 16usize);
+    let seconds = arg("--seconds", 5u64);
+    let rounds = arg("--rounds", 2usize);
+    let claims = arg("--claims", 4usize);
+    let path_arg = |name| Some(PathBuf::from(arg(name, String::new()))).filter(|p| !p.as_os_str().is_empty());
+    let baseline = path_arg("--baseline");
+    let candidate = path_arg("--candidate").unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dra-wasm-host")));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let authority = if baseline.is_some() {
+            RegistrationAuthority::Localhost
+        } else {
+            RegistrationAuthority::GrpcGo
+        };
+        // SAFETY: set before any host starts; nothing else reads it concurrently.
+        unsafe { std::env::set_var("DRA_TEST_LOG", "warn") };
+        let mut subjects = vec![Subject::start("candidate", &candidate, callers, claims, authority).await];
+        if let Some(path) = &baseline {
+            subjects.push(Subject::start("baseline", path, callers, claims, authority).await);
+        }
+        for s in &mut subjects {
+            s.phase(Duration::from_secs(1), false).await;
+        }
+        for _ in 0..rounds {
+            for s in &mut subjects {
+                s.phase(Duration::from_secs(seconds), true).await;
+            }
+        }
+        println!(
+            "prepare + unprepare throughput: {callers} callers on their own connections, {claims} claims each, \
+             {rounds} phases of {seconds} s per binary (example guest; CDI on tmpfs, checkpoint on disk)"
+        );
+        for s in &subjects {
+            s.report();
+        }
+        if let [a, b] = &subjects[..] {
+            println!(
+                "  candidate / baseline: pairs/s {:.2}×, prepare p99 {:.2}×, host CPU per pair {:.2}×",
+                a.pairs_per_second() / b.pairs_per_second(),
+                a.prepare_latency().p99.as_secs_f64() / b.prepare_latency().p99.as_secs_f64(),
+                a.cpu_per_pair() / b.cpu_per_pair(),
+            );
+        }
+        for s in &mut subjects {
+            s.host.terminate(Duration::from_secs(20)).expect("clean stop");
+            let _ = std::fs::remove_dir_all(&s.cdi_dir);
+        }
+    });
+}
+
+struct Subject {
+    label: &'static str,
+    binary: PathBuf,
+    _env: HostEnv,
+    _kubelet: TestKubelet,
+    host: HostProcess,
+    cdi_dir: PathBuf,
+    /// One client (one connection) and its claims per caller.
+    callers: Vec<(
+        v1::dra_plugin_client::DraPluginClient<tonic::transport::Channel>,
+        Vec<v1::Claim>,
+    )>,
+    prepare: Vec<Duration>,
+    unprepare: Vec<Duration>,
+    pairs: u64,
+    elapsed: Duration,
+    cpu: Duration,
+}
+
+impl Subject {
+    async fn start(
+        label: &'static str,
+        binary: &Path,
+        callers: usize,
+        per_caller: usize,
+        authority: RegistrationAuthority,
+    ) -> Subject {
+        let target_tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let env = HostEnv::new(&target_tmp.join("bench-guest-cache")).expect("node layout");
+        // CDI specs on a tmpfs, as /var/run/cdi is on real nodes.
+        let cdi_dir = tempfile::tempdir_in("/dev/shm").expect("tmpfs").keep();
+        let total = callers * per_caller;
+        let guest = PathBuf::from(dra_wasm_host::BUILT_GUESTS_DIR).join("example_driver.wasm");
+        env.write_config(
+            &[DriverSpec::new(DRIVER, &guest).config(&format!("devices = {total}"))],
+            "",
+        )
+        .expect("config");
+        let config = std::fs::read_to_string(&env.config_path).expect("config");
+        let config = config.replace(
+            &format!("cdi_dir = {:?}", env.cdi_dir),
+            &format!("cdi_dir = {cdi_dir:?}"),
+        );
+        std::fs::write(&env.config_path, config).expect("config");
+        let all: Vec<Claim> = (0..total)
+            .map(|i| {
+                Claim::new("default", &format!("load-{i}"), &uid(10_000 + i as u64)).device(
+                    DRIVER,
+                    "test-node",
+                    &format!("gpu-{i}"),
+                    "gpu",
+                )
+            })
+            .collect();
+        ClaimsFile::new(&env.claims_path)
+            .expect("claims")
+            .put(&all)
+            .expect("claims");
+        let known = [services::DRA_PLUGIN_V1, services::DRA_PLUGIN_V1BETA1];
+        let kubelet = TestKubelet::start_with(&env.kubelet_root, &known, authority).expect("kubelet");
+        let host = env.start(binary).expect("host");
+        let plugin = kubelet
+            .wait_for_plugin(DRIVER, Duration::from_secs(120))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:#}\nhost log:\n{}", binary.display(), host.log()));
+        let mut clients = Vec::new();
+        for chunk in all.chunks(per_caller) {
+            let channel = dra_proto::connect_uds(&plugin.endpoint).await.expect("connect");
+            let claims = chunk
+                .iter()
+                .map(|c| v1::Claim {
+                    namespace: "default".into(),
+                    name: c.name.clone(),
+                    uid: c.uid.clone(),
+                })
+                .collect();
+            clients.push((v1::dra_plugin_client::DraPluginClient::new(channel), claims));
+        }
+        Subject {
+            label,
+            binary: binary.to_owned(),
+            _env: env,
+            _kubelet: kubelet,
+            host,
+            cdi_dir,
+            callers: clients,
+            prepare: Vec::new(),
+            unprepare: Vec::new(),
+            pairs: 0,
+            elapsed: Duration::ZERO,
+            cpu: Duration::ZERO,
+        }
+    }
+
+    /// Every caller loops prepare → unprepare over its claims for `length`.
+    async fn phase(&mut self, length: Duration, record: bool) {
+        let cpu_before = process_cpu_time(self.host.pid()).expect("host CPU time");
+        let started = Instant::now();
+        let deadline = started + length;
+        let tasks: Vec<_> = self
+            .callers
+            .iter()
+            .map(|(client, claims)| {
+                let (mut client, claims) = (client.clone(), claims.clone());
+                tokio::spawn(async move {
+                    let (mut prepare, mut unprepare) = (Vec::new(), Vec::new());
+                    'calls: loop {
+                        for claim in &claims {
+                            if Instant::now() >= deadline {
+                                break 'calls;
+                            }
+                            let request = v1::NodePrepareResourcesRequest {
+                                claims: vec![claim.clone()],
+                            };
+                            let t = Instant::now();
+                            let answer = client.node_prepare_resources(request).await.expect("prepare");
+                            prepare.push(t.elapsed());
+                            let error = &answer.get_ref().claims[&claim.uid].error;
+                            assert!(error.is_empty(), "prepare: {error}");
+                            let request = v1::NodeUnprepareResourcesRequest {
+                                claims: vec![claim.clone()],
+                            };
+                            let t = Instant::now();
+                            let answer = client.node_unprepare_resources(request).await.expect("unprepare");
+                            unprepare.push(t.elapsed());
+                            let error = &answer.get_ref().claims[&claim.uid].error;
+                            assert!(error.is_empty(), "unprepare: {error}");
+                        }
+                    }
+                    (prepare, unprepare)
+                })
+            })
+            .collect();
+        let mut pairs = 0;
+        for task in tasks {
+            let (p, u) = task.await.expect("caller");
+            pairs += u.len() as u64;
+            if record {
+                self.prepare.extend(p);
+                self.unprepare.extend(u);
+            }
+        }
+        if record {
+            self.pairs += pairs;
+            self.elapsed += started.elapsed();
+            self.cpu += process_cpu_time(self.host.pid())
+                .expect("host CPU time")
+                .saturating_sub(cpu_before);
+        }
+    }
+
+    fn pairs_per_second(&self) -> f64 {
+        self.pairs as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn cpu_per_pair(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.pairs as f64
+    }
+
+    fn prepare_latency(&self) -> Latencies {
+        Latencies::of(&self.prepare).expect("samples")
+    }
+
+    fn report(&self) {
+        println!("  {} ({}):", self.label, self.binary.display());
+        println!(
+            "    {:.0} prepares/s and as many unprepares ({} pairs in {:.1} s)",
+            self.pairs_per_second(),
+            self.pairs,
+            self.elapsed.as_secs_f64()
+        );
+        println!("    prepare: {}", self.prepare_latency());
+        println!("    unprepare: {}", Latencies::of(&self.unprepare).expect("samples"));
+        println!(
+            "    host CPU (user+system) per pair: {:.0} µs; host busy {:.2} cores (p99 prepare {:.1} ms)",
+            self.cpu_per_pair(),
+            self.cpu.as_secs_f64() / self.elapsed.as_secs_f64(),
+            ms(self.prepare_latency().p99)
+        );
+    }
+}
