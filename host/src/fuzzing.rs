@@ -2,10 +2,12 @@
 //!
 //! Each trust boundary has a `fuzz_*` test next to the code it exercises:
 //! the checkpoint decoder (`state::checkpoint`), the conversion of
-//! ResourceClaim JSON into the guest's claim (`kube::allocation`), and the
-//! `DRAPlugin` request handlers (`kubelet::plugin`). They run on the stable
-//! toolchain with `proptest` generating inputs (structured ones and raw
-//! bytes) and shrinking any failure to a small reproducer.
+//! ResourceClaim JSON into the guest's claim (`kube::allocation`), the
+//! `DRAPlugin` request handlers (`kubelet::plugin`), and the HTTP/2 frame
+//! and header rewriting in front of the kubelet's sockets
+//! (`kubelet::connection`). They run on the stable toolchain with
+//! `proptest` generating inputs (structured ones and raw bytes) and
+//! shrinking any failure to a small reproducer.
 //!
 //! How long they run is set by the environment:
 //! - default: [`DEFAULT_CASES`] inputs per target (part of the normal suite);

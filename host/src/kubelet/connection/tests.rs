@@ -463,3 +463,314 @@ fn the_server_frame_reader_follows_frames_split_anywhere() {
         );
     }
 }
+
+/// The HTTP/2 frame and header code the adapter runs on every kubelet
+/// connection (`dra_proto::wire::ClientFrames`), fuzzed (issue 14, part 5):
+/// generated client connections, encoded by a real HPACK encoder with its
+/// dynamic table (and table size updates), framed with padding, priority
+/// fields and CONTINUATION splits, interleaved with other frames, and cut
+/// into arbitrary read sizes; and raw bytes after the preface.
+mod fuzz {
+    use crate::fuzzing::fuzz;
+    use bytes::{BufMut, BytesMut};
+    use dra_proto::wire::frame::{self, FrameHeader};
+    use dra_proto::wire::{AuthorityRule, ClientFrames, Event, NORMALISED_AUTHORITY, is_valid_authority};
+    use proptest::prelude::*;
+
+    /// One request of a generated connection.
+    #[derive(Clone, Debug)]
+    struct Request {
+        authority: Option<Vec<u8>>,
+        extra: Vec<(Vec<u8>, Vec<u8>)>,
+        /// A dynamic table size update (RFC 7541 §6.3) at the block's start.
+        table_size: Option<usize>,
+        padding: Option<u8>,
+        priority: Option<[u8; 5]>,
+        /// Where the block is cut into HEADERS + CONTINUATION frames (fractions of its length).
+        cuts: Vec<u8>,
+        end_stream: bool,
+        /// Frames the client sends after the request's headers: (type, flags, payload).
+        after: Vec<(u8, u8, Vec<u8>)>,
+    }
+
+    fn authority() -> impl Strategy<Value = Option<Vec<u8>>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(
+                b"/var/lib/kubelet/plugins_registry/example.dra.dev-reg.sock".to_vec()
+            )),
+            Just(Some(
+                b"%2Fvar%2Flib%2Fkubelet%2Fplugins%2Fexample.dra.dev%2Fdra.sock".to_vec()
+            )),
+            Just(Some(b"localhost".to_vec())),
+            Just(Some(Vec::new())),
+            proptest::collection::vec(any::<u8>(), 0..48).prop_map(Some),
+        ]
+    }
+
+    fn request() -> impl Strategy<Value = Request> {
+        let header = (
+            prop_oneof![
+                Just(b"grpc-timeout".to_vec()),
+                Just(b"user-agent".to_vec()),
+                Just(b"x-repeated".to_vec()),
+                proptest::collection::vec(any::<u8>(), 1..24),
+            ],
+            prop_oneof![
+                Just(b"the same value every time".to_vec()),
+                proptest::collection::vec(any::<u8>(), 0..64),
+            ],
+        );
+        // A frame a client sends between header blocks: DATA, PRIORITY,
+        // RST_STREAM, SETTINGS, PING, WINDOW_UPDATE, or an unknown type.
+        let other = (
+            prop_oneof![Just(0u8), Just(2), Just(3), Just(4), Just(6), Just(8), Just(0xfa)],
+            any::<u8>(),
+            proptest::collection::vec(any::<u8>(), 0..64),
+        );
+        (
+            authority(),
+            proptest::collection::vec(header, 0..5),
+            proptest::option::of(0usize..=4096),
+            proptest::option::of(any::<u8>()),
+            proptest::option::of(any::<[u8; 5]>()),
+            proptest::collection::vec(any::<u8>(), 0..3),
+            any::<bool>(),
+            proptest::collection::vec(other, 0..3),
+        )
+            .prop_map(
+                |(authority, extra, table_size, padding, priority, cuts, end_stream, after)| Request {
+                    authority,
+                    extra,
+                    table_size,
+                    padding,
+                    priority,
+                    cuts,
+                    end_stream,
+                    after,
+                },
+            )
+    }
+
+    /// A header block's fields, in order.
+    type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+    /// The connection's bytes, and what the server must get from the adapter:
+    /// each request's headers (`:authority` as the rule leaves it) and the
+    /// other frames byte for byte.
+    struct Connection {
+        bytes: Vec<u8>,
+        expected_headers: Vec<Fields>,
+        expected_other: Vec<Vec<u8>>,
+    }
+
+    fn connection(requests: &[Request]) -> Connection {
+        let mut encoder = loona_hpack::Encoder::new();
+        let mut out = BytesMut::new();
+        out.put_slice(frame::PREFACE);
+        let (mut expected_headers, mut expected_other) = (Vec::new(), Vec::new());
+        for (i, r) in requests.iter().enumerate() {
+            let stream = 2 * i as u32 + 1;
+            let path = format!("/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources?{i}").into_bytes();
+            let mut headers: Fields = vec![
+                (b":method".to_vec(), b"POST".to_vec()),
+                (b":scheme".to_vec(), b"http".to_vec()),
+                (b":path".to_vec(), path),
+            ];
+            if let Some(a) = &r.authority {
+                headers.push((b":authority".to_vec(), a.clone()));
+            }
+            headers.push((b"content-type".to_vec(), b"application/grpc".to_vec()));
+            headers.extend(r.extra.iter().cloned());
+            let mut block = Vec::new();
+            if let Some(size) = r.table_size {
+                encoder.set_max_table_size(size);
+                loona_hpack::encoder::encode_integer_into(size, 5, 0x20, &mut block).unwrap();
+            }
+            encoder
+                .encode_into(headers.iter().map(|(n, v)| (&n[..], &v[..])), &mut block)
+                .unwrap();
+            expected_headers.push(
+                headers
+                    .into_iter()
+                    .map(|(n, v)| {
+                        let v = if n == b":authority" && !is_valid_authority(&v) {
+                            NORMALISED_AUTHORITY.to_vec()
+                        } else {
+                            v
+                        };
+                        (n, v)
+                    })
+                    .collect(),
+            );
+            // Cut the block into fragments at the generated points.
+            let mut points: Vec<usize> = r.cuts.iter().map(|&c| usize::from(c) * block.len() / 256).collect();
+            points.sort_unstable();
+            points.dedup();
+            let mut fragments = Vec::new();
+            let mut start = 0;
+            for p in points.into_iter().chain([block.len()]) {
+                if p >= start {
+                    fragments.push(&block[start..p]);
+                    start = p;
+                }
+            }
+            let last = fragments.len() - 1;
+            for (j, fragment) in fragments.into_iter().enumerate() {
+                let mut payload = Vec::new();
+                let mut flags = if j == last { frame::FLAG_END_HEADERS } else { 0 };
+                let kind = if j == 0 {
+                    if r.end_stream {
+                        flags |= frame::FLAG_END_STREAM;
+                    }
+                    if let Some(pad) = r.padding {
+                        flags |= frame::FLAG_PADDED;
+                        payload.push(pad);
+                    }
+                    if let Some(p) = r.priority {
+                        flags |= frame::FLAG_PRIORITY;
+                        payload.extend_from_slice(&p);
+                    }
+                    payload.extend_from_slice(fragment);
+                    payload.resize(payload.len() + usize::from(r.padding.unwrap_or(0)), 0);
+                    frame::HEADERS
+                } else {
+                    payload.extend_from_slice(fragment);
+                    frame::CONTINUATION
+                };
+                FrameHeader {
+                    len: payload.len(),
+                    kind,
+                    flags,
+                    stream,
+                }
+                .write(&mut out);
+                out.put_slice(&payload);
+            }
+            for (kind, flags, payload) in &r.after {
+                let mut f = BytesMut::new();
+                FrameHeader {
+                    len: payload.len(),
+                    kind: *kind,
+                    flags: *flags,
+                    stream,
+                }
+                .write(&mut f);
+                f.put_slice(payload);
+                out.put_slice(&f);
+                expected_other.push(f.to_vec());
+            }
+        }
+        Connection {
+            bytes: out.to_vec(),
+            expected_headers,
+            expected_other,
+        }
+    }
+
+    /// Feed `bytes` to a fresh adapter in reads of the given sizes, as a
+    /// socket delivers them; returns what the server gets and the events.
+    fn run(bytes: &[u8], reads: &[usize]) -> (Vec<u8>, Vec<Event>) {
+        let mut frames = ClientFrames::new(AuthorityRule::ReplaceInvalid);
+        let (mut input, mut output) = (BytesMut::new(), BytesMut::new());
+        let mut events = Vec::new();
+        let mut rest = bytes;
+        let mut sizes = reads.iter().cycle();
+        while !rest.is_empty() {
+            let n = (*sizes.next().unwrap_or(&rest.len())).clamp(1, rest.len());
+            input.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            frames.process(&mut input, &mut output, &mut |e| events.push(e));
+        }
+        frames.finish(&mut input, &mut output);
+        (output.to_vec(), events)
+    }
+
+    /// The server's view: header blocks decoded by a fresh HPACK decoder,
+    /// every other frame as bytes.
+    fn server_view(bytes: &[u8]) -> Result<(Vec<Fields>, Vec<Vec<u8>>), TestCaseError> {
+        prop_assert!(bytes.starts_with(frame::PREFACE), "the preface passes first");
+        let mut rest = &bytes[frame::PREFACE.len()..];
+        let mut decoder = loona_hpack::Decoder::new();
+        let (mut blocks, mut other) = (Vec::new(), Vec::new());
+        let mut open: Option<(u32, Vec<u8>)> = None;
+        while !rest.is_empty() {
+            let h = FrameHeader::peek(rest).ok_or_else(|| TestCaseError::fail("a cut frame header"))?;
+            prop_assert!(rest.len() >= frame::HEADER_LEN + h.len, "a cut frame");
+            prop_assert!(h.len <= frame::DEFAULT_MAX_FRAME_SIZE, "a frame over the server's size");
+            let (f, tail) = rest.split_at(frame::HEADER_LEN + h.len);
+            rest = tail;
+            let payload = &f[frame::HEADER_LEN..];
+            match (h.kind, &mut open) {
+                (frame::HEADERS, None) => {
+                    prop_assert!(!h.has(frame::FLAG_PADDED), "the adapter sends no padding");
+                    let skip = if h.has(frame::FLAG_PRIORITY) { 5 } else { 0 };
+                    open = Some((h.stream, payload[skip..].to_vec()));
+                }
+                (frame::CONTINUATION, Some((stream, block))) => {
+                    prop_assert_eq!(*stream, h.stream);
+                    block.extend_from_slice(payload);
+                }
+                (kind, open) => {
+                    prop_assert!(open.is_none(), "a frame of type {} inside a header block", kind);
+                    other.push(f.to_vec());
+                    continue;
+                }
+            }
+            if h.has(frame::FLAG_END_HEADERS) {
+                let (_, block) = open.take().expect("open");
+                let mut headers = Vec::new();
+                decoder
+                    .decode_with_cb(&block, |n, v| headers.push((n.to_vec(), v.to_vec())))
+                    .map_err(|e| TestCaseError::fail(format!("the server cannot decode a block: {e:?}")))?;
+                blocks.push(headers);
+            }
+        }
+        prop_assert!(open.is_none(), "a header block left open");
+        Ok((blocks, other))
+    }
+
+    #[test]
+    fn fuzz_http2_client_frames() {
+        let reads = proptest::collection::vec(1usize..200, 1..8);
+        fuzz(
+            "http2_client_frames",
+            2,
+            (proptest::collection::vec(request(), 1..6), reads),
+            |(requests, reads)| {
+                let c = connection(&requests);
+                let (out, events) = run(&c.bytes, &reads);
+                let blocks: Vec<&Event> = events.iter().filter(|e| matches!(e, Event::Block { .. })).collect();
+                prop_assert!(
+                    !events.iter().any(|e| matches!(e, Event::GaveUp(_))),
+                    "gave up on a valid connection: {:?}",
+                    events
+                );
+                prop_assert_eq!(blocks.len(), requests.len());
+                let (headers, other) = server_view(&out)?;
+                prop_assert_eq!(headers, c.expected_headers);
+                prop_assert_eq!(other, c.expected_other);
+                Ok(())
+            },
+        );
+        // Anything after the preface: no panic, nothing lost or invented.
+        // Without a header block got through, the server gets the client's
+        // bytes exactly.
+        fuzz(
+            "http2_client_frames_raw",
+            1,
+            (
+                proptest::collection::vec(any::<u8>(), 0..512),
+                proptest::collection::vec(1usize..64, 1..4),
+            ),
+            |(tail, reads)| {
+                let bytes = [&frame::PREFACE[..], &tail].concat();
+                let (out, events) = run(&bytes, &reads);
+                if !events.iter().any(|e| matches!(e, Event::Block { .. })) {
+                    prop_assert_eq!(out, bytes);
+                }
+                Ok(())
+            },
+        );
+    }
+}
