@@ -32,12 +32,7 @@ async fn metric(port: u16, series: &str) -> f64 {
 
 /// A field of `/proc/<pid>/status` in kB (`VmRSS`, `VmHWM`).
 fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().strip_suffix(" kB")?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+    dra_test_support::bench::status_kib(pid, field).unwrap()
 }
 
 /// Eight instances each grow their linear memory by 48 MiB at once and the

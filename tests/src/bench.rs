@@ -32,6 +32,22 @@ pub fn process_cpu_time(pid: u32) -> std::io::Result<Duration> {
     Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
 }
 
+/// A memory field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, ...) in KiB:
+/// how benchmarks and tests read the host's resident memory.
+pub fn status_kib(pid: u32, field: &str) -> std::io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix(" kB")?.trim().parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("no {field} in /proc/{pid}/status"),
+            )
+        })
+}
+
 /// Milliseconds, for printing.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
