@@ -45,6 +45,19 @@ impl CompileCache {
     /// Load the compiled form of `bytes` (whose SHA-256 is `digest`),
     /// compiling and storing it on a miss.
     pub fn load(&self, engine: &Engine, digest: &str, bytes: &[u8]) -> wasmtime::Result<(Component, CacheOutcome)> {
+        let loaded = self.load_or_compile(engine, digest, bytes);
+        if matches!(loaded, Ok((_, CacheOutcome::Compiled)) | Err(_)) {
+            release_compiler_memory();
+        }
+        loaded
+    }
+
+    fn load_or_compile(
+        &self,
+        engine: &Engine,
+        digest: &str,
+        bytes: &[u8],
+    ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let Some(path) = self.artifact_path(engine, digest) else {
             return Ok((Component::new(engine, bytes)?, CacheOutcome::Compiled));
         };
@@ -79,6 +92,20 @@ impl CompileCache {
 
     pub fn dir(&self) -> Option<&Path> {
         self.dir.as_deref()
+    }
+}
+
+/// Give the heap pages Cranelift used back to the kernel. Compiling a guest
+/// allocates tens of MiB on the compiler's threads; freed, they stay in
+/// glibc's per-thread arenas, so a host whose first start compiled three
+/// guests kept about twice the RSS of one that loaded them from the cache
+/// (42 vs 21 MiB, `cargo bench --bench memory`) for as long as it ran.
+/// Compiling is rare (a cache miss), so the cost of a trim does not matter.
+fn release_compiler_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions; it only returns free memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
