@@ -21,6 +21,7 @@
 mod client;
 pub mod frame;
 mod headers;
+mod hpack;
 mod io;
 
 pub use client::{ClientFrames, Event};
