@@ -12,6 +12,11 @@
 //! alternate (`rounds` each), so both see the same machine; compare only
 //! figures from one run. The host CPU per pair is read from
 //! `/proc/<pid>/stat` (user + system), so it can be compared across machines.
+//!
+//! Before the phases, the disk alone: 1 and N threads doing to the
+//! checkpoint's disk what each pair does (a durable write of a 1 KiB record,
+//! then its durable removal), with the host's own `fsutil`. That is the
+//! ceiling the host's pairs/s are measured against, in the same run.
 
 use dra_proto::dra::v1;
 use dra_proto::services;
@@ -48,6 +53,8 @@ fn main() {
         if let Some(path) = &baseline {
             subjects.push(Subject::start("baseline", path, callers, claims, authority).await);
         }
+        let disk_time = Duration::from_secs(seconds.min(3));
+        let disk = [1, callers].map(|threads| (threads, disk_alone(threads, disk_time)));
         for s in &mut subjects {
             s.phase(Duration::from_secs(1), false).await;
         }
@@ -59,6 +66,13 @@ fn main() {
         println!(
             "prepare + unprepare throughput: {callers} callers on their own connections, {claims} claims each, \
              {rounds} phases of {seconds} s per binary (example guest; CDI on tmpfs, checkpoint on disk)"
+        );
+        println!(
+            "  the disk alone (durable write of a 1 KiB record + durable removal, the host's fsutil): {}",
+            disk.iter()
+                .map(|(threads, pairs)| format!("{threads} thread(s) {pairs:.0} pairs/s"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         for s in &subjects {
             s.report();
@@ -76,6 +90,34 @@ fn main() {
             let _ = std::fs::remove_dir_all(&s.cdi_dir);
         }
     });
+}
+
+/// `threads` threads each doing what a prepare + unprepare pair does to the
+/// checkpoint, for `time`: pairs per second, all threads together.
+fn disk_alone(threads: usize, time: Duration) -> f64 {
+    use dra_wasm_host::state::fsutil::{remove_durable, write_atomic};
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("disk dir");
+    let record = vec![b'x'; 1024];
+    let end = Instant::now() + time;
+    let pairs: u64 = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (dir, record) = (dir.path(), &record);
+                scope.spawn(move || {
+                    let mut n = 0u64;
+                    while Instant::now() < end {
+                        let path = dir.join(format!("{t}-{}.json", n % 4));
+                        write_atomic(&path, record, 0o600).expect("durable write");
+                        remove_durable(&path).expect("durable removal");
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("disk thread")).sum()
+    });
+    pairs as f64 / time.as_secs_f64()
 }
 
 struct Subject {

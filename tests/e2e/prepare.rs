@@ -201,3 +201,72 @@ async fn crash_between_prepare_and_unprepare_then_restart() {
     assert!(!node.cdi_spec_path(&uid(42)).exists());
     assert_eq!(std::fs::read_dir(node.checkpoint_dir()).unwrap().count(), 0);
 }
+
+/// Many kubelet calls at once: their file work then leaves the async
+/// workers for the blocking pool, so that the claims' fsyncs are in flight
+/// together. Every answer must still come only once its claim's files are
+/// written, and a kill -9 right after the answers must lose none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_answer_only_once_each_claim_is_on_disk() {
+    const N: u64 = 32;
+    let mut node = Node::example(N as u32).await;
+    let claims: Vec<Claim> = (0..N)
+        .map(|i| {
+            Claim::new("team-c", &format!("c-{i}"), &uid(700 + i)).device(DRIVER, POOL, &format!("gpu-{i}"), "gpu")
+        })
+        .collect();
+    node.claims.put(&claims).unwrap();
+    let record = |node: &Node, i: u64| node.checkpoint_dir().join(format!("{}.json", uid(700 + i)));
+
+    // Each claim's files are checked the moment its answer arrives, while
+    // the other claims are still in flight.
+    let on_disk = |node: &Node, i: u64| (node.cdi_spec_path(&uid(700 + i)).is_file(), record(node, i).is_file());
+    let prepares = claims.iter().enumerate().map(|(i, c)| {
+        let (plugin, reference, node) = (node.plugin.clone(), c.reference(), &node);
+        async move {
+            let answer = plugin.prepare(&[reference]).await;
+            (i as u64, answer, on_disk(node, i as u64))
+        }
+    });
+    for (i, answer, on_disk) in futures_util::future::join_all(prepares).await {
+        let answer = answer.unwrap();
+        assert_eq!(answer[&uid(700 + i)].error, "", "claim {i}");
+        assert_eq!(answer[&uid(700 + i)].devices.len(), 1, "claim {i}");
+        assert_eq!(
+            on_disk,
+            (true, true),
+            "claim {i}: answered before its (CDI spec, record) were written"
+        );
+    }
+
+    node.crash_and_restart().await;
+    for i in 0..N {
+        assert!(record(&node, i).is_file(), "claim {i}: record lost by kill -9");
+        assert!(
+            node.cdi_spec_path(&uid(700 + i)).is_file(),
+            "claim {i}: CDI spec lost by kill -9"
+        );
+    }
+
+    let unprepares = claims.iter().enumerate().map(|(i, c)| {
+        let (plugin, reference, node) = (node.plugin.clone(), c.reference(), &node);
+        async move {
+            let errors = plugin.unprepare(&[reference]).await;
+            (i as u64, errors, on_disk(node, i as u64))
+        }
+    });
+    for (i, errors, on_disk) in futures_util::future::join_all(unprepares).await {
+        assert_eq!(errors.unwrap()[&uid(700 + i)], "", "claim {i}");
+        assert_eq!(
+            on_disk,
+            (false, false),
+            "claim {i}: answered before its (CDI spec, record) were removed"
+        );
+    }
+    node.crash_and_restart().await;
+    let left: Vec<_> = std::fs::read_dir(node.checkpoint_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "records back after kill -9: {left:?}");
+}
