@@ -129,6 +129,9 @@ fn the_commented_gpu_section_of_the_deployed_config_is_accepted() {
     assert!(d.policy.mount_host_paths[0].matches("/run/nvidia/driver/usr/lib64/libcuda.so.580.159.04"));
     let ds = std::fs::read_to_string(deploy_dir().join("daemonset.yaml")).unwrap();
     assert!(ds.contains("mountPath: /host/dev") && ds.contains("path: /dev"), "{ds}");
+
+    // With both drivers.
+    guest_memory_fits_the_daemonset(&config, &ds);
 }
 
 /// The networking example's config grants `net` on the NICs it names, and
@@ -149,6 +152,30 @@ fn net_example_config_is_accepted_by_the_host() {
     assert!(
         manifest.contains("- --rolling-update-uid\n            - $(POD_UID)"),
         "{manifest}"
+    );
+    guest_memory_fits_the_daemonset(&config, &manifest);
+}
+
+/// The guests' worst-case memory (docs/operations.md: 40 MiB + the sum over
+/// drivers of 2 × max_instances × memory_limit_mib) fits the DaemonSet's
+/// memory limit: a spike traps a guest call instead of getting the whole
+/// node agent killed.
+fn guest_memory_fits_the_daemonset(config: &dra_wasm_host::config::Config, daemonset: &str) {
+    let limit_mib: u64 = daemonset
+        .lines()
+        .skip_while(|l| l.trim() != "limits:")
+        .find_map(|l| l.trim().strip_prefix("memory: "))
+        .and_then(|m| m.strip_suffix("Mi"))
+        .and_then(|m| m.parse().ok())
+        .expect("the DaemonSet's memory limit, in Mi");
+    let r = &config.runtime;
+    let worst_mib = 40 + config.drivers.len() as u64 * 2 * r.max_instances as u64 * r.memory_limit_mib;
+    assert!(
+        worst_mib <= limit_mib,
+        "{} driver(s) × 2 × {} instances × {} MiB + 40 MiB = {worst_mib} MiB, over the DaemonSet's {limit_mib} MiB",
+        config.drivers.len(),
+        r.max_instances,
+        r.memory_limit_mib
     );
 }
 
