@@ -17,6 +17,8 @@
 //! ([`AuthorityRule::ReplaceInvalid`]); the test kubelet puts it behind its
 //! tonic client ([`AuthorityRule::Set`], [`connect_uds_with_authority`]) to
 //! send what the real kubelet sends. One mechanism serves both sides.
+//! Header blocks are decoded by our own HPACK decoder (`hpack`, RFC 7541;
+//! why not a crate's: its module docs).
 
 mod client;
 pub mod frame;
