@@ -4,7 +4,7 @@
 //!
 //! Run: `cargo bench --bench throughput` (options after `--`: `--callers N`
 //! (16), `--seconds S` per phase (5), `--rounds R` (2), `--claims N` per
-//! caller (4), `--baseline PATH`, `--candidate PATH`).
+//! caller (4), `--baseline PATH`, `--candidate PATH`, `--checkpoint-on-tmpfs`).
 //!
 //! Each caller has its own HTTP/2 connection to the DRA socket, as separate
 //! kubelet calls would, and loops over its own claims: prepare, then
@@ -17,6 +17,12 @@
 //! checkpoint's disk what each pair does (a durable write of a 1 KiB record,
 //! then its durable removal), with the host's own `fsutil`. That is the
 //! ceiling the host's pairs/s are measured against, in the same run.
+//!
+//! `--checkpoint-on-tmpfs` puts the hosts' whole node directory (checkpoint
+//! included) and the disk-alone threads on `/dev/shm`: what is left is the
+//! host's own cost per pair without a disk under it, the lower bound of any
+//! change to how the checkpoint is written. Never a figure to ship: tmpfs
+//! does not survive a reboot.
 
 use dra_proto::dra::v1;
 use dra_proto::services;
@@ -37,6 +43,15 @@ fn main() {
     let path_arg = |name| Some(PathBuf::from(arg(name, String::new()))).filter(|p| !p.as_os_str().is_empty());
     let baseline = path_arg("--baseline");
     let candidate = path_arg("--candidate").unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dra-wasm-host")));
+    let on_tmpfs = std::env::args().any(|a| a == "--checkpoint-on-tmpfs");
+    let (state_dir, state_place) = if on_tmpfs {
+        // SAFETY: set before any thread or host starts; HostEnv's temporary
+        // directories follow it.
+        unsafe { std::env::set_var("TMPDIR", "/dev/shm") };
+        (PathBuf::from("/dev/shm"), "checkpoint on tmpfs: the host's own cost, no disk")
+    } else {
+        (PathBuf::from(env!("CARGO_TARGET_TMPDIR")), "checkpoint on disk")
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -54,7 +69,7 @@ fn main() {
             subjects.push(Subject::start("baseline", path, callers, claims, authority).await);
         }
         let disk_time = Duration::from_secs(seconds.min(3));
-        let disk = [1, callers].map(|threads| (threads, disk_alone(threads, disk_time)));
+        let disk = [1, callers].map(|threads| (threads, disk_alone(&state_dir, threads, disk_time)));
         for s in &mut subjects {
             s.phase(Duration::from_secs(1), false).await;
         }
@@ -65,10 +80,11 @@ fn main() {
         }
         println!(
             "prepare + unprepare throughput: {callers} callers on their own connections, {claims} claims each, \
-             {rounds} phases of {seconds} s per binary (example guest; CDI on tmpfs, checkpoint on disk)"
+             {rounds} phases of {seconds} s per binary (example guest; CDI on tmpfs, {state_place})"
         );
         println!(
-            "  the disk alone (durable write of a 1 KiB record + durable removal, the host's fsutil): {}",
+            "  the {} alone (durable write of a 1 KiB record + durable removal, the host's fsutil): {}",
+            if on_tmpfs { "tmpfs" } else { "disk" },
             disk.iter()
                 .map(|(threads, pairs)| format!("{threads} thread(s) {pairs:.0} pairs/s"))
                 .collect::<Vec<_>>()
@@ -94,9 +110,9 @@ fn main() {
 
 /// `threads` threads each doing what a prepare + unprepare pair does to the
 /// checkpoint, for `time`: pairs per second, all threads together.
-fn disk_alone(threads: usize, time: Duration) -> f64 {
+fn disk_alone(in_dir: &Path, threads: usize, time: Duration) -> f64 {
     use dra_wasm_host::state::fsutil::{remove_durable, write_atomic};
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("disk dir");
+    let dir = tempfile::tempdir_in(in_dir).expect("disk dir");
     let record = vec![b'x'; 1024];
     let end = Instant::now() + time;
     let pairs: u64 = std::thread::scope(|scope| {
