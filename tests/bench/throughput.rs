@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo bench --bench throughput` (options after `--`: `--callers N`
 //! (16), `--seconds S` per phase (5), `--rounds R` (2), `--claims N` per
-//! caller (4), `--baseline PATH`, `--candidate PATH`, `--checkpoint-on-tmpfs`).
+//! caller (4), `--baseline PATH`, `--candidate PATH`, `--state-dir DIR`,
+//! `--checkpoint-on-tmpfs`).
 //!
 //! Each caller has its own HTTP/2 connection to the DRA socket, as separate
 //! kubelet calls would, and loops over its own claims: prepare, then
@@ -18,11 +19,14 @@
 //! then its durable removal), with the host's own `fsutil`. That is the
 //! ceiling the host's pairs/s are measured against, in the same run.
 //!
-//! `--checkpoint-on-tmpfs` puts the hosts' whole node directory (checkpoint
-//! included) and the disk-alone threads on `/dev/shm`: what is left is the
-//! host's own cost per pair without a disk under it, the lower bound of any
-//! change to how the checkpoint is written. Never a figure to ship: tmpfs
-//! does not survive a reboot.
+//! `--state-dir DIR` puts the hosts' node directories (checkpoint included)
+//! and the disk-alone threads in DIR instead of the target directory: run
+//! it on the file system that holds `/var/lib/kubelet` on your nodes (the
+//! report names the file system type). `--checkpoint-on-tmpfs` is
+//! `--state-dir /dev/shm`: what is left is the host's own cost per pair
+//! without a disk under it, the lower bound of any change to how the
+//! checkpoint is written; never a figure to ship, tmpfs does not survive a
+//! reboot.
 
 use dra_proto::dra::v1;
 use dra_proto::services;
@@ -43,15 +47,15 @@ fn main() {
     let path_arg = |name| Some(PathBuf::from(arg(name, String::new()))).filter(|p| !p.as_os_str().is_empty());
     let baseline = path_arg("--baseline");
     let candidate = path_arg("--candidate").unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dra-wasm-host")));
-    let on_tmpfs = std::env::args().any(|a| a == "--checkpoint-on-tmpfs");
-    let (state_dir, state_place) = if on_tmpfs {
-        // SAFETY: set before any thread or host starts; HostEnv's temporary
-        // directories follow it.
-        unsafe { std::env::set_var("TMPDIR", "/dev/shm") };
-        (PathBuf::from("/dev/shm"), "checkpoint on tmpfs: the host's own cost, no disk")
+    let state_dir = if std::env::args().any(|a| a == "--checkpoint-on-tmpfs") {
+        PathBuf::from("/dev/shm")
     } else {
-        (PathBuf::from(env!("CARGO_TARGET_TMPDIR")), "checkpoint on disk")
+        path_arg("--state-dir").unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")))
     };
+    let fs_type = file_system_type(&state_dir);
+    // SAFETY: set before any thread or host starts; HostEnv's temporary
+    // directories follow it.
+    unsafe { std::env::set_var("TMPDIR", &state_dir) };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,11 +84,11 @@ fn main() {
         }
         println!(
             "prepare + unprepare throughput: {callers} callers on their own connections, {claims} claims each, \
-             {rounds} phases of {seconds} s per binary (example guest; CDI on tmpfs, {state_place})"
+             {rounds} phases of {seconds} s per binary (example guest; CDI on tmpfs, checkpoint in {} on {fs_type})",
+            state_dir.display()
         );
         println!(
-            "  the {} alone (durable write of a 1 KiB record + durable removal, the host's fsutil): {}",
-            if on_tmpfs { "tmpfs" } else { "disk" },
+            "  the {fs_type} alone (durable write of a 1 KiB record + durable removal, the host's fsutil): {}",
             disk.iter()
                 .map(|(threads, pairs)| format!("{threads} thread(s) {pairs:.0} pairs/s"))
                 .collect::<Vec<_>>()
@@ -106,6 +110,30 @@ fn main() {
             let _ = std::fs::remove_dir_all(&s.cdi_dir);
         }
     });
+}
+
+/// The name of the file system holding `dir`, from `statfs(2)`'s magic
+/// numbers (linux/magic.h), for the report.
+fn file_system_type(dir: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).expect("path without NUL");
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: statfs fills the buffer for a NUL-terminated path; the buffer
+    // is read only when the call succeeded.
+    if unsafe { libc::statfs(path.as_ptr(), st.as_mut_ptr()) } != 0 {
+        panic!("statfs {}: {}", dir.display(), std::io::Error::last_os_error());
+    }
+    // SAFETY: initialised by the successful call above.
+    #[allow(clippy::unnecessary_cast)] // f_type's type differs between architectures
+    let magic = unsafe { st.assume_init() }.f_type as i64;
+    match magic {
+        0xef53 => "ext4".into(),
+        0x5846_5342 => "xfs".into(),
+        0x9123_683e => "btrfs".into(),
+        0x0102_1994 => "tmpfs".into(),
+        0x794c_7630 => "overlayfs".into(),
+        other => format!("file system 0x{other:x}"),
+    }
 }
 
 /// `threads` threads each doing what a prepare + unprepare pair does to the
