@@ -863,10 +863,13 @@ impl Driver {
 /// At most [`DISK_WORK_IN_FLIGHT`] run on the pool at once; the rest wait
 /// their turn on the async side.
 ///
-/// Either way the work runs to its end even when the caller is dropped (an
-/// inline run is one poll; a blocking task cannot be cancelled once
-/// started), so an abandoned call never leaves a file half-done. A panic in
-/// it resumes in the caller. Its tracing span is the caller's.
+/// Either way the work, once started, runs to its end even when the caller
+/// is dropped (an inline run is one poll; a blocking task cannot be
+/// cancelled once started), so an abandoned call never leaves a file
+/// half-done; a caller dropped while it waits for its turn has touched no
+/// file (and the kubelet's calls are not dropped: `kubelet::plugin`'s
+/// `Detachable` finishes them). A panic in the work resumes in the caller.
+/// Its tracing span is the caller's.
 async fn durably<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, OperationError> + Send + 'static,
 ) -> Result<T, OperationError> {
