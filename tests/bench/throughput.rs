@@ -4,8 +4,7 @@
 //!
 //! Run: `cargo bench --bench throughput` (options after `--`: `--callers N`
 //! (16), `--seconds S` per phase (5), `--rounds R` (2), `--claims N` per
-//! caller (4), `--baseline PATH`, `--candidate PATH`, `--state-dir DIR`,
-//! `--checkpoint-on-tmpfs`).
+//! caller (4), `--baseline PATH`, `--candidate PATH`, `--state-dir DIR`).
 //!
 //! Each caller has its own HTTP/2 connection to the DRA socket, as separate
 //! kubelet calls would, and loops over its own claims: prepare, then
@@ -22,11 +21,10 @@
 //! `--state-dir DIR` puts the hosts' node directories (checkpoint included)
 //! and the disk-alone threads in DIR instead of the target directory: run
 //! it on the file system that holds `/var/lib/kubelet` on your nodes (the
-//! report names the file system type). `--checkpoint-on-tmpfs` is
-//! `--state-dir /dev/shm`: what is left is the host's own cost per pair
-//! without a disk under it, the lower bound of any change to how the
-//! checkpoint is written; never a figure to ship, tmpfs does not survive a
-//! reboot.
+//! report names the file system type). With `--state-dir /dev/shm` what is
+//! left is the host's own cost per pair without a disk under it, the lower
+//! bound of any change to how the checkpoint is written; never a figure to
+//! ship, tmpfs does not survive a reboot.
 
 use dra_proto::dra::v1;
 use dra_proto::services;
@@ -47,11 +45,7 @@ fn main() {
     let path_arg = |name| Some(PathBuf::from(arg(name, String::new()))).filter(|p| !p.as_os_str().is_empty());
     let baseline = path_arg("--baseline");
     let candidate = path_arg("--candidate").unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dra-wasm-host")));
-    let state_dir = if std::env::args().any(|a| a == "--checkpoint-on-tmpfs") {
-        PathBuf::from("/dev/shm")
-    } else {
-        path_arg("--state-dir").unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")))
-    };
+    let state_dir = path_arg("--state-dir").unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
     let fs_type = file_system_type(&state_dir);
     // SAFETY: set before any thread or host starts; HostEnv's temporary
     // directories follow it.
