@@ -15,7 +15,7 @@
 //!
 //! Before the phases, the disk alone: 1 and N threads doing to the
 //! checkpoint's disk what each pair does (a durable write of a 1 KiB record,
-//! then its durable removal), with the host's own `fsutil`. That is the
+//! then its durable removal), with the checkpoint's own `fsutil::Recycler`. That is the
 //! ceiling the host's pairs/s are measured against, in the same run.
 //!
 //! `--state-dir DIR` puts the hosts' node directories (checkpoint included)
@@ -82,7 +82,7 @@ fn main() {
             state_dir.display()
         );
         println!(
-            "  the {fs_type} alone (durable write of a 1 KiB record + durable removal, the host's fsutil): {}",
+            "  the {fs_type} alone (durable write of a 1 KiB record + durable removal, as the checkpoint does it): {}",
             disk.iter()
                 .map(|(threads, pairs)| format!("{threads} thread(s) {pairs:.0} pairs/s"))
                 .collect::<Vec<_>>()
@@ -133,20 +133,20 @@ fn file_system_type(dir: &Path) -> String {
 /// `threads` threads each doing what a prepare + unprepare pair does to the
 /// checkpoint, for `time`: pairs per second, all threads together.
 fn disk_alone(in_dir: &Path, threads: usize, time: Duration) -> f64 {
-    use dra_wasm_host::state::fsutil::{remove_durable, write_atomic};
     let dir = tempfile::tempdir_in(in_dir).expect("disk dir");
+    let files = dra_wasm_host::state::fsutil::Recycler::open(dir.path(), 0o600).expect("disk dir");
     let record = vec![b'x'; 1024];
     let end = Instant::now() + time;
     let pairs: u64 = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|t| {
-                let (dir, record) = (dir.path(), &record);
+                let (files, record) = (&files, &record);
                 scope.spawn(move || {
                     let mut n = 0u64;
                     while Instant::now() < end {
-                        let path = dir.join(format!("{t}-{}.json", n % 4));
-                        write_atomic(&path, record, 0o600).expect("durable write");
-                        remove_durable(&path).expect("durable removal");
+                        let name = format!("{t}-{}.json", n % 4);
+                        files.write(&name, record).expect("durable write");
+                        assert!(files.remove(&name).expect("durable removal"));
                         n += 1;
                     }
                     n

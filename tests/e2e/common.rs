@@ -3,7 +3,7 @@
 use dra_test_support::claims::ClaimsFile;
 use dra_test_support::host::{DriverSpec, HostEnv, HostProcess};
 use dra_test_support::kubelet::{Plugin, TestKubelet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DRIVER: &str = "example.dra.dev";
@@ -118,6 +118,18 @@ impl Node {
     pub fn checkpoint_dir(&self) -> PathBuf {
         self.env.kubelet_root.join("plugins").join(DRIVER).join("claims")
     }
+}
+
+/// The claim records in a checkpoint directory: the files a host loads
+/// (`<uid>.json`), not the hidden spare files it keeps for reuse.
+pub fn checkpoint_records(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
 }
 
 /// Wait (at most 20 s) until `check` gives a value; the panic names `what`

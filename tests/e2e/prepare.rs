@@ -199,7 +199,7 @@ async fn crash_between_prepare_and_unprepare_then_restart() {
     let errors = node.plugin.unprepare(&[claim.reference()]).await.unwrap();
     assert_eq!(errors[&uid(42)], "");
     assert!(!node.cdi_spec_path(&uid(42)).exists());
-    assert_eq!(std::fs::read_dir(node.checkpoint_dir()).unwrap().count(), 0);
+    assert_eq!(checkpoint_records(&node.checkpoint_dir()), Vec::<String>::new());
 }
 
 /// Many kubelet calls at once: their file work then leaves the async
@@ -264,9 +264,6 @@ async fn concurrent_calls_answer_only_once_each_claim_is_on_disk() {
         );
     }
     node.crash_and_restart().await;
-    let left: Vec<_> = std::fs::read_dir(node.checkpoint_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let left = checkpoint_records(&node.checkpoint_dir());
     assert!(left.is_empty(), "records back after kill -9: {left:?}");
 }

@@ -224,7 +224,7 @@ async fn two_hosts_in_rolling_update_mode_share_claims_and_hand_over() {
     assert!(!old_reg.exists() && !old_dra.exists());
     assert!(new_reg.exists() && new_dra.exists());
     // Nothing prepared is left: every claim was unprepared, whoever prepared it.
-    assert_eq!(std::fs::read_dir(&checkpoint_dir).unwrap().count(), 0);
+    assert_eq!(checkpoint_records(&checkpoint_dir), Vec::<String>::new());
     let left: Vec<_> = std::fs::read_dir(&env.cdi_dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();

@@ -2,11 +2,14 @@
 //! host so that prepare stays idempotent and every prepared claim can be
 //! unprepared, even by a newer guest build.
 //!
-//! Layout: one file per claim, `<dir>/<claim uid>.json`, each written with
-//! [`fsutil::write_atomic`]. One file per claim keeps a commit proportional to
-//! one claim (not to everything prepared on the node), and lets two host
-//! processes during a rolling update share the directory without overwriting
-//! each other's claims.
+//! Layout: one file per claim, `<dir>/<claim uid>.json`, each written and
+//! removed through an [`fsutil::Recycler`]: atomically and durably, reusing
+//! the files of removed claims (hidden spares) instead of creating and
+//! freeing one per claim, and padded with spaces to whole 4 KiB blocks, which
+//! every version of the decoder skips as JSON whitespace. One file per claim
+//! keeps a commit proportional to one claim (not to everything prepared on
+//! the node), and lets two host processes during a rolling update share the
+//! directory without overwriting each other's claims.
 //!
 //! Each file is an envelope naming its kind, format version and driver, with a
 //! CRC-32 of the record's exact bytes; [`decode_record`] checks all of it and
@@ -183,6 +186,7 @@ pub struct Quarantined {
 pub struct Checkpoint {
     dir: PathBuf,
     driver: String,
+    files: fsutil::Recycler,
     claims: Mutex<HashMap<String, ClaimRecord>>,
     /// Quarantined since the last [`Checkpoint::take_quarantined`].
     quarantined: Mutex<Vec<Quarantined>>,
@@ -200,10 +204,12 @@ impl Checkpoint {
         for path in removed {
             tracing::info!(path = %path.display(), "removed an unfinished checkpoint write left by a crash");
         }
+        let files = fsutil::Recycler::open(dir, 0o600).map_err(dir_err)?;
         let (claims, quarantined) = load_dir(dir, driver)?;
         Ok(Self {
             dir: dir.to_owned(),
             driver: driver.to_owned(),
+            files,
             claims: Mutex::new(claims),
             quarantined: Mutex::new(quarantined),
         })
@@ -252,28 +258,25 @@ impl Checkpoint {
 
     /// Durably record a prepared claim, replacing any earlier record.
     pub fn commit(&self, record: ClaimRecord) -> Result<(), CheckpointError> {
-        let path = self.path_for(&record.claim.uid)?;
-        let bytes = encode_record(&record, &self.driver).map_err(|e| CheckpointError::Io {
-            path: path.clone(),
-            source: io::Error::other(e),
-        })?;
-        fsutil::write_atomic(&path, &bytes, 0o600).map_err(|source| CheckpointError::Io { path, source })?;
+        let name = file_name(&record.claim.uid)?;
+        let io_err = |source| CheckpointError::Io {
+            path: self.dir.join(&name),
+            source,
+        };
+        let bytes = encode_record(&record, &self.driver).map_err(|e| io_err(io::Error::other(e)))?;
+        self.files.write(&name, &bytes).map_err(io_err)?;
         self.lock().insert(record.claim.uid.clone(), record);
         Ok(())
     }
 
     /// Durably forget a claim. Returns the record it had, if any.
     pub fn remove(&self, uid: &str) -> Result<Option<ClaimRecord>, CheckpointError> {
-        let path = self.path_for(uid)?;
-        fsutil::remove_durable(&path).map_err(|source| CheckpointError::Io { path, source })?;
+        let name = file_name(uid)?;
+        self.files.remove(&name).map_err(|source| CheckpointError::Io {
+            path: self.dir.join(&name),
+            source,
+        })?;
         Ok(self.lock().remove(uid))
-    }
-
-    fn path_for(&self, uid: &str) -> Result<PathBuf, CheckpointError> {
-        if !crate::claim::is_safe_uid(uid) {
-            return Err(CheckpointError::BadUid(uid.to_owned()));
-        }
-        Ok(self.dir.join(format!("{uid}{SUFFIX}")))
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, ClaimRecord>> {
@@ -281,6 +284,14 @@ impl Checkpoint {
         // (each update is a single insert/remove), so poisoning is ignored.
         self.claims.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The name of a claim's record file.
+fn file_name(uid: &str) -> Result<String, CheckpointError> {
+    if !crate::claim::is_safe_uid(uid) {
+        return Err(CheckpointError::BadUid(uid.to_owned()));
+    }
+    Ok(format!("{uid}{SUFFIX}"))
 }
 
 /// Every usable record in `dir`, and the unusable ones, quarantined.
@@ -458,6 +469,44 @@ mod tests {
             boot_id: None,
             allocation: None,
         }
+    }
+
+    #[test]
+    fn a_removed_claims_record_is_kept_as_a_spare_that_no_load_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = Checkpoint::open(dir.path(), "drv").unwrap();
+        cp.commit(record("u1")).unwrap();
+        let bytes = std::fs::read(dir.path().join("u1.json")).unwrap();
+        assert_eq!(bytes.len() % 4096, 0, "padded to whole blocks");
+        assert!(bytes.ends_with(b" "));
+        // Every decoder this project shipped parses the whole file with
+        // serde_json::from_slice, as this one does: the padding is whitespace.
+        assert_eq!(decode_record(&bytes, "drv", Some("u1")).unwrap(), record("u1"));
+
+        assert_eq!(cp.remove("u1").unwrap(), Some(record("u1")));
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(files.len(), 1, "the record's file stays, hidden, as a spare: {files:?}");
+        // The spare still holds u1's record; neither a load nor a reload takes it for one.
+        let reopened = Checkpoint::open(dir.path(), "drv").unwrap();
+        assert!(reopened.is_empty());
+        reopened.reload().unwrap();
+        assert!(reopened.is_empty());
+        assert!(reopened.take_quarantined().is_empty());
+
+        // The next commit goes into it.
+        reopened.commit(record("u2")).unwrap();
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(files, ["u2.json"]);
+        assert_eq!(
+            Checkpoint::open(dir.path(), "drv").unwrap().get("u2").unwrap(),
+            record("u2")
+        );
     }
 
     #[test]
