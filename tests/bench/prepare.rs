@@ -63,6 +63,10 @@ async fn run(iterations: usize, candidate: PathBuf, baseline: Option<PathBuf>) {
     // same machine.
     let floor_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("floor dir");
     let mut floor = Vec::with_capacity(iterations);
+    // And the write the checkpoint makes since it recycles its files.
+    let recycled_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("floor dir");
+    let recycler = dra_wasm_host::state::fsutil::Recycler::open(recycled_dir.path(), 0o600).expect("floor dir");
+    let mut recycled = Vec::with_capacity(iterations);
     let mut done = 0;
     while done < iterations {
         let n = BATCH.min(iterations - done);
@@ -70,6 +74,7 @@ async fn run(iterations: usize, candidate: PathBuf, baseline: Option<PathBuf>) {
             s.iterate(n, true).await;
         }
         floor.extend(durable_writes(floor_dir.path(), n));
+        recycled.extend(recycled_writes(&recycler, n));
         done += n;
     }
 
@@ -84,6 +89,10 @@ async fn run(iterations: usize, candidate: PathBuf, baseline: Option<PathBuf>) {
     );
     let floor = latencies(&floor);
     println!("  durable write on the checkpoint's disk (1 KiB: write + fsync + rename + directory fsync): {floor}");
+    println!(
+        "  the checkpoint's own durable write (1 KiB into a recycled file: write + fdatasync + rename + directory fsync): {}",
+        latencies(&recycled)
+    );
     for s in &subjects {
         println!("  {} ({}):", s.label, s.binary.display());
         let iteration_cpu = s.cpu.as_secs_f64() * 1e6 / s.prepare.len() as f64;
@@ -268,6 +277,23 @@ fn durable_writes(dir: &Path, n: usize) -> Vec<Duration> {
             dra_wasm_host::state::fsutil::write_atomic(&dir.join(format!("{}.json", i % 64)), &record, 0o600)
                 .expect("durable write");
             t.elapsed()
+        })
+        .collect()
+}
+
+/// `n` durable writes of a checkpoint-sized record into a recycled file, as
+/// the checkpoint makes them (each followed, untimed, by the record's
+/// removal, which leaves the spare the next write uses).
+fn recycled_writes(files: &dra_wasm_host::state::fsutil::Recycler, n: usize) -> Vec<Duration> {
+    let record = vec![b'x'; 1024];
+    (0..n)
+        .map(|i| {
+            let name = format!("{}.json", i % 64);
+            let t = Instant::now();
+            files.write(&name, &record).expect("durable write");
+            let took = t.elapsed();
+            files.remove(&name).expect("durable removal");
+            took
         })
         .collect()
 }
