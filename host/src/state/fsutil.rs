@@ -207,16 +207,24 @@ const PAD_TO: usize = 4096;
 /// rolling update two host processes may hold the same spare in their lists;
 /// their writes never overlap in time (every claim operation runs under the
 /// node-wide serialization lock), and a spare the other process used is gone
-/// from the directory, so opening it fails and this process falls back to a
-/// new file. Within one process a spare is handed to one writer at a time.
+/// from the directory, so opening it fails and this process moves on to its
+/// next spare or a new file. Within one process a spare is handed to one
+/// writer at a time.
 #[derive(Debug)]
 pub struct Recycler {
     dir: PathBuf,
     mode: u32,
-    spares: Mutex<Vec<PathBuf>>,
+    spares: Mutex<Spares>,
     /// Start of this process's spare names: unique across processes and
     /// restarts (the PID alone is 1 in most containers).
     prefix: String,
+}
+
+#[derive(Debug, Default)]
+struct Spares {
+    files: Vec<PathBuf>,
+    /// Removals between their check of the limit and their rename.
+    incoming: usize,
 }
 
 impl Recycler {
@@ -227,10 +235,11 @@ impl Recycler {
         let mut spares = Vec::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
-            if !entry.file_name().to_string_lossy().starts_with(SPARE_MARKER) {
+            // Only regular files are ours; anything else is left alone.
+            if !entry.file_name().to_string_lossy().starts_with(SPARE_MARKER) || !entry.file_type()?.is_file() {
                 continue;
             }
-            if spares.len() < MAX_SPARES && entry.file_type()?.is_file() {
+            if spares.len() < MAX_SPARES {
                 spares.push(entry.path());
             } else {
                 // Not durable, and need not be: a spare is never read.
@@ -248,7 +257,10 @@ impl Recycler {
         Ok(Self {
             dir: dir.to_owned(),
             mode,
-            spares: Mutex::new(spares),
+            spares: Mutex::new(Spares {
+                files: spares,
+                incoming: 0,
+            }),
             prefix: format!("{SPARE_MARKER}{}-{started:x}-", std::process::id()),
         })
     }
@@ -284,30 +296,42 @@ impl Recycler {
     /// spare. Returns `false` when it did not exist.
     pub fn remove(&self, name: &str) -> io::Result<bool> {
         let path = self.dir.join(name);
-        if self.lock().len() >= MAX_SPARES {
-            return remove_durable(&path);
+        {
+            let mut spares = self.lock();
+            if spares.files.len() + spares.incoming >= MAX_SPARES {
+                drop(spares);
+                return remove_durable(&path);
+            }
+            spares.incoming += 1;
         }
         let spare = self.dir.join(format!(
             "{}{}",
             self.prefix,
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        match fs::rename(&path, &spare) {
+        let renamed = fs::rename(&path, &spare);
+        {
+            let mut spares = self.lock();
+            spares.incoming -= 1;
+            if renamed.is_ok() {
+                // A spare whatever the fsync says: the name is gone or going.
+                spares.files.push(spare);
+            }
+        }
+        match renamed {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
         }
-        // A spare whatever the fsync says: the name is gone or going.
-        self.lock().push(spare);
         sync_dir(&self.dir)?;
         Ok(true)
     }
 
     fn take(&self) -> Option<PathBuf> {
-        self.lock().pop()
+        self.lock().files.pop()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Spares> {
         self.spares.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -487,7 +511,10 @@ mod tests {
             fs::write(dir.path().join(format!("{SPARE_MARKER}1-0-{i}")), [b' '; PAD_TO]).unwrap();
         }
         fs::write(dir.path().join("kept.json"), b"{}").unwrap();
+        // Not a regular file: not a spare, left alone.
+        fs::create_dir(dir.path().join(format!("{SPARE_MARKER}dir"))).unwrap();
         let files = Recycler::open(dir.path(), 0o600).unwrap();
+        fs::remove_dir(dir.path().join(format!("{SPARE_MARKER}dir"))).unwrap();
         let left = names(dir.path());
         assert_eq!(left.len(), MAX_SPARES + 1, "{left:?}");
         let spares: Vec<u64> = left
@@ -541,7 +568,35 @@ mod tests {
             rx.recv_timeout(std::time::Duration::from_secs(60))
                 .expect("a writer hung or failed");
         }
-        let records: Vec<String> = names(dir.path()).into_iter().filter(|n| n.ends_with(".json")).collect();
+        let (records, spares): (Vec<String>, Vec<String>) =
+            names(dir.path()).into_iter().partition(|n| n.ends_with(".json"));
         assert_eq!(records.len(), 16);
+        assert!(spares.len() <= MAX_SPARES, "{} spares", spares.len());
+    }
+
+    #[test]
+    fn concurrent_removals_keep_no_more_spares_than_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Arc::new(Recycler::open(dir.path(), 0o600).unwrap());
+        let n = 3 * MAX_SPARES;
+        for i in 0..n {
+            files.write(&format!("{i}.json"), b"{}").unwrap();
+        }
+        let start = Arc::new(std::sync::Barrier::new(n));
+        let removals: Vec<_> = (0..n)
+            .map(|i| {
+                let (files, start) = (Arc::clone(&files), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    start.wait();
+                    files.remove(&format!("{i}.json")).unwrap()
+                })
+            })
+            .collect();
+        for r in removals {
+            assert!(r.join().unwrap());
+        }
+        let left = names(dir.path());
+        assert!(left.iter().all(|n| n.starts_with(SPARE_MARKER)), "{left:?}");
+        assert_eq!(left.len(), MAX_SPARES, "{left:?}");
     }
 }
