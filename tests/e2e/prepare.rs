@@ -267,3 +267,60 @@ async fn concurrent_calls_answer_only_once_each_claim_is_on_disk() {
     let left = checkpoint_records(&node.checkpoint_dir());
     assert!(left.is_empty(), "records back after kill -9: {left:?}");
 }
+
+/// The checkpoint reuses the files of unprepared claims: the spares one run
+/// leaves are adopted by the next, the records written into them survive a
+/// kill -9, and no spare — each still holds an unprepared claim's old
+/// record — ever comes back as a prepared claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recycled_record_files_survive_kill_9_and_never_bring_back_an_unprepared_claim() {
+    use std::os::unix::fs::MetadataExt;
+    const N: u64 = 6;
+    let mut node = Node::example(2 * N as u32).await;
+    let claim = |i: u64| {
+        Claim::new("team-r", &format!("r-{i}"), &uid(900 + i)).device(DRIVER, POOL, &format!("gpu-{i}"), "gpu")
+    };
+    let (first, second): (Vec<Claim>, Vec<Claim>) = ((0..N).map(claim).collect(), (N..2 * N).map(claim).collect());
+    node.claims.put(&first).unwrap();
+    node.claims.put(&second).unwrap();
+    let refs = |claims: &[Claim]| claims.iter().map(Claim::reference).collect::<Vec<_>>();
+    let inodes = |node: &Node| -> Vec<u64> {
+        let mut v: Vec<u64> = std::fs::read_dir(node.checkpoint_dir())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().ino())
+            .collect();
+        v.sort();
+        v
+    };
+
+    // The first claims come and go: their files stay, hidden, as spares.
+    let answer = node.plugin.prepare(&refs(&first)).await.unwrap();
+    assert!(answer.values().all(|a| a.error.is_empty()), "{answer:?}");
+    let errors = node.plugin.unprepare(&refs(&first)).await.unwrap();
+    assert!(errors.values().all(String::is_empty), "{errors:?}");
+    assert_eq!(checkpoint_records(&node.checkpoint_dir()), Vec::<String>::new());
+    let spares = inodes(&node);
+    assert_eq!(spares.len(), N as usize, "one spare per unprepared claim");
+
+    // A new run adopts them and writes the next claims' records into them.
+    node.crash_and_restart().await;
+    let before = node.plugin.prepare(&refs(&second)).await.unwrap();
+    assert!(before.values().all(|a| a.error.is_empty()), "{before:?}");
+    assert_eq!(inodes(&node), spares, "the records went into the spares");
+
+    // A crash right after the answers loses none of them and revives none of the first claims.
+    node.crash_and_restart().await;
+    let expected: Vec<String> = (N..2 * N).map(|i| format!("{}.json", uid(900 + i))).collect();
+    assert_eq!(checkpoint_records(&node.checkpoint_dir()), expected);
+    let after = node.plugin.prepare(&refs(&second)).await.unwrap();
+    assert_eq!(before, after, "answered from the records written into spares");
+    for c in &first {
+        assert!(
+            !node.cdi_spec_path(&c.uid).exists(),
+            "{}: an unprepared claim's CDI spec came back",
+            c.uid
+        );
+    }
+    let quarantine = node.checkpoint_dir().with_file_name("claims-quarantine");
+    assert!(!quarantine.exists(), "nothing was quarantined:\n{}", node.host.log());
+}
