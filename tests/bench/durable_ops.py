@@ -37,19 +37,24 @@ def cpu_seconds():
     return usage.ru_utime + usage.ru_stime
 
 
+def write_new_file(path, data):
+    """A new temporary file, written and fsync'd, renamed over `path`."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
 def record_files(directory, pairs):
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         for i in range(pairs):
             path = os.path.join(directory, f"claim-{i % 4}.json")
-            tmp = os.path.join(directory, f".claim-{i % 4}.json.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, RECORD)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)
+            write_new_file(path, RECORD)
             os.fsync(dir_fd)
             os.unlink(path)
             os.fsync(dir_fd)
@@ -74,14 +79,7 @@ def recycled_files(directory, pairs):
                     os.close(fd)
                 os.rename(spare, path)
             else:
-                tmp = os.path.join(directory, f".claim-{i % 4}.json.tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                try:
-                    os.write(fd, padded)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.rename(tmp, path)
+                write_new_file(path, padded)
             os.fsync(dir_fd)
             spare = os.path.join(directory, f".dra-spare-{made}")
             made += 1
