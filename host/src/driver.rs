@@ -687,6 +687,10 @@ impl Driver {
         self.policy
             .check(&driver_claim.claim, &inventory, prepared)
             .map_err(|e| self.rejected(e))?;
+        let net = self.guest.net();
+        self.policy
+            .check_claim_links(&c.uid, prepared, |link| net.as_ref().and_then(|n| n.link_owner(link)))
+            .map_err(|e| self.rejected(e))?;
         let prepared = &*prepared;
 
         // Answer devices in allocation order.

@@ -165,6 +165,38 @@ async fn hostile_container_edits_are_refused_naming_device_field_and_rule() {
     node.host.terminate(std::time::Duration::from_secs(20)).unwrap();
 }
 
+/// `allow_net_devices` lets a driver move the links the host creates
+/// (`dwh…`) into pods, and only the links it created for the claim being
+/// prepared: a driver without `net` has none, so a `dwh…` name from its
+/// guest is another driver's link or another claim's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_link_not_created_for_the_claim_is_refused() {
+    let mut env = HostEnv::new(&cache_dir()).unwrap();
+    let metrics = env.enable_metrics().unwrap();
+    let spec = DriverSpec::new(FAULTY, &guest("faulty_driver.wasm"))
+        .extra("[drivers.policy]\nallow_net_devices = true\n")
+        .config("devices = 2");
+    let mut node = Node::start_in(env, vec![spec], "", "").await;
+    let stolen = claim("netdev-host-link", 21);
+    node.claims.put(std::slice::from_ref(&stolen)).unwrap();
+    let answer = node.plugin.prepare(&[stolen.reference()]).await.unwrap();
+    let e = &answer[&stolen.uid].error;
+    for needle in [
+        "guest output rejected",
+        "faulty/dev-0",
+        "netDevices \"dwh0123456789ab\"",
+        "not a link the host created",
+    ] {
+        assert!(e.contains(needle), "{e:?} should contain {needle:?}");
+    }
+    assert!(!spec_path(&node, &stolen.uid).exists(), "no CDI spec");
+    assert!(!record_path(&node, &stolen.uid).exists(), "no checkpoint record");
+    let text = http_get(metrics, "/metrics").await.unwrap();
+    let series = format!("dra_host_policy_rejections_total{{driver=\"{FAULTY}\",rule=\"allocation\"}} 1");
+    assert!(text.contains(&series), "{series} in:\n{text}");
+    node.host.terminate(std::time::Duration::from_secs(20)).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_from_before_issue_13_is_refused_at_start_with_the_new_key() {
     let env = HostEnv::new(&cache_dir()).unwrap();

@@ -55,6 +55,30 @@ pub struct StoreState {
     pub(crate) imports: Imports,
     /// When the current call must end (set for each call).
     pub(crate) deadline: Instant,
+    /// The claim whose `prepare` or `unprepare` is running (`None` in every
+    /// other call): the only claim the `net` import acts for, so that a
+    /// guest cannot create, configure or release another claim's links and
+    /// addresses. Cleared for each call, set by [`super::Guest::prepare`]
+    /// and [`super::Guest::unprepare`].
+    pub(crate) claim: Option<String>,
+}
+
+#[cfg(test)]
+impl StoreState {
+    /// A store's data outside any instance, for the imports' unit tests.
+    pub(crate) fn for_tests(imports: Imports, claim: Option<&str>) -> Self {
+        StoreState {
+            limiter: GuestLimiter {
+                memory_bytes: 0,
+                table_elements: 0,
+                memory_peak: 0,
+            },
+            log: GuestLog::new(Arc::from("test")),
+            imports,
+            deadline: Instant::now() + std::time::Duration::from_secs(10),
+            claim: claim.map(str::to_owned),
+        }
+    }
 }
 
 struct GuestLimiter {
@@ -149,6 +173,11 @@ impl Retire {
 }
 
 impl LoadedGuest {
+    /// The host imports granted to this component.
+    pub(crate) fn imports(&self) -> &Imports {
+        &self.imports
+    }
+
     /// Create the first instance (running `init`) and keep it warm. The
     /// returned guest has passed `init`; callers run any further self-test.
     #[allow(clippy::too_many_arguments)]
@@ -217,6 +246,7 @@ impl LoadedGuest {
         let _busy = self.runtime.busy();
         let state = instance.store.data_mut();
         state.log.begin_call();
+        state.claim = None;
         state.deadline = Instant::now() + self.limits.call_timeout;
         instance.store.set_epoch_deadline(1);
         let result = f(&instance.bindings, &mut instance.store).await;
@@ -277,6 +307,7 @@ impl LoadedGuest {
             log: GuestLog::new(Arc::from(self.ctx.driver_name.as_str())),
             imports: self.imports.clone(),
             deadline: Instant::now() + self.limits.call_timeout,
+            claim: None,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);

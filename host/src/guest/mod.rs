@@ -169,6 +169,13 @@ impl Guest {
         self.current.load_full()
     }
 
+    /// The driver's network state, when it is granted `net` (the links the
+    /// host created for it, by claim).
+    pub fn net(&self) -> Option<Arc<crate::imports::net::NetDriver>> {
+        let guest = self.current();
+        guest.imports().net.as_ref().map(|g| Arc::clone(&g.driver))
+    }
+
     /// Rollbacks the guest performed, for whoever reports them (one taker).
     pub fn take_rollbacks(&self) -> Option<mpsc::UnboundedReceiver<Rollback>> {
         lock(&self.rollbacks_rx).take()
@@ -244,6 +251,7 @@ impl Guest {
         let guest = self.current();
         let result = guest
             .call(Export::Prepare, async move |b, store| {
+                store.data_mut().claim = Some(claim.ref_.uid.clone());
                 b.dra_driver_device_driver().call_prepare(store, &claim).await
             })
             .await;
@@ -253,6 +261,7 @@ impl Guest {
 
     pub async fn unprepare(&self, claim: types::ClaimRef, state: Vec<u8>) -> Result<(), GuestError> {
         self.call(Export::Unprepare, async move |b, store| {
+            store.data_mut().claim = Some(claim.uid.clone());
             b.dra_driver_device_driver().call_unprepare(store, &claim, &state).await
         })
         .await

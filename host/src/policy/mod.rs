@@ -336,7 +336,8 @@ pub mod bounds {
 /// would change, or a rule of the host's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Rule {
-    /// Devices must be the claim's, each once.
+    /// Devices must be the claim's, each once, and so must the links the
+    /// host created that an answer hands to containers.
     Allocation,
     /// Fixed size bounds ([`bounds`]).
     Bounds,
@@ -503,6 +504,52 @@ impl Policy {
                 device: missing.device.clone(),
                 share_id: missing.share_id.clone(),
             });
+        }
+        Ok(())
+    }
+
+    /// The links the host created (`dwh…`) that an answer hands to the
+    /// claim's containers — as `netDevices` or as the attach hook's
+    /// `--link` — must be links the host created for this claim: `owner`
+    /// names the claim a link was created for (`None`: not a link the host
+    /// created for this driver). The policy's other rules only say which
+    /// interfaces a driver may move at all; without this a guest could give
+    /// one claim's pod another claim's interface.
+    pub fn check_claim_links(
+        &self,
+        claim_uid: &str,
+        prepared: &types::PreparedClaim,
+        owner: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), PolicyError> {
+        for d in &prepared.devices {
+            let moved = d
+                .edits
+                .net_devices
+                .iter()
+                .map(|n| ("netDevices", &n.host_interface_name));
+            let attached = d
+                .edits
+                .hooks
+                .iter()
+                .filter(|h| self.attach_hook.as_ref().is_some_and(|a| a.path == h.path))
+                .filter_map(|h| h.args.get(5).map(|link| ("hooks", link)));
+            for (field, link) in moved.chain(attached) {
+                if !link.starts_with(crate::imports::net::LINK_PREFIX) {
+                    continue;
+                }
+                let reason = match owner(link) {
+                    Some(o) if o == claim_uid => continue,
+                    Some(o) => format!("the host created this link for claim {o}, not for this claim"),
+                    None => "not a link the host created for this driver's claims".to_owned(),
+                };
+                return Err(PolicyError::Refused {
+                    pool: d.pool.clone(),
+                    device: d.device.clone(),
+                    field: format!("{field} {}", quoted(link)),
+                    rule: Rule::Allocation,
+                    reason,
+                });
+            }
         }
         Ok(())
     }

@@ -1035,3 +1035,67 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_host_created_link_goes_only_to_the_claim_it_was_created_for() {
+    let p = Policy {
+        allow_net_devices: true,
+        attach_hook: Some(AttachHook {
+            path: "/opt/dwh/bin/dra-wasm-host".into(),
+            plugin_dir: "/var/lib/kubelet/plugins/net.dra.dev".into(),
+        }),
+        ..Policy::default()
+    };
+    // The claim "u" (see `claim()`) owns dwh-of-u; claim "v" owns dwh-of-v.
+    let owner = |link: &str| match link {
+        "dwhofu" => Some("u".to_owned()),
+        "dwhofv" => Some("v".to_owned()),
+        _ => None,
+    };
+    let nic = |host: &str| {
+        prepared(ContainerEdits {
+            net_devices: vec![NetDevice {
+                host_interface_name: host.into(),
+                name: "net1".into(),
+            }],
+            ..edits()
+        })
+    };
+    let hooked = |link: &str| {
+        let mut e = edits();
+        e.hooks.push(Hook {
+            stage: HookStage::CreateRuntime,
+            path: "/opt/dwh/bin/dra-wasm-host".into(),
+            args: [
+                "dra-wasm-host",
+                "net-attach",
+                "--dir",
+                "/var/lib/kubelet/plugins/net.dra.dev",
+                "--link",
+                link,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            env: vec![],
+            timeout_seconds: Some(10),
+        });
+        prepared(e)
+    };
+    for own in [nic("dwhofu"), hooked("dwhofu"), nic("eth1")] {
+        p.check_claim_links("u", &own, owner).unwrap();
+    }
+    for (theirs, field) in [(nic("dwhofv"), "netDevices"), (hooked("dwhofv"), "hooks")] {
+        let e = p.check_claim_links("u", &theirs, owner).unwrap_err();
+        assert_eq!(e.rule(), Rule::Allocation);
+        let text = e.to_string();
+        assert!(
+            text.contains(field) && text.contains("\"dwhofv\"") && text.contains("for claim v, not for this claim"),
+            "{text}"
+        );
+    }
+    let e = p.check_claim_links("u", &nic("dwhunknown"), owner).unwrap_err();
+    assert!(e.to_string().contains("not a link the host created"), "{e}");
+    // A driver without `net` owns no link: every `dwh…` name is refused.
+    let e = p.check_claim_links("u", &hooked("dwhofu"), |_| None).unwrap_err();
+    assert!(e.to_string().contains("not a link the host created"), "{e}");
+}

@@ -118,6 +118,12 @@ impl NetDriver {
         }
     }
 
+    /// The claim the host created link `name` for (`None`: not a link of
+    /// this driver, or its state cannot be read).
+    pub fn link_owner(&self, name: &str) -> Option<String> {
+        self.record(name).ok().map(|r| r.claim_uid)
+    }
+
     fn record(&self, name: &str) -> Result<LinkRecord, NetOpError> {
         self.store
             .read()?
@@ -549,33 +555,85 @@ where
     }
 }
 
+/// The claim a guest's net call may act for: the one whose `prepare` or
+/// `unprepare` is running ([`StoreState::claim`]). A guest acting for
+/// another claim could take down that claim's pod network (`release-claim`)
+/// or give its pod another pod's link; it gets an error naming both claims,
+/// and the host logs it.
+fn acting_for(state: &StoreState, asked: &str) -> Result<(), NetError> {
+    let why = match state.claim.as_deref() {
+        Some(current) if current == asked => return Ok(()),
+        Some(current) => format!("claim {asked:?} is not the claim of this call ({current:?})"),
+        None => format!("claim {asked:?}: the net import acts for a claim only during its prepare or unprepare"),
+    };
+    tracing::warn!(asked = %asked, call_claim = ?state.claim, "refused a guest's net call for another claim");
+    Err(NetError { message: why })
+}
+
+/// [`acting_for`] the claim the link `name` was created for.
+fn owned(d: &NetDriver, name: &str, claim: Option<&str>) -> Result<(), NetOpError> {
+    let owner = d.record(name)?.claim_uid;
+    if claim == Some(owner.as_str()) {
+        return Ok(());
+    }
+    tracing::warn!(link = %name, link_claim = %owner, call_claim = ?claim, "refused a guest's net call on another claim's link");
+    Err(NetOpError::Denied(match claim {
+        Some(current) => {
+            format!("link {name:?} belongs to claim {owner:?}, not to the claim of this call ({current:?})")
+        }
+        None => format!("link {name:?}: the net import acts on a claim's links only during its prepare or unprepare"),
+    }))
+}
+
 impl Host for StoreState {
     async fn list_links(&mut self) -> wasmtime::Result<Result<Vec<Link>, NetError>> {
         run(self, |d| d.list_links()).await
     }
 
     async fn create_macvlan(&mut self, spec: Macvlan) -> wasmtime::Result<Result<Link, NetError>> {
+        if let Err(e) = acting_for(self, &spec.claim_uid) {
+            return Ok(Err(e));
+        }
         run(self, move |d| d.create_macvlan(&spec)).await
     }
 
     async fn delete_link(&mut self, name: String) -> wasmtime::Result<Result<bool, NetError>> {
-        run(self, move |d| d.delete_link(&name)).await
+        let claim = self.claim.clone();
+        run(self, move |d| {
+            owned(d, &name, claim.as_deref())?;
+            d.delete_link(&name)
+        })
+        .await
     }
 
     async fn allocate_address(&mut self, request: AddressRequest) -> wasmtime::Result<Result<String, NetError>> {
+        if let Err(e) = acting_for(self, &request.claim_uid) {
+            return Ok(Err(e));
+        }
         run(self, move |d| d.allocate_address(&request)).await
     }
 
     async fn release_claim(&mut self, claim_uid: String) -> wasmtime::Result<Result<u32, NetError>> {
+        if let Err(e) = acting_for(self, &claim_uid) {
+            return Ok(Err(e));
+        }
         run(self, move |d| d.release_claim(&claim_uid)).await
     }
 
     async fn prepare_attachment(&mut self, attachment: WitAttachment) -> wasmtime::Result<Result<Hook, NetError>> {
+        if let Err(e) = acting_for(self, &attachment.claim_uid) {
+            return Ok(Err(e));
+        }
         run(self, move |d| d.prepare_attachment(&attachment)).await
     }
 
     async fn configure_link(&mut self, name: String, addresses: Vec<String>) -> wasmtime::Result<Result<(), NetError>> {
-        run(self, move |d| d.configure_link(&name, &addresses)).await
+        let claim = self.claim.clone();
+        run(self, move |d| {
+            owned(d, &name, claim.as_deref())?;
+            d.configure_link(&name, &addresses)
+        })
+        .await
     }
 
     async fn set_egress_rate(
@@ -583,13 +641,124 @@ impl Host for StoreState {
         name: String,
         bits_per_second: u64,
     ) -> wasmtime::Result<Result<bool, NetError>> {
-        run(self, move |d| d.set_egress_rate(&name, bits_per_second)).await
+        let claim = self.claim.clone();
+        run(self, move |d| {
+            owned(d, &name, claim.as_deref())?;
+            d.set_egress_rate(&name, bits_per_second)
+        })
+        .await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A driver with `net` granted whose state records one link, created
+    /// for claim "a"; nothing here reaches netlink.
+    fn granted() -> (tempfile::TempDir, crate::imports::Imports) {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = NetDriver::new("net.dra.dev", vec!["eth9".into()], dir.path(), "/hook".into()).unwrap();
+        driver
+            .store
+            .update(|d| {
+                d.links.push(LinkRecord {
+                    name: "dwhofa".into(),
+                    claim_uid: "a".into(),
+                    parent: "eth9".into(),
+                    mac: "02:00:00:00:00:01".into(),
+                    attachment: None,
+                    attached: None,
+                    egress_rate_bps: None,
+                });
+                Ok(())
+            })
+            .unwrap();
+        let imports = crate::imports::Imports {
+            grants: vec![],
+            nvml: None,
+            net: Some(NetGrant {
+                driver: Arc::new(driver),
+            }),
+        };
+        (dir, imports)
+    }
+
+    #[tokio::test]
+    async fn a_guest_acts_only_for_the_claim_of_the_call() {
+        let (_dir, imports) = granted();
+        fn refused<T>(r: wasmtime::Result<Result<T, NetError>>) -> String {
+            match r.expect("no trap") {
+                Ok(_) => panic!("the call was let through"),
+                Err(e) => e.message,
+            }
+        }
+
+        // During claim b's call: nothing of claim a's.
+        let mut b = StoreState::for_tests(imports.clone(), Some("b"));
+        let macvlan = Macvlan {
+            parent: "eth9".into(),
+            claim_uid: "a".into(),
+            key: "k".into(),
+            mode: MacvlanMode::Bridge,
+            mtu: None,
+            hardware_address: None,
+        };
+        let text = refused(b.create_macvlan(macvlan.clone()).await);
+        assert!(
+            text.contains("claim \"a\" is not the claim of this call (\"b\")"),
+            "{text}"
+        );
+        refused(b.release_claim("a".into()).await);
+        refused(
+            b.allocate_address(AddressRequest {
+                parent: "eth9".into(),
+                pool: crate::guest::bindings_net::IpPool {
+                    subnet: "192.0.2.0/24".into(),
+                    range_start: None,
+                    range_end: None,
+                    gateway: None,
+                },
+                claim_uid: "a".into(),
+                share_id: "s".into(),
+                static_address: None,
+            })
+            .await,
+        );
+        refused(
+            b.prepare_attachment(WitAttachment {
+                link: "dwhofa".into(),
+                claim_uid: "a".into(),
+                pod_interface: "net1".into(),
+                addresses: vec![],
+                routes: vec![],
+            })
+            .await,
+        );
+        let text = refused(b.set_egress_rate("dwhofa".into(), 1_000_000).await);
+        assert!(
+            text.contains("belongs to claim \"a\", not to the claim of this call (\"b\")"),
+            "{text}"
+        );
+        refused(b.configure_link("dwhofa".into(), vec![]).await);
+        refused(b.delete_link("dwhofa".into()).await);
+
+        // Outside any claim's call (init, inventory, on-event): no claim at all.
+        let mut none = StoreState::for_tests(imports.clone(), None);
+        let text = refused(none.release_claim("a".into()).await);
+        assert!(text.contains("only during its prepare or unprepare"), "{text}");
+        refused(none.set_egress_rate("dwhofa".into(), 1_000_000).await);
+
+        // During claim a's call, on its own link: done (this one only
+        // writes the driver's state).
+        let mut a = StoreState::for_tests(imports.clone(), Some("a"));
+        a.set_egress_rate("dwhofa".into(), 1_000_000).await.unwrap().unwrap();
+        let Some(grant) = &imports.net else { unreachable!() };
+        let record = grant.driver.store.read().unwrap().links.remove(0);
+        assert_eq!(record.egress_rate_bps, Some(1_000_000));
+        assert_eq!(grant.driver.link_owner("dwhofa").as_deref(), Some("a"));
+        assert_eq!(grant.driver.link_owner("dwhnone"), None);
+    }
 
     #[test]
     fn link_names_are_stable_short_and_prefixed() {

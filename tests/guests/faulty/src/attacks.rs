@@ -22,6 +22,7 @@
 //! | `cdi-other`            | a reference to the next device's `uuid`                              |
 //! | `cdi-own`              | a reference to its own `uuid` (allowed)                              |
 //! | `bigspec`              | 256 environment variables of 32 KiB each (an 8 MiB CDI spec)         |
+//! | `netdev-host-link`     | a `netDevices` entry moving `dwh0123456789ab` (a name of the host's links, none created for this claim) into the pod |
 //! | `longerror`            | nothing: prepare fails with a 1,000,048-character message holding a newline, a forged log line and ANSI escapes |
 //! | `forgelog`             | nothing: logs a line holding a newline, a forged log line and ANSI escapes, then prepares normally |
 //!
@@ -35,7 +36,7 @@
 //! reference rule.
 
 use dra_driver_sdk::log::{Level, log};
-use dra_driver_sdk::{Device, DeviceNode, EnvVar, Error, Mount, PreparedDevice, Result};
+use dra_driver_sdk::{Device, DeviceNode, EnvVar, Error, Mount, NetDevice, PreparedDevice, Result};
 
 /// The `uuid` attribute of device `dev-<index>`.
 pub fn uuid(index: u32) -> String {
@@ -139,6 +140,11 @@ pub fn prepare(name: &str, devices: &mut [PreparedDevice]) -> Result<()> {
                 value: "x".repeat(32 << 10),
             })
             .collect();
+    } else if name.starts_with("netdev-host-link") {
+        edits.net_devices.push(NetDevice {
+            host_interface_name: "dwh0123456789ab".into(),
+            name: "net1".into(),
+        });
     } else if name.starts_with("longerror") {
         return Err(Error::invalid_claim(long_error()));
     } else if name.starts_with("forgelog") {
