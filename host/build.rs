@@ -65,6 +65,7 @@ fn main() {
         "macvlan_driver.wasm",
         "faulty_driver.wasm",
         "faulty_next.wasm",
+        "faulty_net.wasm",
     ] {
         assert!(
             out.join(guest).is_file(),

@@ -555,3 +555,72 @@ async fn after_a_reboot_the_macvlan_is_created_again_and_attaches() {
     assert!(pod_interface(&ns, "net1").is_none());
     assert_eq!(net_state(&net.node)["links"], json!([]));
 }
+
+/// A guest acts through `net` only for the claim being prepared: the hostile
+/// guest (tests/guests/faulty-net) releasing another claim's network, or
+/// creating a macvlan recorded for it, gets a net-error, and the other
+/// claim's link stays on the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_cannot_act_for_another_claim_through_net() {
+    if !need_root("a_guest_cannot_act_for_another_claim_through_net") {
+        return;
+    }
+    const HOSTILE: &str = "hostile-net.dra.dev";
+    let lab = Lab::new(1);
+    let parent = lab.parents[0].clone();
+    let spec = netlab::macvlan_driver(
+        HOSTILE,
+        &guest("faulty_net.wasm"),
+        &[&parent],
+        &format!("parent = {parent:?}\npool = \"hostile\""),
+    );
+    let mut node = Node::start_in(HostEnv::new(&cache_dir()).unwrap(), vec![spec], "", "").await;
+    let claim = |name: String, n: u64, device: &str| {
+        Claim::new("net", &name, &uid(n)).device(HOSTILE, "hostile", device, "nic")
+    };
+    let victim = claim("victim".into(), 31, "nic-0");
+    let attacks = [
+        claim(format!("release-{}", uid(31)), 32, "nic-1"),
+        claim(format!("macvlan-for-{}", uid(31)), 33, "nic-2"),
+    ];
+    node.claims.put(std::slice::from_ref(&victim)).unwrap();
+    node.claims.put(&attacks).unwrap();
+
+    let answer = node.plugin.prepare(&[victim.reference()]).await.unwrap();
+    assert_eq!(answer[&uid(31)].error, "", "{}", node.host.log());
+    let victims_link = host_links_on(&parent);
+    assert_eq!(victims_link.len(), 1, "{victims_link:?}");
+
+    for attack in &attacks {
+        let answer = node.plugin.prepare(&[attack.reference()]).await.unwrap();
+        let e = &answer[&attack.uid].error;
+        assert!(
+            e.contains(&format!(
+                "claim {:?} is not the claim of this call ({:?})",
+                uid(31),
+                attack.uid
+            )),
+            "{}: {e:?}",
+            attack.name
+        );
+        assert_eq!(
+            host_links_on(&parent),
+            victims_link,
+            "{}: the victim's link is untouched",
+            attack.name
+        );
+    }
+    assert!(
+        node.host.log().contains("refused a guest's net call for another claim"),
+        "{}",
+        node.host.log()
+    );
+
+    let refs: Vec<_> = attacks.iter().chain([&victim]).map(Claim::reference).collect();
+    let errors = node.plugin.unprepare(&refs).await.unwrap();
+    assert!(errors.values().all(String::is_empty), "{errors:?}");
+    assert!(
+        host_links_on(&parent).is_empty(),
+        "the victim's own unprepare removed its link"
+    );
+}
