@@ -6,7 +6,11 @@
 //! - the links the host created for it. Those are named by the host
 //!   (`dwh` + a digest of driver, claim and key, see [`link_name`]) and
 //!   recorded in the driver's [`store::Store`], so a guest cannot name any
-//!   other link of the node, nor another driver's.
+//!   other link of the node, nor another driver's;
+//! - of those, only the claim's whose `prepare` or `unprepare` is running
+//!   (`StoreState::claim`): every claim-scoped call names that claim or
+//!   one of its links. Which links an answer may hand to containers is
+//!   checked by the policy (`Policy::check_claim_links`).
 //!
 //! Addresses come from the host's IPAM ([`store`]), persisted beside the
 //! checkpoint. A prepared link is attached to its pod later, when the pod's

@@ -9,7 +9,7 @@
 //! time, so neither process acts on a stale view.
 //!
 //! Allocations are keyed by claim UID + share ID: a retried prepare gets the
-//! address it got before. [`Store::reconcile`] drops what belongs to claims
+//! address it got before. [`NetDriver::reconcile`](super::NetDriver::reconcile) drops what belongs to claims
 //! the checkpoint no longer has, so nothing leaks across crashes.
 
 use crate::state::fsutil;
