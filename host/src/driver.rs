@@ -78,6 +78,10 @@ pub enum OperationError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Status(#[from] StatusError),
+    /// The driver's network state (which claim each link is for) could not
+    /// be read to check the guest's answer.
+    #[error("reading the driver's network state: {0}")]
+    NetState(#[from] crate::imports::net::store::StoreError),
     /// Rolling-update mode: the node-wide lock or the checkpoint re-read failed.
     #[error("serializing with the other host process: {0}")]
     Serialize(String),
@@ -687,10 +691,12 @@ impl Driver {
         self.policy
             .check(&driver_claim.claim, &inventory, prepared)
             .map_err(|e| self.rejected(e))?;
-        let net = self.guest.net();
-        self.policy
-            .check_claim_links(&c.uid, prepared, |link| net.as_ref().and_then(|n| n.link_owner(link)))
-            .map_err(|e| self.rejected(e))?;
+        if self.policy.host_links(prepared).next().is_some() {
+            let owners = self.link_owners().await?;
+            self.policy
+                .check_claim_links(&c.uid, prepared, |link| owners.get(link).cloned())
+                .map_err(|e| self.rejected(e))?;
+        }
         let prepared = &*prepared;
 
         // Answer devices in allocation order.
@@ -791,6 +797,16 @@ impl Driver {
         .await?;
         self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
         Ok((devices, device_status))
+    }
+
+    /// Which claim each link the host created for this driver belongs to
+    /// (none without a `net` grant): a read of the driver's network state,
+    /// file work like the claim's own ([`durably`]).
+    async fn link_owners(&self) -> Result<HashMap<String, String>, OperationError> {
+        let Some(net) = self.guest.net() else {
+            return Ok(HashMap::new());
+        };
+        durably(move || Ok(net.link_owners()?)).await
     }
 
     /// Count a policy refusal under its rule (the log line and the claim's

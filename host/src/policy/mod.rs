@@ -289,6 +289,18 @@ pub struct AttachHook {
 }
 
 impl AttachHook {
+    /// Where the link is in the hook's arguments:
+    /// `<argv0> net-attach --dir <plugin dir> --link <link>`.
+    const LINK_ARG: usize = 5;
+
+    /// The link a hook names, when it is this hook (its path).
+    fn link<'a>(&self, h: &'a types::Hook) -> Option<&'a str> {
+        (h.path == self.path)
+            .then(|| h.args.get(Self::LINK_ARG))
+            .flatten()
+            .map(String::as_str)
+    }
+
     fn accepts(&self, h: &types::Hook) -> Result<(), String> {
         let ok = h.stage == types::HookStage::CreateRuntime
             && h.env.is_empty()
@@ -297,8 +309,8 @@ impl AttachHook {
             && h.args[2] == "--dir"
             && h.args[3] == self.plugin_dir
             && h.args[4] == "--link"
-            && h.args[5].starts_with(crate::imports::net::LINK_PREFIX)
-            && crate::imports::net::is_valid_ifname(&h.args[5]);
+            && h.args[Self::LINK_ARG].starts_with(crate::imports::net::LINK_PREFIX)
+            && crate::imports::net::is_valid_ifname(&h.args[Self::LINK_ARG]);
         if ok {
             Ok(())
         } else {
@@ -509,47 +521,54 @@ impl Policy {
     }
 
     /// The links the host created (`dwh…`) that an answer hands to the
-    /// claim's containers — as `netDevices` or as the attach hook's
-    /// `--link` — must be links the host created for this claim: `owner`
-    /// names the claim a link was created for (`None`: not a link the host
-    /// created for this driver). The policy's other rules only say which
-    /// interfaces a driver may move at all; without this a guest could give
-    /// one claim's pod another claim's interface.
+    /// claim's containers, as `netDevices` or as the attach hook's `--link`:
+    /// (device, field, link).
+    pub fn host_links<'a>(
+        &'a self,
+        prepared: &'a types::PreparedClaim,
+    ) -> impl Iterator<Item = (&'a types::PreparedDevice, &'static str, &'a str)> + 'a {
+        prepared.devices.iter().flat_map(move |d| {
+            let moved = d
+                .edits
+                .net_devices
+                .iter()
+                .map(|n| ("netDevices", n.host_interface_name.as_str()));
+            let attached = d
+                .edits
+                .hooks
+                .iter()
+                .filter_map(move |h| Some(("hooks", self.attach_hook.as_ref()?.link(h)?)));
+            moved
+                .chain(attached)
+                .filter(|(_, link)| link.starts_with(crate::imports::net::LINK_PREFIX))
+                .map(move |(field, link)| (d, field, link))
+        })
+    }
+
+    /// Every [`Policy::host_links`] link must be one the host created for
+    /// this claim: `owner` names the claim a link was created for (`None`:
+    /// not a link the host created for this driver). The policy's other
+    /// rules only say which interfaces a driver may move at all; without
+    /// this a guest could give one claim's pod another claim's interface.
     pub fn check_claim_links(
         &self,
         claim_uid: &str,
         prepared: &types::PreparedClaim,
         owner: impl Fn(&str) -> Option<String>,
     ) -> Result<(), PolicyError> {
-        for d in &prepared.devices {
-            let moved = d
-                .edits
-                .net_devices
-                .iter()
-                .map(|n| ("netDevices", &n.host_interface_name));
-            let attached = d
-                .edits
-                .hooks
-                .iter()
-                .filter(|h| self.attach_hook.as_ref().is_some_and(|a| a.path == h.path))
-                .filter_map(|h| h.args.get(5).map(|link| ("hooks", link)));
-            for (field, link) in moved.chain(attached) {
-                if !link.starts_with(crate::imports::net::LINK_PREFIX) {
-                    continue;
-                }
-                let reason = match owner(link) {
-                    Some(o) if o == claim_uid => continue,
-                    Some(o) => format!("the host created this link for claim {o}, not for this claim"),
-                    None => "not a link the host created for this driver's claims".to_owned(),
-                };
-                return Err(PolicyError::Refused {
-                    pool: d.pool.clone(),
-                    device: d.device.clone(),
-                    field: format!("{field} {}", quoted(link)),
-                    rule: Rule::Allocation,
-                    reason,
-                });
-            }
+        for (d, field, link) in self.host_links(prepared) {
+            let reason = match owner(link) {
+                Some(o) if o == claim_uid => continue,
+                Some(o) => format!("the host created this link for claim {o}, not for this claim"),
+                None => "not a link the host created for this driver's claims".to_owned(),
+            };
+            return Err(PolicyError::Refused {
+                pool: d.pool.clone(),
+                device: d.device.clone(),
+                field: format!("{field} {}", quoted(link)),
+                rule: Rule::Allocation,
+                reason,
+            });
         }
         Ok(())
     }

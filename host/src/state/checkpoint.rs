@@ -184,8 +184,8 @@ pub struct Quarantined {
 /// The prepared claims of one driver, in memory and on disk.
 #[derive(Debug)]
 pub struct Checkpoint {
-    dir: PathBuf,
     driver: String,
+    /// The checkpoint directory's files.
     files: fsutil::Recycler,
     claims: Mutex<HashMap<String, ClaimRecord>>,
     /// Quarantined since the last [`Checkpoint::take_quarantined`].
@@ -207,7 +207,6 @@ impl Checkpoint {
         let files = fsutil::Recycler::open(dir, 0o600).map_err(dir_err)?;
         let (claims, quarantined) = load_dir(dir, driver)?;
         Ok(Self {
-            dir: dir.to_owned(),
             driver: driver.to_owned(),
             files,
             claims: Mutex::new(claims),
@@ -226,7 +225,7 @@ impl Checkpoint {
     /// the same directory; this is called under the serialization lock
     /// (see [`super::serialize`]) before each claim operation.
     pub fn reload(&self) -> Result<(), CheckpointError> {
-        let (claims, quarantined) = load_dir(&self.dir, &self.driver)?;
+        let (claims, quarantined) = load_dir(self.files.dir(), &self.driver)?;
         *self.lock() = claims;
         self.quarantined
             .lock()
@@ -236,7 +235,7 @@ impl Checkpoint {
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.files.dir()
     }
 
     pub fn get(&self, uid: &str) -> Option<ClaimRecord> {
@@ -260,7 +259,7 @@ impl Checkpoint {
     pub fn commit(&self, record: ClaimRecord) -> Result<(), CheckpointError> {
         let name = file_name(&record.claim.uid)?;
         let io_err = |source| CheckpointError::Io {
-            path: self.dir.join(&name),
+            path: self.files.dir().join(&name),
             source,
         };
         let bytes = encode_record(&record, &self.driver).map_err(|e| io_err(io::Error::other(e)))?;
@@ -273,7 +272,7 @@ impl Checkpoint {
     pub fn remove(&self, uid: &str) -> Result<Option<ClaimRecord>, CheckpointError> {
         let name = file_name(uid)?;
         self.files.remove(&name).map_err(|source| CheckpointError::Io {
-            path: self.dir.join(&name),
+            path: self.files.dir().join(&name),
             source,
         })?;
         Ok(self.lock().remove(uid))

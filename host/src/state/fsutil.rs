@@ -265,6 +265,11 @@ impl Recycler {
         })
     }
 
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Replace `name` in the directory with `bytes` (padded) atomically and
     /// durably.
     pub fn write(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
@@ -423,6 +428,7 @@ mod tests {
         assert!(dir.path().join("x.json").exists());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
     }
+
     fn names(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
             .unwrap()

@@ -122,10 +122,16 @@ impl NetDriver {
         }
     }
 
-    /// The claim the host created link `name` for (`None`: not a link of
-    /// this driver, or its state cannot be read).
-    pub fn link_owner(&self, name: &str) -> Option<String> {
-        self.record(name).ok().map(|r| r.claim_uid)
+    /// Which claim the host created each of this driver's links for, by
+    /// link name (one read of the driver's state).
+    pub fn link_owners(&self) -> Result<HashMap<String, String>, StoreError> {
+        Ok(self
+            .store
+            .read()?
+            .links
+            .into_iter()
+            .map(|l| (l.name, l.claim_uid))
+            .collect())
     }
 
     fn record(&self, name: &str) -> Result<LinkRecord, NetOpError> {
@@ -535,22 +541,59 @@ fn grant(state: &StoreState) -> Result<Arc<NetDriver>, NetError> {
         })
 }
 
+/// What a guest's net call acts on, checked against the claim of the call
+/// ([`StoreState::claim`]) before the operation runs.
+enum Acts {
+    /// The node's links as the driver may see them (`list-links`).
+    OnNode,
+    /// A claim's links and addresses, by its UID: it must be the claim of
+    /// the call.
+    ForClaim(String),
+    /// A link by name: it must be one the host created for the claim of the
+    /// call.
+    OnLink(String),
+}
+
 /// Run one net operation for the guest on the blocking pool
 /// ([`crate::imports::blocking`]): each is netlink round trips and a
-/// durable write of the driver's state.
-fn run<T, F>(state: &StoreState, op: F) -> impl Future<Output = wasmtime::Result<Result<T, NetError>>> + Send + 'static
+/// durable write of the driver's state. First, what it `acts` on must be the
+/// claim of the call: a guest acting for another claim could take down that
+/// claim's pod network (`release-claim`) or give its pod another pod's link.
+/// A refusal is a net-error naming both claims, and a warning in the log.
+fn run<T, F>(
+    state: &StoreState,
+    acts: Acts,
+    op: F,
+) -> impl Future<Output = wasmtime::Result<Result<T, NetError>>> + Send + 'static
 where
     T: Send + 'static,
     F: FnOnce(&NetDriver) -> Result<T, NetOpError> + Send + 'static,
 {
-    let driver = grant(state);
+    let claim = state.claim.clone();
+    let checked = grant(state).and_then(|driver| {
+        let link = match acts {
+            Acts::OnNode => None,
+            Acts::ForClaim(asked) => {
+                acting_for(claim.as_deref(), &asked)?;
+                None
+            }
+            Acts::OnLink(name) => Some(name),
+        };
+        Ok((driver, link))
+    });
     let deadline = state.deadline;
     async move {
-        let driver = match driver {
+        let (driver, link) = match checked {
             Ok(d) => d,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(match crate::imports::blocking(deadline, move || op(&driver)).await? {
+        let work = move || {
+            if let Some(name) = &link {
+                owned(&driver, name, claim.as_deref())?;
+            }
+            op(&driver)
+        };
+        Ok(match crate::imports::blocking(deadline, work).await? {
             Some(result) => result.map_err(NetError::from),
             None => Err(NetError {
                 message: "the host's network operation failed (see the host's log)".into(),
@@ -559,22 +602,18 @@ where
     }
 }
 
-/// The claim a guest's net call may act for: the one whose `prepare` or
-/// `unprepare` is running ([`StoreState::claim`]). A guest acting for
-/// another claim could take down that claim's pod network (`release-claim`)
-/// or give its pod another pod's link; it gets an error naming both claims,
-/// and the host logs it.
-fn acting_for(state: &StoreState, asked: &str) -> Result<(), NetError> {
-    let why = match state.claim.as_deref() {
+/// [`Acts::ForClaim`]: `asked` must be `claim`, the claim of the call.
+fn acting_for(claim: Option<&str>, asked: &str) -> Result<(), NetError> {
+    let why = match claim {
         Some(current) if current == asked => return Ok(()),
         Some(current) => format!("claim {asked:?} is not the claim of this call ({current:?})"),
         None => format!("claim {asked:?}: the net import acts for a claim only during its prepare or unprepare"),
     };
-    tracing::warn!(asked = %asked, call_claim = ?state.claim, "refused a guest's net call for another claim");
+    tracing::warn!(asked = %asked, call_claim = ?claim, "refused a guest's net call for another claim");
     Err(NetError { message: why })
 }
 
-/// [`acting_for`] the claim the link `name` was created for.
+/// [`Acts::OnLink`]: the link `name` must have been created for `claim`.
 fn owned(d: &NetDriver, name: &str, claim: Option<&str>) -> Result<(), NetOpError> {
     let owner = d.record(name)?.claim_uid;
     if claim == Some(owner.as_str()) {
@@ -591,50 +630,43 @@ fn owned(d: &NetDriver, name: &str, claim: Option<&str>) -> Result<(), NetOpErro
 
 impl Host for StoreState {
     async fn list_links(&mut self) -> wasmtime::Result<Result<Vec<Link>, NetError>> {
-        run(self, |d| d.list_links()).await
+        run(self, Acts::OnNode, |d| d.list_links()).await
     }
 
     async fn create_macvlan(&mut self, spec: Macvlan) -> wasmtime::Result<Result<Link, NetError>> {
-        if let Err(e) = acting_for(self, &spec.claim_uid) {
-            return Ok(Err(e));
-        }
-        run(self, move |d| d.create_macvlan(&spec)).await
-    }
-
-    async fn delete_link(&mut self, name: String) -> wasmtime::Result<Result<bool, NetError>> {
-        let claim = self.claim.clone();
-        run(self, move |d| {
-            owned(d, &name, claim.as_deref())?;
-            d.delete_link(&name)
+        run(self, Acts::ForClaim(spec.claim_uid.clone()), move |d| {
+            d.create_macvlan(&spec)
         })
         .await
     }
 
+    async fn delete_link(&mut self, name: String) -> wasmtime::Result<Result<bool, NetError>> {
+        run(self, Acts::OnLink(name.clone()), move |d| d.delete_link(&name)).await
+    }
+
     async fn allocate_address(&mut self, request: AddressRequest) -> wasmtime::Result<Result<String, NetError>> {
-        if let Err(e) = acting_for(self, &request.claim_uid) {
-            return Ok(Err(e));
-        }
-        run(self, move |d| d.allocate_address(&request)).await
+        run(self, Acts::ForClaim(request.claim_uid.clone()), move |d| {
+            d.allocate_address(&request)
+        })
+        .await
     }
 
     async fn release_claim(&mut self, claim_uid: String) -> wasmtime::Result<Result<u32, NetError>> {
-        if let Err(e) = acting_for(self, &claim_uid) {
-            return Ok(Err(e));
-        }
-        run(self, move |d| d.release_claim(&claim_uid)).await
+        run(self, Acts::ForClaim(claim_uid.clone()), move |d| {
+            d.release_claim(&claim_uid)
+        })
+        .await
     }
 
     async fn prepare_attachment(&mut self, attachment: WitAttachment) -> wasmtime::Result<Result<Hook, NetError>> {
-        if let Err(e) = acting_for(self, &attachment.claim_uid) {
-            return Ok(Err(e));
-        }
-        run(self, move |d| d.prepare_attachment(&attachment)).await
+        run(self, Acts::ForClaim(attachment.claim_uid.clone()), move |d| {
+            d.prepare_attachment(&attachment)
+        })
+        .await
     }
 
     async fn configure_link(&mut self, name: String, addresses: Vec<String>) -> wasmtime::Result<Result<(), NetError>> {
-        let claim = self.claim.clone();
-        run(self, move |d| {
-            owned(d, &name, claim.as_deref())?;
+        run(self, Acts::OnLink(name.clone()), move |d| {
             d.configure_link(&name, &addresses)
         })
         .await
@@ -645,9 +677,7 @@ impl Host for StoreState {
         name: String,
         bits_per_second: u64,
     ) -> wasmtime::Result<Result<bool, NetError>> {
-        let claim = self.claim.clone();
-        run(self, move |d| {
-            owned(d, &name, claim.as_deref())?;
+        run(self, Acts::OnLink(name.clone()), move |d| {
             d.set_egress_rate(&name, bits_per_second)
         })
         .await
@@ -760,8 +790,9 @@ mod tests {
         let Some(grant) = &imports.net else { unreachable!() };
         let record = grant.driver.store.read().unwrap().links.remove(0);
         assert_eq!(record.egress_rate_bps, Some(1_000_000));
-        assert_eq!(grant.driver.link_owner("dwhofa").as_deref(), Some("a"));
-        assert_eq!(grant.driver.link_owner("dwhnone"), None);
+        let owners = grant.driver.link_owners().unwrap();
+        assert_eq!(owners.get("dwhofa").map(String::as_str), Some("a"));
+        assert_eq!(owners.get("dwhnone"), None);
     }
 
     #[test]
