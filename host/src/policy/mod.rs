@@ -20,6 +20,9 @@
 //!   attach hook, with exactly the arguments the host hands out);
 //! - network devices: only when `allow_net_devices`, and only interfaces
 //!   named by `net_host_interfaces` (by default the links the host creates);
+//! - the links the host created (`dwh…`), in `netDevices` or the attach
+//!   hook: only the claim's own ([`Policy::check_claim_links`], against the
+//!   driver's network state);
 //! - references to operator CDI devices (`nvidia.com/gpu=<uuid>`): kinds in
 //!   `cdi_devices`, the name equal to an attribute of the allocated device
 //!   (its `uuid`), `all` only when allowed;
