@@ -23,24 +23,15 @@ struct GpuNode {
 /// mounted from a fake driver root.
 async fn gpu_node(n: u32) -> GpuNode {
     let env = HostEnv::new(&cache_dir()).unwrap();
-    let gpus_file = env.dir().join("gpus.json");
-    gpus::write_gpus_file(&gpus_file, n).unwrap();
-    let driver_root = env.dir().join("driver-root");
-    gpus::write_driver_root(&driver_root).unwrap();
-    let device_root = env.dir().join("device-root");
-    gpus::write_device_root(&device_root, n).unwrap();
-    let events = env.dir().join("nvml-events.sock");
-    let tables = format!(
-        "[nvml]\ndriver_root = {driver_root:?}\n[nvml.simulated]\ngpus = {gpus_file:?}\nevents_socket = {events:?}\n"
-    );
+    let sim = gpus::Simulated::new(env.dir(), n).unwrap();
     let spec = DriverSpec::new(GPU, &guest("gpu_driver.wasm"))
-        .extra(&format!(
-            "grants = [\"nvml\"]\n{}",
-            gpus::policy_toml(&device_root, &driver_root)
-        ))
+        .extra(&sim.driver_toml)
         .config("sharing = { defaultMemory = \"5Gi\", memoryStep = \"5Gi\" }");
-    let node = Node::start_in(env, vec![spec], "", &tables).await;
-    GpuNode { node, events }
+    let node = Node::start_in(env, vec![spec], "", &sim.tables).await;
+    GpuNode {
+        node,
+        events: sim.events,
+    }
 }
 
 fn spec_of(node: &Node, uid: &str) -> Value {
@@ -81,6 +72,10 @@ async fn inventory_has_nvidia_attributes_and_shareable_memory() {
     assert_eq!(memory["requestPolicy"]["default"], "5Gi");
     assert_eq!(memory["requestPolicy"]["validRange"]["min"], "5Gi");
     assert_eq!(memory["requestPolicy"]["validRange"]["step"], "5Gi");
+    assert_eq!(
+        memory["requestPolicy"]["validRange"]["max"], "75Gi",
+        "min + whole steps"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -177,6 +177,14 @@ fn check(config: &Config) -> Result<Option<(u64, u64)>> {
             if step == 0 {
                 return Err(Error::invalid_config("sharing.memoryStep: must be positive"));
             }
+            // Shares start at one step; the API server accepts a default
+            // only if it is that plus whole steps.
+            if default < step || !default.is_multiple_of(step) {
+                return Err(Error::invalid_config(format!(
+                    "sharing.defaultMemory: {} is not a whole number of sharing.memoryStep ({})",
+                    s.default_memory, s.memory_step
+                )));
+            }
             Some((default, step))
         }
         None => None,
@@ -255,13 +263,18 @@ impl Driver for GpuDriver {
                     .attribute("index", g.index)
                     .attribute("minor", g.minor_number);
                 match self.share_step {
+                    // The API server accepts a range only if its max is min
+                    // plus whole steps: the largest share that fits the GPU
+                    // (81559Mi of an H100 80GB is not a multiple of 5Gi).
                     Some((default, step)) => device.shared(true).consumable(
                         "memory",
                         memory.clone(),
                         RequestPolicy::range(
                             Quantity::binary(default),
                             Quantity::binary(step),
-                            Some(memory),
+                            Some(Quantity::binary(
+                                step + g.memory_total_bytes.saturating_sub(step) / step * step,
+                            )),
                             Some(Quantity::binary(step)),
                         ),
                     ),
@@ -515,6 +528,8 @@ mod tests {
         let policy = memory.request_policy.as_ref().unwrap();
         assert_eq!(policy.default.as_deref(), Some("5Gi"));
         assert_eq!(policy.valid_range.as_ref().unwrap().step.as_deref(), Some("5Gi"));
+        // min + whole steps, as the API server demands: 15 steps of 5Gi fit 81559Mi.
+        assert_eq!(policy.valid_range.as_ref().unwrap().max.as_deref(), Some("75Gi"));
         assert!(devices[0].allow_multiple_allocations);
         let whole = driver("{}", 1).inventory().unwrap();
         assert!(!whole[0].devices[0].allow_multiple_allocations);
@@ -597,6 +612,10 @@ mod tests {
             (r#"{"sharng": {}}"#, "sharng"),
             (r#"{"sharing": {"memoryStep": "0"}}"#, "sharing.memoryStep"),
             (r#"{"sharing": {"defaultMemory": "lots"}}"#, "sharing.defaultMemory"),
+            (
+                r#"{"sharing": {"defaultMemory": "7Gi", "memoryStep": "5Gi"}}"#,
+                "sharing.defaultMemory",
+            ),
             (r#"{"cdi": {"mode": "base-spec", "kind": "gpu"}}"#, "cdi.kind"),
         ] {
             // Through the SDK as the host calls it: config errors come
