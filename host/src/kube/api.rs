@@ -5,7 +5,7 @@ use super::client::{ApiClient, status_code};
 use super::{ClaimSource, FetchError, FetchFuture, StatusError, StatusFuture};
 use crate::claim::ClaimRef;
 use k8s_openapi::api::resource::v1::{AllocatedDeviceStatus, ResourceClaim};
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 
 /// Attempts of a status update that keeps meeting newer versions (409).
 const CONFLICT_ATTEMPTS: usize = 8;
@@ -44,7 +44,7 @@ impl ApiClaims {
             let Some(mut object) = self
                 .get(&claim.namespace, &claim.name)
                 .await
-                .map_err(|e| failed(e.to_string()))?
+                .map_err(|e| failed(super::client::describe(&e)))?
             else {
                 // Gone: nothing of ours to keep or remove.
                 return if entries.is_empty() {
@@ -73,7 +73,7 @@ impl ApiClaims {
                     let (namespace, name, object) = (claim.namespace.clone(), claim.name.clone(), object.clone());
                     async move {
                         Api::<ResourceClaim>::namespaced(c, &namespace)
-                            .replace_status(&name, &PostParams::default(), &object)
+                            .replace_status(&name, &super::client::write_params(), &object)
                             .await
                     }
                 })
@@ -85,7 +85,7 @@ impl ApiClaims {
                     continue;
                 }
                 Err(e) if status_code(&e) == Some(404) && entries.is_empty() => return Ok(()),
-                Err(e) => return Err(failed(e.to_string())),
+                Err(e) => return Err(failed(super::client::describe(&e))),
             }
         }
         Err(failed(format!("still conflicting after {CONFLICT_ATTEMPTS} attempts")))
@@ -132,7 +132,7 @@ impl ClaimSource for ApiClaims {
                 Err(e) => Err(FetchError::Failed {
                     namespace: namespace.to_owned(),
                     name: name.to_owned(),
-                    message: e.to_string(),
+                    message: super::client::describe(&e),
                 }),
             }
         })

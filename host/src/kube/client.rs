@@ -12,6 +12,19 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant as Clock;
 
+/// The field manager of every object and field the host writes, so that an
+/// operator reading `managedFields` sees whose they are (without one, the API
+/// server names the client library's user agent).
+pub const FIELD_MANAGER: &str = "dra-wasm-host";
+
+/// Parameters for every create and update the host makes.
+pub fn write_params() -> kube::api::PostParams {
+    kube::api::PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    }
+}
+
 /// Attempts per call, the first included (≈ 3 s of backoff in all).
 const ATTEMPTS: u32 = 6;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -90,6 +103,23 @@ pub fn status_code(e: &kube::Error) -> Option<u16> {
         kube::Error::Api(s) => Some(s.code),
         _ => None,
     }
+}
+
+/// An API error with its causes, for messages people read: kube's own text
+/// stops at "client error (Connect)"; why (connection refused, a TLS
+/// failure, a timeout) is in its sources.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// ±25 % so that many nodes retrying together spread out.

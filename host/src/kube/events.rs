@@ -191,7 +191,7 @@ impl Sender {
                 let (event, namespace) = (event.clone(), namespace.clone());
                 async move {
                     kube::Api::<Event>::namespaced(client, &namespace)
-                        .create(&kube::api::PostParams::default(), &event)
+                        .create(&super::client::write_params(), &event)
                         .await
                 }
             })
@@ -216,7 +216,10 @@ impl Sender {
                     kube::Api::<Event>::namespaced(client, &namespace)
                         .patch(
                             &name,
-                            &kube::api::PatchParams::default(),
+                            &kube::api::PatchParams {
+                                field_manager: Some(super::client::FIELD_MANAGER.to_owned()),
+                                ..Default::default()
+                            },
                             &kube::api::Patch::Strategic(patch),
                         )
                         .await

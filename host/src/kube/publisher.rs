@@ -29,7 +29,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::{ResourceSlice, ResourceSliceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Preconditions, WatchEvent, WatchParams};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,7 +107,7 @@ impl Publisher {
             let owner = match self.owner().await {
                 Ok(o) => o,
                 Err(e) => {
-                    tracing::warn!(driver = %self.driver, error = %e, "cannot look up this node's UID for the slices' owner; retrying");
+                    tracing::warn!(driver = %self.driver, error = %super::client::describe(&e), "cannot look up this node's UID for the slices' owner; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
@@ -126,7 +126,7 @@ impl Publisher {
                 }
                 Err(e) => {
                     self.metrics.slice_sync_error(&self.driver);
-                    tracing::error!(driver = %self.driver, error = %e, "publishing ResourceSlices failed");
+                    tracing::error!(driver = %self.driver, error = %super::client::describe(&e), "publishing ResourceSlices failed");
                     None
                 }
             };
@@ -309,7 +309,7 @@ impl Publisher {
                             let (name, updated) = (name.clone(), updated.clone());
                             async move {
                                 Api::<ResourceSlice>::all(c)
-                                    .replace(&name, &PostParams::default(), &updated)
+                                    .replace(&name, &super::client::write_params(), &updated)
                                     .await
                             }
                         })
@@ -335,7 +335,7 @@ impl Publisher {
                             let slice = slice.clone();
                             async move {
                                 Api::<ResourceSlice>::all(c)
-                                    .create(&PostParams::default(), &slice)
+                                    .create(&super::client::write_params(), &slice)
                                     .await
                             }
                         })
@@ -406,7 +406,7 @@ impl Publisher {
         let mut stream = match stream {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(driver = %self.driver, error = %e, "cannot watch our ResourceSlices; will list again");
+                tracing::warn!(driver = %self.driver, error = %super::client::describe(&e), "cannot watch our ResourceSlices; will list again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 return true;
             }
@@ -421,7 +421,7 @@ impl Publisher {
                         return true;
                     }
                     Some(Err(e)) => {
-                        tracing::debug!(driver = %self.driver, error = %e, "watch failed; listing again");
+                        tracing::debug!(driver = %self.driver, error = %super::client::describe(&e), "watch failed; listing again");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         return true;
                     }
