@@ -30,6 +30,19 @@ if [[ ${DRA_SKIP_REAL_CLIENTS:-} != 1 ]]; then
     timeout 600 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore grpcio==1.85.1 grpcio-tools==1.85.1 protobuf==7.36.2
 fi
 
+# The real control plane (tests/cluster/): kube-apiserver, kube-scheduler,
+# kube-controller-manager, kubectl and etcd, built from Go modules (the Go
+# module proxy) with the machine's Go 1.26 into a cache, once per machine.
+# tests/k8s/up.sh starts them; it needs curl and openssl.
+for tool in curl openssl; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq "$tool" >/dev/null
+    fi
+done
+k8s_started=$SECONDS
+tests/k8s/build.sh >/dev/null
+echo "tests/run.sh: control plane binaries ready in $((SECONDS - k8s_started)) s"
+
 cargo test --workspace --locked
 # The guests' logic and the guest SDK compiled natively (its tests and doc examples).
 cargo test --locked --manifest-path guests/Cargo.toml --target-dir "${CARGO_TARGET_DIR:-target}/guest-logic" -p dra-driver-sdk -p example-driver -p gpu-driver -p macvlan-driver

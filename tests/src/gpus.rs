@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 pub const DRIVER_VERSION: &str = "580.159.04";
@@ -79,6 +79,37 @@ pub fn policy_toml(device_root: &Path, driver_root: &Path) -> String {
          mount_host_paths = [\"{}/**\"]\n",
         driver_root.display()
     )
+}
+
+/// `n` simulated H100s laid out in `dir` for one host: the GPUs file, a fake
+/// driver root, device nodes (root only) and the events socket's path.
+#[derive(Clone, Debug)]
+pub struct Simulated {
+    /// The host config's top-level `[nvml]` tables.
+    pub tables: String,
+    /// The `[[drivers]]` keys of a GPU driver: the `nvml` grant and the policy.
+    pub driver_toml: String,
+    /// Where the host listens for injected events ([`Injector`]).
+    pub events: PathBuf,
+}
+
+impl Simulated {
+    pub fn new(dir: &Path, n: u32) -> Result<Self> {
+        let gpus_file = dir.join("gpus.json");
+        write_gpus_file(&gpus_file, n)?;
+        let driver_root = dir.join("driver-root");
+        write_driver_root(&driver_root)?;
+        let device_root = dir.join("device-root");
+        write_device_root(&device_root, n)?;
+        let events = dir.join("nvml-events.sock");
+        Ok(Self {
+            tables: format!(
+                "[nvml]\ndriver_root = {driver_root:?}\n[nvml.simulated]\ngpus = {gpus_file:?}\nevents_socket = {events:?}\n"
+            ),
+            driver_toml: format!("grants = [\"nvml\"]\n{}", policy_toml(&device_root, &driver_root)),
+            events,
+        })
+    }
 }
 
 /// Injects events into a running host's simulated NVML.

@@ -15,6 +15,8 @@ pub struct HostEnv {
     pub claims_path: PathBuf,
     pub config_path: PathBuf,
     pub cache_dir: PathBuf,
+    /// The host's `node_name` (default `test-node`).
+    pub node_name: String,
     /// Set: claims come from the API server this kubeconfig names.
     pub kubeconfig: Option<PathBuf>,
     /// Set: the host serves Prometheus metrics on 127.0.0.1 at this port.
@@ -69,6 +71,7 @@ impl HostEnv {
             claims_path: dir.path().join("claims.json"),
             config_path: dir.path().join("host.toml"),
             cache_dir: cache_dir.to_owned(),
+            node_name: "test-node".to_owned(),
             kubeconfig: None,
             metrics_port: None,
             env: Vec::new(),
@@ -89,6 +92,11 @@ impl HostEnv {
         server.write_kubeconfig(&path)?;
         self.kubeconfig = Some(path);
         Ok(())
+    }
+
+    /// Read claims from (and publish slices to) the API server this kubeconfig names.
+    pub fn use_kubeconfig(&mut self, path: &Path) {
+        self.kubeconfig = Some(path.to_owned());
     }
 
     /// Serve metrics on a free local port; returns the port.
@@ -119,8 +127,8 @@ impl HostEnv {
             None => String::new(),
         };
         let mut text = format!(
-            "node_name = \"test-node\"\nkubelet_root_dir = {:?}\ncdi_dir = {:?}\ncache_dir = {:?}\n{metrics}\n{claims}\n[runtime]\n{runtime_toml}\n\n{tables}\n",
-            self.kubelet_root, self.cdi_dir, self.cache_dir
+            "node_name = {:?}\nkubelet_root_dir = {:?}\ncdi_dir = {:?}\ncache_dir = {:?}\n{metrics}\n{claims}\n[runtime]\n{runtime_toml}\n\n{tables}\n",
+            self.node_name, self.kubelet_root, self.cdi_dir, self.cache_dir
         );
         for d in drivers {
             text.push_str(&format!(

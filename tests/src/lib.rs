@@ -17,6 +17,7 @@ pub mod apiserver;
 pub mod bench;
 pub mod claims;
 pub mod configmap;
+pub mod controlplane;
 pub mod gpus;
 pub mod host;
 pub mod kubelet;

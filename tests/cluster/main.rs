@@ -1,0 +1,965 @@
+//! The host against the real control plane: kube-apiserver, etcd,
+//! kube-scheduler and the resourceclaim controller at 1.37.2, built from Go
+//! modules and started by `tests/k8s/up.sh`, with `deploy/` applied as it is.
+//!
+//! The host runs as in the DaemonSet: claims from the API server, credentials
+//! of `deploy/rbac.yaml`'s ServiceAccount in a token bound to a Pod on the
+//! host's Node, so RBAC and the admission policy are enforced for real.
+//! Claims are allocated by the real scheduler. The kubelet side is still the
+//! in-tree test kubelet (`dra_test_support::kubelet`).
+//!
+//! One control plane serves all tests of this binary (each test has its own
+//! Nodes and namespaces); the outage test starts one of its own.
+
+#[allow(dead_code, reason = "the e2e suite's helpers; this binary uses a part of them")]
+#[path = "../e2e/common.rs"]
+mod common;
+
+use common::*;
+use dra_test_support::claims::uid;
+use dra_test_support::controlplane::{ControlPlane, HOST_NAMESPACE, HOST_SERVICE_ACCOUNT};
+use dra_test_support::gpus::{self, Injector};
+use dra_test_support::host::{DriverSpec, HostEnv};
+use dra_test_support::kubelet::ClaimRef;
+use dra_test_support::netlab::{self, Lab, is_root};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const GPU: &str = "gpu.example.com";
+const NET: &str = "net.example.com";
+/// Long enough for the scheduler and controllers on a busy 2-core machine.
+const CLUSTER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether a test that needs root runs: as root yes; otherwise it fails
+/// clearly, or is skipped loudly with `DRA_SKIP_ROOT_TESTS=1`.
+fn need_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("DRA_SKIP_ROOT_TESTS").as_deref() == Ok("1") {
+        println!("SKIPPED cluster::{test}: needs root (DRA_SKIP_ROOT_TESTS=1)");
+        return false;
+    }
+    panic!("cluster::{test} needs root (device nodes, links); run as root or set DRA_SKIP_ROOT_TESTS=1 to skip");
+}
+
+/// The shared control plane, from a blocking thread (it may be starting).
+async fn control_plane() -> &'static ControlPlane {
+    tokio::task::block_in_place(ControlPlane::shared)
+}
+
+/// A Node object, a host on it with that node's credentials, and the test kubelet.
+struct ClusterNode {
+    name: String,
+    uid: String,
+    kubeconfig: std::path::PathBuf,
+    node: Node,
+}
+
+/// Start a host for `name` with `drivers`; `setup` lays out files in the
+/// host's directory and returns extra top-level config tables.
+async fn cluster_node(
+    cp: &ControlPlane,
+    name: &str,
+    setup: impl FnOnce(&Path) -> (Vec<DriverSpec>, String),
+) -> ClusterNode {
+    let node_uid = cp.create_node(name).unwrap();
+    let mut env = HostEnv::new(&cache_dir()).unwrap();
+    env.node_name = name.to_owned();
+    let kubeconfig = cp.host_kubeconfig(name, &env.dir().join("kubeconfig")).unwrap();
+    env.use_kubeconfig(&kubeconfig);
+    let (drivers, tables) = setup(env.dir());
+    let node = Node::start_in(env, drivers, "", &tables).await;
+    ClusterNode {
+        name: name.to_owned(),
+        uid: node_uid,
+        kubeconfig,
+        node,
+    }
+}
+
+fn example_driver(devices: u32) -> DriverSpec {
+    DriverSpec::new(DRIVER, &guest("example_driver.wasm")).config(&format!("devices = {devices}"))
+}
+
+/// The GPU guest on `n` simulated H100s, shared by memory, unhealthy GPUs tainted.
+fn gpu_driver(dir: &Path, n: u32) -> (DriverSpec, gpus::Simulated) {
+    let sim = gpus::Simulated::new(dir, n).unwrap();
+    let spec = DriverSpec::new(GPU, &guest("gpu_driver.wasm"))
+        .extra(&format!("taint_unhealthy = true\n{}", sim.driver_toml))
+        .config("sharing = { defaultMemory = \"5Gi\", memoryStep = \"5Gi\" }");
+    (spec, sim)
+}
+
+/// Poll `check` until it gives a value; the panic names `what` and shows
+/// the host's log.
+async fn until<T>(what: &str, node: &Node, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out ({timeout:?}) waiting for {what}\nhost log:\n{}",
+            node.host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The slices of `driver` on `node`, as the API server stores them.
+fn slices_of(cp: &ControlPlane, driver: &str, node: &str) -> Vec<Value> {
+    let list = cp
+        .get(&[
+            "resourceslices",
+            &format!("--field-selector=spec.driver={driver},spec.nodeName={node}"),
+        ])
+        .unwrap();
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// A namespace for one test, with its default ServiceAccount (Pods need it).
+fn namespace(cp: &ControlPlane, name: &str) {
+    cp.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}).to_string())
+        .unwrap();
+    let deadline = Instant::now() + CLUSTER_TIMEOUT;
+    while cp.kubectl(&["get", "serviceaccount", "default", "-n", name]).is_err() {
+        assert!(Instant::now() < deadline, "no default ServiceAccount in {name}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A Pod pinned to `node` by its hostname label (the scheduler still does
+/// the placing and the allocating), with `claims` as (name in the pod,
+/// `resourceClaimName` or `resourceClaimTemplateName`, the object's name).
+fn pod(namespace: &str, name: &str, node: &str, claims: &[(&str, &str, &str)]) -> String {
+    let resource_claims: Vec<Value> = claims
+        .iter()
+        .map(|(n, field, object)| json!({"name": n, *field: object}))
+        .collect();
+    let container_claims: Vec<Value> = claims.iter().map(|(n, _, _)| json!({"name": n})).collect();
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "automountServiceAccountToken": false,
+            "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10",
+                            "resources": {"claims": container_claims}}],
+            "resourceClaims": resource_claims,
+        },
+    })
+    .to_string()
+}
+
+/// A ResourceClaim with one request for `count` devices of `class`, with
+/// optional capacity requests and opaque config parameters.
+fn claim(
+    namespace: &str,
+    name: &str,
+    class: &str,
+    count: u32,
+    capacity: Option<Value>,
+    config: Option<(&str, Value)>,
+) -> String {
+    let mut exactly = json!({"deviceClassName": class, "allocationMode": "ExactCount", "count": count});
+    if let Some(c) = capacity {
+        exactly["capacity"] = json!({"requests": c});
+    }
+    let mut spec = json!({"devices": {"requests": [{"name": "dev", "exactly": exactly}]}});
+    if let Some((driver, parameters)) = config {
+        spec["devices"]["config"] = json!([{"opaque": {"driver": driver, "parameters": parameters}}]);
+    }
+    json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    })
+    .to_string()
+}
+
+/// The claim once the scheduler has allocated it; on a timeout the panic
+/// says why the scheduler did not (the Pods' PodScheduled conditions).
+async fn allocated(cp: &ControlPlane, node: &Node, namespace: &str, name: &str) -> Value {
+    let deadline = Instant::now() + CLUSTER_TIMEOUT;
+    loop {
+        if let Ok(c) = cp.get(&["resourceclaim", name, "-n", namespace])
+            && c["status"]["allocation"].is_object()
+        {
+            return c;
+        }
+        if Instant::now() > deadline {
+            let pods = cp.get(&["pods", "-n", namespace]).unwrap_or_default();
+            let why: Vec<String> = pods["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| format!("{}: {}", p["metadata"]["name"], p["status"]["conditions"]))
+                .collect();
+            panic!(
+                "the scheduler did not allocate {namespace}/{name} in {CLUSTER_TIMEOUT:?}\npods: {why:#?}\nhost log:\n{}",
+                node.host.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn reference(claim: &Value) -> ClaimRef {
+    let m = &claim["metadata"];
+    ClaimRef::new(
+        m["namespace"].as_str().unwrap(),
+        m["name"].as_str().unwrap(),
+        m["uid"].as_str().unwrap(),
+    )
+}
+
+/// (driver, pool, device, shareID) of each allocation result.
+fn results(claim: &Value) -> Vec<(String, String, String, Option<String>)> {
+    claim["status"]["allocation"]["devices"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["driver"].as_str().unwrap().to_owned(),
+                r["pool"].as_str().unwrap().to_owned(),
+                r["device"].as_str().unwrap().to_owned(),
+                r["shareID"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+/// The inventory `guest validate` prints for the host's config: per driver,
+/// device name → device.
+fn inventory(node: &Node) -> BTreeMap<String, BTreeMap<String, Value>> {
+    let out = std::process::Command::new(binary())
+        .args(["guest", "validate", "--config"])
+        .arg(&node.env.config_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(driver, d)| {
+            let devices = d["pools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|p| p["devices"].as_array().unwrap().iter())
+                .map(|dev| (dev["name"].as_str().unwrap().to_owned(), dev.clone()))
+                .collect();
+            (driver.clone(), devices)
+        })
+        .collect()
+}
+
+/// Every device of the stored slices, by name.
+fn stored_devices(slices: &[Value]) -> BTreeMap<String, Value> {
+    slices
+        .iter()
+        .flat_map(|s| s["spec"]["devices"].as_array().unwrap().iter())
+        .map(|d| (d["name"].as_str().unwrap().to_owned(), d.clone()))
+        .collect()
+}
+
+// --- deploy/ ------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_is_accepted_and_its_admission_policy_type_checks_without_warnings() {
+    let cp = control_plane().await;
+    // Every object of deploy/ was applied by the shared set-up; each exists.
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    for file in dra_test_support::controlplane::DEPLOY_FILES {
+        let path = deploy.join(file);
+        cp.kubectl(&["get", "-f", path.to_str().unwrap()])
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    // The examples hold Pods and templates in `default`: the API server
+    // accepts them (a server-side dry run, so no Pod competes for devices).
+    for file in ["example.yaml", "net-example.yaml"] {
+        let path = deploy.join(file);
+        cp.kubectl(&[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "-f",
+            path.to_str().unwrap(),
+        ])
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    // The API server compiles and type-checks the policy's CEL in the
+    // background and reports it in status.typeChecking.
+    let deadline = Instant::now() + CLUSTER_TIMEOUT;
+    let policy = loop {
+        let p = cp
+            .get(&["validatingadmissionpolicy", "dra-wasm-host-resourceslices"])
+            .unwrap();
+        if p["status"]["observedGeneration"] == p["metadata"]["generation"] && p["status"]["typeChecking"].is_object() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no type checking reported: {p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let warnings = &policy["status"]["typeChecking"]["expressionWarnings"];
+    assert!(
+        warnings.is_null() || warnings.as_array().is_some_and(|w| w.is_empty()),
+        "the admission policy's CEL has type warnings: {warnings}"
+    );
+    let conditions = policy["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    assert!(conditions.iter().all(|c| c["status"] != "False"), "{conditions:?}");
+}
+
+// --- ResourceSlices -----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slices_of_the_example_gpu_and_macvlan_guests_are_stored_as_the_inventory_and_owned_by_the_node() {
+    if !need_root("slices_of_the_example_gpu_and_macvlan_guests_are_stored_as_the_inventory_and_owned_by_the_node") {
+        return;
+    }
+    let cp = control_plane().await;
+    let lab = Lab::new(2);
+    let parents = lab.parents.clone();
+    let n = cluster_node(cp, "cp-inventory", |dir| {
+        let (gpu, sim) = gpu_driver(dir, 4);
+        let granted: Vec<&str> = parents.iter().map(String::as_str).collect();
+        let net = netlab::macvlan_driver(
+            NET,
+            &guest("macvlan_driver.wasm"),
+            &granted,
+            &netlab::parent_config(&parents),
+        );
+        (vec![example_driver(300), gpu, net], sim.tables)
+    })
+    .await;
+    let inventory = inventory(&n.node);
+    for (driver, slice_count) in [(DRIVER, 3), (GPU, 1), (NET, 1)] {
+        let slices = until(&format!("{driver}'s slices"), &n.node, CLUSTER_TIMEOUT, || {
+            let s = slices_of(cp, driver, &n.name);
+            (s.len() == slice_count && stored_devices(&s).len() == inventory[driver].len()).then_some(s)
+        })
+        .await;
+        for s in &slices {
+            let owner = &s["metadata"]["ownerReferences"][0];
+            assert_eq!(
+                (&owner["apiVersion"], &owner["kind"], &owner["name"], &owner["uid"]),
+                (&json!("v1"), &json!("Node"), &json!(n.name), &json!(n.uid)),
+                "{driver}: {owner}"
+            );
+            assert_eq!(s["metadata"]["ownerReferences"].as_array().unwrap().len(), 1);
+            assert_eq!(s["spec"]["pool"]["name"], n.name.as_str());
+            assert_eq!(s["spec"]["pool"]["generation"], 1);
+            assert_eq!(s["spec"]["pool"]["resourceSliceCount"], slice_count);
+            assert_eq!(
+                s["metadata"]["managedFields"][0]["manager"], "dra-wasm-host",
+                "{driver}: written by the host itself"
+            );
+        }
+        // What the API server stored (after its defaulting) is what the guest declared.
+        let stored = stored_devices(&slices);
+        for (name, declared) in &inventory[driver] {
+            let got = &stored[name];
+            for field in ["attributes", "capacity", "allowMultipleAllocations"] {
+                assert_eq!(got.get(field), declared.get(field), "{driver} {name} {field}");
+            }
+        }
+        if driver == DRIVER {
+            let mut sizes: Vec<usize> = slices
+                .iter()
+                .map(|s| s["spec"]["devices"].as_array().unwrap().len())
+                .collect();
+            sizes.sort();
+            assert_eq!(sizes, [44, 128, 128]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_or_edited_slice_is_repaired() {
+    let cp = control_plane().await;
+    let n = cluster_node(cp, "cp-repair", |_| (vec![example_driver(4)], String::new())).await;
+    let first = until("the slice", &n.node, CLUSTER_TIMEOUT, || {
+        slices_of(cp, DRIVER, &n.name).pop()
+    })
+    .await;
+    let name = first["metadata"]["name"].as_str().unwrap().to_owned();
+
+    // Deleted (as the kubelet does after losing the plugin): created again.
+    cp.kubectl(&["delete", "resourceslice", &name]).unwrap();
+    let restored = until("the deleted slice restored", &n.node, CLUSTER_TIMEOUT, || {
+        slices_of(cp, DRIVER, &n.name)
+            .pop()
+            .filter(|s| s["metadata"]["name"] != name.as_str())
+    })
+    .await;
+    assert_eq!(restored["spec"]["devices"], first["spec"]["devices"]);
+
+    // Edited by someone else: the host's watch sees it and writes it back.
+    let restored_name = restored["metadata"]["name"].as_str().unwrap().to_owned();
+    let mut edited = restored["spec"]["devices"].clone();
+    edited[0]["attributes"]["model"] = json!({"string": "edited"});
+    cp.kubectl(&[
+        "patch",
+        "resourceslice",
+        &restored_name,
+        "--type=merge",
+        "-p",
+        &json!({"spec": {"devices": edited}}).to_string(),
+    ])
+    .unwrap();
+    until("the edited slice repaired", &n.node, CLUSTER_TIMEOUT, || {
+        let s = slices_of(cp, DRIVER, &n.name).pop()?;
+        (s["spec"]["devices"] == first["spec"]["devices"]).then_some(())
+    })
+    .await;
+}
+
+// --- the node restriction (RBAC and the admission policy) -------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_may_write_only_its_own_nodes_slices_and_claim_statuses() {
+    let cp = control_plane().await;
+    let a = cluster_node(cp, "cp-node-a", |_| (vec![example_driver(2)], String::new())).await;
+    let b = cluster_node(cp, "cp-node-b", |_| (vec![example_driver(2)], String::new())).await;
+    // Each host's own writes succeed: both nodes' slices are published.
+    let slice_a = until("node A's slice", &a.node, CLUSTER_TIMEOUT, || {
+        slices_of(cp, DRIVER, &a.name).pop()
+    })
+    .await;
+    let slice_b = until("node B's slice", &b.node, CLUSTER_TIMEOUT, || {
+        slices_of(cp, DRIVER, &b.name).pop()
+    })
+    .await;
+    assert_eq!(slice_a["spec"]["nodeName"], a.name.as_str());
+
+    // With node A's credentials, node B's slices cannot be created, changed or deleted.
+    let as_a = |args: &[&str], stdin: Option<&str>| cp.kubectl_as(&a.kubeconfig, args, stdin);
+    let mut forged = json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+        "metadata": {"name": "forged-for-b"},
+        "spec": {"driver": DRIVER, "nodeName": b.name, "pool": {"name": b.name, "generation": 1, "resourceSliceCount": 1},
+                 "devices": [{"name": "forged"}]},
+    });
+    let refused = as_a(&["create", "-f", "-"], Some(&forged.to_string()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("may only modify ResourceSlices of that node") && refused.contains(&b.name),
+        "{refused}"
+    );
+    let mut changed = slice_b.clone();
+    changed["spec"]["devices"][0]["attributes"]["model"] = json!({"string": "forged"});
+    let refused = as_a(&["replace", "-f", "-"], Some(&changed.to_string()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("may only modify ResourceSlices of that node"),
+        "{refused}"
+    );
+    let b_name = slice_b["metadata"]["name"].as_str().unwrap();
+    let refused = as_a(&["delete", "resourceslice", b_name], None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("may only modify ResourceSlices of that node"),
+        "{refused}"
+    );
+    // The same object for its own node is fine (then removed again).
+    forged["metadata"]["name"] = json!("own-node-a");
+    forged["spec"]["nodeName"] = json!(a.name);
+    forged["spec"]["driver"] = json!("other.example.com");
+    forged["spec"]["pool"]["name"] = json!("other");
+    as_a(&["create", "-f", "-"], Some(&forged.to_string())).unwrap();
+    as_a(&["delete", "resourceslice", "own-node-a"], None).unwrap();
+
+    // Claims allocated by the scheduler on node A and on node B.
+    let ns = "cp-restriction";
+    namespace(cp, ns);
+    for (claim_name, node) in [("on-a", &a.name), ("on-b", &b.name)] {
+        cp.apply(&claim(ns, claim_name, DRIVER, 1, None, None)).unwrap();
+        cp.apply(&pod(ns, claim_name, node, &[("dev", "resourceClaimName", claim_name)]))
+            .unwrap();
+    }
+    let on_a = allocated(cp, &a.node, ns, "on-a").await;
+    let on_b = allocated(cp, &b.node, ns, "on-b").await;
+    let status_patch = |claim: &Value| {
+        let (driver, pool, device, _) = results(claim).remove(0);
+        json!({"status": {"devices": [{"driver": driver, "pool": pool, "device": device,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Test", "message": "",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}]}})
+        .to_string()
+    };
+    let patch_as_a = |claim_name: &str, patch: &str| {
+        as_a(
+            &[
+                "patch",
+                "resourceclaim",
+                claim_name,
+                "-n",
+                ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                patch,
+            ],
+            None,
+        )
+    };
+    let refused = patch_as_a("on-b", &status_patch(&on_b)).unwrap_err().to_string();
+    assert!(
+        refused.contains("changing status.devices requires") && refused.contains("resourceclaims/driver"),
+        "{refused}"
+    );
+    patch_as_a("on-a", &status_patch(&on_a)).expect("node A's host may write its own claim's status");
+
+    // Node B's host, with its own token, is allowed what A was refused.
+    cp.kubectl_as(
+        &b.kubeconfig,
+        &[
+            "patch",
+            "resourceclaim",
+            "on-b",
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status_patch(&on_b),
+        ],
+        None,
+    )
+    .unwrap();
+    let whoami = cp
+        .kubectl_as(&a.kubeconfig, &["auth", "whoami", "-o", "json"], None)
+        .unwrap();
+    let whoami: Value = serde_json::from_str(&whoami).unwrap();
+    assert_eq!(
+        whoami["status"]["userInfo"]["username"],
+        format!("system:serviceaccount:{HOST_NAMESPACE}:{HOST_SERVICE_ACCOUNT}")
+    );
+    assert_eq!(
+        whoami["status"]["userInfo"]["extra"]["authentication.kubernetes.io/node-name"][0],
+        a.name.as_str()
+    );
+}
+
+// --- the scheduler allocates, the host prepares --------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_allocates_from_our_slices_and_the_host_prepares_those_claims() {
+    let cp = control_plane().await;
+    let n = cluster_node(cp, "cp-sched", |_| (vec![example_driver(4)], String::new())).await;
+    until("the slice", &n.node, CLUSTER_TIMEOUT, || {
+        slices_of(cp, DRIVER, &n.name).pop()
+    })
+    .await;
+    let ns = "cp-sched";
+    namespace(cp, ns);
+    // A claim of its own and one from a template (the resourceclaim controller makes it).
+    cp.apply(&claim(ns, "two-gpus", DRIVER, 2, None, None)).unwrap();
+    let template = json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
+        "metadata": {"name": "one-gpu", "namespace": ns},
+        "spec": {"spec": {"devices": {"requests": [{"name": "dev", "exactly": {"deviceClassName": DRIVER}}]}}},
+    });
+    cp.apply(&template.to_string()).unwrap();
+    cp.apply(&pod(
+        ns,
+        "workload",
+        &n.name,
+        &[
+            ("two", "resourceClaimName", "two-gpus"),
+            ("one", "resourceClaimTemplateName", "one-gpu"),
+        ],
+    ))
+    .unwrap();
+    let scheduled = until("the pod bound to the node", &n.node, CLUSTER_TIMEOUT, || {
+        let p = cp.get(&["pod", "workload", "-n", ns]).ok()?;
+        let generated = p["status"]["resourceClaimStatuses"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == "one")?["resourceClaimName"]
+            .as_str()?
+            .to_owned();
+        (p["spec"]["nodeName"] == n.name.as_str()).then_some((p, generated))
+    })
+    .await;
+    let (pod_object, generated) = scheduled;
+    let two = allocated(cp, &n.node, ns, "two-gpus").await;
+    let one = allocated(cp, &n.node, ns, &generated).await;
+    for c in [&two, &one] {
+        let reserved = &c["status"]["reservedFor"][0];
+        assert_eq!(reserved["name"], "workload");
+        assert_eq!(reserved["uid"], pod_object["metadata"]["uid"]);
+    }
+    let mut devices: Vec<String> = [&two, &one]
+        .iter()
+        .flat_map(|c| results(c))
+        .map(|(driver, pool, device, _)| {
+            assert_eq!((driver.as_str(), pool.as_str()), (DRIVER, n.name.as_str()));
+            device
+        })
+        .collect();
+    devices.sort();
+    devices.dedup();
+    assert_eq!(devices.len(), 3, "three different devices: {devices:?}");
+
+    // The kubelet prepares the Pod's claims: the host reads them from the API server.
+    let answer = n
+        .node
+        .plugin
+        .prepare(&[reference(&two), reference(&one)])
+        .await
+        .unwrap();
+    for c in [&two, &one] {
+        let uid = c["metadata"]["uid"].as_str().unwrap();
+        let a = &answer[uid];
+        assert_eq!(a.error, "", "{uid}");
+        let mut prepared: Vec<String> = a.devices.iter().map(|d| d.device_name.clone()).collect();
+        prepared.sort();
+        let mut allocated: Vec<String> = results(c).into_iter().map(|r| r.2).collect();
+        allocated.sort();
+        assert_eq!(prepared, allocated, "the host prepared what the scheduler allocated");
+        for d in &a.devices {
+            assert_eq!(d.pool_name, n.name);
+            assert_eq!(
+                d.cdi_device_ids,
+                [format!("k8s.{DRIVER}/device={uid}_{}", d.device_name)]
+            );
+        }
+    }
+    let unprepared = n
+        .node
+        .plugin
+        .unprepare(&[reference(&two), reference(&one)])
+        .await
+        .unwrap();
+    assert!(unprepared.values().all(String::is_empty), "{unprepared:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_claims_share_one_gpu_through_consumable_capacity() {
+    if !need_root("two_claims_share_one_gpu_through_consumable_capacity") {
+        return;
+    }
+    let cp = control_plane().await;
+    let n = cluster_node(cp, "cp-share", |dir| {
+        let (spec, sim) = gpu_driver(dir, 1);
+        (vec![spec], sim.tables)
+    })
+    .await;
+    until("the GPU slice", &n.node, CLUSTER_TIMEOUT, || {
+        slices_of(cp, GPU, &n.name).pop()
+    })
+    .await;
+    let ns = "cp-share";
+    namespace(cp, ns);
+    for name in ["share-a", "share-b"] {
+        cp.apply(&claim(ns, name, GPU, 1, Some(json!({"memory": "10Gi"})), None))
+            .unwrap();
+        cp.apply(&pod(ns, name, &n.name, &[("gpu", "resourceClaimName", name)]))
+            .unwrap();
+    }
+    let a = allocated(cp, &n.node, ns, "share-a").await;
+    let b = allocated(cp, &n.node, ns, "share-b").await;
+    let (ra, rb) = (results(&a).remove(0), results(&b).remove(0));
+    assert_eq!(
+        (ra.2.as_str(), rb.2.as_str()),
+        ("gpu-0", "gpu-0"),
+        "one GPU, two claims"
+    );
+    let (share_a, share_b) = (ra.3.expect("a shareID"), rb.3.expect("a shareID"));
+    assert_ne!(share_a, share_b);
+    assert_eq!(
+        a["status"]["allocation"]["devices"]["results"][0]["consumedCapacity"]["memory"],
+        "10Gi"
+    );
+
+    let answer = n.node.plugin.prepare(&[reference(&a), reference(&b)]).await.unwrap();
+    for (claim, share) in [(&a, &share_a), (&b, &share_b)] {
+        let uid = claim["metadata"]["uid"].as_str().unwrap();
+        let d = &answer[uid].devices;
+        assert_eq!(answer[uid].error, "", "{uid}");
+        assert_eq!(
+            d[0].share_id.as_deref(),
+            Some(share.as_str()),
+            "the shareID reaches the host"
+        );
+        assert!(
+            d[0].cdi_device_ids[0].ends_with(&format!("_gpu-0_{share}")),
+            "{:?}",
+            d[0].cdi_device_ids
+        );
+        let spec_path = n.node.env.cdi_dir.join(format!("k8s.{GPU}-device_{uid}.json"));
+        let spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+        let env = spec["devices"][0]["containerEdits"]["env"].to_string();
+        assert!(env.contains("=10240M"), "the share's memory limit: {env}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_gpu_is_tainted_and_the_scheduler_leaves_it_alone() {
+    if !need_root("an_unhealthy_gpu_is_tainted_and_the_scheduler_leaves_it_alone") {
+        return;
+    }
+    let cp = control_plane().await;
+    let mut events = None;
+    let n = cluster_node(cp, "cp-taint", |dir| {
+        let (spec, sim) = gpu_driver(dir, 2);
+        events = Some(sim.events.clone());
+        (vec![spec], sim.tables)
+    })
+    .await;
+    until("the GPU slice", &n.node, CLUSTER_TIMEOUT, || {
+        slices_of(cp, GPU, &n.name).pop()
+    })
+    .await;
+    let mut inject = Injector::connect(&events.unwrap()).await.unwrap();
+    inject.xid(0, 79).await.unwrap();
+    let slice = until("gpu-0 tainted in the stored slice", &n.node, CLUSTER_TIMEOUT, || {
+        let s = slices_of(cp, GPU, &n.name).pop()?;
+        s["spec"]["devices"][0]["taints"].is_array().then_some(s)
+    })
+    .await;
+    assert_eq!(slice["spec"]["devices"][0]["name"], "gpu-0");
+    assert_eq!(slice["spec"]["devices"][0]["taints"][0]["effect"], "NoSchedule");
+    assert!(slice["spec"]["devices"][1]["taints"].is_null());
+
+    let ns = "cp-taint";
+    namespace(cp, ns);
+    // Two whole GPUs cannot be had while one is tainted ...
+    cp.apply(&claim(ns, "both", GPU, 2, None, None)).unwrap();
+    cp.apply(&pod(ns, "both", &n.name, &[("gpu", "resourceClaimName", "both")]))
+        .unwrap();
+    until(
+        "the scheduler to find the pod unschedulable",
+        &n.node,
+        CLUSTER_TIMEOUT,
+        || {
+            let p = cp.get(&["pod", "both", "-n", ns]).ok()?;
+            let c = p["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "PodScheduled")?
+                .clone();
+            (c["status"] == "False" && c["reason"] == "Unschedulable").then_some(())
+        },
+    )
+    .await;
+    let both = cp.get(&["resourceclaim", "both", "-n", ns]).unwrap();
+    assert!(both["status"]["allocation"].is_null(), "{both}");
+    // ... and one GPU is the healthy one.
+    cp.apply(&claim(ns, "one", GPU, 1, None, None)).unwrap();
+    cp.apply(&pod(ns, "one", &n.name, &[("gpu", "resourceClaimName", "one")]))
+        .unwrap();
+    let one = allocated(cp, &n.node, ns, "one").await;
+    assert_eq!(results(&one)[0].2, "gpu-1");
+}
+
+// --- status.devices and Events -----------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn macvlan_network_data_written_by_the_host_is_what_the_api_server_stores() {
+    if !need_root("macvlan_network_data_written_by_the_host_is_what_the_api_server_stores") {
+        return;
+    }
+    let cp = control_plane().await;
+    let lab = Lab::new(1);
+    let parents = lab.parents.clone();
+    let n = cluster_node(cp, "cp-net", |_| {
+        let granted: Vec<&str> = parents.iter().map(String::as_str).collect();
+        let spec = netlab::macvlan_driver(
+            NET,
+            &guest("macvlan_driver.wasm"),
+            &granted,
+            &netlab::parent_config(&parents),
+        );
+        (vec![spec], String::new())
+    })
+    .await;
+    until("the NIC slice", &n.node, CLUSTER_TIMEOUT, || {
+        slices_of(cp, NET, &n.name).pop()
+    })
+    .await;
+    let ns = "cp-net";
+    namespace(cp, ns);
+    cp.apply(&claim(
+        ns,
+        "nic",
+        "macvlan.net.example.com",
+        1,
+        Some(json!({"bandwidth": "100M"})),
+        None,
+    ))
+    .unwrap();
+    cp.apply(&pod(ns, "nic", &n.name, &[("nic", "resourceClaimName", "nic")]))
+        .unwrap();
+    let c = allocated(cp, &n.node, ns, "nic").await;
+    let answer = n.node.plugin.prepare(&[reference(&c)]).await.unwrap();
+    let uid = c["metadata"]["uid"].as_str().unwrap();
+    assert_eq!(answer[uid].error, "");
+    let stored = until("status.devices stored", &n.node, CLUSTER_TIMEOUT, || {
+        let c = cp.get(&["resourceclaim", "nic", "-n", ns]).ok()?;
+        c["status"]["devices"].get(0).cloned().map(|d| (c, d))
+    })
+    .await;
+    let (object, device) = stored;
+    let (driver, pool, name, share) = results(&c).remove(0);
+    assert_eq!(
+        (device["driver"].as_str(), device["pool"].as_str()),
+        (Some(driver.as_str()), Some(pool.as_str()))
+    );
+    assert_eq!(device["device"], name.as_str());
+    assert_eq!(device["shareID"].as_str(), share.as_deref());
+    let net = &device["networkData"];
+    assert!(net["interfaceName"].is_string(), "{device}");
+    let ip = net["ips"][0].as_str().unwrap_or_default();
+    assert!(
+        ip.starts_with("192.0.2."),
+        "an address of the parent's subnet: {device}"
+    );
+    assert!(net["hardwareAddress"].is_string(), "{device}");
+    assert_eq!(device["conditions"][0]["type"], "Ready");
+    let managers: Vec<&str> = object["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["subresource"] == "status")
+        .map(|f| f["manager"].as_str().unwrap())
+        .collect();
+    assert!(managers.contains(&"dra-wasm-host"), "{managers:?}");
+
+    // Unprepare removes the host's entry again.
+    let unprepared = n.node.plugin.unprepare(&[reference(&c)]).await.unwrap();
+    assert_eq!(unprepared[uid], "");
+    until("status.devices removed", &n.node, CLUSTER_TIMEOUT, || {
+        let c = cp.get(&["resourceclaim", "nic", "-n", ns]).ok()?;
+        c["status"]["devices"]
+            .as_array()
+            .is_none_or(|d| d.is_empty())
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_prepare_is_a_warning_event_on_the_claim() {
+    let cp = control_plane().await;
+    let n = cluster_node(cp, "cp-events", |_| (vec![example_driver(2)], String::new())).await;
+    until("the slice", &n.node, CLUSTER_TIMEOUT, || {
+        slices_of(cp, DRIVER, &n.name).pop()
+    })
+    .await;
+    let ns = "cp-events";
+    namespace(cp, ns);
+    // A config the example guest refuses: time slicing settings for space partitioning.
+    let bad = json!({"sharing": {"strategy": "SpacePartitioning", "timeSlicing": {"interval": "Long"}}});
+    cp.apply(&claim(ns, "bad-config", DRIVER, 1, None, Some((DRIVER, bad))))
+        .unwrap();
+    cp.apply(&pod(
+        ns,
+        "bad-config",
+        &n.name,
+        &[("dev", "resourceClaimName", "bad-config")],
+    ))
+    .unwrap();
+    let c = allocated(cp, &n.node, ns, "bad-config").await;
+    let uid = c["metadata"]["uid"].as_str().unwrap().to_owned();
+    let answer = n.node.plugin.prepare(&[reference(&c)]).await.unwrap();
+    assert!(answer[&uid].error.contains("timeSlicing"), "{}", answer[&uid].error);
+    let event = until("the Warning Event", &n.node, CLUSTER_TIMEOUT, || {
+        let list = cp.get(&["events", "-n", ns]).ok()?;
+        list["items"]
+            .as_array()?
+            .iter()
+            .find(|e| e["involvedObject"]["uid"] == uid.as_str())
+            .cloned()
+    })
+    .await;
+    let o = &event["involvedObject"];
+    assert_eq!(o["kind"], "ResourceClaim");
+    assert_eq!(o["apiVersion"], "resource.k8s.io/v1");
+    assert_eq!(
+        (o["namespace"].as_str(), o["name"].as_str()),
+        (Some(ns), Some("bad-config"))
+    );
+    assert_eq!(event["type"], "Warning");
+    assert!(event["message"].as_str().unwrap().contains("timeSlicing"), "{event}");
+    assert_eq!(event["source"]["host"], n.name.as_str());
+}
+
+// --- the API server goes away --------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_goes_away_and_comes_back() {
+    // A control plane of its own: this test stops it.
+    let cp = tokio::task::block_in_place(|| {
+        let cp = ControlPlane::start().unwrap();
+        cp.apply_deploy().unwrap();
+        cp
+    });
+    let n = cluster_node(&cp, "cp-outage", |_| (vec![example_driver(2)], String::new())).await;
+    until("the slice", &n.node, CLUSTER_TIMEOUT, || {
+        slices_of(&cp, DRIVER, &n.name).pop()
+    })
+    .await;
+    let ns = "cp-outage";
+    namespace(&cp, ns);
+    cp.apply(&claim(ns, "before", DRIVER, 1, None, None)).unwrap();
+    cp.apply(&pod(ns, "before", &n.name, &[("dev", "resourceClaimName", "before")]))
+        .unwrap();
+    let before = allocated(&cp, &n.node, ns, "before").await;
+    let before_uid = before["metadata"]["uid"].as_str().unwrap().to_owned();
+    let first = n.node.plugin.prepare(&[reference(&before)]).await.unwrap();
+    assert_eq!(first[&before_uid].error, "");
+
+    tokio::task::block_in_place(|| cp.stop_api_server()).unwrap();
+    // Meanwhile: a claim in the checkpoint is answered from it; a new one
+    // fails with an error that says why; the host stays up.
+    let again = n.node.plugin.prepare(&[reference(&before)]).await.unwrap();
+    assert_eq!(again[&before_uid].error, "");
+    assert_eq!(again[&before_uid].devices, first[&before_uid].devices);
+    let unknown = ClaimRef::new(ns, "during", &uid(0xdead));
+    let during = n.node.plugin.prepare(std::slice::from_ref(&unknown)).await.unwrap();
+    let error = &during[&unknown.uid].error;
+    assert!(
+        error.contains("API server") || error.contains("connect"),
+        "names what failed: {error}"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut n = n;
+    assert!(
+        n.node.host.try_status().unwrap().is_none(),
+        "the host keeps running:\n{}",
+        n.node.host.log()
+    );
+
+    tokio::task::block_in_place(|| cp.start_api_server()).unwrap();
+    // Afterwards the host's slice watch is back: a deleted slice is restored.
+    let slice = until("the slice after the outage", &n.node, CLUSTER_TIMEOUT, || {
+        slices_of(&cp, DRIVER, &n.name).pop()
+    })
+    .await;
+    let name = slice["metadata"]["name"].as_str().unwrap().to_owned();
+    cp.kubectl(&["delete", "resourceslice", &name]).unwrap();
+    until("the slice restored after the outage", &n.node, CLUSTER_TIMEOUT, || {
+        slices_of(&cp, DRIVER, &n.name)
+            .pop()
+            .filter(|s| s["metadata"]["name"] != name.as_str())
+    })
+    .await;
+    // The claim prepared before is still unprepared normally.
+    let unprepared = n.node.plugin.unprepare(&[reference(&before)]).await.unwrap();
+    assert_eq!(unprepared[&before_uid], "");
+    assert!(
+        n.node.host.try_status().unwrap().is_none(),
+        "the host keeps running:\n{}",
+        n.node.host.log()
+    );
+}

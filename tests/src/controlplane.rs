@@ -1,0 +1,335 @@
+//! The real Kubernetes control plane for the tests: etcd, kube-apiserver,
+//! kube-scheduler and kube-controller-manager at 1.37.2, built from Go modules
+//! and started on loopback by `tests/k8s/up.sh` (the same command people run).
+//!
+//! [`ControlPlane::shared`] starts one per test binary, with `deploy/` applied
+//! as it is; tests that stop the API server start their own with
+//! [`ControlPlane::start`]. `up.sh` dies with the test process (the parent-death
+//! signal), and removes its directory when it does.
+//!
+//! Everything a test does to the cluster goes through the real `kubectl`
+//! built beside the components: the same client an operator uses, so what a
+//! test applies is what an operator would apply.
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// The repository's root (this crate lives in `tests/`).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// The namespace and ServiceAccount that `deploy/` gives the host.
+pub const HOST_NAMESPACE: &str = "dra-wasm-host";
+pub const HOST_SERVICE_ACCOUNT: &str = "dra-wasm-host";
+
+/// A running `tests/k8s/up.sh --scheduler`.
+#[derive(Debug)]
+pub struct ControlPlane {
+    /// The admin's kubeconfig (client certificate in `system:masters`).
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+    /// The CA that signed the API server's certificate.
+    pub ca: PathBuf,
+    /// `https://127.0.0.1:<port>`.
+    pub server: String,
+    /// up.sh's directory: certificates, kubeconfigs, `logs/`.
+    pub dir: PathBuf,
+    pid: u32,
+    lines: Mutex<mpsc::Receiver<String>>,
+}
+
+impl ControlPlane {
+    /// The control plane shared by the tests of this binary, started on first
+    /// use, with `deploy/` applied. Panics with up.sh's reason when it cannot
+    /// start: a test of the API side never falls back to a stand-in.
+    pub fn shared() -> &'static ControlPlane {
+        static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+        let cp = SHARED.get_or_init(|| {
+            let cp = ControlPlane::start().map_err(|e| format!("{e:#}"))?;
+            cp.apply_deploy().map_err(|e| format!("{e:#}"))?;
+            Ok(cp)
+        });
+        match cp {
+            Ok(cp) => cp,
+            Err(e) => panic!("the real control plane (tests/k8s/up.sh) did not start: {e}"),
+        }
+    }
+
+    /// Start a control plane of its own (stopped when dropped).
+    pub fn start() -> Result<Self> {
+        let script = repo_root().join("tests/k8s/up.sh");
+        let (tx, rx) = mpsc::channel();
+        let (pid_tx, pid_rx) = mpsc::channel();
+        // The parent-death signal is sent when the *thread* that started the
+        // child ends, so a thread that lives as long as up.sh starts it.
+        std::thread::Builder::new()
+            .name("control-plane".into())
+            .spawn(move || {
+                let mut cmd = Command::new("bash");
+                cmd.arg(&script).arg("--scheduler");
+                cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+                // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+                unsafe {
+                    use std::os::unix::process::CommandExt;
+                    cmd.pre_exec(|| {
+                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                let mut child = match cmd.spawn() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = pid_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = pid_tx.send(Ok(child.id()));
+                let stdout = child.stdout.take().unwrap();
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+                let _ = child.wait();
+            })?;
+        let pid = pid_rx.recv()?.context("starting tests/k8s/up.sh")?;
+        // A cold build of the components is tests/run.sh's job, before the
+        // tests; here up.sh only finds them in the cache and starts them.
+        let timeout = Duration::from_secs(600);
+        let mut fields = std::collections::HashMap::new();
+        for key in ["KUBECONFIG", "KUBECTL", "CA", "SERVER", "DIR"] {
+            let line = rx.recv_timeout(timeout).map_err(|_| {
+                anyhow!("tests/k8s/up.sh exited or stalled before printing {key}= (its errors are above)")
+            })?;
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| anyhow!("tests/k8s/up.sh printed {line:?}, expected {key}=…"))?;
+            ensure!(k == key, "tests/k8s/up.sh printed {line:?}, expected {key}=…");
+            fields.insert(k.to_owned(), v.to_owned());
+        }
+        let cp = ControlPlane {
+            kubeconfig: fields["KUBECONFIG"].clone().into(),
+            kubectl: fields["KUBECTL"].clone().into(),
+            ca: fields["CA"].clone().into(),
+            server: fields["SERVER"].clone(),
+            dir: fields["DIR"].clone().into(),
+            pid,
+            lines: Mutex::new(rx),
+        };
+        let version = cp.kubectl(&["version", "-o", "json"])?;
+        let version: Value = serde_json::from_str(&version)?;
+        ensure!(
+            version["serverVersion"]["gitVersion"] == "v1.37.2",
+            "the API server reports {}, not v1.37.2",
+            version["serverVersion"]
+        );
+        Ok(cp)
+    }
+
+    /// Stop etcd and kube-apiserver (the API server goes away; the scheduler
+    /// and controllers stay and retry).
+    pub fn stop_api_server(&self) -> Result<()> {
+        self.signal(libc::SIGUSR1, "stopped")
+    }
+
+    /// Start etcd and kube-apiserver again on the same ports and data; returns when ready.
+    pub fn start_api_server(&self) -> Result<()> {
+        self.signal(libc::SIGUSR2, "KUBECONFIG=")
+    }
+
+    fn signal(&self, sig: i32, expect: &str) -> Result<()> {
+        // SAFETY: plain kill(2) on up.sh's pid.
+        ensure!(unsafe { libc::kill(self.pid as i32, sig) } == 0, "up.sh is gone");
+        let rx = self.lines.lock().unwrap();
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(180))
+                .map_err(|_| anyhow!("up.sh did not answer signal {sig} with {expect:?}"))?;
+            if line.starts_with(expect) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The last lines of one component's log, for failure messages.
+    pub fn log_tail(&self, component: &str, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.join("logs").join(format!("{component}.log"))).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// `kubectl` as the admin; the error carries kubectl's stderr.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        self.kubectl_as(&self.kubeconfig, args, None)
+    }
+
+    /// `kubectl` with another identity's kubeconfig, optionally with `stdin`.
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("starting kubectl")?;
+        if let Some(input) = stdin {
+            child.stdin.take().unwrap().write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// `kubectl get … -o json`, parsed.
+    pub fn get(&self, args: &[&str]) -> Result<Value> {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json", "--show-managed-fields"]);
+        Ok(serde_json::from_str(&self.kubectl(&all)?)?)
+    }
+
+    /// Server-side apply of YAML or JSON documents as the admin.
+    pub fn apply(&self, manifest: &str) -> Result<String> {
+        self.kubectl_as(
+            &self.kubeconfig,
+            &["apply", "--server-side", "--field-manager=dra-test", "-f", "-"],
+            Some(manifest),
+        )
+    }
+
+    /// Apply `deploy/` as it is in the repository: every object of
+    /// [`DEPLOY_FILES`], and of the networking example all but its Pod (a
+    /// Pod would compete with the tests for devices).
+    pub fn apply_deploy(&self) -> Result<()> {
+        let deploy = repo_root().join("deploy");
+        for file in DEPLOY_FILES {
+            let path = deploy.join(file);
+            self.kubectl(&["apply", "--server-side", "-f", path.to_str().unwrap()])
+                .with_context(|| format!("applying {}", path.display()))?;
+        }
+        let path = deploy.join("net-example.yaml");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let objects: Vec<&str> = text
+            .split("\n---")
+            .filter(|doc| !doc.lines().any(|l| l.trim_end() == "kind: Pod"))
+            .collect();
+        // As an operator applies it: kubectl's own field manager.
+        self.kubectl_as(
+            &self.kubeconfig,
+            &["apply", "--server-side", "-f", "-"],
+            Some(&objects.join("\n---")),
+        )
+        .with_context(|| format!("applying {} (all but its Pod)", path.display()))?;
+        Ok(())
+    }
+
+    /// A Node object named `name` with room for pods, Ready. No kubelet runs:
+    /// this does what the kubelet and the node lifecycle controller would
+    /// (report capacity and readiness, lift the `not-ready` taint the API
+    /// server puts on a new Node), which is all the scheduler looks at.
+    /// Returns its UID.
+    pub fn create_node(&self, name: &str) -> Result<String> {
+        let node = serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"}},
+        });
+        self.apply(&node.to_string())?;
+        let status = serde_json::json!({"status": {
+            "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+            "allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "no kubelet: a test node"}],
+        }});
+        self.kubectl(&[
+            "patch",
+            "node",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ])?;
+        let node = self.get(&["node", name])?;
+        if node["spec"]["taints"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["key"] == "node.kubernetes.io/not-ready"))
+        {
+            self.kubectl(&["taint", "node", name, "node.kubernetes.io/not-ready:NoSchedule-"])?;
+        }
+        Ok(node["metadata"]["uid"].as_str().context("node uid")?.to_owned())
+    }
+
+    /// The host's credentials on `node`, exactly as the DaemonSet's pod gets
+    /// them: a token of `deploy/rbac.yaml`'s ServiceAccount, bound to a Pod
+    /// that is bound to the Node (so the token carries the node's name, which
+    /// the admission policy reads). Written as a kubeconfig at `path`.
+    pub fn host_kubeconfig(&self, node: &str, path: &Path) -> Result<PathBuf> {
+        let pod = format!("dra-wasm-host-{node}");
+        let manifest = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": HOST_NAMESPACE, "labels": {"app.kubernetes.io/name": "dra-wasm-host"}},
+            "spec": {
+                "nodeName": node,
+                "serviceAccountName": HOST_SERVICE_ACCOUNT,
+                "containers": [{"name": "host", "image": "dra-wasm-host:test"}],
+            },
+        });
+        self.apply(&manifest.to_string())?;
+        let token = self.kubectl(&[
+            "create",
+            "token",
+            HOST_SERVICE_ACCOUNT,
+            "-n",
+            HOST_NAMESPACE,
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            &pod,
+            "--duration",
+            "2h",
+        ])?;
+        std::fs::write(path, token_kubeconfig(&self.server, &self.ca, token.trim()))?;
+        Ok(path.to_owned())
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2); up.sh stops its components and removes its directory.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+    }
+}
+
+/// The files of `deploy/` that hold cluster objects, in dependency order.
+pub const DEPLOY_FILES: &[&str] = &[
+    "namespace.yaml",
+    "rbac.yaml",
+    "admission-policy.yaml",
+    "deviceclasses.yaml",
+    "config.yaml",
+    "daemonset.yaml",
+];
+
+/// A kubeconfig that authenticates with a bearer token.
+pub fn token_kubeconfig(server: &str, ca: &Path, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority: {}\n\
+         users:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
+        ca.display()
+    )
+}
