@@ -196,6 +196,11 @@ impl Driver {
         &self.guest
     }
 
+    /// Where the driver writes its claims' CDI specs.
+    pub fn cdi(&self) -> &CdiWriter {
+        &self.cdi
+    }
+
     pub fn checkpoint(&self) -> &Checkpoint {
         &self.checkpoint
     }

@@ -11,6 +11,7 @@
 //! | [`health`] | current device health per driver, fanned out to the kubelet's health streams |
 //! | [`policy`] | what guest output the host accepts |
 //! | [`driver`] | the prepare/unprepare flow across all of the above |
+//! | [`node`] | the composition root: drivers assembled from the config (`run`, `guest run`, `guest validate`) |
 //! | [`claim`], [`config`], [`metrics`] | shared claim types, the config file, Prometheus metrics |
 
 pub mod claim;
@@ -22,6 +23,7 @@ pub mod imports;
 pub mod kube;
 pub mod kubelet;
 pub mod metrics;
+pub mod node;
 pub mod policy;
 pub mod state;
 
