@@ -179,14 +179,14 @@ impl Harness {
             for (index, devices) in pool.slices.iter().enumerate() {
                 // The publisher's name less the random suffix the API
                 // server adds to its `generateName`.
-                let prefix = name_prefix(index, pool.slices.len(), &self.driver_name, &self.node.loader().node());
+                let prefix = name_prefix(index, pool.slices.len(), &self.driver_name, self.node.loader().node());
                 let slice = ResourceSlice {
                     metadata: ObjectMeta {
                         name: Some(prefix.trim_end_matches('-').to_owned()),
                         ..Default::default()
                     },
                     // A pool's first generation, as the publisher starts it.
-                    spec: slices::spec(&self.driver_name, &self.node.loader().node(), pool, devices, 1),
+                    spec: slices::spec(&self.driver_name, self.node.loader().node(), pool, devices, 1),
                 };
                 docs.push(slice);
             }
