@@ -50,6 +50,7 @@
 //! ```
 
 use crate::imports::Grant;
+pub use crate::kube::client::KubernetesConfig;
 use crate::policy::Policy;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -144,38 +145,6 @@ fn default_probation_calls() -> u64 {
 }
 fn default_max_failed_calls() -> u64 {
     5
-}
-
-/// The API-server client.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct KubernetesConfig {
-    /// Sustained requests per second to the API server.
-    #[serde(default = "default_qps")]
-    pub qps: f64,
-    /// Requests allowed at once above the sustained rate.
-    #[serde(default = "default_burst")]
-    pub burst: u32,
-    /// UID of this node's Node object (owner of our ResourceSlices); looked up when absent.
-    #[serde(default)]
-    pub node_uid: Option<String>,
-}
-
-impl Default for KubernetesConfig {
-    fn default() -> Self {
-        Self {
-            qps: default_qps(),
-            burst: default_burst(),
-            node_uid: None,
-        }
-    }
-}
-
-fn default_qps() -> f64 {
-    5.0
-}
-fn default_burst() -> u32 {
-    10
 }
 
 /// NVML access for drivers granted `nvml`.

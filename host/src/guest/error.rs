@@ -1,6 +1,6 @@
 //! Errors of loading and calling guests.
 
-use super::bindings::types;
+use crate::wit::types;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -41,11 +41,8 @@ pub enum LimitExceeded {
     Table { limit: usize, requested: usize },
 }
 
-/// A host import gave up because the guest call's deadline passed while it
-/// ran; it traps the guest with this, and the call is a timeout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the call's deadline passed during a host call")]
-pub struct DeadlinePassed;
+/// Raised by the imports ([`crate::imports::blocking`]); a guest fault.
+pub use crate::imports::DeadlinePassed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {

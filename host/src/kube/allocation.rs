@@ -2,7 +2,7 @@
 //! driver's allocated devices and opaque configs.
 
 use crate::claim::ClaimRef;
-use crate::guest::types;
+use crate::wit::types;
 use crate::policy::is_valid_share_id;
 use crate::state::checkpoint::{RecordedAllocation, RecordedConfig, RecordedDevice};
 use k8s_openapi::api::resource::v1::ResourceClaim;

@@ -1,6 +1,6 @@
 //! A guest's device status, as a `status.devices` entry of the claim.
 
-use crate::guest::types;
+use crate::wit::types;
 use k8s_openapi::api::resource::v1::{AllocatedDeviceStatus, NetworkDeviceData};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;

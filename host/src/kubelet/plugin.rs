@@ -15,7 +15,7 @@
 
 use crate::claim::ClaimRef;
 use crate::driver::Driver;
-use crate::guest::text;
+use crate::guest_text as text;
 use crate::metrics::Metrics;
 use dra_proto::dra::{v1, v1beta1};
 use prost::Message;

@@ -42,8 +42,8 @@ pub use devices::{HostDevice, NodeKind};
 pub use paths::PathRule;
 
 use crate::claim::is_safe_uid;
-use crate::guest::text::{self, quoted};
-use crate::guest::types;
+use crate::guest_text::{self as text, quoted};
+use crate::wit::types;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use std::collections::HashSet;
@@ -400,7 +400,7 @@ impl std::fmt::Display for Rule {
 }
 
 /// Why a guest's answer was refused. Guest-chosen names in it are bounded
-/// and escaped ([`crate::guest::text`]).
+/// and escaped ([`crate::guest_text`]).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PolicyError {
     #[error("guest prepared device {pool}/{device}{}, which is not allocated to this claim for this driver", share(.share_id))]

@@ -8,7 +8,7 @@
 //!   recorded in the driver's [`store::Store`], so a guest cannot name any
 //!   other link of the node, nor another driver's;
 //! - of those, only the claim's whose `prepare` or `unprepare` is running
-//!   (`StoreState::claim`): every claim-scoped call names that claim or
+//!   ([`ImportsView::claim`]): every claim-scoped call names that claim or
 //!   one of its links. Which links an answer may hand to containers is
 //!   checked by the policy (`Policy::check_claim_links`).
 //!
@@ -25,11 +25,11 @@ pub mod monitor;
 pub mod netlink;
 pub mod store;
 
-use crate::guest::StoreState;
-use crate::guest::bindings_net::{
+use crate::imports::ImportsView;
+use crate::wit::bindings_net::{
     AddressRequest, Attachment as WitAttachment, Host, Link, Macvlan, MacvlanMode, NetError,
 };
-use crate::guest::types::{Event, Hook, HookStage};
+use crate::wit::types::{Event, Hook, HookStage};
 use netlink::NetlinkError;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -529,7 +529,7 @@ pub struct NetGrant {
     pub driver: Arc<NetDriver>,
 }
 
-fn grant(state: &StoreState) -> Result<Arc<NetDriver>, NetError> {
+fn grant(state: &ImportsView<'_>) -> Result<Arc<NetDriver>, NetError> {
     // Only guests granted `net` are linked with this interface.
     state
         .imports
@@ -542,7 +542,7 @@ fn grant(state: &StoreState) -> Result<Arc<NetDriver>, NetError> {
 }
 
 /// What a guest's net call acts on, checked against the claim of the call
-/// ([`StoreState::claim`]) before the operation runs.
+/// ([`ImportsView::claim`]) before the operation runs.
 enum Acts {
     /// The node's links as the driver may see them (`list-links`).
     OnNode,
@@ -561,7 +561,7 @@ enum Acts {
 /// claim's pod network (`release-claim`) or give its pod another pod's link.
 /// A refusal is a net-error naming both claims, and a warning in the log.
 fn run<T, F>(
-    state: &StoreState,
+    state: &ImportsView<'_>,
     acts: Acts,
     op: F,
 ) -> impl Future<Output = wasmtime::Result<Result<T, NetError>>> + Send + 'static
@@ -569,7 +569,7 @@ where
     T: Send + 'static,
     F: FnOnce(&NetDriver) -> Result<T, NetOpError> + Send + 'static,
 {
-    let claim = state.claim.clone();
+    let claim = state.claim.map(str::to_owned);
     let checked = grant(state).and_then(|driver| {
         let link = match acts {
             Acts::OnNode => None,
@@ -628,7 +628,7 @@ fn owned(d: &NetDriver, name: &str, claim: Option<&str>) -> Result<(), NetOpErro
     }))
 }
 
-impl Host for StoreState {
+impl Host for ImportsView<'_> {
     async fn list_links(&mut self) -> wasmtime::Result<Result<Vec<Link>, NetError>> {
         run(self, Acts::OnNode, |d| d.list_links()).await
     }
@@ -728,8 +728,25 @@ mod tests {
             }
         }
 
+        // The imports' view of a guest's store during a call for `claim`.
+        let mut log = crate::imports::log::GuestLog::new(std::sync::Arc::from("test"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        fn view<'a>(
+            imports: &'a crate::imports::Imports,
+            log: &'a mut crate::imports::log::GuestLog,
+            deadline: std::time::Instant,
+            claim: Option<&'a str>,
+        ) -> ImportsView<'a> {
+            ImportsView {
+                imports,
+                log,
+                deadline,
+                claim,
+            }
+        }
+
         // During claim b's call: nothing of claim a's.
-        let mut b = StoreState::for_tests(imports.clone(), Some("b"));
+        let mut b = view(&imports, &mut log, deadline, Some("b"));
         let macvlan = Macvlan {
             parent: "eth9".into(),
             claim_uid: "a".into(),
@@ -747,7 +764,7 @@ mod tests {
         refused(
             b.allocate_address(AddressRequest {
                 parent: "eth9".into(),
-                pool: crate::guest::bindings_net::IpPool {
+                pool: crate::wit::bindings_net::IpPool {
                     subnet: "192.0.2.0/24".into(),
                     range_start: None,
                     range_end: None,
@@ -778,14 +795,14 @@ mod tests {
         refused(b.delete_link("dwhofa".into()).await);
 
         // Outside any claim's call (init, inventory, on-event): no claim at all.
-        let mut none = StoreState::for_tests(imports.clone(), None);
+        let mut none = view(&imports, &mut log, deadline, None);
         let text = refused(none.release_claim("a".into()).await);
         assert!(text.contains("only during its prepare or unprepare"), "{text}");
         refused(none.set_egress_rate("dwhofa".into(), 1_000_000).await);
 
         // During claim a's call, on its own link: done (this one only
         // writes the driver's state).
-        let mut a = StoreState::for_tests(imports.clone(), Some("a"));
+        let mut a = view(&imports, &mut log, deadline, Some("a"));
         a.set_egress_rate("dwhofa".into(), 1_000_000).await.unwrap().unwrap();
         let Some(grant) = &imports.net else { unreachable!() };
         let record = grant.driver.store.read().unwrap().links.remove(0);

@@ -15,9 +15,9 @@
 pub mod real;
 pub mod simulated;
 
-use crate::guest::StoreState;
-use crate::guest::bindings_nvml::{DriverFile, GpuInfo, Host, NvmlError};
-use crate::guest::types::{Event, GpuEvent, GpuEventKind};
+use crate::imports::ImportsView;
+use crate::wit::bindings_nvml::{DriverFile, GpuInfo, Host, NvmlError};
+use crate::wit::types::{Event, GpuEvent, GpuEventKind};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -144,7 +144,7 @@ pub struct NvmlGrant {
     pub events: mpsc::Sender<Event>,
 }
 
-fn grant(state: &StoreState) -> Result<NvmlGrant, NvmlError> {
+fn grant(state: &ImportsView<'_>) -> Result<NvmlGrant, NvmlError> {
     // Linking only adds this interface for guests granted `nvml`, so a
     // missing grant here means a host bug, not a guest's doing.
     state.imports.nvml.clone().ok_or(NvmlError::NotAvailable)
@@ -153,7 +153,10 @@ fn grant(state: &StoreState) -> Result<NvmlGrant, NvmlError> {
 /// Run one NVML query for the guest on the blocking pool
 /// ([`crate::imports::blocking`]): the real library can take milliseconds,
 /// or much longer on a GPU that fell off the bus.
-fn run<T, F>(state: &StoreState, op: F) -> impl Future<Output = wasmtime::Result<Result<T, NvmlError>>> + Send + 'static
+fn run<T, F>(
+    state: &ImportsView<'_>,
+    op: F,
+) -> impl Future<Output = wasmtime::Result<Result<T, NvmlError>>> + Send + 'static
 where
     T: Send + 'static,
     F: FnOnce(&NvmlGrant) -> Result<T, NvmlError> + Send + 'static,
@@ -171,7 +174,7 @@ where
     }
 }
 
-impl Host for StoreState {
+impl Host for ImportsView<'_> {
     async fn driver_version(&mut self) -> wasmtime::Result<Result<String, NvmlError>> {
         run(self, |g| g.nvml.backend.driver_version()).await
     }

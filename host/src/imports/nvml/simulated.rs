@@ -17,8 +17,8 @@
 //! `{"error": "…"}`, so an injector knows when the host has the event.
 
 use super::{Backend, EventRouter};
-use crate::guest::bindings_nvml::{DriverFile, GpuInfo, NvmlError, PciInfo};
-use crate::guest::types::{GpuEvent, GpuEventKind};
+use crate::wit::bindings_nvml::{DriverFile, GpuInfo, NvmlError, PciInfo};
+use crate::wit::types::{GpuEvent, GpuEventKind};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

@@ -1,0 +1,14 @@
+//! The guest contract: the host's bindings of the `dra:driver` WIT package,
+//! one submodule per WIT version (today only [`v0_1`], `dra:driver@0.1.0`).
+//!
+//! A leaf module: it depends on nothing in the crate, so that the capability
+//! implementations (`imports`), the state files (`state`) and the guest
+//! runtime (`guest`) can all name the contract without depending on each
+//! other. The re-exports below are the version the host serves.
+
+pub mod v0_1;
+
+pub use v0_1::dra::driver::log as bindings_log;
+pub use v0_1::dra::driver::net as bindings_net;
+pub use v0_1::dra::driver::nvml as bindings_nvml;
+pub use v0_1::types;
