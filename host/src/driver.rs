@@ -614,7 +614,7 @@ impl Driver {
                 if !record.device_status.is_empty() {
                     // Cheap when the API server already has it (a read, no write).
                     self.claims
-                        .set_driver_status(c, &self.name, record.device_status.clone())
+                        .set_driver_status(c, &self.name, record.device_status.iter().map(Into::into).collect())
                         .await?;
                 }
                 tracing::debug!("claim already prepared; answering from the checkpoint");
@@ -781,7 +781,7 @@ impl Driver {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
-            device_status: device_status.clone(),
+            device_status: device_status.iter().map(Into::into).collect(),
             boot_id: self.boot_id.clone(),
             allocation: Some(driver_claim.to_recorded()),
         };
@@ -825,11 +825,7 @@ impl Driver {
         validate_ref(c)?;
         let _operation = ClaimOperation::start();
         let _lock = self.locks.lock(&c.uid).await;
-        let guest_ref = types::ClaimRef {
-            namespace: c.namespace.clone(),
-            name: c.name.clone(),
-            uid: c.uid.clone(),
-        };
+        let guest_ref = types::ClaimRef::from(c);
         match self.checkpoint.get(&c.uid) {
             Some(record) => {
                 self.guest.unprepare(guest_ref, record.state).await?;

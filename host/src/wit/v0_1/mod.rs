@@ -20,3 +20,5 @@ wasmtime::component::bindgen!({
 });
 
 pub use dra::driver::types;
+
+mod convert;
