@@ -1,10 +1,11 @@
 //! The guest contract: the host's bindings of the `dra:driver` WIT package,
 //! one submodule per WIT version (today only [`v0_1`], `dra:driver@0.1.0`).
 //!
-//! A leaf module: it depends on nothing in the crate, so that the capability
-//! implementations (`imports`), the state files (`state`) and the guest
-//! runtime (`guest`) can all name the contract without depending on each
-//! other. The re-exports below are the version the host serves.
+//! It depends on nothing in the crate but the host's domain types it
+//! converts into (`claim`), so that the capability implementations
+//! (`imports`), the state files (`state`) and the guest runtime (`guest`) can
+//! all name the contract without depending on each other. The re-exports
+//! below are the version the host serves.
 
 pub mod v0_1;
 
