@@ -392,16 +392,21 @@ impl Config {
     }
 
     /// The node name: from the file, else `$NODE_NAME`.
-    pub fn node_name(&self) -> Result<String, String> {
+    pub fn node_name(&self) -> Result<String, NoNodeName> {
         match &self.node_name {
             Some(n) if !n.is_empty() => Ok(n.clone()),
             _ => std::env::var("NODE_NAME")
                 .ok()
                 .filter(|n| !n.is_empty())
-                .ok_or_else(|| "no node_name in the config and $NODE_NAME is not set".to_owned()),
+                .ok_or(NoNodeName),
         }
     }
 }
+
+/// Neither the config nor the environment names this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no node_name in the config and $NODE_NAME is not set")]
+pub struct NoNodeName;
 
 /// A driver granted `net` needs a `[drivers.net]` section and the other way round.
 fn validate_net(d: &DriverConfig) -> Result<(), String> {

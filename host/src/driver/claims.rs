@@ -274,7 +274,7 @@ impl Driver {
     /// (none without a `net` grant): a read of the driver's network state,
     /// file work like the claim's own ([`durably`]).
     async fn link_owners(&self) -> Result<HashMap<String, String>, OperationError> {
-        let Some(net) = self.guest.net() else {
+        let Some(net) = self.net.clone() else {
             return Ok(HashMap::new());
         };
         durably(move || Ok(net.link_owners()?)).await

@@ -60,6 +60,7 @@ pub use swap::GuestUpdates;
 use crate::claim::{ClaimRef, PreparedDevice, is_safe_uid, is_valid_object_name};
 use crate::guest::{Guest, GuestError, GuestFileWatcher, GuestSpec, Replaced, Rollback, Runtime, types};
 use crate::health::Health;
+use crate::imports::net::NetDriver;
 use crate::kube::events::{EventRecorder, EventType};
 use crate::kube::{ClaimError, ClaimSource, DriverClaim, FetchError, StatusError, claim_for_driver};
 use crate::metrics::Metrics;
@@ -123,6 +124,7 @@ pub struct Driver {
     serialize: Option<SerializeLock>,
     events: Option<EventRecorder>,
     boot_id: Option<String>,
+    net: Option<Arc<NetDriver>>,
 }
 
 /// Everything a [`Driver`] is made of, named.
@@ -144,6 +146,10 @@ pub struct DriverParts {
     pub events: Option<EventRecorder>,
     /// This boot's ID (`None`: unknown, reboots are not detected).
     pub boot_id: Option<String>,
+    /// The driver's network state, from the `net` capability when it is
+    /// granted: which claim each link the host created belongs to, for the
+    /// policy's check of an answer's links.
+    pub net: Option<Arc<NetDriver>>,
 }
 
 impl Driver {
@@ -161,6 +167,7 @@ impl Driver {
             serialize,
             events,
             boot_id,
+            net,
         } = parts;
         metrics.set_prepared_claims(&name, checkpoint.len());
         let id = guest.identity();
@@ -179,6 +186,7 @@ impl Driver {
             serialize,
             events,
             boot_id,
+            net,
         };
         driver.report_quarantined();
         driver

@@ -169,11 +169,6 @@ impl Retire {
 }
 
 impl LoadedGuest {
-    /// The host imports granted to this component.
-    pub(crate) fn imports(&self) -> &Imports {
-        &self.imports
-    }
-
     /// Create the first instance (running `init`) and keep it warm. The
     /// returned guest has passed `init`; callers run any further self-test.
     #[allow(clippy::too_many_arguments)]

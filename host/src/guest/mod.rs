@@ -165,13 +165,6 @@ impl Guest {
         self.current.load_full()
     }
 
-    /// The driver's network state, when it is granted `net` (the links the
-    /// host created for it, by claim).
-    pub fn net(&self) -> Option<Arc<crate::imports::net::NetDriver>> {
-        let guest = self.current();
-        guest.imports().net.as_ref().map(|g| Arc::clone(&g.driver))
-    }
-
     /// Rollbacks the guest performed, for whoever reports them (one taker).
     pub fn take_rollbacks(&self) -> Option<mpsc::UnboundedReceiver<Rollback>> {
         lock(&self.rollbacks_rx).take()

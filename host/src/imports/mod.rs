@@ -49,6 +49,15 @@ pub struct Capabilities {
     pub net: Option<Arc<net::Net>>,
 }
 
+/// Why a driver's grants cannot be given: the host lacks the capability.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error("the nvml grant needs NVML access in the host (internal error)")]
+    NoNvml,
+    #[error("the net grant needs a [drivers.net] section naming the parent links")]
+    NoNet,
+}
+
 /// The host imports one guest is linked with. Cloned into every store.
 #[derive(Clone, Debug, Default)]
 pub struct Imports {
@@ -66,7 +75,7 @@ impl Imports {
         driver: &str,
         caps: &Capabilities,
         events: &mpsc::Sender<Event>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, GrantError> {
         let mut imports = Self {
             grants: grants.to_vec(),
             nvml: None,
@@ -75,10 +84,7 @@ impl Imports {
         for grant in grants {
             match grant {
                 Grant::Nvml => {
-                    let nvml = caps
-                        .nvml
-                        .clone()
-                        .ok_or("the nvml grant needs NVML access in the host (internal error)")?;
+                    let nvml = caps.nvml.clone().ok_or(GrantError::NoNvml)?;
                     imports.nvml = Some(nvml::NvmlGrant {
                         nvml,
                         driver: Arc::from(driver),
@@ -90,7 +96,7 @@ impl Imports {
                         .net
                         .as_ref()
                         .and_then(|n| n.driver(driver))
-                        .ok_or("the net grant needs a [drivers.net] section naming the parent links")?;
+                        .ok_or(GrantError::NoNet)?;
                     imports.net = Some(net::NetGrant {
                         driver: Arc::clone(driver),
                     });

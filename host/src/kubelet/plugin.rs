@@ -657,6 +657,7 @@ mod in_process {
                 serialize: None,
                 events: None,
                 boot_id: Some("fuzz".into()),
+                net: None,
             }))
         });
         let service = DraService::new(Arc::clone(&driver), metrics);

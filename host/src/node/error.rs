@@ -4,8 +4,9 @@
 //! its `source`, so that `{:#}` prints the whole chain once ("driver x:
 //! loading guest: …") and a caller can still match on the cause.
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, NoNodeName};
 use crate::guest::GuestError;
+use crate::imports::GrantError;
 use crate::imports::net::NetOpError;
 use crate::imports::net::store::StoreError;
 use crate::imports::nvml::simulated::SimulatedError;
@@ -23,9 +24,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// `config.node_name()` found no name (the message says where it looked).
-    #[error("{0}")]
-    NodeName(String),
+    #[error(transparent)]
+    NodeName(#[from] NoNodeName),
     #[error(transparent)]
     PodUid(NameError),
     #[error(transparent)]
@@ -76,9 +76,12 @@ pub enum StartError {
         #[source]
         source: CdiError,
     },
-    /// A grant the host has no capability for (the message says which).
-    #[error("driver {driver}: {message}")]
-    Imports { driver: String, message: String },
+    #[error("driver {driver}")]
+    Grant {
+        driver: String,
+        #[source]
+        source: GrantError,
+    },
     #[error("driver {driver}: loading guest")]
     LoadGuest {
         driver: String,

@@ -82,9 +82,9 @@ impl GuestLoader {
         d: &DriverConfig,
         events: &mpsc::Sender<types::Event>,
     ) -> Result<(Guest, LoadReport, GuestSpec), StartError> {
-        let imports = Imports::new(&d.grants, &d.name, &self.caps, events).map_err(|message| StartError::Imports {
+        let imports = Imports::new(&d.grants, &d.name, &self.caps, events).map_err(|source| StartError::Grant {
             driver: d.name.clone(),
-            message,
+            source,
         })?;
         let spec = GuestSpec {
             path: d.guest.clone(),
@@ -361,6 +361,7 @@ impl Node {
             serialize,
             events: self.events.clone(),
             boot_id: self.boot_id.clone(),
+            net: net_driver.cloned(),
         }));
         Ok((driver, spec))
     }

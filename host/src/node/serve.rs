@@ -31,7 +31,7 @@ pub async fn run(config_path: &Path, rolling_update_uid: Option<String>) -> Resu
         kubelet::validate_pod_uid(uid).map_err(StartError::PodUid)?;
         tracing::info!(pod_uid = %uid, "rolling-update mode: sockets named with the pod UID, claim operations serialized by file lock");
     }
-    let node = config.node_name().map_err(StartError::NodeName)?;
+    let node = config.node_name()?;
     let metrics = Metrics::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
