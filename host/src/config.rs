@@ -60,7 +60,7 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading config {}: {source}", path.display())]
+    #[error("reading config {}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config {}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
@@ -460,6 +460,19 @@ fn validate_net(d: &DriverConfig) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cause is the error's source, printed once by `{:#}` (it was
+    /// in the message too, and printed twice).
+    #[test]
+    fn a_config_that_cannot_be_read_names_its_cause_once() {
+        let e = Config::load(Path::new("/nonexistent/dra-host.toml")).unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::from(e));
+        assert!(
+            chain.starts_with("reading config /nonexistent/dra-host.toml: "),
+            "{chain}"
+        );
+        assert_eq!(chain.matches("os error 2").count(), 1, "{chain}");
+    }
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();

@@ -73,7 +73,7 @@ pub struct SimulatedNvml {
 pub enum SimulatedError {
     #[error("simulated GPUs file {}: {message}", path.display())]
     File { path: PathBuf, message: String },
-    #[error("simulated NVML events socket {}: {source}", path.display())]
+    #[error("simulated NVML events socket {}", path.display())]
     Socket { path: PathBuf, source: std::io::Error },
 }
 
