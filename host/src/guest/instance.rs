@@ -408,7 +408,7 @@ impl LoadedGuest {
 fn driver_error(export: Export, e: types::DriverError) -> GuestError {
     GuestError::Driver {
         export,
-        kind: e.kind,
+        kind: e.kind.into(),
         message: text::bounded(&e.message, text::MESSAGE_BYTES),
     }
 }

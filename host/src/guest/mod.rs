@@ -17,7 +17,7 @@ mod watch;
 pub use crate::wit::types;
 pub use cache::{CacheOutcome, CompileCache, digest};
 pub use engine::{Limits, Runtime};
-pub use error::{DeadlinePassed, Export, GuestError, LimitExceeded};
+pub use error::{DeadlinePassed, DriverErrorKind, Export, GuestError, LimitExceeded};
 pub use inspect::{Inspection, inspect};
 pub use instance::{LoadedGuest, StoreState};
 pub use watch::{GuestFileWatcher, WatchError};
