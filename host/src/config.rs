@@ -50,6 +50,8 @@
 //! ```
 
 use crate::imports::Grant;
+pub use crate::imports::net::DriverNetConfig;
+pub use crate::imports::nvml::{NvmlConfig, SimulatedNvmlConfig};
 pub use crate::kube::client::KubernetesConfig;
 use crate::policy::Policy;
 use serde::Deserialize;
@@ -145,41 +147,6 @@ fn default_probation_calls() -> u64 {
 }
 fn default_max_failed_calls() -> u64 {
     5
-}
-
-/// NVML access for drivers granted `nvml`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct NvmlConfig {
-    /// Root of the NVIDIA driver's user-space files on this node (`/` for a
-    /// driver installed on the host, `/run/nvidia/driver` under the GPU operator).
-    #[serde(default = "default_driver_root")]
-    pub driver_root: PathBuf,
-    /// Use simulated GPUs instead of the real NVML (tests and demos only).
-    #[serde(default)]
-    pub simulated: Option<SimulatedNvmlConfig>,
-}
-
-impl Default for NvmlConfig {
-    fn default() -> Self {
-        Self {
-            driver_root: default_driver_root(),
-            simulated: None,
-        }
-    }
-}
-
-fn default_driver_root() -> PathBuf {
-    PathBuf::from("/")
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SimulatedNvmlConfig {
-    /// JSON file describing the GPUs.
-    pub gpus: PathBuf,
-    /// Unix socket that accepts injected events as JSON lines.
-    pub events_socket: PathBuf,
 }
 
 fn default_kubelet_root() -> PathBuf {
@@ -278,21 +245,6 @@ pub struct DriverConfig {
     /// Network access for a driver granted `net`.
     #[serde(default)]
     pub net: Option<DriverNetConfig>,
-}
-
-/// What a driver granted `net` may use.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DriverNetConfig {
-    /// The parent links (host NICs) the guest may create macvlans on and
-    /// watch; it sees no other link of the node.
-    pub parents: Vec<String>,
-    /// Where the container runtime finds the attach hook program (this
-    /// binary, installed on the node by `dra-wasm-host install-hook`).
-    /// Default: this binary's own path, for a host running on the node
-    /// itself. It is added to the driver's allowed hook paths.
-    #[serde(default)]
-    pub hook_path: Option<PathBuf>,
 }
 
 impl DriverConfig {

@@ -40,7 +40,25 @@ pub use registry::Net;
 
 use crate::wit::bindings_net::NetError;
 use netlink::NetlinkError;
+use serde::Deserialize;
+use std::path::PathBuf;
 use store::StoreError;
+
+/// What a driver granted `net` may use: its `[drivers.net]` section,
+/// owned by the capability that uses it (`config` names it).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DriverNetConfig {
+    /// The parent links (host NICs) the guest may create macvlans on and
+    /// watch; it sees no other link of the node.
+    pub parents: Vec<String>,
+    /// Where the container runtime finds the attach hook program (this
+    /// binary, installed on the node by `dra-wasm-host install-hook`).
+    /// Default: this binary's own path, for a host running on the node
+    /// itself. It is added to the driver's allowed hook paths.
+    #[serde(default)]
+    pub hook_path: Option<PathBuf>,
+}
 
 /// The prefix of every link name the host creates for guests.
 pub const LINK_PREFIX: &str = "dwh";

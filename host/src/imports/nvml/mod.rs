@@ -18,9 +18,47 @@ pub mod simulated;
 use crate::imports::ImportsView;
 use crate::wit::bindings_nvml::{DriverFile, GpuInfo, Host, NvmlError};
 use crate::wit::types::{Event, GpuEvent, GpuEventKind};
+use serde::Deserialize;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
+
+/// NVML access for drivers granted `nvml`: the host config's `[nvml]`
+/// section, owned by the capability that uses it (`config` names it).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NvmlConfig {
+    /// Root of the NVIDIA driver's user-space files on this node (`/` for a
+    /// driver installed on the host, `/run/nvidia/driver` under the GPU operator).
+    #[serde(default = "default_driver_root")]
+    pub driver_root: PathBuf,
+    /// Use simulated GPUs instead of the real NVML (tests and demos only).
+    #[serde(default)]
+    pub simulated: Option<SimulatedNvmlConfig>,
+}
+
+impl Default for NvmlConfig {
+    fn default() -> Self {
+        Self {
+            driver_root: default_driver_root(),
+            simulated: None,
+        }
+    }
+}
+
+fn default_driver_root() -> PathBuf {
+    PathBuf::from("/")
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedNvmlConfig {
+    /// JSON file describing the GPUs.
+    pub gpus: PathBuf,
+    /// Unix socket that accepts injected events as JSON lines.
+    pub events_socket: PathBuf,
+}
 
 /// Events waiting for a driver's guest beyond this are dropped (and counted):
 /// an event storm must not grow the host's memory without bound.
