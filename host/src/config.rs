@@ -50,6 +50,9 @@
 //! ```
 
 use crate::imports::Grant;
+pub use crate::imports::net::DriverNetConfig;
+pub use crate::imports::nvml::{NvmlConfig, SimulatedNvmlConfig};
+pub use crate::kube::client::KubernetesConfig;
 use crate::policy::Policy;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -59,7 +62,7 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading config {}: {source}", path.display())]
+    #[error("reading config {}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config {}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
@@ -144,73 +147,6 @@ fn default_probation_calls() -> u64 {
 }
 fn default_max_failed_calls() -> u64 {
     5
-}
-
-/// The API-server client.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct KubernetesConfig {
-    /// Sustained requests per second to the API server.
-    #[serde(default = "default_qps")]
-    pub qps: f64,
-    /// Requests allowed at once above the sustained rate.
-    #[serde(default = "default_burst")]
-    pub burst: u32,
-    /// UID of this node's Node object (owner of our ResourceSlices); looked up when absent.
-    #[serde(default)]
-    pub node_uid: Option<String>,
-}
-
-impl Default for KubernetesConfig {
-    fn default() -> Self {
-        Self {
-            qps: default_qps(),
-            burst: default_burst(),
-            node_uid: None,
-        }
-    }
-}
-
-fn default_qps() -> f64 {
-    5.0
-}
-fn default_burst() -> u32 {
-    10
-}
-
-/// NVML access for drivers granted `nvml`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct NvmlConfig {
-    /// Root of the NVIDIA driver's user-space files on this node (`/` for a
-    /// driver installed on the host, `/run/nvidia/driver` under the GPU operator).
-    #[serde(default = "default_driver_root")]
-    pub driver_root: PathBuf,
-    /// Use simulated GPUs instead of the real NVML (tests and demos only).
-    #[serde(default)]
-    pub simulated: Option<SimulatedNvmlConfig>,
-}
-
-impl Default for NvmlConfig {
-    fn default() -> Self {
-        Self {
-            driver_root: default_driver_root(),
-            simulated: None,
-        }
-    }
-}
-
-fn default_driver_root() -> PathBuf {
-    PathBuf::from("/")
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SimulatedNvmlConfig {
-    /// JSON file describing the GPUs.
-    pub gpus: PathBuf,
-    /// Unix socket that accepts injected events as JSON lines.
-    pub events_socket: PathBuf,
 }
 
 fn default_kubelet_root() -> PathBuf {
@@ -311,21 +247,6 @@ pub struct DriverConfig {
     pub net: Option<DriverNetConfig>,
 }
 
-/// What a driver granted `net` may use.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DriverNetConfig {
-    /// The parent links (host NICs) the guest may create macvlans on and
-    /// watch; it sees no other link of the node.
-    pub parents: Vec<String>,
-    /// Where the container runtime finds the attach hook program (this
-    /// binary, installed on the node by `dra-wasm-host install-hook`).
-    /// Default: this binary's own path, for a host running on the node
-    /// itself. It is added to the driver's allowed hook paths.
-    #[serde(default)]
-    pub hook_path: Option<PathBuf>,
-}
-
 impl DriverConfig {
     pub fn cdi_vendor(&self) -> String {
         self.cdi_vendor.clone().unwrap_or_else(|| format!("k8s.{}", self.name))
@@ -423,16 +344,21 @@ impl Config {
     }
 
     /// The node name: from the file, else `$NODE_NAME`.
-    pub fn node_name(&self) -> Result<String, String> {
+    pub fn node_name(&self) -> Result<String, NoNodeName> {
         match &self.node_name {
             Some(n) if !n.is_empty() => Ok(n.clone()),
             _ => std::env::var("NODE_NAME")
                 .ok()
                 .filter(|n| !n.is_empty())
-                .ok_or_else(|| "no node_name in the config and $NODE_NAME is not set".to_owned()),
+                .ok_or(NoNodeName),
         }
     }
 }
+
+/// Neither the config nor the environment names this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no node_name in the config and $NODE_NAME is not set")]
+pub struct NoNodeName;
 
 /// A driver granted `net` needs a `[drivers.net]` section and the other way round.
 fn validate_net(d: &DriverConfig) -> Result<(), String> {
@@ -486,6 +412,19 @@ fn validate_net(d: &DriverConfig) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cause is the error's source, printed once by `{:#}` (it was
+    /// in the message too, and printed twice).
+    #[test]
+    fn a_config_that_cannot_be_read_names_its_cause_once() {
+        let e = Config::load(Path::new("/nonexistent/dra-host.toml")).unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::from(e));
+        assert!(
+            chain.starts_with("reading config /nonexistent/dra-host.toml: "),
+            "{chain}"
+        );
+        assert_eq!(chain.matches("os error 2").count(), 1, "{chain}");
+    }
 
     fn load(text: &str) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();

@@ -6,8 +6,8 @@
 //! anything. Each change produces a new snapshot; streams wake on it and send
 //! the complete list, as the kubelet's API asks.
 
-use crate::guest::types;
 use crate::metrics::Metrics;
+use crate::wit::types;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 /// The kubelet keeps at most this many characters of a message (a bound in
 /// bytes, which is no more characters).
-pub const MAX_MESSAGE: usize = crate::guest::text::MESSAGE_BYTES;
+pub const MAX_MESSAGE: usize = crate::guest_text::MESSAGE_BYTES;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -65,7 +65,7 @@ fn now() -> i64 {
 /// A guest's health message as the kubelet and the log get it: cut to what
 /// the kubelet keeps, control characters escaped.
 fn bounded(message: &str) -> String {
-    crate::guest::text::bounded(message, MAX_MESSAGE)
+    crate::guest_text::bounded(message, MAX_MESSAGE)
 }
 
 impl Health {
@@ -116,8 +116,8 @@ impl Health {
             let Some(current) = devices.get_mut(&(r.pool.clone(), r.device.clone())) else {
                 tracing::warn!(
                     driver = %self.driver,
-                    pool = %crate::guest::text::quoted(&r.pool),
-                    device = %crate::guest::text::quoted(&r.device),
+                    pool = %crate::guest_text::quoted(&r.pool),
+                    device = %crate::guest_text::quoted(&r.device),
                     "guest reported health of a device it does not publish; ignored"
                 );
                 continue;
@@ -133,8 +133,8 @@ impl Health {
             }
             tracing::warn!(
                 driver = %self.driver,
-                pool = %crate::guest::text::quoted(&r.pool),
-                device = %crate::guest::text::quoted(&r.device),
+                pool = %crate::guest_text::quoted(&r.pool),
+                device = %crate::guest_text::quoted(&r.device),
                 from = current.status.as_str(), to = status.as_str(), message = %message,
                 "device health changed"
             );

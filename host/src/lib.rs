@@ -5,28 +5,36 @@
 //! |---|---|
 //! | [`kubelet`] | registration socket, DRA socket (DRAPlugin v1/v1beta1), gRPC liveness |
 //! | [`kube`] | ResourceClaims: where they come from, what part is this driver's |
+//! | [`wit`] | the guest contract: the `bindgen!` output, one submodule per WIT version |
+//! | [`guest_text`] | text a guest wrote, bounded and escaped on its way into answers, logs, Events, metrics |
 //! | [`guest`] | wasmtime engine, compile cache, instance pool, limits and deadlines, the swappable guest handle |
 //! | [`imports`] | host implementations of WIT imports (`log`; `nvml`, `net` when granted) |
 //! | [`state`] | checkpoint of prepared claims, CDI spec files, durable file writes |
 //! | [`health`] | current device health per driver, fanned out to the kubelet's health streams |
 //! | [`policy`] | what guest output the host accepts |
 //! | [`driver`] | the prepare/unprepare flow across all of the above |
+//! | [`node`] | the composition root: drivers assembled from the config (`run`, `guest run`, `guest validate`) |
 //! | [`claim`], [`config`], [`metrics`] | shared claim types, the config file, Prometheus metrics |
 
 pub mod claim;
 pub mod config;
 pub mod driver;
 pub mod guest;
+pub mod guest_text;
 pub mod health;
 pub mod imports;
 pub mod kube;
 pub mod kubelet;
 pub mod metrics;
+pub mod node;
 pub mod policy;
 pub mod state;
+pub mod wit;
 
 #[cfg(test)]
 mod fuzzing;
+#[cfg(test)]
+mod module_cycles;
 
 /// Folder holding the guest components built with this host (example and
 /// test guests), set by the build script.

@@ -2,8 +2,11 @@
 //! marked `<!-- quickstart: run -->` is run line by line in a vendor's
 //! shell, every `<!-- quickstart: file PATH -->` block is written where it
 //! says, in a fresh crate outside this workspace that depends on the SDK by
-//! path. Then the real host serves the guest it built, with the doc's
-//! config and claim, to the test kubelet. If the doc rots, this fails.
+//! path. The SDK at that path is the crate `cargo package` makes of
+//! `guests/sdk`, unpacked: what a vendor gets from a registry, not the
+//! checkout (a file the SDK needs from outside itself fails here). Then the
+//! real host serves the guest it built, with the doc's config and claim, to
+//! the test kubelet. If the doc rots, this fails.
 
 use crate::common::*;
 use crate::manifests::validate;
@@ -87,15 +90,57 @@ fn shell(line: &str, dir: &Path) -> Command {
     cmd
 }
 
+/// `cargo package` the SDK (as a vendor's registry would receive it) and
+/// unpack the `.crate` at `dest`.
+fn unpack_packaged_sdk(dest: &Path, scratch: &Path) {
+    let target = scratch.join("sdk-package");
+    let manifest = repo_root().join("guests/Cargo.toml");
+    // No verification build here: the doc's own build below compiles it.
+    // `--allow-dirty`: a developer's uncommitted SDK changes are tested too.
+    let line = format!(
+        "cargo package --quiet --no-verify --allow-dirty --manifest-path {} -p dra-driver-sdk --target-dir {}",
+        manifest.display(),
+        target.display()
+    );
+    let out = shell(&line, scratch).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{line}` failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let packaged: Vec<PathBuf> = std::fs::read_dir(target.join("package"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "crate"))
+        .collect();
+    assert_eq!(packaged.len(), 1, "{packaged:?}");
+    let unpacked = scratch.join("sdk-unpacked");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    let out = Command::new("tar")
+        .arg("-xzf")
+        .arg(&packaged[0])
+        .arg("-C")
+        .arg(&unpacked)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
+    let dir = std::fs::read_dir(&unpacked).unwrap().next().unwrap().unwrap().path();
+    assert!(dir.join("wit/driver.wit").is_file(), "the packaged SDK carries its WIT");
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::rename(&dir, dest).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quick_start_works_as_written() {
     let doc = std::fs::read_to_string(repo_root().join("docs/guest-authoring.md")).unwrap();
     let steps = steps(&doc);
     assert!(steps.len() >= 10, "{steps:#?}");
 
-    // The doc's crate lives next to a checkout of this repository.
+    // The doc's crate lives next to a checkout of this repository; the SDK
+    // in it is the packaged crate.
     let root = tempfile::Builder::new().prefix("dra-quickstart-").tempdir().unwrap();
-    std::os::unix::fs::symlink(repo_root(), root.path().join("dra-wasm-host")).unwrap();
+    unpack_packaged_sdk(&root.path().join("dra-wasm-host/guests/sdk"), root.path());
     let mut cwd = root.path().to_owned();
     let mut outputs: HashMap<String, String> = HashMap::new();
     for step in &steps {

@@ -67,7 +67,9 @@ pub mod state;
 #[cfg(target_arch = "wasm32")]
 mod export;
 
-/// Generated from `wit/driver.wit`, for the union world `driver-host`: a
+/// Generated from the crate's copy of the host's WIT (`wit/driver.wit`,
+/// inside the crate so that it can be published; a host test keeps it
+/// identical to the repository's `wit/`), for the union world `driver-host`: a
 /// component imports only what it calls (the component linker drops the
 /// rest), and the `nvml` and `net` features decide what a driver can call.
 /// Private: drivers use the re-exports below.
@@ -75,7 +77,7 @@ mod export;
 pub mod bindings {
     wit_bindgen::generate!({
         world: "driver-host",
-        path: "../../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_driver_host",
         additional_derives: [PartialEq, Eq],

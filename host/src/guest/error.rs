@@ -1,6 +1,6 @@
 //! Errors of loading and calling guests.
 
-use super::bindings::types;
+use crate::wit::types;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -41,11 +41,39 @@ pub enum LimitExceeded {
     Table { limit: usize, requested: usize },
 }
 
-/// A host import gave up because the guest call's deadline passed while it
-/// ran; it traps the guest with this, and the call is a timeout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the call's deadline passed during a host call")]
-pub struct DeadlinePassed;
+/// Raised by the imports ([`crate::imports::blocking`]); a guest fault.
+pub use crate::imports::DeadlinePassed;
+
+/// What kind of error a guest returned (the WIT `error-kind`, as the host
+/// keeps it: the variants print as they did when the WIT type was kept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverErrorKind {
+    /// The driver or claim configuration is invalid.
+    InvalidConfig,
+    /// The claim cannot be served as allocated.
+    InvalidClaim,
+    /// The hardware or a host capability is not available.
+    Unavailable,
+    /// The device is busy; retrying later may work.
+    Busy,
+    /// The operation is not supported by this driver.
+    Unsupported,
+    /// The guest's own fault: counts against a new component's error budget.
+    Internal,
+}
+
+impl From<types::ErrorKind> for DriverErrorKind {
+    fn from(kind: types::ErrorKind) -> Self {
+        match kind {
+            types::ErrorKind::InvalidConfig => Self::InvalidConfig,
+            types::ErrorKind::InvalidClaim => Self::InvalidClaim,
+            types::ErrorKind::Unavailable => Self::Unavailable,
+            types::ErrorKind::Busy => Self::Busy,
+            types::ErrorKind::Unsupported => Self::Unsupported,
+            types::ErrorKind::Internal => Self::Internal,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
@@ -70,7 +98,7 @@ pub enum GuestError {
     #[error("guest {export} failed ({kind:?}): {message}")]
     Driver {
         export: Export,
-        kind: types::ErrorKind,
+        kind: DriverErrorKind,
         message: String,
     },
     #[error("guest runtime: {0}")]
@@ -94,7 +122,7 @@ impl GuestError {
     /// calls internal. These count against a new component's error budget.
     pub fn is_guest_fault(&self) -> bool {
         match self {
-            GuestError::Driver { kind, .. } => matches!(kind, types::ErrorKind::Internal),
+            GuestError::Driver { kind, .. } => *kind == DriverErrorKind::Internal,
             GuestError::Timeout { .. } | GuestError::Limit { .. } | GuestError::Trap { .. } => true,
             _ => false,
         }

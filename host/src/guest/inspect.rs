@@ -1,9 +1,9 @@
 //! `dra-wasm-host guest inspect`: what a component file is, without running it.
 
-use super::bindings::DriverHostPre as HostPre;
 use super::error::GuestError;
 use super::{PACKAGE, StoreState, check_import, digest};
 use crate::imports::{Grant, Imports};
+use crate::wit::v0_1::DriverHostPre as HostPre;
 use serde::Serialize;
 use std::path::Path;
 use wasmtime::Engine;
@@ -89,12 +89,10 @@ pub fn inspect(engine: &Engine, path: &Path) -> Result<Inspection, GuestError> {
             check_import(path, name, &item.ty, &granted)?;
         }
         let mut linker: Linker<StoreState> = Linker::new(engine);
-        super::bindings::dra::driver::log::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(|e| GuestError::Runtime(format!("{e:#}")))?;
-        crate::imports::add_granted(&mut linker, &granted).map_err(|e| GuestError::Runtime(format!("{e:#}")))?;
+        crate::imports::add_log(&mut linker, StoreState::imports_view)
+            .map_err(|e| GuestError::Runtime(format!("{e:#}")))?;
+        crate::imports::add_granted(&mut linker, &granted, StoreState::imports_view)
+            .map_err(|e| GuestError::Runtime(format!("{e:#}")))?;
         linker
             .define_unknown_imports_as_traps(&component)
             .map_err(|e| GuestError::Runtime(format!("{e:#}")))?;

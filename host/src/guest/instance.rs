@@ -35,13 +35,14 @@
 //! pool) and plain synchronous calls on the worker (no way to keep a looping
 //! guest from holding a worker until its deadline).
 
-use super::bindings::{DriverHost as Host, DriverHostPre as HostPre, types};
 use super::engine::{Limits, Runtime};
 use super::error::{DeadlinePassed, Export, GuestError, LimitExceeded};
-use super::text;
-use crate::imports::Imports;
+use crate::guest_text as text;
 use crate::imports::log::GuestLog;
+use crate::imports::{Imports, ImportsView};
 use crate::metrics::Metrics;
+use crate::wit::types;
+use crate::wit::v0_1::{DriverHost as Host, DriverHostPre as HostPre};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -63,20 +64,15 @@ pub struct StoreState {
     pub(crate) claim: Option<String>,
 }
 
-#[cfg(test)]
 impl StoreState {
-    /// A store's data outside any instance, for the imports' unit tests.
-    pub(crate) fn for_tests(imports: Imports, claim: Option<&str>) -> Self {
-        StoreState {
-            limiter: GuestLimiter {
-                memory_bytes: 0,
-                table_elements: 0,
-                memory_peak: 0,
-            },
-            log: GuestLog::new(Arc::from("test")),
-            imports,
-            deadline: Instant::now() + std::time::Duration::from_secs(10),
-            claim: claim.map(str::to_owned),
+    /// What the host imports see of this store ([`ImportsView`]): their
+    /// state and the call's scope.
+    pub(crate) fn imports_view(&mut self) -> ImportsView<'_> {
+        ImportsView {
+            imports: &self.imports,
+            log: &mut self.log,
+            deadline: self.deadline,
+            claim: self.claim.as_deref(),
         }
     }
 }
@@ -173,11 +169,6 @@ impl Retire {
 }
 
 impl LoadedGuest {
-    /// The host imports granted to this component.
-    pub(crate) fn imports(&self) -> &Imports {
-        &self.imports
-    }
-
     /// Create the first instance (running `init`) and keep it warm. The
     /// returned guest has passed `init`; callers run any further self-test.
     #[allow(clippy::too_many_arguments)]
@@ -417,7 +408,7 @@ impl LoadedGuest {
 fn driver_error(export: Export, e: types::DriverError) -> GuestError {
     GuestError::Driver {
         export,
-        kind: e.kind,
+        kind: e.kind.into(),
         message: text::bounded(&e.message, text::MESSAGE_BYTES),
     }
 }

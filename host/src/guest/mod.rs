@@ -7,37 +7,33 @@
 //! component is a pointer swap, calls in flight finish on the one they
 //! started with.
 
-mod bindings;
 mod cache;
 mod engine;
 mod error;
 mod inspect;
 mod instance;
-pub mod text;
 mod watch;
 
-pub use bindings::dra::driver::log as bindings_log;
-pub use bindings::dra::driver::net as bindings_net;
-pub use bindings::dra::driver::nvml as bindings_nvml;
-pub use bindings::types;
+pub use crate::wit::types;
 pub use cache::{CacheOutcome, CompileCache, digest};
 pub use engine::{Limits, Runtime};
-pub use error::{DeadlinePassed, Export, GuestError, LimitExceeded};
+pub use error::{DeadlinePassed, DriverErrorKind, Export, GuestError, LimitExceeded};
 pub use inspect::{Inspection, inspect};
 pub use instance::{LoadedGuest, StoreState};
 pub use watch::{GuestFileWatcher, WatchError};
 
+use crate::guest_text as text;
 use crate::imports::{Grant, Imports};
 use crate::metrics::Metrics;
 use crate::state::checkpoint::GuestIdentity;
+use crate::wit::v0_1::DriverHostPre as HostPre;
 use arc_swap::ArcSwap;
-use bindings::{DriverHostPre as HostPre, dra};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc;
+use wasmtime::component::Linker;
 use wasmtime::component::types::ComponentItem;
-use wasmtime::component::{HasSelf, Linker};
 
 /// What to load for a driver.
 #[derive(Clone, Debug)]
@@ -169,13 +165,6 @@ impl Guest {
         self.current.load_full()
     }
 
-    /// The driver's network state, when it is granted `net` (the links the
-    /// host created for it, by claim).
-    pub fn net(&self) -> Option<Arc<crate::imports::net::NetDriver>> {
-        let guest = self.current();
-        guest.imports().net.as_ref().map(|g| Arc::clone(&g.driver))
-    }
-
     /// Rollbacks the guest performed, for whoever reports them (one taker).
     pub fn take_rollbacks(&self) -> Option<mpsc::UnboundedReceiver<Rollback>> {
         lock(&self.rollbacks_rx).take()
@@ -279,7 +268,7 @@ impl Guest {
     async fn call<R, F>(&self, export: Export, f: F) -> Result<R, GuestError>
     where
         F: AsyncFnOnce(
-            &bindings::DriverHost,
+            &crate::wit::v0_1::DriverHost,
             &mut wasmtime::Store<StoreState>,
         ) -> wasmtime::Result<Result<R, types::DriverError>>,
     {
@@ -405,13 +394,13 @@ fn link(
         })?;
 
     let mut linker: Linker<StoreState> = Linker::new(engine);
-    dra::driver::log::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
+    crate::imports::add_log(&mut linker, StoreState::imports_view)
         .map_err(|e| GuestError::Runtime(format!("linking log: {e:#}")))?;
     for import in component.component_type().imports(engine) {
         let (name, item) = import;
         check_import(&spec.path, name, &item.ty, &spec.imports)?;
     }
-    crate::imports::add_granted(&mut linker, &spec.imports)
+    crate::imports::add_granted(&mut linker, &spec.imports, StoreState::imports_view)
         .map_err(|e| GuestError::Runtime(format!("linking host imports: {e:#}")))?;
     // What is left are WASI interfaces that Rust's standard library links
     // (stdio, environment, exit): calling one traps. See `check_import`.

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 pub const MAX_DELAY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
-#[error("watching {} for guest updates: {source}", dir.display())]
+#[error("watching {} for guest updates", dir.display())]
 pub struct WatchError {
     pub dir: PathBuf,
     #[source]

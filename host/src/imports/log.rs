@@ -1,15 +1,14 @@
 //! `dra:driver/log`: a guest's log lines, into the host's structured log.
 //!
 //! Lines are tagged with the driver, bounded in length with control
-//! characters escaped ([`crate::guest::text`]: a guest cannot forge a line of
+//! characters escaped ([`crate::guest_text`]: a guest cannot forge a line of
 //! the host's log), and limited per call so that a chatty or hostile guest
 //! cannot flood the node's logs.
 
-use crate::guest::StoreState;
-use crate::guest::text;
+use crate::guest_text as text;
 use std::sync::Arc;
 
-use crate::guest::bindings_log::{Host, Level};
+use crate::wit::bindings_log::{Host, Level};
 
 /// Lines accepted per guest call; the rest are counted and dropped.
 const MAX_LINES_PER_CALL: u32 = 200;
@@ -68,7 +67,7 @@ impl GuestLog {
     }
 }
 
-impl Host for StoreState {
+impl Host for super::ImportsView<'_> {
     fn log(&mut self, level: Level, message: String) {
         self.log.emit(level, message);
     }

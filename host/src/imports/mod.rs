@@ -8,11 +8,11 @@ pub mod log;
 pub mod net;
 pub mod nvml;
 
-use crate::guest::types::Event;
-use crate::guest::{DeadlinePassed, StoreState};
+use crate::wit::types::Event;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::mpsc;
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{HasData, Linker};
 
 /// A capability an operator can grant a guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
@@ -49,6 +49,15 @@ pub struct Capabilities {
     pub net: Option<Arc<net::Net>>,
 }
 
+/// Why a driver's grants cannot be given: the host lacks the capability.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error("the nvml grant needs NVML access in the host (internal error)")]
+    NoNvml,
+    #[error("the net grant needs a [drivers.net] section naming the parent links")]
+    NoNet,
+}
+
 /// The host imports one guest is linked with. Cloned into every store.
 #[derive(Clone, Debug, Default)]
 pub struct Imports {
@@ -66,7 +75,7 @@ impl Imports {
         driver: &str,
         caps: &Capabilities,
         events: &mpsc::Sender<Event>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, GrantError> {
         let mut imports = Self {
             grants: grants.to_vec(),
             nvml: None,
@@ -75,10 +84,7 @@ impl Imports {
         for grant in grants {
             match grant {
                 Grant::Nvml => {
-                    let nvml = caps
-                        .nvml
-                        .clone()
-                        .ok_or("the nvml grant needs NVML access in the host (internal error)")?;
+                    let nvml = caps.nvml.clone().ok_or(GrantError::NoNvml)?;
                     imports.nvml = Some(nvml::NvmlGrant {
                         nvml,
                         driver: Arc::from(driver),
@@ -90,7 +96,7 @@ impl Imports {
                         .net
                         .as_ref()
                         .and_then(|n| n.driver(driver))
-                        .ok_or("the net grant needs a [drivers.net] section naming the parent links")?;
+                        .ok_or(GrantError::NoNet)?;
                     imports.net = Some(net::NetGrant {
                         driver: Arc::clone(driver),
                     });
@@ -140,13 +146,53 @@ where
     }
 }
 
+/// A host import gave up because the guest call's deadline passed while it
+/// ran; it traps the guest with this, and the call is a timeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the call's deadline passed during a host call")]
+pub struct DeadlinePassed;
+
+/// What the imports see of a guest's store during a call: their own state
+/// and the call's scope, never the rest of the store (limits, instance).
+/// The WIT host traits are implemented for this view, so that the imports
+/// do not depend on the guest runtime that owns the store.
+pub struct ImportsView<'a> {
+    pub imports: &'a Imports,
+    pub log: &'a mut log::GuestLog,
+    /// When the current call must end.
+    pub deadline: Instant,
+    /// The claim whose `prepare` or `unprepare` is running (`None` in every
+    /// other call): the only claim the `net` import acts for.
+    pub claim: Option<&'a str>,
+}
+
+/// The [`HasData`] of the imports: their view of a store.
+struct Imported;
+
+impl HasData for Imported {
+    type Data<'a> = ImportsView<'a>;
+}
+
+/// Add `log` (every guest's) to a guest's linker; `view` is the imports'
+/// view of the store.
+pub(crate) fn add_log<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    view: fn(&mut T) -> ImportsView<'_>,
+) -> wasmtime::Result<()> {
+    crate::wit::bindings_log::add_to_linker::<T, Imported>(linker, view)
+}
+
 /// Add the granted imports (besides `log`) to a guest's linker.
-pub(crate) fn add_granted(linker: &mut Linker<StoreState>, imports: &Imports) -> wasmtime::Result<()> {
+pub(crate) fn add_granted<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    imports: &Imports,
+    view: fn(&mut T) -> ImportsView<'_>,
+) -> wasmtime::Result<()> {
     if imports.grants(Grant::Nvml) {
-        crate::guest::bindings_nvml::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |s| s)?;
+        crate::wit::bindings_nvml::add_to_linker::<T, Imported>(linker, view)?;
     }
     if imports.grants(Grant::Net) {
-        crate::guest::bindings_net::add_to_linker::<StoreState, HasSelf<StoreState>>(linker, |s| s)?;
+        crate::wit::bindings_net::add_to_linker::<T, Imported>(linker, view)?;
     }
     Ok(())
 }

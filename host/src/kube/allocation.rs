@@ -2,9 +2,9 @@
 //! driver's allocated devices and opaque configs.
 
 use crate::claim::ClaimRef;
-use crate::guest::types;
 use crate::policy::is_valid_share_id;
 use crate::state::checkpoint::{RecordedAllocation, RecordedConfig, RecordedDevice};
+use crate::wit::types;
 use k8s_openapi::api::resource::v1::ResourceClaim;
 
 /// Why a fetched ResourceClaim cannot be prepared.
@@ -105,11 +105,7 @@ impl DriverClaim {
         Ok(DriverClaim {
             request_names: devices.iter().map(|d| request_name(&d.request)).collect(),
             claim: types::Claim {
-                ref_: types::ClaimRef {
-                    namespace: claim.namespace.clone(),
-                    name: claim.name.clone(),
-                    uid: claim.uid.clone(),
-                },
+                ref_: types::ClaimRef::from(claim),
                 devices,
                 configs,
             },
@@ -209,11 +205,7 @@ pub fn claim_for_driver(claim: &ResourceClaim, expected: &ClaimRef, driver: &str
 
     Ok(DriverClaim {
         claim: types::Claim {
-            ref_: types::ClaimRef {
-                namespace: expected.namespace.clone(),
-                name: expected.name.clone(),
-                uid: expected.uid.clone(),
-            },
+            ref_: types::ClaimRef::from(expected),
             devices: allocated,
             configs: configs.into_iter().map(|(_, c)| c).collect(),
         },

@@ -6,7 +6,7 @@
 //! with capped exponential backoff and jitter. Nothing here loops without
 //! waiting.
 
-use crate::config::KubernetesConfig;
+use serde::Deserialize;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -29,6 +29,39 @@ pub fn write_params() -> kube::api::PostParams {
 const ATTEMPTS: u32 = 6;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The API-server client: the host config's `[kubernetes]` section
+/// (owned here, where it is used; `config` names it).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// Sustained requests per second to the API server.
+    #[serde(default = "default_qps")]
+    pub qps: f64,
+    /// Requests allowed at once above the sustained rate.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// UID of this node's Node object (owner of our ResourceSlices); looked up when absent.
+    #[serde(default)]
+    pub node_uid: Option<String>,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            qps: default_qps(),
+            burst: default_burst(),
+            node_uid: None,
+        }
+    }
+}
+
+fn default_qps() -> f64 {
+    5.0
+}
+fn default_burst() -> u32 {
+    10
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -575,9 +575,9 @@ impl<V> Lru<V> {
 }
 
 /// An event message as the API server takes it (at most 1 KiB), with guest
-/// text made inert ([`crate::guest::text`]).
+/// text made inert ([`crate::guest_text`]).
 fn bounded(message: &str) -> String {
-    crate::guest::text::bounded(message, crate::guest::text::MESSAGE_BYTES)
+    crate::guest_text::bounded(message, crate::guest_text::MESSAGE_BYTES)
 }
 
 #[cfg(test)]

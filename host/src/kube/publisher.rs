@@ -22,9 +22,9 @@
 use super::client::{ApiClient, status_code};
 use super::events::{EventRecorder, EventType};
 use super::slices::{Desired, DesiredPool, HostTaint, SliceError, desired_pools};
-use crate::guest::types;
 use crate::health::{Snapshot, Status};
 use crate::metrics::Metrics;
+use crate::wit::types;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::{ResourceSlice, ResourceSliceSpec};

@@ -9,8 +9,8 @@
 //! bad device is left out, never the whole inventory: the other devices of
 //! the driver stay schedulable.
 
-use crate::guest::text::quoted;
-use crate::guest::types;
+use crate::guest_text::quoted;
+use crate::wit::types;
 use k8s_openapi::api::resource::v1 as resource;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::collections::{BTreeMap, HashSet};

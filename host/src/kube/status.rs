@@ -1,6 +1,7 @@
 //! A guest's device status, as a `status.devices` entry of the claim.
 
-use crate::guest::types;
+use crate::state::checkpoint::{RecordedCondition, RecordedDeviceStatus, RecordedNetworkData};
+use crate::wit::types;
 use k8s_openapi::api::resource::v1::{AllocatedDeviceStatus, NetworkDeviceData};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
@@ -50,5 +51,101 @@ pub fn entry(
             ips: (!n.ips.is_empty()).then(|| n.ips.clone()),
             hardware_address: (!n.hardware_address.is_empty()).then(|| n.hardware_address.clone()),
         }),
+    }
+}
+
+/// What the checkpoint records of an entry (its own type, the same JSON).
+impl From<&AllocatedDeviceStatus> for RecordedDeviceStatus {
+    fn from(s: &AllocatedDeviceStatus) -> Self {
+        Self {
+            conditions: s.conditions.as_ref().map(|cs| {
+                cs.iter()
+                    .map(|c| RecordedCondition {
+                        last_transition_time: c.last_transition_time.0.strftime(TIME_FORMAT).to_string(),
+                        message: c.message.clone(),
+                        observed_generation: c.observed_generation,
+                        reason: c.reason.clone(),
+                        status: c.status.clone(),
+                        type_: c.type_.clone(),
+                    })
+                    .collect()
+            }),
+            data: s.data.as_ref().map(|d| d.0.clone()),
+            device: s.device.clone(),
+            driver: s.driver.clone(),
+            network_data: s.network_data.as_ref().map(|n| RecordedNetworkData {
+                hardware_address: n.hardware_address.clone(),
+                interface_name: n.interface_name.clone(),
+                ips: n.ips.clone(),
+            }),
+            pool: s.pool.clone(),
+            share_id: s.share_id.clone(),
+        }
+    }
+}
+
+/// A recorded entry, to be written to the API server again.
+impl From<&RecordedDeviceStatus> for AllocatedDeviceStatus {
+    fn from(s: &RecordedDeviceStatus) -> Self {
+        Self {
+            conditions: s.conditions.as_ref().map(|cs| {
+                cs.iter()
+                    .map(|c| Condition {
+                        // Written by this host in this format; a time that
+                        // does not read (never seen) is re-stamped.
+                        last_transition_time: Time(c.last_transition_time.parse().unwrap_or_else(|_| Timestamp::now())),
+                        message: c.message.clone(),
+                        observed_generation: c.observed_generation,
+                        reason: c.reason.clone(),
+                        status: c.status.clone(),
+                        type_: c.type_.clone(),
+                    })
+                    .collect()
+            }),
+            data: s.data.clone().map(RawExtension),
+            device: s.device.clone(),
+            driver: s.driver.clone(),
+            network_data: s.network_data.as_ref().map(|n| NetworkDeviceData {
+                hardware_address: n.hardware_address.clone(),
+                interface_name: n.interface_name.clone(),
+                ips: n.ips.clone(),
+            }),
+            pool: s.pool.clone(),
+            share_id: s.share_id.clone(),
+        }
+    }
+}
+
+/// How the API server (and k8s-openapi) write a `meta/v1.Time`.
+const TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%SZ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_survive_the_checkpoints_own_type() {
+        let status = types::DeviceStatus {
+            conditions: vec![types::Condition {
+                condition_type: "Ready".into(),
+                status: types::ConditionStatus::True,
+                reason: "Configured".into(),
+                message: "up".into(),
+            }],
+            data: Some(r#"{"speed":"fast"}"#.into()),
+            network_data: Some(types::NetworkData {
+                interface_name: "net1".into(),
+                ips: vec!["192.0.2.5/24".into()],
+                hardware_address: String::new(),
+            }),
+        };
+        let now: Timestamp = "2026-12-06T04:25:00Z".parse().unwrap();
+        let entry = entry("d", "p", "dev", Some("s"), &status, now);
+        let recorded = RecordedDeviceStatus::from(&entry);
+        assert_eq!(
+            serde_json::to_value(&recorded).unwrap(),
+            serde_json::to_value(&entry).unwrap()
+        );
+        assert_eq!(AllocatedDeviceStatus::from(&recorded), entry);
     }
 }

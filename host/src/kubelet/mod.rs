@@ -94,7 +94,7 @@ impl PluginPaths {
 pub enum ServeError {
     #[error(transparent)]
     Name(#[from] NameError),
-    #[error("socket {}: {source}", path.display())]
+    #[error("socket {}", path.display())]
     Socket { path: PathBuf, source: std::io::Error },
 }
 

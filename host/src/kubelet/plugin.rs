@@ -15,7 +15,7 @@
 
 use crate::claim::ClaimRef;
 use crate::driver::Driver;
-use crate::guest::text;
+use crate::guest_text as text;
 use crate::metrics::Metrics;
 use dra_proto::dra::{v1, v1beta1};
 use prost::Message;
@@ -657,6 +657,7 @@ mod in_process {
                 serialize: None,
                 events: None,
                 boot_id: Some("fuzz".into()),
+                net: None,
             }))
         });
         let service = DraService::new(Arc::clone(&driver), metrics);

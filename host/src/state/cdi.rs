@@ -14,7 +14,7 @@
 //! and a UID is never reused by the API server, so a name is never reused.
 
 use super::fsutil;
-use crate::guest::types;
+use crate::wit::types;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::io;

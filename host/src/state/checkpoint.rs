@@ -73,7 +73,7 @@ pub struct ClaimRecord {
     /// This driver's entries for the claim's `status.devices`, kept so that
     /// they can be written again until the API server has them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub device_status: Vec<k8s_openapi::api::resource::v1::AllocatedDeviceStatus>,
+    pub device_status: Vec<RecordedDeviceStatus>,
     /// The node's boot ID when the guest prepared the claim. A different
     /// boot ID at start-up means the device-side state is gone (reboot).
     /// Absent in records of older hosts (then taken as the current boot).
@@ -118,6 +118,56 @@ pub struct RecordedConfig {
     pub requests: Vec<String>,
     /// The opaque parameters, JSON.
     pub parameters: String,
+}
+
+/// A `status.devices` entry as the checkpoint stores it: the JSON of a
+/// resource.k8s.io/v1 `AllocatedDeviceStatus`, field for field and in the
+/// same order, which is what records of earlier hosts hold. The checkpoint
+/// owns this type so that its format does not move with the Kubernetes
+/// client library; `kube::status` converts at the API boundary.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedDeviceStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<RecordedCondition>>,
+    /// The driver's opaque data, any JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    pub device: String,
+    pub driver: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_data: Option<RecordedNetworkData>,
+    pub pool: String,
+    #[serde(rename = "shareID", default, skip_serializing_if = "Option::is_none")]
+    pub share_id: Option<String>,
+}
+
+/// A condition of a [`RecordedDeviceStatus`] (a meta/v1 `Condition`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedCondition {
+    /// RFC 3339 in whole seconds, UTC (`2026-12-06T04:25:00Z`), as the API
+    /// server writes it.
+    pub last_transition_time: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    pub reason: String,
+    pub status: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+}
+
+/// The network data of a [`RecordedDeviceStatus`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedNetworkData {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ips: Option<Vec<String>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -625,6 +675,54 @@ mod tests {
         assert_eq!(decoded.allocation, None);
     }
 
+    /// A record exactly as the released host (0.1.0, 546366c) writes it,
+    /// with every optional field, `status.devices` entries as
+    /// k8s-openapi 0.29 serialized them: it decodes, and encodes back to the
+    /// same bytes, so the format the checkpoint now owns is the released one.
+    #[test]
+    fn records_in_the_released_format_load_and_are_written_the_same() {
+        let raw = concat!(
+            r#"{"claim":{"namespace":"ns","name":"c","uid":"u1"},"#,
+            r#""devices":[{"requestNames":["gpu"],"pool":"node","device":"gpu-0","shareId":"s1","cdiDeviceIds":["k8s.example.com/device=u1_gpu-0_s1"]}],"#,
+            r#""cdiSpec":"{}","state":"AAEC/w==","guest":{"name":"g","version":"1","digest":"ab"},"preparedAt":1764990000,"#,
+            r#""deviceStatus":[{"conditions":[{"lastTransitionTime":"2026-12-06T04:25:00Z","message":"up","reason":"Configured","status":"True","type":"Ready"}],"#,
+            r#""data":{"speed":"fast"},"device":"gpu-0","driver":"example.dra.dev","networkData":{"hardwareAddress":"02:00:00:00:00:01","interfaceName":"net1","ips":["192.0.2.5/24"]},"pool":"node","shareID":"s1"},"#,
+            r#"{"device":"gpu-1","driver":"example.dra.dev","pool":"node"}],"#,
+            r#""bootId":"b-1","#,
+            r#""allocation":{"devices":[{"request":"gpu/a","pool":"node","device":"gpu-0","shareId":"s1","consumedCapacity":[["memory","1Gi"]],"adminAccess":false}],"#,
+            r#""configs":[{"source":"FromClaim","requests":["gpu"],"parameters":"{\"a\":1}"}]}}"#
+        );
+        // What k8s-openapi writes for these entries is what is recorded here.
+        let entries: serde_json::Value = serde_json::from_str(raw).unwrap();
+        let k8s: Vec<k8s_openapi::api::resource::v1::AllocatedDeviceStatus> =
+            serde_json::from_value(entries["deviceStatus"].clone()).unwrap();
+        assert_eq!(
+            serde_json::to_string(&k8s).unwrap(),
+            serde_json::to_string(&entries["deviceStatus"]).unwrap()
+        );
+
+        let bytes = format!(
+            r#"{{"kind":"{KIND}","version":1,"driver":"drv","checksum":{},"claim":{raw}}}"#,
+            crc32fast::hash(raw.as_bytes())
+        );
+        let decoded = decode_record(bytes.as_bytes(), "drv", Some("u1")).unwrap();
+        assert_eq!(decoded.state, [0, 1, 2, 255]);
+        assert_eq!(decoded.boot_id.as_deref(), Some("b-1"));
+        let status = &decoded.device_status[0];
+        assert_eq!(status.share_id.as_deref(), Some("s1"));
+        let condition = &status.conditions.as_ref().unwrap()[0];
+        assert_eq!(
+            (condition.type_.as_str(), condition.last_transition_time.as_str()),
+            ("Ready", "2026-12-06T04:25:00Z")
+        );
+        assert_eq!(
+            status.network_data.as_ref().unwrap().ips.as_deref(),
+            Some(&["192.0.2.5/24".to_owned()][..])
+        );
+        assert_eq!(decoded.device_status[1].conditions, None);
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), raw);
+    }
+
     #[test]
     fn unsafe_uids_are_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -644,7 +742,6 @@ mod tests {
 mod fuzz {
     use super::*;
     use crate::fuzzing::fuzz;
-    use k8s_openapi::api::resource::v1::AllocatedDeviceStatus;
     use proptest::collection::vec;
     use proptest::prelude::*;
 
@@ -708,7 +805,7 @@ mod fuzz {
         let guest =
             (text(), text(), text()).prop_map(|(name, version, digest)| GuestIdentity { name, version, digest });
         let status = vec(
-            (text(), text(), text()).prop_map(|(driver, pool, device)| AllocatedDeviceStatus {
+            (text(), text(), text()).prop_map(|(driver, pool, device)| RecordedDeviceStatus {
                 driver,
                 pool,
                 device,

@@ -15,12 +15,50 @@
 pub mod real;
 pub mod simulated;
 
-use crate::guest::StoreState;
-use crate::guest::bindings_nvml::{DriverFile, GpuInfo, Host, NvmlError};
-use crate::guest::types::{Event, GpuEvent, GpuEventKind};
+use crate::imports::ImportsView;
+use crate::wit::bindings_nvml::{DriverFile, GpuInfo, Host, NvmlError};
+use crate::wit::types::{Event, GpuEvent, GpuEventKind};
+use serde::Deserialize;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
+
+/// NVML access for drivers granted `nvml`: the host config's `[nvml]`
+/// section, owned by the capability that uses it (`config` names it).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NvmlConfig {
+    /// Root of the NVIDIA driver's user-space files on this node (`/` for a
+    /// driver installed on the host, `/run/nvidia/driver` under the GPU operator).
+    #[serde(default = "default_driver_root")]
+    pub driver_root: PathBuf,
+    /// Use simulated GPUs instead of the real NVML (tests and demos only).
+    #[serde(default)]
+    pub simulated: Option<SimulatedNvmlConfig>,
+}
+
+impl Default for NvmlConfig {
+    fn default() -> Self {
+        Self {
+            driver_root: default_driver_root(),
+            simulated: None,
+        }
+    }
+}
+
+fn default_driver_root() -> PathBuf {
+    PathBuf::from("/")
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedNvmlConfig {
+    /// JSON file describing the GPUs.
+    pub gpus: PathBuf,
+    /// Unix socket that accepts injected events as JSON lines.
+    pub events_socket: PathBuf,
+}
 
 /// Events waiting for a driver's guest beyond this are dropped (and counted):
 /// an event storm must not grow the host's memory without bound.
@@ -144,7 +182,7 @@ pub struct NvmlGrant {
     pub events: mpsc::Sender<Event>,
 }
 
-fn grant(state: &StoreState) -> Result<NvmlGrant, NvmlError> {
+fn grant(state: &ImportsView<'_>) -> Result<NvmlGrant, NvmlError> {
     // Linking only adds this interface for guests granted `nvml`, so a
     // missing grant here means a host bug, not a guest's doing.
     state.imports.nvml.clone().ok_or(NvmlError::NotAvailable)
@@ -153,7 +191,10 @@ fn grant(state: &StoreState) -> Result<NvmlGrant, NvmlError> {
 /// Run one NVML query for the guest on the blocking pool
 /// ([`crate::imports::blocking`]): the real library can take milliseconds,
 /// or much longer on a GPU that fell off the bus.
-fn run<T, F>(state: &StoreState, op: F) -> impl Future<Output = wasmtime::Result<Result<T, NvmlError>>> + Send + 'static
+fn run<T, F>(
+    state: &ImportsView<'_>,
+    op: F,
+) -> impl Future<Output = wasmtime::Result<Result<T, NvmlError>>> + Send + 'static
 where
     T: Send + 'static,
     F: FnOnce(&NvmlGrant) -> Result<T, NvmlError> + Send + 'static,
@@ -171,7 +212,7 @@ where
     }
 }
 
-impl Host for StoreState {
+impl Host for ImportsView<'_> {
     async fn driver_version(&mut self) -> wasmtime::Result<Result<String, NvmlError>> {
         run(self, |g| g.nvml.backend.driver_version()).await
     }

@@ -6,8 +6,8 @@
 //! that the process is stopping; it never queries devices on a timer.
 
 use super::{Backend, EventRouter};
-use crate::guest::bindings_nvml::{DriverFile, DriverFileKind, GpuInfo, NvmlError, PciInfo};
-use crate::guest::types::{GpuEvent, GpuEventKind};
+use crate::wit::bindings_nvml::{DriverFile, DriverFileKind, GpuInfo, NvmlError, PciInfo};
+use crate::wit::types::{GpuEvent, GpuEventKind};
 use nvml_wrapper::Nvml as Lib;
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enums::event::XidError;

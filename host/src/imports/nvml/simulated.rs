@@ -17,8 +17,8 @@
 //! `{"error": "…"}`, so an injector knows when the host has the event.
 
 use super::{Backend, EventRouter};
-use crate::guest::bindings_nvml::{DriverFile, GpuInfo, NvmlError, PciInfo};
-use crate::guest::types::{GpuEvent, GpuEventKind};
+use crate::wit::bindings_nvml::{DriverFile, GpuInfo, NvmlError, PciInfo};
+use crate::wit::types::{GpuEvent, GpuEventKind};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -73,7 +73,7 @@ pub struct SimulatedNvml {
 pub enum SimulatedError {
     #[error("simulated GPUs file {}: {message}", path.display())]
     File { path: PathBuf, message: String },
-    #[error("simulated NVML events socket {}: {source}", path.display())]
+    #[error("simulated NVML events socket {}", path.display())]
     Socket { path: PathBuf, source: std::io::Error },
 }
 

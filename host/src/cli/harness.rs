@@ -2,7 +2,7 @@
 //!
 //! It loads a guest the way `run` does — the driver's entry of a host config
 //! (grants, `[drivers.config]`, policy, runtime limits), through the same
-//! [`Host::load_driver`] — and drives the assembled [`Driver`] from files and
+//! assembly, [`Node::assemble`] — and drives the assembled [`Driver`] from files and
 //! arguments instead of a kubelet and an API server:
 //!
 //! - `slices`: the inventory as the ResourceSlices the publisher would write;
@@ -18,7 +18,7 @@
 //! root is needed (except by a `net` guest's own netlink calls, which
 //! the kernel checks). Output is YAML on stdout; logs go to stderr.
 
-use crate::{Host, LoadedDriver, check_inventory, select_driver};
+use super::guest::{check_inventory, select_driver};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use dra_wasm_host::claim::ClaimRef;
@@ -31,10 +31,9 @@ use dra_wasm_host::imports::nvml::Nvml;
 use dra_wasm_host::kube::publisher::name_prefix;
 use dra_wasm_host::kube::slices;
 use dra_wasm_host::kube::{ClaimSource, FetchError, FetchFuture, StatusFuture};
-use dra_wasm_host::kubelet::PluginPaths;
 use dra_wasm_host::metrics::Metrics;
-use dra_wasm_host::state::cdi::{CdiError, CdiWriter};
-use dra_wasm_host::state::checkpoint::Checkpoint;
+use dra_wasm_host::node::{AssembledDriver, EventDelivery, Node};
+use dra_wasm_host::state::cdi::CdiError;
 use k8s_openapi::api::resource::v1::{AllocatedDeviceStatus, ResourceClaim, ResourceSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
@@ -113,11 +112,9 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
 
 /// One driver loaded as `run` loads it, with its state in a local directory.
 struct Harness {
-    host: Host,
+    node: Node,
     driver_name: String,
     driver: Arc<Driver>,
-    /// To name the CDI spec files the driver writes.
-    cdi: CdiWriter,
     claims: Arc<LocalClaims>,
     /// What the host's event routers send to the driver (the guest's imports
     /// and the link router hold the senders).
@@ -146,7 +143,7 @@ impl Harness {
             None => config.node_name().unwrap_or_else(|_| "local-node".to_owned()),
         };
         let claims = Arc::new(LocalClaims::default());
-        let host = Host::with_claims(
+        let node = Node::with_claims(
             &config,
             &node,
             Metrics::new(),
@@ -157,26 +154,11 @@ impl Harness {
             None,
         )?;
         let d = &config.drivers[0];
-        let paths = PluginPaths::new(&host.kubelet_root, &d.name);
-        let checkpoint = Checkpoint::open(&paths.plugin_dir.join("claims"), &d.name)?;
-        let net_driver = host.caps.net.as_ref().and_then(|n| n.driver(&d.name)).cloned();
-        let LoadedDriver {
-            driver,
-            events_tx,
-            events_rx,
-            ..
-        } = host.load_driver(d, checkpoint, net_driver.as_ref(), None).await?;
-        if let (Some(net), Some(nd)) = (&host.caps.net, &net_driver) {
-            // Link events come from `events` instead of the kernel's link
-            // monitor; the router decides who gets them, as in `run`.
-            net.router().subscribe(&d.name, nd.parents.clone(), events_tx.clone());
-        }
-        driver
-            .restore_cdi_specs()
-            .context("restoring CDI specs from the checkpoint")?;
+        let paths = node.paths(&d.name);
+        let AssembledDriver { driver, events, .. } = node.assemble(d, &paths, EventDelivery::Local).await?;
+        let events_rx = events.context("a local assembly hands back the driver's events (a host bug)")?;
         Ok(Self {
-            cdi: CdiWriter::new(&host.cdi_dir, &d.cdi_vendor(), &d.cdi_class())?,
-            host,
+            node,
             driver_name: d.name.clone(),
             driver,
             claims,
@@ -197,14 +179,14 @@ impl Harness {
             for (index, devices) in pool.slices.iter().enumerate() {
                 // The publisher's name less the random suffix the API
                 // server adds to its `generateName`.
-                let prefix = name_prefix(index, pool.slices.len(), &self.driver_name, &self.host.node);
+                let prefix = name_prefix(index, pool.slices.len(), &self.driver_name, self.node.loader().node());
                 let slice = ResourceSlice {
                     metadata: ObjectMeta {
                         name: Some(prefix.trim_end_matches('-').to_owned()),
                         ..Default::default()
                     },
                     // A pool's first generation, as the publisher starts it.
-                    spec: slices::spec(&self.driver_name, &self.host.node, pool, devices, 1),
+                    spec: slices::spec(&self.driver_name, self.node.loader().node(), pool, devices, 1),
                 };
                 docs.push(slice);
             }
@@ -251,7 +233,7 @@ impl Harness {
             match result {
                 Ok(devices) => {
                     report.devices = devices.clone();
-                    let spec = self.cdi.spec_path(&r.uid);
+                    let spec = self.driver.cdi().spec_path(&r.uid);
                     if spec.exists() {
                         let text = std::fs::read_to_string(&spec)?;
                         report.cdi_spec_file = spec.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -371,7 +353,7 @@ impl Harness {
     fn resolve(&self, text: &str, event: Injected) -> Result<Resolved> {
         match event {
             Injected::Gpu { gpu, kind, data } => {
-                let nvml = self.host.caps.nvml.clone().ok_or_else(|| {
+                let nvml = self.node.loader().capabilities().nvml.clone().ok_or_else(|| {
                     anyhow!(
                         "event {text:?}: driver {} is not granted nvml (grants = [\"nvml\"] in its [[drivers]] entry)",
                         self.driver_name
@@ -390,7 +372,7 @@ impl Harness {
                 Ok(Resolved::Gpu(nvml, types::GpuEvent { uuid, kind, data }))
             }
             Injected::Link { name, up } => {
-                let net = self.host.caps.net.clone().ok_or_else(|| {
+                let net = self.node.loader().capabilities().net.clone().ok_or_else(|| {
                     anyhow!(
                         "event {text:?}: driver {} is not granted net (grants = [\"net\"] and a [drivers.net] section)",
                         self.driver_name

@@ -1,4 +1,4 @@
-//! Generated host bindings for the `dra:driver` WIT package (the `driver-host`
+//! Generated host bindings for `dra:driver@0.1.0` (the `driver-host`
 //! world: every import a guest may be granted, and the `device-driver`
 //! export). Nothing hand-written lives here.
 
@@ -20,3 +20,5 @@ wasmtime::component::bindgen!({
 });
 
 pub use dra::driver::types;
+
+mod convert;

@@ -1,0 +1,335 @@
+//! Prepare and unprepare of claims: the kubelet's calls, one claim at a
+//! time under its lock, concurrently across claims.
+
+use super::disk::{ClaimOperation, durably};
+use super::*;
+
+impl Driver {
+    /// Prepare claims; one result per distinct claim UID.
+    pub async fn prepare(&self, claims: Vec<ClaimRef>) -> Vec<(String, Result<Vec<PreparedDevice>, OperationError>)> {
+        let claims = dedup(claims);
+        let _serialized = match self.serialize().await {
+            Ok(guard) => guard,
+            Err(e) => {
+                return claims
+                    .into_iter()
+                    .map(|c| (c.uid, Err(OperationError::Serialize(e.clone()))))
+                    .collect();
+            }
+        };
+        join_all(claims.into_iter().map(|c| async move {
+            let span = tracing::info_span!("prepare", driver = %self.name, claim.uid = %c.uid, claim.namespace = %c.namespace, claim.name = %c.name);
+            let started = Instant::now();
+            let result = self.prepare_one(&c).instrument(span.clone()).await;
+            self.metrics.claim_operation(&self.name, "prepare", result.is_ok(), started.elapsed());
+            span.in_scope(|| match &result {
+                Ok(devices) => tracing::info!(devices = devices.len(), took_us = started.elapsed().as_micros() as u64, "claim prepared"),
+                Err(e) => tracing::warn!(error = %e, "claim prepare failed"),
+            });
+            if let Err(e) = &result {
+                self.claim_failed(&c, "NodePrepareResources", "PrepareFailed", e);
+            }
+            (c.uid, result)
+        }))
+        .await
+    }
+
+    /// Unprepare claims; one result per distinct claim UID.
+    pub async fn unprepare(&self, claims: Vec<ClaimRef>) -> Vec<(String, Result<(), OperationError>)> {
+        let claims = dedup(claims);
+        let _serialized = match self.serialize().await {
+            Ok(guard) => guard,
+            Err(e) => {
+                return claims
+                    .into_iter()
+                    .map(|c| (c.uid, Err(OperationError::Serialize(e.clone()))))
+                    .collect();
+            }
+        };
+        join_all(claims.into_iter().map(|c| async move {
+            let span = tracing::info_span!("unprepare", driver = %self.name, claim.uid = %c.uid, claim.namespace = %c.namespace, claim.name = %c.name);
+            let started = Instant::now();
+            let result = self.unprepare_one(&c).instrument(span.clone()).await;
+            self.metrics.claim_operation(&self.name, "unprepare", result.is_ok(), started.elapsed());
+            span.in_scope(|| match &result {
+                Ok(()) => tracing::info!(took_us = started.elapsed().as_micros() as u64, "claim unprepared"),
+                Err(e) => tracing::warn!(error = %e, "claim unprepare failed"),
+            });
+            if let Err(e) = &result {
+                self.claim_failed(&c, "NodeUnprepareResources", "UnprepareFailed", e);
+            }
+            (c.uid, result)
+        }))
+        .await
+    }
+
+    pub(super) async fn prepare_one(&self, c: &ClaimRef) -> Result<Vec<PreparedDevice>, OperationError> {
+        validate_ref(c)?;
+        let _operation = ClaimOperation::start();
+        let _lock = self.locks.lock(&c.uid).await;
+
+        let recorded = self.checkpoint.get(&c.uid);
+        match &recorded {
+            Some(record) if !self.before_this_boot(record) => {
+                if let Some(spec) = &record.cdi_spec
+                    && !self.cdi.exists(&c.uid)
+                {
+                    tracing::warn!("CDI spec of a prepared claim was missing; restored it from the checkpoint");
+                    self.cdi.write(&c.uid, spec)?;
+                }
+                if !record.device_status.is_empty() {
+                    // Cheap when the API server already has it (a read, no write).
+                    self.claims
+                        .set_driver_status(c, &self.name, record.device_status.iter().map(Into::into).collect())
+                        .await?;
+                }
+                tracing::debug!("claim already prepared; answering from the checkpoint");
+                return Ok(record.devices.clone());
+            }
+            Some(record) => tracing::info!(
+                boot_id.recorded = record.boot_id.as_deref().unwrap_or(""),
+                boot_id.now = self.boot_id.as_deref().unwrap_or(""),
+                "claim was prepared before the node rebooted; running the guest's prepare again"
+            ),
+            None => {}
+        }
+
+        let driver_claim = self.driver_claim(c, recorded.as_ref()).await?;
+        if driver_claim.claim.devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut prepared, identity) = self.guest.prepare(driver_claim.claim.clone()).await?;
+
+        match self.commit_prepared(c, &driver_claim, &mut prepared, identity).await {
+            Ok((devices, status)) => {
+                // Prepared and durable. Should writing the status fail, the
+                // kubelet retries and the repeated prepare writes it again.
+                if !status.is_empty() {
+                    self.claims.set_driver_status(c, &self.name, status).await?;
+                }
+                Ok(devices)
+            }
+            Err(e) => {
+                // Nothing of this claim may stay half-prepared: undo the guest's work.
+                if let Err(undo) = self
+                    .guest
+                    .unprepare(driver_claim.claim.ref_.clone(), prepared.state)
+                    .await
+                {
+                    tracing::error!(error = %undo, "could not undo the guest's prepare after a failure");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// This driver's part of the claim, from the API server (or the claims
+    /// file). A claim prepared before a reboot whose object cannot be used
+    /// now (API server unreachable, object gone or replaced while its pod
+    /// still runs) is prepared from the allocation recorded with it.
+    async fn driver_claim(&self, c: &ClaimRef, recorded: Option<&ClaimRecord>) -> Result<DriverClaim, OperationError> {
+        let fetched = match self.claims.get(&c.namespace, &c.name).await {
+            Ok(object) => claim_for_driver(&object, c, &self.name).map_err(OperationError::from),
+            Err(e) => Err(OperationError::from(e)),
+        };
+        let fallback = recorded.and_then(|r| r.allocation.as_ref());
+        match (fetched, fallback) {
+            (Ok(claim), _) => Ok(claim),
+            (Err(e), Some(allocation)) => {
+                tracing::warn!(error = %e, "the ResourceClaim cannot be used; preparing again from the allocation recorded at prepare time");
+                Ok(DriverClaim::from_recorded(c, allocation)?)
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    /// Check (and complete) the guest's answer, write the CDI spec and the
+    /// checkpoint.
+    async fn commit_prepared(
+        &self,
+        c: &ClaimRef,
+        driver_claim: &crate::kube::DriverClaim,
+        prepared: &mut types::PreparedClaim,
+        guest: crate::state::checkpoint::GuestIdentity,
+    ) -> Result<
+        (
+            Vec<PreparedDevice>,
+            Vec<k8s_openapi::api::resource::v1::AllocatedDeviceStatus>,
+        ),
+        OperationError,
+    > {
+        let inventory = self.inventory.borrow().clone();
+        self.policy
+            .check(&driver_claim.claim, &inventory, prepared)
+            .map_err(|e| self.rejected(e))?;
+        if self.policy.host_links(prepared).next().is_some() {
+            let owners = self.link_owners().await?;
+            self.policy
+                .check_claim_links(&c.uid, prepared, |link| owners.get(link).cloned())
+                .map_err(|e| self.rejected(e))?;
+        }
+        let prepared = &*prepared;
+
+        // Answer devices in allocation order.
+        let by_key: HashMap<(&str, &str, Option<&str>), &types::PreparedDevice> = prepared
+            .devices
+            .iter()
+            .map(|d| ((d.pool.as_str(), d.device.as_str(), d.share_id.as_deref()), d))
+            .collect();
+        let mut spec_devices = Vec::new();
+        let mut spec_owners: Vec<(&str, &str)> = Vec::new();
+        let mut devices = Vec::with_capacity(driver_claim.claim.devices.len());
+        for (alloc, request) in driver_claim.claim.devices.iter().zip(&driver_claim.request_names) {
+            let key = (alloc.pool.as_str(), alloc.device.as_str(), alloc.share_id.as_deref());
+            let Some(p) = by_key.get(&key) else { continue }; // the policy check guarantees presence
+            // Several requests may be served by one device (the same
+            // allocation listed under different requests): one answer entry.
+            if let Some(existing) = devices.iter_mut().find(|d: &&mut PreparedDevice| {
+                d.pool == alloc.pool && d.device == alloc.device && d.share_id == alloc.share_id
+            }) {
+                if !existing.request_names.contains(request) {
+                    existing.request_names.push(request.clone());
+                }
+                continue;
+            }
+            let mut cdi_device_ids = p.cdi_device_ids.clone();
+            if cdi::has_edits(&p.edits) {
+                let name = CdiWriter::device_name(&c.uid, &p.device, p.share_id.as_deref());
+                cdi_device_ids.push(self.cdi.qualified_name(&name));
+                spec_devices.push(SpecDevice { name, edits: &p.edits });
+                spec_owners.push((&p.pool, &p.device));
+            }
+            devices.push(PreparedDevice {
+                request_names: vec![request.clone()],
+                pool: alloc.pool.clone(),
+                device: alloc.device.clone(),
+                share_id: alloc.share_id.clone(),
+                cdi_device_ids,
+            });
+        }
+
+        let cdi_spec = if spec_devices.is_empty() {
+            None
+        } else {
+            let spec = self.cdi.build_spec(&spec_devices)?;
+            let sizes = spec_owners
+                .iter()
+                .zip(&spec_devices)
+                .map(|(&(pool, device), d)| (pool, device, cdi::device_json_len(d)));
+            self.policy
+                .check_spec_size(spec.len(), sizes)
+                .map_err(|e| self.rejected(e))?;
+            Some(spec)
+        };
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let device_status: Vec<_> = prepared
+            .devices
+            .iter()
+            .filter_map(|p| {
+                let status = p.status.as_ref()?;
+                Some(crate::kube::status::entry(
+                    &self.name,
+                    &p.pool,
+                    &p.device,
+                    p.share_id.as_deref(),
+                    status,
+                    now,
+                ))
+            })
+            .collect();
+        let record = ClaimRecord {
+            claim: c.clone(),
+            devices: devices.clone(),
+            cdi_spec,
+            state: prepared.state.clone(),
+            guest,
+            prepared_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            device_status: device_status.iter().map(Into::into).collect(),
+            boot_id: self.boot_id.clone(),
+            allocation: Some(driver_claim.to_recorded()),
+        };
+        let (cdi, checkpoint) = (Arc::clone(&self.cdi), Arc::clone(&self.checkpoint));
+        let uid = c.uid.clone();
+        durably(move || {
+            if let Some(spec) = &record.cdi_spec {
+                cdi.write(&uid, spec)?;
+            }
+            if let Err(e) = checkpoint.commit(record) {
+                if let Err(undo) = cdi.remove(&uid) {
+                    tracing::error!(error = %undo, "could not remove the CDI spec after a failed checkpoint commit");
+                }
+                return Err(e.into());
+            }
+            Ok(())
+        })
+        .await?;
+        self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
+        Ok((devices, device_status))
+    }
+
+    /// Which claim each link the host created for this driver belongs to
+    /// (none without a `net` grant): a read of the driver's network state,
+    /// file work like the claim's own ([`durably`]).
+    async fn link_owners(&self) -> Result<HashMap<String, String>, OperationError> {
+        let Some(net) = self.net.clone() else {
+            return Ok(HashMap::new());
+        };
+        durably(move || Ok(net.link_owners()?)).await
+    }
+
+    /// Count a policy refusal under its rule (the log line and the claim's
+    /// error carry the rest).
+    fn rejected(&self, e: PolicyError) -> OperationError {
+        self.metrics.policy_rejection(&self.name, e.rule().as_str());
+        OperationError::Rejected(e)
+    }
+
+    async fn unprepare_one(&self, c: &ClaimRef) -> Result<(), OperationError> {
+        validate_ref(c)?;
+        let _operation = ClaimOperation::start();
+        let _lock = self.locks.lock(&c.uid).await;
+        let guest_ref = types::ClaimRef::from(c);
+        match self.checkpoint.get(&c.uid) {
+            Some(record) => {
+                self.guest.unprepare(guest_ref, record.state).await?;
+                let (cdi, checkpoint, uid) = (Arc::clone(&self.cdi), Arc::clone(&self.checkpoint), c.uid.clone());
+                durably(move || {
+                    cdi.remove(&uid)?;
+                    checkpoint.remove(&uid)?;
+                    Ok(())
+                })
+                .await?;
+                self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
+                if !record.device_status.is_empty() {
+                    // Informational only: the devices are released whether or
+                    // not the API server hears about it now.
+                    if let Err(e) = self.claims.set_driver_status(c, &self.name, Vec::new()).await {
+                        tracing::warn!(error = %e, "could not remove this driver's status.devices entries");
+                    }
+                }
+            }
+            None => {
+                // Unknown claim: already unprepared, or prepared by a guest
+                // whose result never reached the checkpoint (a crash in
+                // between). Let the guest clean up by claim, and remove a CDI
+                // spec a crash may have left behind.
+                self.guest.unprepare(guest_ref, Vec::new()).await?;
+                let (cdi, uid) = (Arc::clone(&self.cdi), c.uid.clone());
+                if durably(move || cdi.remove(&uid).map_err(OperationError::from)).await? {
+                    tracing::info!("removed a CDI spec left without a checkpoint record");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Keep the first reference of each UID (the kubelet never repeats one, but
+/// the answer map can hold each UID only once anyway).
+fn dedup(claims: Vec<ClaimRef>) -> Vec<ClaimRef> {
+    let mut seen = std::collections::HashSet::new();
+    claims.into_iter().filter(|c| seen.insert(c.uid.clone())).collect()
+}
