@@ -61,5 +61,9 @@ go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
     k8s.io/kubernetes/cmd/kubectl
 rm -rf "$bin"
 mv "$tmp" "$bin"
+# Builds for other keys (an older go.sum) are not used again.
+for old in "$cache"/*/; do
+    [[ ${old%/} == "$cache/$key" ]] || rm -rf "$old"
+done
 echo "tests/k8s/build.sh: built in $((SECONDS - started)) s" >&2
 echo "$bin"

@@ -1,5 +1,16 @@
-//! A test API server: the few endpoints the host uses, in memory, on
-//! 127.0.0.1, with the semantics that matter on the wire:
+//! A stand-in API server: the few endpoints the host uses, in memory, on
+//! 127.0.0.1, with the semantics that matter on the wire.
+//!
+//! How the host works *with* the API server is tested against the real one
+//! (kube-apiserver, etcd, kube-scheduler 1.37.2: `tests/cluster/`,
+//! [`crate::controlplane`]); this stand-in agrees with the host by
+//! construction. It stays for what the real server cannot give a test:
+//! injected failures (429, 5xx, refused writes), an exact count of every
+//! write one host makes (the real server's metrics do not say which client
+//! wrote), and node-side tests (`demo`, swap, checkpoint, networking) that
+//! need a claim object and nothing else of an API server.
+//!
+//! Endpoints:
 //!
 //! - `GET /api/v1/nodes/{name}`
 //! - `GET /apis/resource.k8s.io/v1/namespaces/{ns}/resourceclaims/{name}`
