@@ -352,7 +352,13 @@ async fn slices_of_the_example_gpu_and_macvlan_guests_are_stored_as_the_inventor
                 (&json!("v1"), &json!("Node"), &json!(n.name), &json!(n.uid)),
                 "{driver}: {owner}"
             );
+            assert_eq!(owner["controller"], true);
             assert_eq!(s["metadata"]["ownerReferences"].as_array().unwrap().len(), 1);
+            let name = s["metadata"]["name"].as_str().unwrap();
+            assert!(
+                name.starts_with("0000") && name.contains(&format!("-{driver}-{}-", n.name)),
+                "{name}"
+            );
             assert_eq!(s["spec"]["pool"]["name"], n.name.as_str());
             assert_eq!(s["spec"]["pool"]["generation"], 1);
             assert_eq!(s["spec"]["pool"]["resourceSliceCount"], slice_count);
@@ -418,6 +424,49 @@ async fn a_deleted_or_edited_slice_is_repaired() {
         (s["spec"]["devices"] == first["spec"]["devices"]).then_some(())
     })
     .await;
+}
+
+/// The writes to ResourceSlices that the host on `node` made since its
+/// `from`-th request, as (verb, name).
+fn slice_writes(cp: &ControlPlane, node: &str, from: usize) -> Vec<(String, String)> {
+    cp.requests_of(node)
+        .into_iter()
+        .skip(from)
+        .filter(|r| r.is_write() && r.resource == "resourceslices")
+        .map(|r| (r.verb, r.name))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_host_with_the_same_inventory_writes_nothing() {
+    let cp = control_plane().await;
+    let mut n = cluster_node(cp, "cp-restart", |_| (vec![example_driver(300)], String::new())).await;
+    until("3 slices", &n.node, CLUSTER_TIMEOUT, || {
+        (slices_of(cp, DRIVER, &n.name).len() == 3).then_some(())
+    })
+    .await;
+    let creates = slice_writes(cp, &n.name, 0);
+    assert_eq!(creates.len(), 3, "{creates:?}");
+    assert!(creates.iter().all(|(verb, _)| verb == "create"), "{creates:?}");
+
+    n.node.host.terminate(Duration::from_secs(20)).unwrap();
+    let before = cp.requests_of(&n.name).len();
+    n.node.restart().await;
+    // The new process lists its slices (its first sync) ...
+    until("the restarted host's first sync", &n.node, CLUSTER_TIMEOUT, || {
+        cp.requests_of(&n.name)[before..]
+            .iter()
+            .any(|r| r.verb == "list" && r.resource == "resourceslices")
+            .then_some(())
+    })
+    .await;
+    // ... whose writes, if any, would follow at once: it makes none.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        slice_writes(cp, &n.name, before),
+        [],
+        "the same inventory again is not written"
+    );
 }
 
 // --- the node restriction (RBAC and the admission policy) -------------------
@@ -644,6 +693,53 @@ async fn the_scheduler_allocates_from_our_slices_and_the_host_prepares_those_cla
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unallocated_replaced_and_missing_claims_are_each_their_own_error() {
+    let cp = control_plane().await;
+    let n = cluster_node(cp, "cp-claims", |_| (vec![example_driver(2)], String::new())).await;
+    until("the slice", &n.node, CLUSTER_TIMEOUT, || {
+        slices_of(cp, DRIVER, &n.name).pop()
+    })
+    .await;
+    let ns = "cp-claims";
+    namespace(cp, ns);
+    // Allocated by the scheduler for a Pod; another claim no Pod uses (never allocated).
+    cp.apply(&claim(ns, "allocated", DRIVER, 1, None, None)).unwrap();
+    cp.apply(&pod(
+        ns,
+        "allocated",
+        &n.name,
+        &[("dev", "resourceClaimName", "allocated")],
+    ))
+    .unwrap();
+    cp.apply(&claim(ns, "unallocated", DRIVER, 1, None, None)).unwrap();
+    let allocated = allocated(cp, &n.node, ns, "allocated").await;
+    let unallocated = cp.get(&["resourceclaim", "unallocated", "-n", ns]).unwrap();
+    // The kubelet's reference to an older claim of the same name (deleted and created again).
+    let replaced = ClaimRef::new(ns, "allocated", &uid(0xbad));
+    let missing = ClaimRef::new(ns, "missing", &uid(0xbad + 1));
+    let answer = n
+        .node
+        .plugin
+        .prepare(&[
+            reference(&allocated),
+            reference(&unallocated),
+            replaced.clone(),
+            missing.clone(),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(answer.len(), 4, "one entry per claim");
+    assert_eq!(answer[allocated["metadata"]["uid"].as_str().unwrap()].error, "");
+    let error = |uid: &str| answer[uid].error.clone();
+    let e = error(unallocated["metadata"]["uid"].as_str().unwrap());
+    assert!(e.contains("not allocated"), "{e}");
+    let e = error(&replaced.uid);
+    assert!(e.contains("got replaced"), "{e}");
+    let e = error(&missing.uid);
+    assert!(e.contains("not found"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_claims_share_one_gpu_through_consumable_capacity() {
     if !need_root("two_claims_share_one_gpu_through_consumable_capacity") {
         return;
@@ -721,6 +817,7 @@ async fn an_unhealthy_gpu_is_tainted_and_the_scheduler_leaves_it_alone() {
     })
     .await;
     let mut inject = Injector::connect(&events.unwrap()).await.unwrap();
+    let before = cp.requests_of(&n.name).len();
     inject.xid(0, 79).await.unwrap();
     let slice = until("gpu-0 tainted in the stored slice", &n.node, CLUSTER_TIMEOUT, || {
         let s = slices_of(cp, GPU, &n.name).pop()?;
@@ -730,6 +827,13 @@ async fn an_unhealthy_gpu_is_tainted_and_the_scheduler_leaves_it_alone() {
     assert_eq!(slice["spec"]["devices"][0]["name"], "gpu-0");
     assert_eq!(slice["spec"]["devices"][0]["taints"][0]["effect"], "NoSchedule");
     assert!(slice["spec"]["devices"][1]["taints"].is_null());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let name = slice["metadata"]["name"].as_str().unwrap().to_owned();
+    assert_eq!(
+        slice_writes(cp, &n.name, before),
+        [("update".to_owned(), name)],
+        "one update of the changed slice, nothing else"
+    );
 
     let ns = "cp-taint";
     namespace(cp, ns);

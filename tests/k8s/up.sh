@@ -22,7 +22,8 @@
 #   SIGUSR1  kills etcd and kube-apiserver (the API server "goes away");
 #   SIGUSR2  starts them again on the same ports and data.
 # Each prints a line ("stopped" / "KUBECONFIG=…" again once ready).
-# Components' logs are in <dir>/logs/. Ports are chosen by the OS.
+# Components' logs are in <dir>/logs/, with audit.log: every request of the
+# dra-wasm-host ServiceAccounts. Ports are chosen by the OS.
 # DRA_K8S_BIN names a directory of binaries to use instead of build.sh's;
 # DRA_K8S_START_TIMEOUT (seconds, default 180) bounds the API server's start.
 set -euo pipefail
@@ -128,6 +129,19 @@ contexts:
 current-context: dwh-test
 YAML
 }
+# The audit log records every request of the host's ServiceAccount
+# (`deploy/rbac.yaml`) with its verb, object and node (a bound token's
+# extra), so tests can count what one node's host asked of the API server.
+cat >"$dir/audit-policy.yaml" <<YAML
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  userGroups: ["system:serviceaccounts:dra-wasm-host"]
+- level: None
+YAML
+
 kubeconfig "$dir/admin.kubeconfig" admin
 kubeconfig "$dir/scheduler.kubeconfig" scheduler
 
@@ -154,6 +168,7 @@ start_apiserver() {
         --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
         --allow-privileged=true \
         --endpoint-reconciler-type none \
+        --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/logs/audit.log" --audit-log-format json \
         --profiling=false \
         >>"$dir/logs/kube-apiserver.log" 2>&1 &
     pid[kube-apiserver]=$!

@@ -308,6 +308,51 @@ impl ControlPlane {
     }
 }
 
+/// One request of a host, from the API server's audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditedRequest {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`.
+    pub verb: String,
+    pub resource: String,
+    pub subresource: String,
+    pub name: String,
+    pub code: u16,
+}
+
+impl AuditedRequest {
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self.verb.as_str(),
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        )
+    }
+}
+
+impl ControlPlane {
+    /// Every request the host on `node` made so far, in the order the API
+    /// server completed them: the audit log's entries of the host's
+    /// ServiceAccount whose bound token names `node`.
+    pub fn requests_of(&self, node: &str) -> Vec<AuditedRequest> {
+        let text = std::fs::read_to_string(self.dir.join("logs/audit.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|e| e["stage"] == "ResponseComplete")
+            .filter(|e| e["user"]["extra"]["authentication.kubernetes.io/node-name"][0] == node)
+            .map(|e| {
+                let o = &e["objectRef"];
+                let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                AuditedRequest {
+                    verb: s(&e["verb"]),
+                    resource: s(&o["resource"]),
+                    subresource: s(&o["subresource"]),
+                    name: s(&o["name"]),
+                    code: e["responseStatus"]["code"].as_u64().unwrap_or_default() as u16,
+                }
+            })
+            .collect()
+    }
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         // SAFETY: plain kill(2); up.sh stops its components and removes its directory.
