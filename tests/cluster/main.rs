@@ -19,7 +19,7 @@ use common::*;
 use dra_test_support::claims::uid;
 use dra_test_support::controlplane::{ControlPlane, HOST_NAMESPACE, HOST_SERVICE_ACCOUNT};
 use dra_test_support::gpus::{self, Injector};
-use dra_test_support::host::{DriverSpec, HostEnv};
+use dra_test_support::host::DriverSpec;
 use dra_test_support::kubelet::ClaimRef;
 use dra_test_support::netlab::{self, Lab, is_root};
 use serde_json::{Value, json};
@@ -43,41 +43,6 @@ fn need_root(test: &str) -> bool {
         return false;
     }
     panic!("cluster::{test} needs root (device nodes, links); run as root or set DRA_SKIP_ROOT_TESTS=1 to skip");
-}
-
-/// The shared control plane, from a blocking thread (it may be starting).
-async fn control_plane() -> &'static ControlPlane {
-    tokio::task::block_in_place(ControlPlane::shared)
-}
-
-/// A Node object, a host on it with that node's credentials, and the test kubelet.
-struct ClusterNode {
-    name: String,
-    uid: String,
-    kubeconfig: std::path::PathBuf,
-    node: Node,
-}
-
-/// Start a host for `name` with `drivers`; `setup` lays out files in the
-/// host's directory and returns extra top-level config tables.
-async fn cluster_node(
-    cp: &ControlPlane,
-    name: &str,
-    setup: impl FnOnce(&Path) -> (Vec<DriverSpec>, String),
-) -> ClusterNode {
-    let node_uid = cp.create_node(name).unwrap();
-    let mut env = HostEnv::new(&cache_dir()).unwrap();
-    env.node_name = name.to_owned();
-    let kubeconfig = cp.host_kubeconfig(name, &env.dir().join("kubeconfig")).unwrap();
-    env.use_kubeconfig(&kubeconfig);
-    let (drivers, tables) = setup(env.dir());
-    let node = Node::start_in(env, drivers, "", &tables).await;
-    ClusterNode {
-        name: name.to_owned(),
-        uid: node_uid,
-        kubeconfig,
-        node,
-    }
 }
 
 fn example_driver(devices: u32) -> DriverSpec {
@@ -108,17 +73,6 @@ async fn until<T>(what: &str, node: &Node, timeout: Duration, mut check: impl Fn
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// The slices of `driver` on `node`, as the API server stores them.
-fn slices_of(cp: &ControlPlane, driver: &str, node: &str) -> Vec<Value> {
-    let list = cp
-        .get(&[
-            "resourceslices",
-            &format!("--field-selector=spec.driver={driver},spec.nodeName={node}"),
-        ])
-        .unwrap();
-    list["items"].as_array().cloned().unwrap_or_default()
 }
 
 /// A namespace for one test, with its default ServiceAccount (Pods need it).
@@ -326,7 +280,8 @@ async fn slices_of_the_example_gpu_and_macvlan_guests_are_stored_as_the_inventor
     let cp = control_plane().await;
     let lab = Lab::new(2);
     let parents = lab.parents.clone();
-    let n = cluster_node(cp, "cp-inventory", |dir| {
+    let n = cluster_node(cp, "cp-inventory", |env| {
+        let dir = env.dir();
         let (gpu, sim) = gpu_driver(dir, 4);
         let granted: Vec<&str> = parents.iter().map(String::as_str).collect();
         let net = netlab::macvlan_driver(
@@ -745,7 +700,8 @@ async fn two_claims_share_one_gpu_through_consumable_capacity() {
         return;
     }
     let cp = control_plane().await;
-    let n = cluster_node(cp, "cp-share", |dir| {
+    let n = cluster_node(cp, "cp-share", |env| {
+        let dir = env.dir();
         let (spec, sim) = gpu_driver(dir, 1);
         (vec![spec], sim.tables)
     })
@@ -806,7 +762,8 @@ async fn an_unhealthy_gpu_is_tainted_and_the_scheduler_leaves_it_alone() {
     }
     let cp = control_plane().await;
     let mut events = None;
-    let n = cluster_node(cp, "cp-taint", |dir| {
+    let n = cluster_node(cp, "cp-taint", |env| {
+        let dir = env.dir();
         let (spec, sim) = gpu_driver(dir, 2);
         events = Some(sim.events.clone());
         (vec![spec], sim.tables)

@@ -1,10 +1,10 @@
 //! The API-server half through the real binary and the stand-in API server
-//! (`tests/src/apiserver.rs`), for what the real one (`tests/cluster/`)
-//! cannot give a test: injected failures, claims allocated in ways the
-//! scheduler would not make here (devices of a driver that has no host on
-//! this node), and exact counts of what one host wrote. Publishing,
-//! restoring, restarting without writing, tainting and claim checks run
-//! against the real control plane in `tests/cluster/`.
+//! (`tests/src/apiserver.rs`). Publishing, restoring, restarting without
+//! writing, tainting and claim checks run against the real control plane
+//! (`tests/cluster/`). What is left here: injected failures (the retry
+//! test, which needs the stand-in), and two tests not yet moved to the real
+//! control plane, whose claims are allocated by hand with a device of a
+//! second driver (the real scheduler would need that driver's slices).
 
 use crate::common::*;
 use dra_test_support::apiserver::TestApiServer;

@@ -1,6 +1,7 @@
 //! Shared set-up for the end-to-end tests.
 
 use dra_test_support::claims::ClaimsFile;
+use dra_test_support::controlplane::ControlPlane;
 use dra_test_support::host::{DriverSpec, HostEnv, HostProcess};
 use dra_test_support::kubelet::{Plugin, TestKubelet};
 use std::path::{Path, PathBuf};
@@ -168,4 +169,56 @@ async fn wait_registered(kubelet: &TestKubelet, host: &HostProcess, driver: &str
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+// --- hosts on the real control plane (tests/k8s) --------------------------------
+
+/// The shared control plane, from a blocking thread (it may be starting).
+pub async fn control_plane() -> &'static ControlPlane {
+    tokio::task::block_in_place(ControlPlane::shared)
+}
+
+/// A Node object, a host on it with that node's credentials, and the test kubelet.
+pub struct ClusterNode {
+    pub name: String,
+    pub uid: String,
+    /// The host's credentials, for acting as that node's host.
+    #[allow(dead_code, reason = "tests/cluster acts as a node's host; the e2e tests do not")]
+    pub kubeconfig: PathBuf,
+    pub node: Node,
+}
+
+/// A Node object `name` and a host on it, authenticated as the DaemonSet's
+/// pod would be (a token bound to a Pod on that Node); `setup` prepares the
+/// host's environment (files in its directory, metrics) and returns its
+/// drivers and extra top-level config tables.
+pub async fn cluster_node(
+    cp: &ControlPlane,
+    name: &str,
+    setup: impl FnOnce(&mut HostEnv) -> (Vec<DriverSpec>, String),
+) -> ClusterNode {
+    let node_uid = cp.create_node(name).unwrap();
+    let mut env = HostEnv::new(&cache_dir()).unwrap();
+    env.node_name = name.to_owned();
+    let kubeconfig = cp.host_kubeconfig(name, &env.dir().join("kubeconfig")).unwrap();
+    env.use_kubeconfig(&kubeconfig);
+    let (drivers, tables) = setup(&mut env);
+    let node = Node::start_in(env, drivers, "", &tables).await;
+    ClusterNode {
+        name: name.to_owned(),
+        uid: node_uid,
+        kubeconfig,
+        node,
+    }
+}
+
+/// The slices of `driver` on `node`, as the API server stores them.
+pub fn slices_of(cp: &ControlPlane, driver: &str, node: &str) -> Vec<serde_json::Value> {
+    let list = cp
+        .get(&[
+            "resourceslices",
+            &format!("--field-selector=spec.driver={driver},spec.nodeName={node}"),
+        ])
+        .unwrap();
+    list["items"].as_array().cloned().unwrap_or_default()
 }

@@ -5,12 +5,10 @@
 //! metric, Event) instead of publishing nothing.
 
 use crate::common::*;
-use dra_test_support::apiserver::TestApiServer;
 use dra_test_support::host::{DriverSpec, HostEnv, http_get};
 use serde_json::Value;
 
 const FAULTY: &str = "faulty.dra.dev";
-const NODE_UID: &str = "6a1b2c3d-0000-4000-8000-0000000013a1";
 
 /// What each bad device of the `invalid` inventory attack must be reported with.
 fn bad_devices() -> [(String, &'static str); 5] {
@@ -140,15 +138,17 @@ fn guest_run_slices_prints_the_valid_devices_and_names_the_others_as_validate_do
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_valid_devices_are_published_and_the_invalid_ones_reported() {
-    let api = TestApiServer::start().await.unwrap();
-    api.put_node("test-node", NODE_UID);
-    let mut env = HostEnv::new(&cache_dir()).unwrap();
-    env.use_api_server(&api).unwrap();
-    let metrics = env.enable_metrics().unwrap();
-    let node = Node::start_in(env, vec![hostile()], "", "").await;
-
-    let slice = eventually("the faulty driver's slice", &node, || {
-        api.slices().into_iter().find(|s| s["spec"]["driver"] == FAULTY)
+    // The real API server (tests/k8s): what the host leaves in must be what it accepts.
+    let cp = control_plane().await;
+    let mut metrics = 0;
+    let n = cluster_node(cp, "e2e-invalid-devices", |env| {
+        metrics = env.enable_metrics().unwrap();
+        (vec![hostile()], String::new())
+    })
+    .await;
+    let node = &n.node;
+    let slice = eventually("the faulty driver's slice", node, || {
+        slices_of(cp, FAULTY, &n.name).pop()
     })
     .await;
     let names: Vec<&str> = slice["spec"]["devices"]
@@ -160,12 +160,18 @@ async fn the_valid_devices_are_published_and_the_invalid_ones_reported() {
     assert_eq!(names, ["dev-0", "dev-1"], "the valid devices, each once");
     assert_eq!(slice["spec"]["devices"][0]["attributes"]["uuid"]["string"], "FAULTY-0");
 
-    let event: Value = eventually("an InvalidDevices event", &node, || {
-        api.events().into_iter().find(|e| e["reason"] == "InvalidDevices")
+    let event: Value = eventually("an InvalidDevices event", node, || {
+        let events = cp.get(&["events", "-n", "default"]).ok()?;
+        events["items"]
+            .as_array()?
+            .iter()
+            .find(|e| e["reason"] == "InvalidDevices" && e["involvedObject"]["name"] == n.name.as_str())
+            .cloned()
     })
     .await;
     assert_eq!(event["type"], "Warning");
     assert_eq!(event["involvedObject"]["kind"], "Node");
+    assert_eq!(event["involvedObject"]["uid"], n.uid.as_str());
     let message = event["message"].as_str().unwrap();
     assert!(message.contains(FAULTY) && message.contains("5 devices"), "{message}");
     assert!(message.contains("\"Dev-Upper\""), "{message}");

@@ -392,35 +392,42 @@ async fn a_guest_failing_its_first_calls_is_rolled_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swaps_are_reported_as_kubernetes_events() {
-    use dra_test_support::apiserver::TestApiServer;
-    let api = TestApiServer::start().await.unwrap();
-    api.put_node("test-node", "6a1b2c3d-0000-4000-8000-0000000005a9");
-    let mut env = HostEnv::new(&cache_dir()).unwrap();
-    env.use_api_server(&api).unwrap();
-    let mut guests = ConfigMapDir::create(&env.dir().join("guests"), &[(KEY, &build(V1))]).unwrap();
-    let spec = DriverSpec::new(FAULTY, &guests.path(KEY)).config("devices = 2");
-    let node = Node::start_in(env, vec![spec], "", "[hot_swap]\ndebounce_ms = 20\n").await;
+    // The real API server (tests/k8s), with the host's own credentials.
+    let cp = control_plane().await;
+    let mut guests = None;
+    let n = cluster_node(cp, "e2e-swap-events", |env| {
+        let dir = ConfigMapDir::create(&env.dir().join("guests"), &[(KEY, &build(V1))]).unwrap();
+        let spec = DriverSpec::new(FAULTY, &dir.path(KEY)).config("devices = 2");
+        guests = Some(dir);
+        (vec![spec], "[hot_swap]\ndebounce_ms = 20\n".to_owned())
+    })
+    .await;
+    let mut guests = guests.unwrap();
+    let node = &n.node;
 
     guests.update(&[(KEY, b"not a component")]).unwrap();
-    eventually("the refusal", &node, || {
+    eventually("the refusal", node, || {
         node.host.log().contains("new guest refused").then_some(())
     })
     .await;
     guests.update(&[(KEY, &build(V2))]).unwrap();
-    let events = eventually("two events", &node, || {
-        let events = api.events();
-        (events.len() >= 2).then_some(events)
+    let events = eventually("two events", node, || {
+        let list = cp.get(&["events", "-n", "default"]).ok()?;
+        let ours: Vec<serde_json::Value> = list["items"]
+            .as_array()?
+            .iter()
+            .filter(|e| e["involvedObject"]["name"] == n.name.as_str())
+            .cloned()
+            .collect();
+        (ours.len() >= 2).then_some(ours)
     })
     .await;
     let by_reason = |r: &str| events.iter().find(|e| e["reason"] == r).cloned();
     let rejected = by_reason("GuestRejected").expect("a GuestRejected event");
     assert_eq!(rejected["type"], "Warning");
     assert_eq!(rejected["involvedObject"]["kind"], "Node");
-    assert_eq!(rejected["involvedObject"]["name"], "test-node");
-    assert_eq!(
-        rejected["involvedObject"]["uid"],
-        "6a1b2c3d-0000-4000-8000-0000000005a9"
-    );
+    assert_eq!(rejected["involvedObject"]["name"], n.name.as_str());
+    assert_eq!(rejected["involvedObject"]["uid"], n.uid.as_str());
     assert!(
         rejected["message"]
             .as_str()
