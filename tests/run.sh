@@ -19,14 +19,11 @@ if ! command -v ip >/dev/null 2>&1; then
 fi
 
 # The real-client tests (tests/e2e/kubelet_clients.rs) speak the kubelet's side
-# with clients this project did not write: grpc-go from Debian's packages
-# (built offline in GOPATH mode by tests/peers/go/build.sh) and Python grpcio.
-# DRA_SKIP_REAL_CLIENTS=1 skips those tests, and so these installs.
+# with clients this project did not write: grpc-go (a Go module at the versions
+# k8s.io/kubernetes v1.37.2 requires, built by tests/peers/go/build.sh with
+# Go >= 1.26 from the Go module proxy; nothing to install here) and Python
+# grpcio. DRA_SKIP_REAL_CLIENTS=1 skips those tests, and so this install.
 if [[ ${DRA_SKIP_REAL_CLIENTS:-} != 1 ]]; then
-    go_pkgs=(golang-go golang-google-grpc-dev golang-google-protobuf-dev protobuf-compiler)
-    if ! dpkg -s "${go_pkgs[@]}" >/dev/null 2>&1; then
-        timeout 300 apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends "${go_pkgs[@]}" >/dev/null
-    fi
     timeout 600 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore grpcio==1.85.1 grpcio-tools==1.85.1 protobuf==7.36.2
 fi
 

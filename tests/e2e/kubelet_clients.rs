@@ -4,16 +4,17 @@
 //! The test kubelet (tests/src/kubelet.rs) is a tonic client: it agrees with
 //! the host about everything, including the `:authority` it sends. The real
 //! kubelet is grpc-go, and dials the plugin sockets in ways that put the
-//! socket path (raw, or percent-encoded by current grpc-go) into
-//! `:authority`. These tests run:
+//! socket path, percent-encoded, into `:authority` (grpc-go before 1.57,
+//! in kubelets before 1.29, sent it raw). These tests run:
 //!
-//! - grpc-go (Debian's 1.33.3): the program in tests/peers/go/, built by its
-//!   build.sh into the target directory, dialing exactly as the kubelet's
-//!   plugin watcher, the DRA plugin client of kubelets 1.31-1.33
+//! - grpc-go 1.82.1, the version k8s.io/kubernetes v1.37.2 requires, with the
+//!   kubelet's own stubs (k8s.io/kubelet v0.37.2): the Go module in
+//!   tests/peers/go/, built by its build.sh into the target directory,
+//!   dialing exactly as the kubelet's plugin watcher
+//!   (`grpc.DialContext(path)`), the DRA plugin client of kubelets 1.31-1.33
 //!   (`grpc.Dial(endpoint)`) and that of 1.34+ (`grpc.NewClient("unix:"…)`)
-//!   do; grpc-go 1.33 sends a bare-path dial's path raw, so it also runs
-//!   forcing the percent-encoded path that kubelets 1.31-1.37 (built with
-//!   grpc-go 1.65-1.81) send;
+//!   do; it also runs forcing the raw path (`grpc.WithAuthority`) that
+//!   grpc-go before 1.57 sent, which HTTP/2 servers refuse outright;
 //! - Python grpcio (gRPC C-core): tests/peers/python/kubelet_peer.py, with
 //!   default channel options and with the percent-encoded path.
 //!
@@ -24,8 +25,9 @@
 //! server that records the bytes, that each client really sends the
 //! `:authority` it is meant to reproduce.
 //!
-//! The clients are installed by tests/run.sh. Where they are missing the
-//! tests fail and say so, unless `DRA_SKIP_REAL_CLIENTS=1` asks to skip them,
+//! grpcio is installed by tests/run.sh; the grpc-go programs need Go >= 1.26
+//! and the Go module proxy (or a module cache that holds go.sum's modules).
+//! Where a client is missing the tests fail and say so, unless `DRA_SKIP_REAL_CLIENTS=1` asks to skip them,
 //! which each skipped test prints.
 
 use crate::common::*;
@@ -41,8 +43,9 @@ use std::time::{Duration, Instant};
 const DEVICES: u64 = 2;
 /// A peer's whole run; its own deadlines (at most 45 s a call) end it sooner.
 const PEER_TIMEOUT: Duration = Duration::from_secs(200);
-const INSTALL_HINT: &str = "run tests/run.sh (it installs golang-go, golang-google-grpc-dev, \
-     golang-google-protobuf-dev, protobuf-compiler and the pinned grpcio/grpcio-tools/protobuf) \
+const INSTALL_HINT: &str = "the grpc-go peer (tests/peers/go/build.sh) needs Go >= 1.26 on PATH or at \
+     /usr/local/go/bin/go and the Go module proxy (GOPROXY) for the modules in its go.sum; \
+     run tests/run.sh for the pinned grpcio/grpcio-tools/protobuf; \
      or set DRA_SKIP_REAL_CLIENTS=1 to skip these tests";
 
 /// Whether to skip: only when `DRA_SKIP_REAL_CLIENTS=1` asks to, loudly.
@@ -307,7 +310,7 @@ fn check_registration(run: &PeerRun, node: &BareNode) {
 
 /// A 1.34+ kubelet end to end: the plugin watcher registers the plugin
 /// (`grpc.DialContext(socketPath, …)` with no authority: grpc-go puts the
-/// socket path in `:authority`), then the DRA plugin client dials the
+/// socket path, percent-encoded, in `:authority`), then the DRA plugin client dials the
 /// endpoint GetInfo answered as 1.34+ does and prepares, prepares again,
 /// unprepares and reads the v1 health stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,11 +335,12 @@ async fn grpc_go_plugin_watcher_dial_registers() {
     check_dra_steps(&run, &node, "v1", "v1");
 }
 
-/// The DRA dial of kubelets 1.31-1.33: `grpc.Dial(endpoint, …)` with a bare
-/// path, so `:authority` is the socket path (raw from this grpc-go). 1.32
-/// and 1.33 talked v1beta1 and had no health stream; the v1alpha1 stream is
-/// read through the same dial to cover a server-streaming call with this
-/// authority.
+/// A 1.32/1.33 kubelet end to end: the plugin watcher's registration, then
+/// the DRA dial of kubelets 1.31-1.33, `grpc.Dial(endpoint, …)` with a bare
+/// path, so `:authority` is the socket path, percent-encoded (as grpc-go
+/// 1.65/1.68 in those kubelets sends it). 1.32 and 1.33 talked v1beta1 and
+/// had no health stream; the v1alpha1 stream is read through the same dial
+/// to cover a server-streaming call with this authority.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_go_pre_1_34_dra_dial() {
     if skipped("grpc_go_pre_1_34_dra_dial") {
@@ -344,13 +348,13 @@ async fn grpc_go_pre_1_34_dra_dial() {
     }
     let go = go_programs().await;
     let node = BareNode::start().await;
-    let endpoint = node.dra_socket();
+    let registration = node.registration_socket();
     let claim = node.claim_arg();
     let args = [
+        "-registration",
+        registration.to_str().unwrap(),
         "-dial",
         "pre-1.34",
-        "-endpoint",
-        endpoint.to_str().unwrap(),
         "-service",
         "v1beta1",
         "-health",
@@ -359,13 +363,20 @@ async fn grpc_go_pre_1_34_dra_dial() {
         &claim,
     ];
     let run = run_peer("grpc-go pre-1.34 DRA dial", &go.peer, &args, Some(&node.host)).await;
-    run.ok("Dial");
+    check_registration(&run, &node);
+    let dial = run.ok("Dial");
+    assert_eq!(
+        dial["target"],
+        node.dra_socket().to_str().unwrap(),
+        "a bare path: {}",
+        run.context()
+    );
     check_dra_steps(&run, &node, "v1beta1", "v1alpha1");
 }
 
-/// The DRA dial of kubelets 1.34+: `grpc.NewClient("unix:" + endpoint)`,
-/// which sends `:authority: localhost` (reproduced with grpc-go 1.33's
-/// nearest call; see tests/peers/go/main.go), v1 services.
+/// The DRA dial of kubelets 1.34+: `grpc.NewClient("unix:" + endpoint)` and
+/// `Connect()`, which sends `:authority: localhost` (grpc-go's unix
+/// resolver), v1 services.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_go_new_client_dial() {
     if skipped("grpc_go_new_client_dial") {
@@ -397,13 +408,14 @@ async fn grpc_go_new_client_dial() {
     check_dra_steps(&run, &node, "v1", "v1");
 }
 
-/// A kubelet 1.32/1.33 byte for byte: built with grpc-go 1.65/1.68, it
-/// sends the percent-encoded socket path on the plugin watcher's dial and on
-/// its `grpc.Dial(endpoint)` DRA dial, and talks v1beta1. (Every kubelet up
-/// to 1.37 sends that on the plugin watcher's dial.)
+/// The raw socket path as `:authority`, what grpc-go before 1.57 sent on a
+/// bare-path dial (kubelets before 1.29, older than any this host serves;
+/// forced here with `grpc.WithAuthority`): '/' is not allowed in an
+/// authority, so hyper's h2 alone refuses it. Registration and the
+/// `grpc.Dial(endpoint)` DRA dial, v1beta1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_go_percent_encoded_authority() {
-    if skipped("grpc_go_percent_encoded_authority") {
+async fn grpc_go_raw_path_authority() {
+    if skipped("grpc_go_raw_path_authority") {
         return;
     }
     let go = go_programs().await;
@@ -412,7 +424,7 @@ async fn grpc_go_percent_encoded_authority() {
     let claim = node.claim_arg();
     let args = [
         "-authority",
-        "percent-encoded",
+        "raw",
         "-registration",
         registration.to_str().unwrap(),
         "-dial",
@@ -425,7 +437,7 @@ async fn grpc_go_percent_encoded_authority() {
         &claim,
     ];
     let run = run_peer(
-        "grpc-go with the percent-encoded authority",
+        "grpc-go with the raw path as authority",
         &go.peer,
         &args,
         Some(&node.host),
@@ -465,14 +477,15 @@ async fn python_grpcio_default_options() {
     python_flow("python_grpcio_default_options", "default").await;
 }
 
-/// grpcio sending exactly what a kubelet built with current grpc-go sends
-/// for a bare-path dial: the socket path, percent-encoded (`%2Fvar%2F…`).
+/// grpcio sending exactly what a kubelet's grpc-go sends for a bare-path
+/// dial: the socket path, percent-encoded (`%2Fvar%2F…`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_percent_encoded_authority() {
     python_flow("python_grpcio_percent_encoded_authority", "percent-encoded").await;
 }
 
-/// grpc-go's percent-encoding of an authority (clientconn.go, since 1.57):
+/// grpc-go's percent-encoding of an authority (clientconn.go, since 1.57;
+/// `encodeAuthority` in 1.82.1):
 /// letters, digits, `-._~`, sub-delims and `:[]@` kept, every other byte `%XX`.
 fn percent_encoded(s: &str) -> String {
     s.bytes()
@@ -530,26 +543,26 @@ async fn clients_send_the_authority_they_reproduce() {
             "grpc-go plugin watcher dial",
             &go.peer,
             vec!["-registration", sock],
-            sock.to_owned(),
+            percent_encoded(sock),
         ),
         (
-            "grpc-go plugin watcher dial, percent-encoded",
+            "grpc-go plugin watcher dial, raw path forced",
             &go.peer,
-            vec!["-authority", "percent-encoded", "-registration", sock],
-            percent_encoded(sock),
+            vec!["-authority", "raw", "-registration", sock],
+            sock.to_owned(),
         ),
         (
             "grpc-go pre-1.34 DRA dial",
             &go.peer,
             vec!["-dial", "pre-1.34", "-endpoint", sock, "-claim", claim],
-            sock.to_owned(),
+            percent_encoded(sock),
         ),
         (
-            "grpc-go pre-1.34 DRA dial, percent-encoded",
+            "grpc-go pre-1.34 DRA dial, raw path forced",
             &go.peer,
             vec![
                 "-authority",
-                "percent-encoded",
+                "raw",
                 "-dial",
                 "pre-1.34",
                 "-endpoint",
@@ -557,7 +570,7 @@ async fn clients_send_the_authority_they_reproduce() {
                 "-claim",
                 claim,
             ],
-            percent_encoded(sock),
+            sock.to_owned(),
         ),
         (
             "grpc-go 1.34+ DRA dial",

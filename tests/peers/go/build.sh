@@ -3,51 +3,46 @@
 # the probe that records what clients send (probe/main.go) into
 # OUT_DIR/authority-probe.
 #
-# Offline, from Debian's packages only (tests/run.sh installs them): golang-go,
-# golang-google-grpc-dev (grpc-go 1.33.3), golang-google-protobuf-dev and
-# protobuf-compiler (golang-golang-x-net-dev, which the probe uses, comes
-# with grpc-go). Go builds in GOPATH mode against /usr/share/gocode; no
-# module proxy is asked for anything.
+# A Go module (go.mod, go.sum): grpc-go 1.82.1, protobuf-go and
+# golang.org/x/net at the versions k8s.io/kubernetes v1.37.2 requires, and
+# the kubelet's own generated stubs from k8s.io/kubelet v0.37.2 (no protoc,
+# no code generation). The modules come from the Go module proxy (GOPROXY)
+# into the module cache, checked against go.sum; nothing is vendored.
 #
-# Stubs are generated from proto/ at build time. The code generators are built
-# from the same Debian sources: protoc-gen-go from google.golang.org/protobuf
-# (1.28; it supports the proto3 `optional` field in dra_v1.proto, which the
-# older protoc-gen-go 1.3 plugin refuses) and protoc-gen-go-grpc from the
-# grpc-go 1.33.3 tree, so the stubs match the grpc-go they are compiled with.
+# Needs Go >= 1.26 (the modules' go directive). When an older go comes first
+# on PATH, /usr/local/go/bin/go is used if it is new enough. GOTOOLCHAIN=local:
+# the go found here builds, it never downloads another.
 #
 # Usage: tests/peers/go/build.sh OUT_DIR
 set -euo pipefail
 
 out=${1:?usage: build.sh OUT_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
-proto=$(cd "$here/../../../proto" && pwd)
-gocode=/usr/share/gocode
 
-for tool in go protoc; do
-    command -v "$tool" >/dev/null || { echo "build.sh: $tool not found; run tests/run.sh, which installs it" >&2; exit 2; }
+export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false GO111MODULE=on
+
+# Prints the go command's minor version (1.N -> N), or nothing.
+go_minor() { "$1" env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p'; }
+
+go=
+for candidate in "$(command -v go || true)" /usr/local/go/bin/go; do
+    [[ -n $candidate && -x $candidate ]] || continue
+    minor=$(go_minor "$candidate")
+    if [[ -n $minor ]] && ((minor >= 26)); then
+        go=$candidate
+        break
+    fi
 done
-[[ -d $gocode/src/google.golang.org/grpc && -d $gocode/src/google.golang.org/protobuf ]] ||
-    { echo "build.sh: grpc-go or protobuf sources missing under $gocode; run tests/run.sh, which installs them" >&2; exit 2; }
+[[ -n $go ]] || {
+    echo "build.sh: no Go >= 1.26 (tried go on PATH and /usr/local/go/bin/go); install Go 1.26 or newer" >&2
+    exit 2
+}
 
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-export GO111MODULE=off GOFLAGS= GOPATH="$out/gopath:$gocode" GOCACHE="$out/gocache"
+# Go's own build cache where it has one (shared, keyed by content), else OUT_DIR's.
+[[ -n $("$go" env GOCACHE 2>/dev/null) ]] || export GOCACHE=$out/gocache
 
-go build -o "$out/bin/protoc-gen-go" google.golang.org/protobuf/cmd/protoc-gen-go
-go build -o "$out/bin/protoc-gen-go-grpc" google.golang.org/grpc/cmd/protoc-gen-go-grpc
-
-# Each .proto file becomes its own Go package under dwhpeer/gen/.
-src=$out/gopath/src/dwhpeer
-rm -rf "$src"
-mkdir -p "$src"
-map=Mpluginregistration.proto=dwhpeer/gen/registration
-map+=,Mdra_v1.proto=dwhpeer/gen/drav1,Mdra_v1beta1.proto=dwhpeer/gen/drav1beta1
-map+=,Mdra_health_v1.proto=dwhpeer/gen/healthv1,Mdra_health_v1alpha1.proto=dwhpeer/gen/healthv1alpha1
-PATH="$out/bin:$PATH" protoc -I "$proto" \
-    --go_out="$map:$out/gopath/src" --go-grpc_out="$map:$out/gopath/src" \
-    pluginregistration.proto dra_v1.proto dra_v1beta1.proto dra_health_v1.proto dra_health_v1alpha1.proto
-cp "$here/main.go" "$src/main.go"
-mkdir -p "$src/probe"
-cp "$here/probe/main.go" "$src/probe/main.go"
-go build -o "$out/kubelet-peer" dwhpeer
-go build -o "$out/authority-probe" dwhpeer/probe
+cd "$here"
+"$go" build -mod=readonly -o "$out/kubelet-peer" .
+"$go" build -mod=readonly -o "$out/authority-probe" ./probe

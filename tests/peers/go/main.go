@@ -7,8 +7,10 @@
 // tests (tests/e2e/kubelet_clients.rs) can run a peer this project did not
 // write against the real binary.
 //
-// It is built against Debian's grpc-go (golang-google-grpc-dev 1.33.3) in
-// GOPATH mode, with stubs generated from proto/ at build time (build.sh).
+// It is a Go module (go.mod) built with the grpc-go and protobuf-go versions
+// k8s.io/kubernetes v1.37.2 requires (grpc-go 1.82.1), against the kubelet's
+// own generated stubs (k8s.io/kubelet v0.37.2, pkg/apis/...): what a 1.37
+// kubelet is compiled from. build.sh builds it.
 //
 // Output: one JSON object per line and step, {"client", "dial", "step", "ok",
 // "error", ...details}; it stops at the first failed step and exits 1.
@@ -29,14 +31,14 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
-	"dwhpeer/gen/drav1"
-	"dwhpeer/gen/drav1beta1"
-	"dwhpeer/gen/healthv1"
-	"dwhpeer/gen/healthv1alpha1"
-	registerapi "dwhpeer/gen/registration"
+	healthv1 "k8s.io/kubelet/pkg/apis/dra-health/v1"
+	healthv1alpha1 "k8s.io/kubelet/pkg/apis/dra-health/v1alpha1"
+	drav1 "k8s.io/kubelet/pkg/apis/dra/v1"
+	drav1beta1 "k8s.io/kubelet/pkg/apis/dra/v1beta1"
+	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 )
 
 const (
@@ -76,57 +78,24 @@ func fail(dial, step string, err error) {
 	os.Exit(1)
 }
 
-// protoCodec encodes messages with google.golang.org/protobuf (APIv2), as
-// current grpc-go's own codec does. Debian's grpc-go 1.33 registers a codec
-// built on github.com/golang/protobuf 1.3.5 (APIv1), which cannot handle the
-// messages protoc-gen-go 1.28 generates (it panics reading them). The bytes
-// on the wire are the same protobuf encoding either way; only the Go library
-// that produces them differs.
-type protoCodec struct{}
-
-func (protoCodec) Marshal(v interface{}) ([]byte, error) { return proto.Marshal(v.(proto.Message)) }
-func (protoCodec) Unmarshal(data []byte, v interface{}) error {
-	return proto.Unmarshal(data, v.(proto.Message))
-}
-func (protoCodec) Name() string { return "proto" }
-
-// Replaces the codec grpc-go registered under the same name.
-func init() { encoding.RegisterCodec(protoCodec{}) }
-
 func unixDialer(ctx context.Context, addr string) (net.Conn, error) {
 	return (&net.Dialer{}).DialContext(ctx, "unix", addr)
 }
 
 // authorityOption is what -authority asks for on a bare-path dial: nothing
-// (grpc-go 1.33's own choice, the raw path), or the path percent-encoded as
-// grpc-go >= 1.57 encodes it (clientconn.go, "encode the authority by
-// default", grpc-go #6428). Kubelets 1.31-1.37 are built with grpc-go
-// 1.65-1.81, so that is what they send on every bare-path dial; WithAuthority
-// makes grpc-go 1.33 put the same bytes on the wire.
+// (this grpc-go's own choice: the socket path percent-encoded, as every
+// grpc-go since 1.57 sends it, clientconn.go, grpc-go #6428), or "raw": the
+// path as it is, what grpc-go < 1.57 sent (kubelets up to 1.28, none that
+// this host supports), forced with WithAuthority, which grpc-go sends
+// unchanged. It keeps a real client sending an authority that hyper's h2
+// refuses outright ('/' is not allowed in an authority).
 var authorityOption string
 
 func authorityFor(target string) []grpc.DialOption {
-	if authorityOption != "percent-encoded" {
+	if authorityOption != "raw" {
 		return nil
 	}
-	return []grpc.DialOption{grpc.WithAuthority(percentEncodeAuthority(target))}
-}
-
-// percentEncodeAuthority keeps ASCII letters and digits, RFC 3986's
-// unreserved "-._~" and sub-delims "!$&'()*+,;=", and ":[]@"; every other
-// byte becomes %XX (upper-case hex). A socket path's '/' becomes %2F.
-func percentEncodeAuthority(s string) string {
-	const keep = "-._~!$&'()*+,;=:[]@"
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(keep, c) >= 0 {
-			b.WriteByte(c)
-		} else {
-			fmt.Fprintf(&b, "%%%02X", c)
-		}
-	}
-	return b.String()
+	return []grpc.DialOption{grpc.WithAuthority(target)}
 }
 
 // registerPlugin is the plugin watcher's registration of one socket, as in
@@ -139,15 +108,16 @@ func percentEncodeAuthority(s string) string {
 // with a 10 s dial timeout and no WithAuthority in any release (older ones
 // spell the credentials grpc.WithInsecure(), newer ones
 // insecure.NewCredentials(); the bytes sent are the same). The target is a
-// bare path, so grpc-go's passthrough resolver makes the path the channel's
-// authority. Then GetInfo (1 s), then NotifyRegistrationStatus (5 s).
+// bare path, so grpc-go's passthrough resolver (Dial's default scheme) makes
+// the path the channel's authority, percent-encoded. Then GetInfo (1 s),
+// then NotifyRegistrationStatus (5 s).
 func registerPlugin(socket string) *registerapi.PluginInfo {
 	const dial = "plugin-watcher"
 	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
 	defer cancel()
-	opts := append([]grpc.DialOption{grpc.WithInsecure(), grpc.WithBlock(), grpc.WithContextDialer(unixDialer)},
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithBlock(), grpc.WithContextDialer(unixDialer)},
 		authorityFor(socket)...)
-	conn, err := grpc.DialContext(ctx, socket, opts...)
+	conn, err := grpc.DialContext(ctx, socket, opts...) //nolint:staticcheck // the kubelet's own (deprecated) call
 	if err != nil {
 		fail(dial, "Dial", fmt.Errorf("failed to dial socket %s, err: %v", socket, err))
 	}
@@ -181,10 +151,11 @@ func registerPlugin(socket string) *registerapi.PluginInfo {
 // grpc.Dial(p.endpoint, insecure credentials, WithContextDialer(unix)) (1.32
 // and 1.33 add a client-side metrics interceptor, which sends nothing), then
 // WaitForStateChange(1 s, Connecting). A bare path again: the channel's
-// authority is the socket path.
+// authority is the socket path, percent-encoded.
 func dialPre134(endpoint string) (*grpc.ClientConn, error) {
-	opts := append([]grpc.DialOption{grpc.WithInsecure(), grpc.WithContextDialer(unixDialer)}, authorityFor(endpoint)...)
-	conn, err := grpc.Dial(endpoint, opts...)
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(unixDialer)},
+		authorityFor(endpoint)...)
+	conn, err := grpc.Dial(endpoint, opts...) //nolint:staticcheck // the kubelet's own (deprecated) call
 	if err != nil {
 		return nil, err
 	}
@@ -203,15 +174,15 @@ func dialPre134(endpoint string) (*grpc.ClientConn, error) {
 //	grpc.NewClient("unix:"+endpoint, insecure credentials, a metrics interceptor, a stats handler)
 //	conn.Connect()
 //
-// Debian's grpc-go 1.33 has no NewClient or Connect. What the kubelet's call
-// puts on the wire is `:authority: localhost` (grpc-go's unix resolver) on a
-// connection opened at once. grpc-go 1.33 does the same for a "unix:" target
-// given to grpc.Dial without WithBlock (clientconn.go: a target starting with
-// "unix:" gets the authority "localhost", and the default dialer dials the
-// path after "unix:"), so this is the nearest 1.33 call with the same wire
-// behaviour.
+// The interceptor and the stats handler send nothing. grpc-go's unix
+// resolver names the channel's authority "localhost".
 func dialNewClient(endpoint string) (*grpc.ClientConn, error) {
-	return grpc.Dial("unix:"+endpoint, grpc.WithInsecure())
+	conn, err := grpc.NewClient("unix:"+endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	conn.Connect()
+	return conn, nil
 }
 
 type claim struct{ namespace, name, uid string }
@@ -462,15 +433,15 @@ func runDRA(dial, endpoint, service, health string, c claim) {
 func main() {
 	registration := flag.String("registration", "", "registration socket: register as the plugin watcher does")
 	dial := flag.String("dial", "", "DRA dial to run: pre-1.34 or new-client (none: registration only)")
-	flag.StringVar(&authorityOption, "authority", "", "bare-path dials: empty (grpc-go's own choice) or percent-encoded (what grpc-go >= 1.57 sends)")
+	flag.StringVar(&authorityOption, "authority", "", "bare-path dials: empty (grpc-go's own choice, the percent-encoded path) or raw (what grpc-go < 1.57 sent)")
 	endpoint := flag.String("endpoint", "", "DRA socket (default: the endpoint GetInfo answered)")
 	service := flag.String("service", "v1", "DRAPlugin service: v1 or v1beta1")
 	health := flag.String("health", "v1", "DRAResourceHealth service: v1 or v1alpha1")
 	claimArg := flag.String("claim", "", "the claim to prepare: namespace/name/uid")
 	batchArg := flag.String("batch", "", "instead: one v1 prepare of these claims, namespace/name/uid,...")
 	flag.Parse()
-	if authorityOption != "" && authorityOption != "percent-encoded" {
-		fail(*dial, "arguments", fmt.Errorf("unknown -authority %q (percent-encoded)", authorityOption))
+	if authorityOption != "" && authorityOption != "raw" {
+		fail(*dial, "arguments", fmt.Errorf("unknown -authority %q (raw)", authorityOption))
 	}
 
 	if *registration != "" {

@@ -16,7 +16,7 @@ stream.
   percent-encoded  grpc.default_authority forced to the socket path
                    percent-encoded as current grpc-go encodes the authority
                    of a bare-path target (what a kubelet built with it sends;
-                   Debian's older grpc-go sends the raw path instead).
+                   grpc-go before 1.57 sent the raw path instead).
 
 Stubs are generated from proto/ with grpc_tools.protoc into a temporary
 directory at every run. Output: one JSON object per line and step

@@ -3,10 +3,10 @@
 //
 // The kubelet peers' tests rest on what each client puts in `:authority`
 // (the raw socket path, its percent-encoded form, "localhost", ...). This
-// probe, built on golang.org/x/net/http2 (Debian's golang-golang-x-net-dev,
-// which grpc-go depends on), records it as the bytes arrive, before any
-// server could judge them, so a test can check each client sends what it is
-// meant to reproduce.
+// probe, built on golang.org/x/net/http2 (at the version k8s.io/kubernetes
+// v1.37.2 requires; see ../go.mod), records it as the bytes arrive, before
+// any server could judge them, so a test can check each client sends what it
+// is meant to reproduce.
 //
 // Usage: authority-probe SOCKET. Prints one JSON line per request:
 // {"path": ..., "authority": ..., "has_authority": bool}, and "listening"
