@@ -253,6 +253,12 @@ fn device(d: &types::Device, extra: &[&HostTaint]) -> Result<resource::Device, S
                 },
             }),
         };
+        if let Some(reason) = request_policy
+            .as_ref()
+            .and_then(|p| range_off_step(&c.value, p.default.as_ref(), p.valid_range.as_ref()?))
+        {
+            return Err(format!("capacity {}: {reason}", quoted(&c.name)));
+        }
         if request_policy
             .as_ref()
             .is_some_and(|p| p.valid_values.is_some() && p.valid_range.is_some())
@@ -377,6 +383,101 @@ fn is_semver(s: &str) -> bool {
         && parts
             .iter()
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (p.len() == 1 || !p.starts_with('0')))
+}
+
+/// The API server's rules for a request range with a step (1.37's
+/// `validateRequestPolicyRange`): one step above `min` fits the capacity,
+/// and `default` and `max` are `min` plus whole steps. It refuses the whole
+/// slice otherwise, so the device is left out here instead. `None` when the
+/// range keeps them (or a value is too fine or too large to check exactly).
+fn range_off_step(
+    capacity: &str,
+    default: Option<&Quantity>,
+    range: &resource::CapacityRequestPolicyRange,
+) -> Option<String> {
+    let step_q = range.step.as_ref()?;
+    let (value, min, step) = (milli(capacity)?, milli(&range.min.0)?, milli(&step_q.0)?);
+    if step <= 0 {
+        return Some(format!("validRange.step {} must be greater than zero", step_q.0));
+    }
+    if min + step > value {
+        return Some(format!(
+            "validRange.min {} plus one step {} is more than the capacity {capacity}",
+            range.min.0, step_q.0
+        ));
+    }
+    for (field, q) in [
+        ("requestPolicy.default", default),
+        ("validRange.max", range.max.as_ref()),
+    ] {
+        if let Some(q) = q
+            && milli(&q.0).is_some_and(|v| (v - min) % step != 0)
+        {
+            return Some(format!(
+                "{field} {} is not validRange.min {} plus whole steps of {}",
+                q.0, range.min.0, step_q.0
+            ));
+        }
+    }
+    None
+}
+
+/// A quantity in thousandths of its unit, when that is exact and fits:
+/// `81559Mi`, `5Gi`, `1.5k`, `100m`, `2e3`.
+fn milli(s: &str) -> Option<i128> {
+    let num_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
+    if num_end == 0 {
+        return None;
+    }
+    let (num, suffix) = s.split_at(num_end);
+    milli_of(num, suffix)
+}
+
+fn milli_of(num: &str, suffix: &str) -> Option<i128> {
+    let (negative, num) = match num.strip_prefix('-') {
+        Some(n) => (true, n),
+        None => (false, num.strip_prefix('+').unwrap_or(num)),
+    };
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    let digits: String = [int, frac].concat();
+    if digits.is_empty() || digits.len() > 30 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mantissa: i128 = digits.parse().ok()?;
+    // value = mantissa / 10^frac.len() * multiplier; in milli: * 1000.
+    let (numerator, denominator): (i128, i128) = match suffix {
+        "" => (1000, 1),
+        "n" => (1, 1_000_000),
+        "u" => (1, 1_000),
+        "m" => (1, 1),
+        "k" => (1_000_000, 1),
+        "M" => (1_000_000_000, 1),
+        "G" => (1_000_000_000_000, 1),
+        "T" => (1_000_000_000_000_000, 1),
+        "P" => (1_000_000_000_000_000_000, 1),
+        "E" => (1_000_000_000_000_000_000_000, 1),
+        "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" => {
+            let power = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"].iter().position(|p| *p == suffix)? as u32 + 1;
+            (1000 * (1i128 << (10 * power)), 1)
+        }
+        e => {
+            let exp: i32 = e.strip_prefix(['e', 'E'])?.parse().ok()?;
+            match exp + 3 {
+                x if (0..=30).contains(&x) => (10i128.pow(x as u32), 1),
+                x if (-30..0).contains(&x) => (1, 10i128.pow((-x) as u32)),
+                _ => return None,
+            }
+        }
+    };
+    let scaled = mantissa.checked_mul(numerator)?;
+    let denominator = denominator.checked_mul(10i128.checked_pow(frac.len() as u32)?)?;
+    if scaled % denominator != 0 {
+        return None;
+    }
+    let v = scaled / denominator;
+    Some(if negative { -v } else { v })
 }
 
 /// The forms of Kubernetes quantity a driver publishes: an integer or
@@ -508,6 +609,57 @@ mod tests {
             effect: types::TaintEffect::NoSchedule,
         });
         assert!(refused(p).contains("label value"));
+    }
+
+    #[test]
+    fn quantities_in_milli_units() {
+        assert_eq!(milli("81559Mi"), Some(81559 * (1 << 20) * 1000));
+        assert_eq!(milli("5Gi"), Some(5 * (1 << 30) * 1000));
+        assert_eq!(milli("1.5k"), Some(1_500_000));
+        assert_eq!(milli("100m"), Some(100));
+        assert_eq!(milli("2e3"), Some(2_000_000));
+        assert_eq!(milli("-1"), Some(-1000));
+        assert_eq!(milli("100"), Some(100_000));
+        assert_eq!(milli("1n"), None, "finer than milli: not checked");
+        assert_eq!(milli("Gi"), None);
+        assert_eq!(milli("1e99"), None);
+    }
+
+    /// As a real 1.37 API server refused the GPU guest's first slices: a
+    /// range whose max is not min plus whole steps is left out, named.
+    #[test]
+    fn a_request_range_off_its_step_is_left_out() {
+        let policy = |default: &str, max: &str| types::RequestPolicy {
+            default: Some(default.into()),
+            valid_values: vec![],
+            valid_range: Some(types::CapacityRange {
+                min: "5Gi".into(),
+                max: Some(max.into()),
+                step: Some("5Gi".into()),
+            }),
+        };
+        let mut p = pool(2);
+        p.devices[0].capacity[0] = types::Capacity {
+            name: "memory".into(),
+            value: "81559Mi".into(),
+            request_policy: Some(policy("5Gi", "75Gi")),
+        };
+        p.devices[1].capacity[0] = types::Capacity {
+            name: "memory".into(),
+            value: "81559Mi".into(),
+            request_policy: Some(policy("5Gi", "81559Mi")),
+        };
+        let e = refused(p.clone());
+        assert!(
+            e.contains("device \"d1\"")
+                && e.contains("validRange.max 81559Mi is not validRange.min 5Gi plus whole steps of 5Gi"),
+            "{e}"
+        );
+        p.devices[1].capacity[0].request_policy = Some(policy("7Gi", "75Gi"));
+        assert!(refused(p.clone()).contains("requestPolicy.default 7Gi"));
+        p.devices[1].capacity[0].value = "4Gi".into();
+        p.devices[1].capacity[0].request_policy = Some(policy("5Gi", "5Gi"));
+        assert!(refused(p).contains("more than the capacity 4Gi"));
     }
 
     #[test]
