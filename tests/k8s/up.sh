@@ -11,8 +11,11 @@
 # authorizers and the NodeRestriction admission plugin, as kubeadm sets them.
 # With --scheduler it also starts kube-scheduler and the controllers a DRA
 # Pod needs: kube-controller-manager's resourceclaim controller (claims from
-# ResourceClaimTemplates), serviceaccount (each namespace's default account)
-# and garbage-collector (claims go with their Pod).
+# ResourceClaimTemplates), serviceaccount (each namespace's default account),
+# garbage-collector (claims go with their Pod) and
+# validatingadmissionpolicy-status (status.typeChecking of admission
+# policies). No kubelet runs: create Node objects yourself (the tests do so
+# in tests/src/controlplane.rs).
 #
 # When the API server is ready, the first line of standard output is
 #   KUBECONFIG=<admin kubeconfig>
