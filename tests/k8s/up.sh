@@ -78,7 +78,12 @@ stop() { # stop SIGNAL NAME...: signal each, then wait until each is gone (SIGKI
     done
 }
 cleanup() {
-    trap - EXIT TERM INT HUP USR1 USR2
+    # Ignore further signals rather than restore their defaults: a second
+    # SIGTERM (a test's Drop, then the parent-death signal as the test
+    # process exits) would otherwise end this shell half-way and leave the
+    # components running.
+    trap - EXIT
+    trap '' TERM INT HUP USR1 USR2
     stop TERM kube-controller-manager kube-scheduler kube-apiserver etcd
     rm -rf "$dir"
 }
@@ -149,10 +154,15 @@ kubeconfig "$dir/admin.kubeconfig" admin
 kubeconfig "$dir/scheduler.kubeconfig" scheduler
 
 # --- components -------------------------------------------------------------
+# Each component gets SIGTERM if this shell dies without cleaning up (SIGKILL).
+guard=()
+if command -v setpriv >/dev/null 2>&1; then
+    guard=(setpriv --pdeathsig TERM --)
+fi
 start_etcd() {
     # No fsync: a test cluster's data need not survive a power cut, and on a
     # slow disk etcd's fsyncs would dominate every write.
-    "$bin/etcd" --name dwh --data-dir "$dir/etcd" --log-level warn --unsafe-no-fsync \
+    "${guard[@]}" "$bin/etcd" --name dwh --data-dir "$dir/etcd" --log-level warn --unsafe-no-fsync \
         --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
         --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
         --initial-cluster "dwh=http://127.0.0.1:$etcd_peer_port" \
@@ -160,7 +170,7 @@ start_etcd() {
     pid[etcd]=$!
 }
 start_apiserver() {
-    "$bin/kube-apiserver" \
+    "${guard[@]}" "$bin/kube-apiserver" \
         --etcd-servers "http://127.0.0.1:$etcd_port" \
         --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
         --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
@@ -199,14 +209,14 @@ start_etcd
 start_apiserver
 wait_ready
 if ((scheduler)); then
-    "$bin/kube-scheduler" --kubeconfig "$dir/scheduler.kubeconfig" \
+    "${guard[@]}" "$bin/kube-scheduler" --kubeconfig "$dir/scheduler.kubeconfig" \
         --authentication-kubeconfig "$dir/scheduler.kubeconfig" --authorization-kubeconfig "$dir/scheduler.kubeconfig" \
         --leader-elect=false --secure-port 0 \
         >>"$dir/logs/kube-scheduler.log" 2>&1 &
     pid[kube-scheduler]=$!
     # The controller manager acts with the admin's credentials (a test
     # cluster; kubeadm gives it a certificate of its own).
-    "$bin/kube-controller-manager" --kubeconfig "$dir/admin.kubeconfig" \
+    "${guard[@]}" "$bin/kube-controller-manager" --kubeconfig "$dir/admin.kubeconfig" \
         --controllers resourceclaim-controller,serviceaccount-controller,garbage-collector-controller,validatingadmissionpolicy-status-controller \
         --leader-elect=false --secure-port 0 \
         >>"$dir/logs/kube-controller-manager.log" 2>&1 &
