@@ -75,6 +75,14 @@ async fn until<T>(what: &str, node: &Node, timeout: Duration, mut check: impl Fn
     }
 }
 
+/// The first stored slice of `driver` on the node, once the host published it.
+async fn published(cp: &ControlPlane, n: &ClusterNode, driver: &str) -> Value {
+    until(&format!("{driver}'s slice"), &n.node, CLUSTER_TIMEOUT, || {
+        slices_of(cp, driver, &n.name).pop()
+    })
+    .await
+}
+
 /// A namespace for one test, with its default ServiceAccount (Pods need it).
 fn namespace(cp: &ControlPlane, name: &str) {
     cp.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}).to_string())
@@ -345,10 +353,7 @@ async fn slices_of_the_example_gpu_and_macvlan_guests_are_stored_as_the_inventor
 async fn a_deleted_or_edited_slice_is_repaired() {
     let cp = control_plane().await;
     let n = cluster_node(cp, "cp-repair", |_| (vec![example_driver(4)], String::new())).await;
-    let first = until("the slice", &n.node, CLUSTER_TIMEOUT, || {
-        slices_of(cp, DRIVER, &n.name).pop()
-    })
-    .await;
+    let first = published(cp, &n, DRIVER).await;
     let name = first["metadata"]["name"].as_str().unwrap().to_owned();
 
     // Deleted (as the kubelet does after losing the plugin): created again.
@@ -559,10 +564,7 @@ async fn a_host_may_write_only_its_own_nodes_slices_and_claim_statuses() {
 async fn the_scheduler_allocates_from_our_slices_and_the_host_prepares_those_claims() {
     let cp = control_plane().await;
     let n = cluster_node(cp, "cp-sched", |_| (vec![example_driver(4)], String::new())).await;
-    until("the slice", &n.node, CLUSTER_TIMEOUT, || {
-        slices_of(cp, DRIVER, &n.name).pop()
-    })
-    .await;
+    published(cp, &n, DRIVER).await;
     let ns = "cp-sched";
     namespace(cp, ns);
     // A claim of its own and one from a template (the resourceclaim controller makes it).
@@ -651,10 +653,7 @@ async fn the_scheduler_allocates_from_our_slices_and_the_host_prepares_those_cla
 async fn unallocated_replaced_and_missing_claims_are_each_their_own_error() {
     let cp = control_plane().await;
     let n = cluster_node(cp, "cp-claims", |_| (vec![example_driver(2)], String::new())).await;
-    until("the slice", &n.node, CLUSTER_TIMEOUT, || {
-        slices_of(cp, DRIVER, &n.name).pop()
-    })
-    .await;
+    published(cp, &n, DRIVER).await;
     let ns = "cp-claims";
     namespace(cp, ns);
     // Allocated by the scheduler for a Pod; another claim no Pod uses (never allocated).
@@ -706,10 +705,7 @@ async fn two_claims_share_one_gpu_through_consumable_capacity() {
         (vec![spec], sim.tables)
     })
     .await;
-    until("the GPU slice", &n.node, CLUSTER_TIMEOUT, || {
-        slices_of(cp, GPU, &n.name).pop()
-    })
-    .await;
+    published(cp, &n, GPU).await;
     let ns = "cp-share";
     namespace(cp, ns);
     for name in ["share-a", "share-b"] {
@@ -769,10 +765,7 @@ async fn an_unhealthy_gpu_is_tainted_and_the_scheduler_leaves_it_alone() {
         (vec![spec], sim.tables)
     })
     .await;
-    until("the GPU slice", &n.node, CLUSTER_TIMEOUT, || {
-        slices_of(cp, GPU, &n.name).pop()
-    })
-    .await;
+    published(cp, &n, GPU).await;
     let mut inject = Injector::connect(&events.unwrap()).await.unwrap();
     let before = cp.requests_of(&n.name).len();
     inject.xid(0, 79).await.unwrap();
@@ -844,10 +837,7 @@ async fn macvlan_network_data_written_by_the_host_is_what_the_api_server_stores(
         (vec![spec], String::new())
     })
     .await;
-    until("the NIC slice", &n.node, CLUSTER_TIMEOUT, || {
-        slices_of(cp, NET, &n.name).pop()
-    })
-    .await;
+    published(cp, &n, NET).await;
     let ns = "cp-net";
     namespace(cp, ns);
     cp.apply(&claim(
@@ -913,10 +903,7 @@ async fn macvlan_network_data_written_by_the_host_is_what_the_api_server_stores(
 async fn a_failed_prepare_is_a_warning_event_on_the_claim() {
     let cp = control_plane().await;
     let n = cluster_node(cp, "cp-events", |_| (vec![example_driver(2)], String::new())).await;
-    until("the slice", &n.node, CLUSTER_TIMEOUT, || {
-        slices_of(cp, DRIVER, &n.name).pop()
-    })
-    .await;
+    published(cp, &n, DRIVER).await;
     let ns = "cp-events";
     namespace(cp, ns);
     // A config the example guest refuses: time slicing settings for space partitioning.
@@ -966,10 +953,7 @@ async fn the_api_server_goes_away_and_comes_back() {
         cp
     });
     let n = cluster_node(&cp, "cp-outage", |_| (vec![example_driver(2)], String::new())).await;
-    until("the slice", &n.node, CLUSTER_TIMEOUT, || {
-        slices_of(&cp, DRIVER, &n.name).pop()
-    })
-    .await;
+    published(&cp, &n, DRIVER).await;
     let ns = "cp-outage";
     namespace(&cp, ns);
     cp.apply(&claim(ns, "before", DRIVER, 1, None, None)).unwrap();
