@@ -1,10 +1,11 @@
-//! The API-server half through the real binary and the stand-in API server
-//! (`tests/src/apiserver.rs`). Publishing, restoring, restarting without
-//! writing, tainting and claim checks run against the real control plane
-//! (`tests/cluster/`). What is left here: injected failures (the retry
-//! test, which needs the stand-in), and two tests not yet moved to the real
-//! control plane, whose claims are allocated by hand with a device of a
-//! second driver (the real scheduler would need that driver's slices).
+//! The claim half of the API side through the real binary. Claims here are
+//! allocated by hand on the real control plane (tests/k8s): a device of a
+//! driver no host publishes, which the scheduler could not allocate. The
+//! scheduler's own allocations are in tests/cluster/.
+//!
+//! One test keeps the stand-in API server (`tests/src/apiserver.rs`): the
+//! injected 503, 429 and 409 answers, faults the real API server cannot be
+//! made to produce on cue.
 
 use crate::common::*;
 use dra_test_support::apiserver::TestApiServer;
@@ -12,91 +13,84 @@ use dra_test_support::claims::{Claim, uid};
 use dra_test_support::host::{DriverSpec, HostEnv};
 use serde_json::{Value, json};
 
-const NODE_UID: &str = "6a1b2c3d-0000-4000-8000-00000000a0de";
 const FAULTY: &str = "faulty.dra.dev";
+const OTHER: &str = "other.example.com";
 
-async fn api_node(drivers: Vec<DriverSpec>) -> (TestApiServer, Node) {
-    let api = TestApiServer::start().await.unwrap();
-    api.put_node("test-node", NODE_UID);
-    let mut env = HostEnv::new(&cache_dir()).unwrap();
-    env.use_api_server(&api).unwrap();
-    let node = Node::start_in(env, drivers, "", "").await;
-    (api, node)
-}
-
-async fn example_node(devices: u32) -> (TestApiServer, Node) {
-    api_node(vec![
-        DriverSpec::new(DRIVER, &guest("example_driver.wasm")).config(&format!("devices = {devices}")),
-    ])
-    .await
+/// The requests the host on `node` sent for the status of claim `name`.
+fn status_writes(cp: &dra_test_support::controlplane::ControlPlane, node: &str, name: &str) -> usize {
+    cp.requests_of(node)
+        .iter()
+        .filter(|r| r.is_write() && r.resource == "resourceclaims" && r.subresource == "status" && r.name == name)
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prepares_real_claim_objects_and_checks_them() {
-    let (api, node) = example_node(4).await;
-    let two_drivers = Claim::new("default", "two-drivers", &uid(1))
-        .device(DRIVER, POOL, "gpu-1", "gpu")
-        .device("other.example.com", "other-pool", "nic-0", "nic");
-    let unallocated = Claim::new("default", "unallocated", &uid(2)).unallocated();
-    let replaced = Claim::new("default", "replaced", &uid(3)).device(DRIVER, POOL, "gpu-2", "gpu");
-    for c in [&two_drivers, &unallocated, &replaced] {
-        api.put_claim(c.to_json());
-    }
-    let mut stale = replaced.reference();
-    stale.uid = uid(30);
-    let missing = Claim::new("default", "missing", &uid(4)).reference();
-    let answer = node
-        .plugin
-        .prepare(&[two_drivers.reference(), unallocated.reference(), stale, missing])
-        .await
-        .unwrap();
-    assert_eq!(answer[&uid(1)].error, "");
-    let devices: Vec<_> = answer[&uid(1)].devices.iter().map(|d| d.device_name.as_str()).collect();
+async fn a_claim_of_two_drivers_gets_only_this_drivers_devices_prepared() {
+    let cp = control_plane().await;
+    let n = cluster_node(cp, "e2e-two-drivers", |_| {
+        let spec = DriverSpec::new(DRIVER, &guest("example_driver.wasm")).config("devices = 4");
+        (vec![spec], String::new())
+    })
+    .await;
+    let claim = Claim::new("e2e-api", "two-drivers", "")
+        .device(DRIVER, &n.name, "gpu-1", "gpu")
+        .device(OTHER, "other-pool", "nic-0", "nic");
+    let claim = cp.put_claim(&claim, &n.name).unwrap();
+    let answer = n.node.plugin.prepare(&[claim.reference()]).await.unwrap();
+    assert_eq!(answer[&claim.uid].error, "");
+    let devices: Vec<_> = answer[&claim.uid]
+        .devices
+        .iter()
+        .map(|d| d.device_name.as_str())
+        .collect();
     assert_eq!(devices, ["gpu-1"], "only this driver's device");
-    assert!(
-        answer[&uid(2)].error.contains("not allocated"),
-        "{}",
-        answer[&uid(2)].error
-    );
-    assert!(
-        answer[&uid(30)].error.contains("got replaced"),
-        "{}",
-        answer[&uid(30)].error
-    );
-    assert!(answer[&uid(4)].error.contains("not found"), "{}", answer[&uid(4)].error);
     assert_eq!(
-        api.writes().claim_status_updates,
+        status_writes(cp, &n.name, "two-drivers"),
         0,
-        "the example guest reports no status"
+        "the example guest reports no status: {:?}",
+        cp.requests_of(&n.name)
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_devices_written_beside_other_drivers_and_removed() {
-    let spec = DriverSpec::new(FAULTY, &guest("faulty_driver.wasm")).config("devices = 2");
-    let (api, node) = api_node(vec![spec]).await;
-    let claim = Claim::new("default", "status-claim", &uid(7))
+    let cp = control_plane().await;
+    cp.allow_drivers(&[FAULTY]).unwrap();
+    let n = cluster_node(cp, "e2e-status", |_| {
+        let spec = DriverSpec::new(FAULTY, &guest("faulty_driver.wasm")).config("devices = 2");
+        (vec![spec], String::new())
+    })
+    .await;
+    let ns = "e2e-api";
+    let claim = Claim::new(ns, "status-claim", "")
         .device(FAULTY, "faulty", "dev-0", "dev")
         .device(FAULTY, "faulty", "dev-1", "dev")
-        .device("other.example.com", "p", "nic-0", "nic");
-    let mut object = claim.to_json();
-    object["status"]["devices"] = json!([{ "driver": "other.example.com", "pool": "p", "device": "nic-0",
+        .device(OTHER, "p", "nic-0", "nic");
+    let claim = cp.put_claim(&claim, &n.name).unwrap();
+    // The other driver's host has written its entry already.
+    let other = json!({"status": {"devices": [{ "driver": OTHER, "pool": "p", "device": "nic-0",
         "conditions": [{ "type": "Ready", "status": "True", "reason": "Other", "message": "",
-                         "lastTransitionTime": "2026-11-22T00:00:00Z" }] }]);
-    api.put_claim(object);
-    // The first status update meets a conflict (another writer got there first).
-    api.inject("/resourceclaims/status-claim/status", "PUT", 409, 1);
+                         "lastTransitionTime": "2026-11-22T00:00:00Z" }] }]}});
+    cp.kubectl(&[
+        "patch",
+        "resourceclaim",
+        "status-claim",
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &other.to_string(),
+    ])
+    .unwrap();
 
-    let answer = node.plugin.prepare(&[claim.reference()]).await.unwrap();
-    assert_eq!(answer[&uid(7)].error, "");
-    assert_eq!(api.pending_faults(), 0, "the conflict happened and was retried");
-    let stored = api.claim("default", "status-claim").unwrap();
+    let answer = n.node.plugin.prepare(&[claim.reference()]).await.unwrap();
+    assert_eq!(answer[&claim.uid].error, "");
+    let stored = cp.claim(ns, "status-claim").unwrap();
     let entries = stored["status"]["devices"].as_array().unwrap();
     assert_eq!(entries.len(), 3, "{stored}");
-    assert_eq!(
-        entries[0]["driver"], "other.example.com",
-        "other drivers' entries untouched"
-    );
+    assert_eq!(entries[0]["driver"], OTHER, "other drivers' entries untouched");
+    assert_eq!(entries[0]["conditions"][0]["reason"], "Other");
     let ours: Vec<&Value> = entries.iter().filter(|e| e["driver"] == FAULTY).collect();
     assert_eq!(ours[0]["device"], "dev-0");
     assert_eq!(ours[0]["conditions"][0]["type"], "Ready");
@@ -105,28 +99,43 @@ async fn status_devices_written_beside_other_drivers_and_removed() {
     assert_eq!(ours[1]["networkData"]["ips"], json!(["192.0.2.11/24"]));
     assert_eq!(ours[1]["networkData"]["hardwareAddress"], "02:00:00:00:00:01");
     assert_eq!(ours[1]["data"], json!({ "slot": 1 }));
-    assert_eq!(api.writes().claim_status_updates, 1);
+    assert_eq!(status_writes(cp, &n.name, "status-claim"), 1);
 
     // A repeated prepare finds the status in place: no write.
-    node.plugin.prepare(&[claim.reference()]).await.unwrap();
-    assert_eq!(api.writes().claim_status_updates, 1);
+    node_prepares_again(&n, &claim).await;
+    assert_eq!(status_writes(cp, &n.name, "status-claim"), 1);
 
-    let errors = node.plugin.unprepare(&[claim.reference()]).await.unwrap();
-    assert_eq!(errors[&uid(7)], "");
-    let stored = api.claim("default", "status-claim").unwrap();
+    let errors = n.node.plugin.unprepare(&[claim.reference()]).await.unwrap();
+    assert_eq!(errors[&claim.uid], "");
+    let stored = cp.claim(ns, "status-claim").unwrap();
     let entries = stored["status"]["devices"].as_array().unwrap();
-    assert_eq!(entries.len(), 1);
-    assert_eq!(entries[0]["driver"], "other.example.com");
+    assert_eq!(entries.len(), 1, "{stored}");
+    assert_eq!(entries[0]["driver"], OTHER);
 }
 
+async fn node_prepares_again(n: &ClusterNode, claim: &Claim) {
+    let answer = n.node.plugin.prepare(&[claim.reference()]).await.unwrap();
+    assert_eq!(answer[&claim.uid].error, "");
+}
+
+/// Faults only the stand-in can make: 503 and 429 on the claim's GET, and a
+/// 409 on its status update (another writer got there first), each retried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transient_api_errors_are_retried() {
-    let (api, node) = example_node(2).await;
-    let claim = Claim::new("default", "flaky", &uid(9)).device(DRIVER, POOL, "gpu-0", "gpu");
+async fn transient_api_errors_and_conflicts_are_retried() {
+    let api = TestApiServer::start().await.unwrap();
+    api.put_node("test-node", "6a1b2c3d-0000-4000-8000-00000000a0de");
+    let mut env = HostEnv::new(&cache_dir()).unwrap();
+    env.use_api_server(&api).unwrap();
+    let spec = DriverSpec::new(FAULTY, &guest("faulty_driver.wasm")).config("devices = 2");
+    let node = Node::start_in(env, vec![spec], "", "").await;
+    let claim = Claim::new("default", "status-flaky", &uid(9)).device(FAULTY, "faulty", "dev-0", "dev");
     api.put_claim(claim.to_json());
-    api.inject("/resourceclaims/flaky", "GET", 503, 1);
-    api.inject("/resourceclaims/flaky", "GET", 429, 1);
+    api.inject("/resourceclaims/status-flaky", "GET", 503, 1);
+    api.inject("/resourceclaims/status-flaky", "GET", 429, 1);
+    api.inject("/resourceclaims/status-flaky/status", "PUT", 409, 1);
     let answer = node.plugin.prepare(&[claim.reference()]).await.unwrap();
     assert_eq!(answer[&uid(9)].error, "");
-    assert_eq!(api.pending_faults(), 0);
+    assert_eq!(api.pending_faults(), 0, "every fault happened and was retried");
+    let stored = api.claim("default", "status-flaky").unwrap();
+    assert_eq!(stored["status"]["devices"][0]["device"], "dev-0", "{stored}");
 }

@@ -85,6 +85,44 @@ impl Claim {
         claim
     }
 
+    /// The claim as a real API server takes it, in two writes: the object
+    /// (a request of class `<driver>` for each request name its results use,
+    /// as many devices as it got), then the `status` the scheduler would
+    /// write when it allocates on `node` (the node selector is what the API
+    /// server's node authorization of `status.devices` reads). No UID: the
+    /// API server gives one.
+    pub fn api_object(&self, node: &str) -> (Value, Option<Value>) {
+        let mut requests: Vec<(String, String, u64)> = vec![];
+        for r in &self.results {
+            let name = r["request"].as_str().unwrap_or_default();
+            match requests.iter_mut().find(|(n, _, _)| n == name) {
+                Some((_, _, count)) => *count += 1,
+                None => requests.push((name.to_owned(), r["driver"].as_str().unwrap_or_default().to_owned(), 1)),
+            }
+        }
+        let requests: Vec<Value> = requests
+            .into_iter()
+            .map(|(name, class, count)| {
+                json!({ "name": name, "exactly": {
+                    "deviceClassName": class, "allocationMode": "ExactCount", "count": count } })
+            })
+            .collect();
+        let object = json!({
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceClaim",
+            "metadata": { "namespace": self.namespace, "name": self.name },
+            "spec": { "devices": { "requests": requests } },
+        });
+        let status = self.allocated.then(|| {
+            json!({ "allocation": {
+                "devices": { "results": self.results, "config": self.configs },
+                "nodeSelector": { "nodeSelectorTerms": [{ "matchFields": [
+                    { "key": "metadata.name", "operator": "In", "values": [node] }] }] },
+            } })
+        });
+        (object, status)
+    }
+
     /// The reference the kubelet sends for this claim.
     pub fn reference(&self) -> crate::kubelet::ClaimRef {
         crate::kubelet::ClaimRef::new(&self.namespace, &self.name, &self.uid)

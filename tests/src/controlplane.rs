@@ -11,6 +11,7 @@
 //! built beside the components: the same client an operator uses, so what a
 //! test applies is what an operator would apply.
 
+use crate::claims::Claim;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
@@ -305,6 +306,95 @@ impl ControlPlane {
         ])?;
         std::fs::write(path, token_kubeconfig(&self.server, &self.ca, token.trim()))?;
         Ok(path.to_owned())
+    }
+}
+
+/// Claims allocated by hand, for tests whose allocations the scheduler
+/// cannot make (devices of drivers no host publishes, chosen shares, claims
+/// of several drivers in one test's order).
+impl ControlPlane {
+    /// Create `claim` and write its allocation for `node` as the scheduler
+    /// would (the admin's credentials, the status subresource). Creates the
+    /// namespace if needed. Returns the claim with the UID the API server
+    /// gave it.
+    pub fn put_claim(&self, claim: &Claim, node: &str) -> Result<Claim> {
+        self.ensure_namespace(&claim.namespace)?;
+        let (object, status) = claim.api_object(node);
+        self.apply(&object.to_string())
+            .with_context(|| format!("creating claim {}/{}", claim.namespace, claim.name))?;
+        if let Some(status) = status {
+            self.kubectl(&[
+                "patch",
+                "resourceclaim",
+                &claim.name,
+                "-n",
+                &claim.namespace,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &serde_json::json!({ "status": status }).to_string(),
+            ])
+            .with_context(|| format!("allocating claim {}/{}", claim.namespace, claim.name))?;
+        }
+        let stored = self.claim(&claim.namespace, &claim.name)?;
+        let mut claim = claim.clone();
+        claim.uid = stored["metadata"]["uid"].as_str().context("claim uid")?.to_owned();
+        Ok(claim)
+    }
+
+    /// The claim as the API server stores it.
+    pub fn claim(&self, namespace: &str, name: &str) -> Result<Value> {
+        self.get(&["resourceclaim", name, "-n", namespace])
+    }
+
+    /// Delete a claim, waiting until it is gone.
+    pub fn delete_claim(&self, namespace: &str, name: &str) -> Result<()> {
+        self.kubectl(&["delete", "resourceclaim", name, "-n", namespace, "--wait=true"])?;
+        Ok(())
+    }
+
+    /// Create `namespace` unless it exists.
+    pub fn ensure_namespace(&self, namespace: &str) -> Result<()> {
+        let ns = serde_json::json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": namespace } });
+        self.apply(&ns.to_string()).map(drop)
+    }
+
+    /// Let the host write `status.devices` for these drivers too, as an
+    /// operator adds a driver to `deploy/rbac.yaml`'s list: a ClusterRole
+    /// and binding per driver, for the same ServiceAccount. Test guests
+    /// (`faulty.dra.dev`, …) are not in the shipped list.
+    pub fn allow_drivers(&self, drivers: &[&str]) -> Result<()> {
+        for driver in drivers {
+            let name = format!("dra-wasm-host-test-driver-{driver}");
+            let role = serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": { "name": name },
+                "rules": [{ "apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims/driver"],
+                            "resourceNames": [driver],
+                            "verbs": ["associated-node:update", "associated-node:patch"] }],
+            });
+            let binding = serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": { "name": name },
+                "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name },
+                "subjects": [{ "kind": "ServiceAccount", "name": HOST_SERVICE_ACCOUNT, "namespace": HOST_NAMESPACE }],
+            });
+            self.apply(&format!("{role}\n---\n{binding}"))?;
+        }
+        Ok(())
+    }
+
+    /// The Events whose involved object is `kind`/`name` (in `namespace`,
+    /// or cluster-scoped when `None`).
+    pub fn events_about(&self, kind: &str, name: &str, namespace: Option<&str>) -> Result<Vec<Value>> {
+        let selector = format!("involvedObject.kind={kind},involvedObject.name={name}");
+        let mut args = vec!["events", "--field-selector", selector.as_str()];
+        match namespace {
+            Some(ns) => args.extend_from_slice(&["-n", ns]),
+            None => args.push("-A"),
+        }
+        let list = self.get(&args)?;
+        Ok(list["items"].as_array().cloned().unwrap_or_default())
     }
 }
 
