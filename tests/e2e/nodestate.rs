@@ -2,47 +2,69 @@
 //! checkpoint records, reboots (a faked boot ID), Kubernetes Events for
 //! failed claim operations, and the kubelet helper's gRPC duration metric.
 //!
-//! Every test here uses the test API server (Events, claims) and the host's
-//! metrics endpoint, since those are where an operator looks.
+//! Every test here runs a host on its own Node of the real control plane
+//! (tests/k8s), with claims allocated by hand (`ControlPlane::put_claim`),
+//! and reads Events and the host's writes (the audit log) from the API
+//! server, and the host's metrics endpoint: where an operator looks.
 
 use crate::common::*;
-use dra_test_support::apiserver::TestApiServer;
-use dra_test_support::claims::{Claim, uid};
-use dra_test_support::host::{DriverSpec, HostEnv, http_get};
+use dra_test_support::claims::Claim;
+use dra_test_support::controlplane::ControlPlane;
+use dra_test_support::host::{DriverSpec, http_get};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const NODE_UID: &str = "6a1b2c3d-0000-4000-8000-00000000b007";
 const FAULTY: &str = "faulty.dra.dev";
 /// The test-only override of `/proc/sys/kernel/random/boot_id`.
 const BOOT_ENV: &str = "DRA_TEST_BOOT_ID_FILE";
 
+/// A host on its own Node; its claims live in the namespace of the same name.
 struct ApiNode {
-    api: TestApiServer,
+    cp: &'static ControlPlane,
+    name: String,
+    uid: String,
     node: Node,
     metrics_port: u16,
     boot_file: PathBuf,
 }
 
 impl ApiNode {
-    async fn start(drivers: Vec<DriverSpec>, boot: &str) -> ApiNode {
-        let api = TestApiServer::start().await.unwrap();
-        api.put_node("test-node", NODE_UID);
-        let mut env = HostEnv::new(&cache_dir()).unwrap();
-        env.use_api_server(&api).unwrap();
-        let metrics_port = env.enable_metrics().unwrap();
-        let boot_file = env.dir().join("boot_id");
-        std::fs::write(&boot_file, format!("{boot}\n")).unwrap();
-        env.env.push((BOOT_ENV.into(), boot_file.display().to_string()));
-        let node = Node::start_in(env, drivers, "", "").await;
+    async fn start(name: &str, drivers: Vec<DriverSpec>, boot: &str) -> ApiNode {
+        let cp = control_plane().await;
+        let mut metrics_port = 0;
+        let mut boot_file = PathBuf::new();
+        let n = cluster_node(cp, name, |env| {
+            metrics_port = env.enable_metrics().unwrap();
+            boot_file = env.dir().join("boot_id");
+            std::fs::write(&boot_file, format!("{boot}\n")).unwrap();
+            env.env.push((BOOT_ENV.into(), boot_file.display().to_string()));
+            (drivers, String::new())
+        })
+        .await;
         ApiNode {
-            api,
-            node,
+            cp,
+            name: n.name,
+            uid: n.uid,
+            node: n.node,
             metrics_port,
             boot_file,
         }
+    }
+
+    /// Allocate `claims` on this node (in the API server), each with the
+    /// UID the API server gives it.
+    fn put(&self, claims: Vec<Claim>) -> Vec<Claim> {
+        claims
+            .iter()
+            .map(|c| self.cp.put_claim(c, &self.name).unwrap())
+            .collect()
+    }
+
+    /// A claim of this test's namespace.
+    fn claim(&self, name: &str) -> Claim {
+        Claim::new(&self.name, name, "")
     }
 
     /// The node reboots: a new boot ID, and `/var/run/cdi` (a tmpfs) is empty.
@@ -71,12 +93,27 @@ impl ApiNode {
             .unwrap_or_else(|e| panic!("{e:#}\nhost log:\n{}", self.node.host.log()));
     }
 
+    /// The Events this node's host reported, with `reason`.
     fn events_with_reason(&self, reason: &str) -> Vec<Value> {
-        self.api
-            .events()
-            .into_iter()
-            .filter(|e| e["reason"] == reason)
+        let list = self.cp.get(&["events", "-A"]).unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["reason"] == reason && e["source"]["host"] == self.name.as_str())
+            .cloned()
             .collect()
+    }
+
+    /// The host's writes of `resource`, by verb, from the audit log.
+    fn writes_of(&self, resource: &str) -> BTreeMap<String, usize> {
+        let mut by_verb = BTreeMap::new();
+        for r in self.cp.requests_of(&self.name) {
+            if r.is_write() && r.resource == resource {
+                *by_verb.entry(r.verb).or_default() += 1;
+            }
+        }
+        by_verb
     }
 }
 
@@ -130,21 +167,18 @@ fn validate_events(events: &[Value]) {
     crate::manifests::validate(&files);
 }
 
-fn put(api: &TestApiServer, claims: &[&Claim]) {
-    for c in claims {
-        api.put_claim(c.to_json());
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_checkpoint_records_are_quarantined_and_the_rest_is_served() {
-    let mut n = ApiNode::start(vec![example(8)], "boot-1").await;
-    let claims: Vec<Claim> = (0..7u64)
-        .map(|i| {
-            Claim::new("default", &format!("c{i}"), &uid(1400 + i)).device(DRIVER, POOL, &format!("gpu-{i}"), "gpu")
-        })
-        .collect();
-    put(&n.api, &claims.iter().collect::<Vec<_>>());
+    let mut n = ApiNode::start("ns-quarantine", vec![example(8)], "boot-1").await;
+    let claims = n.put(
+        (0..7u64)
+            .map(|i| {
+                n.claim(&format!("c{i}"))
+                    .device(DRIVER, &n.name, &format!("gpu-{i}"), "gpu")
+            })
+            .collect(),
+    );
+    let uid = |i: u64| claims[i as usize].uid.clone();
     let refs: Vec<_> = claims.iter().map(Claim::reference).collect();
     let before = n.node.plugin.prepare(&refs).await.unwrap();
     assert!(before.values().all(|a| a.error.is_empty()), "{before:?}");
@@ -152,7 +186,7 @@ async fn unreadable_checkpoint_records_are_quarantined_and_the_rest_is_served() 
 
     // Damage six of the seven records, each in a way seen on real nodes.
     let dir = checkpoint_dir(&n.node, DRIVER);
-    let path = |i: u64| dir.join(format!("{}.json", uid(1400 + i)));
+    let path = |i: u64| dir.join(format!("{}.json", uid(i)));
     let good = std::fs::read(path(4)).unwrap();
     let mut damaged: BTreeMap<u64, (Vec<u8>, &str)> = BTreeMap::new();
     damaged.insert(1, (b"\x00\x01 not a checkpoint at all".to_vec(), "corrupt"));
@@ -179,7 +213,7 @@ async fn unreadable_checkpoint_records_are_quarantined_and_the_rest_is_served() 
     // The host starts anyway and serves the readable claim from its record.
     n.node.restart().await;
     let again = n.node.plugin.prepare(&[refs[0].clone()]).await.unwrap();
-    assert_eq!(again[&uid(1400)], before[&uid(1400)]);
+    assert_eq!(again[&uid(0)], before[&uid(0)]);
 
     // Each unreadable record was moved, byte for byte, to the quarantine
     // folder beside the checkpoint; none was deleted or left in place.
@@ -197,7 +231,7 @@ async fn unreadable_checkpoint_records_are_quarantined_and_the_rest_is_served() 
     moved.sort();
     assert_eq!(moved.len(), 6, "{moved:?}");
     for (i, (bytes, _)) in &damaged {
-        let name = format!("{}.json", uid(1400 + i));
+        let name = format!("{}.json", uid(*i));
         let (_, content) = moved
             .iter()
             .find(|(n, _)| n.starts_with(&name))
@@ -221,8 +255,8 @@ async fn unreadable_checkpoint_records_are_quarantined_and_the_rest_is_served() 
     for e in &events {
         assert_eq!(e["type"], "Warning");
         assert_eq!(e["involvedObject"]["kind"], "Node");
-        assert_eq!(e["involvedObject"]["name"], "test-node");
-        assert_eq!(e["involvedObject"]["uid"], NODE_UID);
+        assert_eq!(e["involvedObject"]["name"], n.name.as_str());
+        assert_eq!(e["involvedObject"]["uid"], n.uid.as_str());
         assert!(e["message"].as_str().unwrap().contains("claims-quarantine"), "{e}");
     }
     validate_events(&events);
@@ -231,12 +265,12 @@ async fn unreadable_checkpoint_records_are_quarantined_and_the_rest_is_served() 
     // and writes a new record; unprepare runs the guest's unprepare with
     // empty state and removes the CDI spec.
     let answer = n.node.plugin.prepare(&[refs[1].clone()]).await.unwrap();
-    assert_eq!(answer[&uid(1401)], before[&uid(1401)]);
-    assert_eq!(record(&path(1))["claim"]["uid"], uid(1401));
-    let spec = n.node.cdi_spec_path(&uid(1405));
+    assert_eq!(answer[&uid(1)], before[&uid(1)]);
+    assert_eq!(record(&path(1))["claim"]["uid"], uid(1));
+    let spec = n.node.cdi_spec_path(&uid(5));
     assert!(spec.exists(), "the CDI spec prepared before is still there");
     let errors = n.node.plugin.unprepare(&[refs[5].clone()]).await.unwrap();
-    assert_eq!(errors[&uid(1405)], "");
+    assert_eq!(errors[&uid(5)], "");
     assert!(!spec.exists());
 
     let text = n.metrics().await;
@@ -249,17 +283,15 @@ async fn unreadable_checkpoint_records_are_quarantined_and_the_rest_is_served() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_reboot_every_claim_is_prepared_again_before_the_socket_is_served() {
-    let mut n = ApiNode::start(vec![example(4)], "boot-1").await;
-    let kept = Claim::new("default", "kept", &uid(1501)).device(DRIVER, POOL, "gpu-0", "gpu");
-    let gone = Claim::new("default", "gone", &uid(1502))
-        .device(DRIVER, POOL, "gpu-2", "gpu")
-        .opaque_config(
-            "FromClaim",
-            DRIVER,
-            &[],
-            serde_json::json!({"sharing": {"strategy": "TimeSlicing"}}),
-        );
-    put(&n.api, &[&kept, &gone]);
+    let mut n = ApiNode::start("ns-reboot", vec![example(4)], "boot-1").await;
+    let kept = n.claim("kept").device(DRIVER, &n.name, "gpu-0", "gpu");
+    let gone = n.claim("gone").device(DRIVER, &n.name, "gpu-2", "gpu").opaque_config(
+        "FromClaim",
+        DRIVER,
+        &[],
+        serde_json::json!({"sharing": {"strategy": "TimeSlicing"}}),
+    );
+    let [kept, gone] = <[Claim; 2]>::try_from(n.put(vec![kept, gone])).unwrap();
     let refs = [kept.reference(), gone.reference()];
     let before = n.node.plugin.prepare(&refs).await.unwrap();
     assert!(before.values().all(|a| a.error.is_empty()), "{before:?}");
@@ -268,7 +300,7 @@ async fn after_a_reboot_every_claim_is_prepared_again_before_the_socket_is_serve
     // The node reboots. While it was down, the API server lost track of one
     // claim object (its pod still runs): the host must use what it recorded.
     n.reboot("boot-2");
-    n.api.delete_claim("default", "gone");
+    n.cp.delete_claim(&n.name, "gone").unwrap();
     n.node.restart().await;
 
     // Registration has happened; the kubelet has not asked for anything but
@@ -290,11 +322,11 @@ async fn after_a_reboot_every_claim_is_prepared_again_before_the_socket_is_serve
 
     // CDI specs are back (from the guest, not from the checkpoint copy) and
     // the recorded allocation carried the opaque config of the lost claim.
-    let spec = std::fs::read_to_string(n.node.cdi_spec_path(&uid(1502))).unwrap();
+    let spec = std::fs::read_to_string(n.node.cdi_spec_path(&gone.uid)).unwrap();
     assert!(spec.contains("GPU_DEVICE_2_SHARING_STRATEGY=TimeSlicing"), "{spec}");
-    assert!(n.node.cdi_spec_path(&uid(1501)).exists());
-    for u in [1501, 1502] {
-        assert_eq!(record(&record_path(&n.node, DRIVER, &uid(u)))["bootId"], "boot-2");
+    assert!(n.node.cdi_spec_path(&kept.uid).exists());
+    for u in [&kept.uid, &gone.uid] {
+        assert_eq!(record(&record_path(&n.node, DRIVER, u))["bootId"], "boot-2");
     }
     let event = eventually("a ClaimsRePrepared event", &n.node, || {
         n.events_with_reason("ClaimsRePrepared").pop()
@@ -317,11 +349,13 @@ async fn after_a_reboot_every_claim_is_prepared_again_before_the_socket_is_serve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_re_prepare_is_reported_and_tried_again() {
-    let mut n = ApiNode::start(vec![faulty("")], "boot-1").await;
-    let claim = Claim::new("default", "survivor", &uid(1601)).device(FAULTY, "faulty", "dev-0", "dev");
-    put(&n.api, &[&claim]);
+    let mut n = ApiNode::start("ns-re-prepare", vec![faulty("")], "boot-1").await;
+    let claim = n
+        .put(vec![n.claim("survivor").device(FAULTY, "faulty", "dev-0", "dev")])
+        .remove(0);
+    let uid = claim.uid.clone();
     let before = n.node.plugin.prepare(&[claim.reference()]).await.unwrap();
-    assert_eq!(before[&uid(1601)].error, "");
+    assert_eq!(before[&uid].error, "");
 
     // Reboot into a guest build whose prepare traps.
     n.reboot("boot-2");
@@ -335,20 +369,16 @@ async fn a_failed_re_prepare_is_reported_and_tried_again() {
     })
     .await;
     assert_eq!(event["type"], "Warning");
-    assert!(event["message"].as_str().unwrap().contains(&uid(1601)), "{event}");
+    assert!(event["message"].as_str().unwrap().contains(&uid), "{event}");
     // The old record is kept (unprepare still has the guest's state)...
-    let path = record_path(&n.node, FAULTY, &uid(1601));
+    let path = record_path(&n.node, FAULTY, &uid);
     assert_eq!(record(&path)["bootId"], "boot-1");
     // ...its pre-reboot CDI spec is not put back for containers to use...
-    let spec = n
-        .node
-        .env
-        .cdi_dir
-        .join(format!("k8s.{FAULTY}-device_{}.json", uid(1601)));
+    let spec = n.node.env.cdi_dir.join(format!("k8s.{FAULTY}-device_{}.json", uid));
     assert!(!spec.exists(), "stale CDI spec restored");
     // ...but never answered as if the devices were still set up.
     let answer = n.node.plugin.prepare(&[claim.reference()]).await.unwrap();
-    assert!(answer[&uid(1601)].error.contains("trap"), "{:?}", answer[&uid(1601)]);
+    assert!(answer[&uid].error.contains("trap"), "{:?}", answer[&uid]);
 
     // The fixed guest, same boot: the start-up re-prepare succeeds.
     n.restart_with(&[faulty("")]).await;
@@ -362,15 +392,19 @@ async fn a_failed_re_prepare_is_reported_and_tried_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_claim_operations_leave_one_aggregated_rate_limited_event_on_the_claim() {
-    let n = ApiNode::start(vec![faulty("")], "boot-1").await;
+    let n = ApiNode::start("ns-events", vec![faulty("")], "boot-1").await;
     // The guest returns a device that was not allocated: rejected by policy,
     // the same message every time, as with a kubelet retrying a broken claim.
-    let claim = Claim::new("team-a", "unallocated-dev", &uid(1701)).device(FAULTY, "faulty", "dev-0", "dev");
-    put(&n.api, &[&claim]);
+    let claim = n
+        .put(vec![
+            n.claim("unallocated-dev").device(FAULTY, "faulty", "dev-0", "dev"),
+        ])
+        .remove(0);
+    let uid = claim.uid.clone();
     let mut seen = String::new();
     for _ in 0..30 {
         let answer = n.node.plugin.prepare(&[claim.reference()]).await.unwrap();
-        seen = answer[&uid(1701)].error.clone();
+        seen = answer[&uid].error.clone();
         assert!(!seen.is_empty());
     }
 
@@ -387,19 +421,19 @@ async fn failed_claim_operations_leave_one_aggregated_rate_limited_event_on_the_
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["count"], 25, "rate-limited after the burst");
     assert_eq!(event["type"], "Warning");
-    assert_eq!(event["metadata"]["namespace"], "team-a");
+    assert_eq!(event["metadata"]["namespace"], n.name.as_str());
     let involved = &event["involvedObject"];
     assert_eq!(involved["apiVersion"], "resource.k8s.io/v1");
     assert_eq!(involved["kind"], "ResourceClaim");
-    assert_eq!(involved["namespace"], "team-a");
+    assert_eq!(involved["namespace"], n.name.as_str());
     assert_eq!(involved["name"], "unallocated-dev");
-    assert_eq!(involved["uid"], uid(1701));
+    assert_eq!(involved["uid"], uid.as_str());
     let message = event["message"].as_str().unwrap();
     assert!(message.contains(&seen), "the error as the kubelet sees it: {message}");
     assert!(message.contains(FAULTY) && message.contains("0.1.0"), "{message}");
     assert_ne!(event["firstTimestamp"], Value::Null);
-    let w = n.api.writes();
-    assert_eq!((w.event_creates, w.event_patches), (1, 24), "{w:?}");
+    let w = n.writes_of("events");
+    assert_eq!((w.get("create"), w.get("patch")), (Some(&1), Some(&24)), "{w:?}");
     validate_events(&events);
     let text = n.metrics().await;
     assert_eq!(
@@ -411,17 +445,16 @@ async fn failed_claim_operations_leave_one_aggregated_rate_limited_event_on_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_the_kubelet_dra_grpc_duration_histogram_with_upstream_buckets() {
-    let n = ApiNode::start(vec![example(2)], "boot-1").await;
-    let claim = Claim::new("default", "timed", &uid(1801)).device(DRIVER, POOL, "gpu-1", "gpu");
-    put(&n.api, &[&claim]);
+    let n = ApiNode::start("ns-histogram", vec![example(2)], "boot-1").await;
+    let claim = n
+        .put(vec![n.claim("timed").device(DRIVER, &n.name, "gpu-1", "gpu")])
+        .remove(0);
+    let uid = claim.uid.clone();
     assert_eq!(
-        n.node.plugin.prepare(&[claim.reference()]).await.unwrap()[&uid(1801)].error,
+        n.node.plugin.prepare(&[claim.reference()]).await.unwrap()[&uid].error,
         ""
     );
-    assert_eq!(
-        n.node.plugin.unprepare(&[claim.reference()]).await.unwrap()[&uid(1801)],
-        ""
-    );
+    assert_eq!(n.node.plugin.unprepare(&[claim.reference()]).await.unwrap()[&uid], "");
     let text = n.metrics().await;
     assert!(
         text.contains("# TYPE dra_grpc_operations_duration_seconds histogram"),
@@ -565,27 +598,27 @@ async fn a_full_disk_fails_only_the_claim_that_needs_space_with_a_clear_error() 
     if !need_root("a_full_disk_fails_only_the_claim_that_needs_space_with_a_clear_error") {
         return;
     }
-    let n = ApiNode::start(vec![example(4)], "boot-1").await;
+    let n = ApiNode::start("ns-full-disk", vec![example(4)], "boot-1").await;
     // The checkpoint's file system has room for one record (one page).
     let dir = checkpoint_dir(&n.node, DRIVER);
     let _disk = SmallDisk::mount(&dir, "4k");
-    let first = Claim::new("default", "fits", &uid(1901)).device(DRIVER, POOL, "gpu-0", "gpu");
-    let second = Claim::new("default", "no-room", &uid(1902)).device(DRIVER, POOL, "gpu-1", "gpu");
-    put(&n.api, &[&first, &second]);
+    let first = n.claim("fits").device(DRIVER, &n.name, "gpu-0", "gpu");
+    let second = n.claim("no-room").device(DRIVER, &n.name, "gpu-1", "gpu");
+    let [first, second] = <[Claim; 2]>::try_from(n.put(vec![first, second])).unwrap();
     let answer = n.node.plugin.prepare(&[first.reference()]).await.unwrap();
-    assert_eq!(answer[&uid(1901)].error, "");
+    assert_eq!(answer[&first.uid].error, "");
     let answer = n.node.plugin.prepare(&[second.reference()]).await.unwrap();
-    let error = &answer[&uid(1902)].error;
+    let error = &answer[&second.uid].error;
     assert!(
-        error.contains("No space left on device") && error.contains(&format!("{}.json", uid(1902))),
+        error.contains("No space left on device") && error.contains(&format!("{}.json", second.uid)),
         "the error names the cause and the file: {error}"
     );
     // Nothing half-prepared is left: no CDI spec, no record; the first
     // claim is still served.
-    assert!(!n.node.cdi_spec_path(&uid(1902)).exists());
-    assert!(!dir.join(format!("{}.json", uid(1902))).exists());
+    assert!(!n.node.cdi_spec_path(&second.uid).exists());
+    assert!(!dir.join(format!("{}.json", second.uid)).exists());
     let again = n.node.plugin.prepare(&[first.reference()]).await.unwrap();
-    assert_eq!(again[&uid(1901)].error, "");
+    assert_eq!(again[&first.uid].error, "");
     let event = eventually("a PrepareFailed event on the claim", &n.node, || {
         n.events_with_reason("PrepareFailed").pop()
     })
@@ -604,16 +637,18 @@ async fn a_full_disk_fails_only_the_claim_that_needs_space_with_a_clear_error() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_unprepare_leaves_an_event_on_the_claim() {
     use base64::Engine as _;
-    let mut n = ApiNode::start(vec![faulty("")], "boot-1").await;
-    let claim = Claim::new("team-b", "wrong-state", &uid(2001)).device(FAULTY, "faulty", "dev-1", "dev");
-    put(&n.api, &[&claim]);
+    let mut n = ApiNode::start("ns-unprepare", vec![faulty("")], "boot-1").await;
+    let claim = n
+        .put(vec![n.claim("wrong-state").device(FAULTY, "faulty", "dev-1", "dev")])
+        .remove(0);
+    let uid = claim.uid.clone();
     let answer = n.node.plugin.prepare(&[claim.reference()]).await.unwrap();
-    assert_eq!(answer[&uid(2001)].error, "");
+    assert_eq!(answer[&uid].error, "");
     n.node.host.terminate(Duration::from_secs(20)).unwrap();
 
     // A well-formed record (valid checksum) whose guest state is not this
     // claim's: the faulty guest's unprepare refuses it.
-    let path = record_path(&n.node, FAULTY, &uid(2001));
+    let path = record_path(&n.node, FAULTY, &uid);
     let mut claim_record = record(&path);
     claim_record["state"] = Value::from(base64::engine::general_purpose::STANDARD.encode("another claim's state"));
     let raw = serde_json::to_string(&claim_record).unwrap();
@@ -625,16 +660,16 @@ async fn a_failed_unprepare_leaves_an_event_on_the_claim() {
     n.node.restart().await;
 
     let errors = n.node.plugin.unprepare(&[claim.reference()]).await.unwrap();
-    let error = errors[&uid(2001)].clone();
+    let error = errors[&uid].clone();
     assert!(error.contains("is not claim"), "{error}");
     let event = eventually("an UnprepareFailed event", &n.node, || {
         n.events_with_reason("UnprepareFailed").pop()
     })
     .await;
     assert_eq!(event["type"], "Warning");
-    assert_eq!(event["metadata"]["namespace"], "team-b");
+    assert_eq!(event["metadata"]["namespace"], n.name.as_str());
     assert_eq!(event["involvedObject"]["kind"], "ResourceClaim");
-    assert_eq!(event["involvedObject"]["uid"], uid(2001));
+    assert_eq!(event["involvedObject"]["uid"], uid.as_str());
     let message = event["message"].as_str().unwrap();
     assert!(
         message.contains("NodeUnprepareResources") && message.contains(&error),
