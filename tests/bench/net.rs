@@ -86,8 +86,8 @@ async fn run(iterations: usize) {
         .unwrap_or_else(|e| panic!("{e:#}\nhost log:\n{}", host.log()));
 
     let claims = [
-        netlab::share_claim(DRIVER, "a", 1, &parent, 901, "200M"),
-        netlab::share_claim(DRIVER, "b", 2, &parent, 902, "300M"),
+        netlab::share_claim(DRIVER, "test-node", "a", 1, &parent, 901, "200M"),
+        netlab::share_claim(DRIVER, "test-node", "b", 2, &parent, 902, "300M"),
     ];
     for c in &claims {
         api.put_claim(c.to_json());

@@ -3,9 +3,8 @@
 //! `kubernetes-validate` (installed by tests/run.sh).
 
 use crate::common::*;
-use dra_test_support::apiserver::TestApiServer;
 use dra_test_support::gpus::{self, Injector};
-use dra_test_support::host::{DriverSpec, HostEnv};
+use dra_test_support::host::DriverSpec;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -179,39 +178,42 @@ fn guest_memory_fits_the_daemonset(config: &dra_wasm_host::config::Config, daemo
     );
 }
 
+/// The slices the host published, as the real API server (tests/k8s)
+/// accepted and stores them, also pass the upstream schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_resource_slices_are_valid_kubernetes_1_37() {
     const GPU: &str = "gpu.dra.dev";
-    let api = TestApiServer::start().await.unwrap();
-    api.put_node("test-node", "6a1b2c3d-0000-4000-8000-00000000a0de");
-    let mut env = HostEnv::new(&cache_dir()).unwrap();
-    env.use_api_server(&api).unwrap();
-    let gpus_file = env.dir().join("gpus.json");
-    gpus::write_gpus_file(&gpus_file, 3).unwrap();
-    let events = env.dir().join("events.sock");
-    let drivers = vec![
-        DriverSpec::new(DRIVER, &guest("example_driver.wasm")).config("devices = 130"),
-        // Shared GPUs (request policy) with a taint on an unhealthy one.
-        DriverSpec::new(GPU, &guest("gpu_driver.wasm"))
-            .extra("grants = [\"nvml\"]\ntaint_unhealthy = true\n")
-            .config("sharing = {}\ncdi = { mode = \"base-spec\", kind = \"nvidia.com/gpu\" }"),
-    ];
-    let tables = format!("[nvml.simulated]\ngpus = {gpus_file:?}\nevents_socket = {events:?}\n");
-    let node = Node::start_in(env, drivers, "", &tables).await;
-    node.kubelet.wait_for_plugin(GPU, START_TIMEOUT).await.unwrap();
+    let cp = control_plane().await;
+    let mut events = PathBuf::new();
+    let n = cluster_node(cp, "e2e-schema", |env| {
+        let gpus_file = env.dir().join("gpus.json");
+        gpus::write_gpus_file(&gpus_file, 3).unwrap();
+        events = env.dir().join("events.sock");
+        let drivers = vec![
+            DriverSpec::new(DRIVER, &guest("example_driver.wasm")).config("devices = 130"),
+            // Shared GPUs (request policy) with a taint on an unhealthy one.
+            DriverSpec::new(GPU, &guest("gpu_driver.wasm"))
+                .extra("grants = [\"nvml\"]\ntaint_unhealthy = true\n")
+                .config("sharing = {}\ncdi = { mode = \"base-spec\", kind = \"nvidia.com/gpu\" }"),
+        ];
+        let tables = format!("[nvml.simulated]\ngpus = {gpus_file:?}\nevents_socket = {events:?}\n");
+        (drivers, tables)
+    })
+    .await;
+    n.node.kubelet.wait_for_plugin(GPU, START_TIMEOUT).await.unwrap();
     Injector::connect(&events).await.unwrap().xid(1, 79).await.unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let slices = loop {
-        let s = api.slices();
+        let s: Vec<_> = [DRIVER, GPU].iter().flat_map(|d| slices_of(cp, d, &n.name)).collect();
         let tainted = s
             .iter()
             .any(|x| x["spec"]["driver"] == GPU && x["spec"]["devices"][1]["taints"].is_array());
         if s.len() == 3 && tainted {
             break s;
         }
-        assert!(Instant::now() < deadline, "slices: {s:#?}\n{}", node.host.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(Instant::now() < deadline, "slices: {s:#?}\n{}", n.node.host.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let dir = tempfile::tempdir().unwrap();
     let files: Vec<PathBuf> = slices

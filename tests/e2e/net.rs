@@ -7,13 +7,17 @@
 //! run the way a container runtime runs a CDI `createRuntime` hook: the
 //! program and arguments from the claim's CDI spec, the OCI state on stdin.
 //!
+//! Claims come from the real API server (tests/k8s): each test's host runs
+//! on its own Node with its bound token, and its claims, allocated by hand
+//! as shares of the parent NIC, live in a namespace of the same name.
+//!
 //! These tests need root (creating links and namespaces). Not as root they
 //! fail and say so, unless `DRA_SKIP_ROOT_TESTS=1` asks to skip them, which
 //! each skipped test prints.
 
 use crate::common::*;
-use dra_test_support::apiserver::TestApiServer;
 use dra_test_support::claims::{Claim, uid};
+use dra_test_support::controlplane::ControlPlane;
 use dra_test_support::host::{DriverSpec, HostEnv};
 use dra_test_support::netlab::{self, Lab, ip, ip_json, ip_ok, is_root, parent_config, run_hook};
 use serde_json::{Value, json};
@@ -22,7 +26,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 const NET: &str = "net.dra.dev";
-const NODE_UID: &str = "6a1b2c3d-0000-4000-8000-0000000000ee";
 const HEALTHY: i32 = 1;
 const UNHEALTHY: i32 = 2;
 
@@ -42,28 +45,69 @@ fn need_root(test: &str) -> bool {
 }
 
 struct NetNode {
-    api: TestApiServer,
+    cp: &'static ControlPlane,
+    /// The Node's name, and the namespace of the test's claims.
+    name: String,
     node: Node,
 }
 
+impl NetNode {
+    /// A claim `name` for a share of `parent` in this test's namespace (the
+    /// guest's pool is the node's name), not yet in the API server.
+    fn share_claim(&self, name: &str, parent: &str, share: u64, bandwidth: &str) -> Claim {
+        share_claim_on(&self.name, name, parent, share, bandwidth)
+    }
+
+    /// Allocate `claim` on this node; returns it with the UID the API
+    /// server gave it.
+    fn put(&self, claim: Claim) -> Claim {
+        self.cp.put_claim(&claim, &self.name).unwrap()
+    }
+
+    /// [`Self::share_claim`], allocated.
+    fn share(&self, name: &str, parent: &str, share: u64, bandwidth: &str) -> Claim {
+        self.put(self.share_claim(name, parent, share, bandwidth))
+    }
+}
+
+fn share_claim_on(node: &str, name: &str, parent: &str, share: u64, bandwidth: &str) -> Claim {
+    let mut claim = netlab::share_claim(NET, node, name, 0, parent, share, bandwidth);
+    claim.namespace = node.to_owned();
+    claim
+}
+
 /// The host with the macvlan guest on `parents` (all granted unless
-/// `granted` says otherwise), claims from the test API server.
-async fn net_node(lab: &Lab, granted: &[&str], guest_config: &str) -> NetNode {
-    let api = TestApiServer::start().await.unwrap();
-    api.put_node("test-node", NODE_UID);
-    let mut env = HostEnv::new(&cache_dir()).unwrap();
-    env.use_api_server(&api).unwrap();
+/// `granted` says otherwise), on Node `name` of the real control plane;
+/// `setup` adds to its environment.
+async fn net_node_with(
+    name: &str,
+    lab: &Lab,
+    granted: &[&str],
+    guest_config: &str,
+    setup: impl FnOnce(&mut HostEnv),
+) -> NetNode {
     assert!(!lab.parents.is_empty());
-    let node = Node::start_in(env, vec![net_spec(granted, guest_config)], "", "").await;
-    NetNode { api, node }
+    let cp = control_plane().await;
+    cp.allow_drivers(&[NET]).unwrap();
+    let spec = net_spec(granted, guest_config);
+    let n = cluster_node(cp, name, |env| {
+        setup(env);
+        (vec![spec], String::new())
+    })
+    .await;
+    NetNode {
+        cp,
+        name: n.name,
+        node: n.node,
+    }
+}
+
+async fn net_node(name: &str, lab: &Lab, granted: &[&str], guest_config: &str) -> NetNode {
+    net_node_with(name, lab, granted, guest_config, |_| {}).await
 }
 
 fn net_spec(granted: &[&str], guest_config: &str) -> DriverSpec {
     netlab::macvlan_driver(NET, &guest("macvlan_driver.wasm"), granted, guest_config)
-}
-
-fn share_claim(name: &str, n: u64, parent: &str, share: u64, bandwidth: &str) -> Claim {
-    netlab::share_claim(NET, name, n, parent, share, bandwidth)
 }
 
 fn cdi_spec(node: &Node, uid: &str) -> Value {
@@ -79,7 +123,7 @@ fn hook_of(node: &Node, uid: &str) -> (String, Vec<String>) {
 /// `status.devices` of a claim, once the host wrote it.
 async fn network_data(net: &NetNode, name: &str) -> Value {
     eventually(&format!("status.devices of {name}"), &net.node, || {
-        net.api.claim("net", name)?["status"]["devices"].get(0).cloned()
+        net.cp.claim(&net.name, name).ok()?["status"]["devices"].get(0).cloned()
     })
     .await
 }
@@ -131,14 +175,13 @@ async fn two_shares_attach_to_pods_and_unprepare_removes_everything() {
     }
     let mut lab = Lab::new(1);
     let parent = lab.parents[0].clone();
-    let net = net_node(&lab, &[&parent], &parent_config(&lab.parents)).await;
+    let net = net_node("e2e-net-shares", &lab, &[&parent], &parent_config(&lab.parents)).await;
 
     // Inventory: the NIC as a shareable device with bandwidth and subnet.
     let device = eventually("the NIC's ResourceSlice", &net.node, || {
-        net.api
-            .slices()
+        slices_of(net.cp, NET, &net.name)
             .into_iter()
-            .find_map(|s| (s["spec"]["driver"] == NET).then(|| s["spec"]["devices"][0].clone()))
+            .find_map(|s| s["spec"]["devices"].get(0).cloned())
     })
     .await;
     assert_eq!(device["name"], parent);
@@ -149,15 +192,13 @@ async fn two_shares_attach_to_pods_and_unprepare_removes_everything() {
     assert_eq!(device["capacity"]["bandwidth"]["value"], "1G");
     assert_eq!(device["capacity"]["bandwidth"]["requestPolicy"]["default"], "100M");
 
-    let a = share_claim("a", 1, &parent, 901, "200M");
-    let b = share_claim("b", 2, &parent, 902, "300M");
-    net.api.put_claim(a.to_json());
-    net.api.put_claim(b.to_json());
+    let a = net.share("a", &parent, 901, "200M");
+    let b = net.share("b", &parent, 902, "300M");
     let started = Instant::now();
     let answer = net.node.plugin.prepare(&[a.reference(), b.reference()]).await.unwrap();
     let prepare_ms = started.elapsed().as_secs_f64() * 1e3;
-    assert_eq!(answer[&uid(1)].error, "", "{}", net.node.host.log());
-    assert_eq!(answer[&uid(2)].error, "", "{}", net.node.host.log());
+    assert_eq!(answer[&a.uid].error, "", "{}", net.node.host.log());
+    assert_eq!(answer[&b.uid].error, "", "{}", net.node.host.log());
     assert_eq!(host_links_on(&parent).len(), 2, "two macvlans on the parent");
 
     let status_a = network_data(&net, "a").await;
@@ -177,7 +218,7 @@ async fn two_shares_attach_to_pods_and_unprepare_removes_everything() {
     // Attach: the hook exactly as the runtime runs it.
     let (pod_a, pid_a) = lab.pod();
     let (pod_b, pid_b) = lab.pod();
-    let (path, args) = hook_of(&net.node, &uid(1));
+    let (path, args) = hook_of(&net.node, &a.uid);
     assert_eq!(PathBuf::from(&path), binary(), "the hook is the host's binary");
     let started = Instant::now();
     let (ok, out) = run_hook(&path, &args, pid_a);
@@ -189,7 +230,7 @@ async fn two_shares_attach_to_pods_and_unprepare_removes_everything() {
     let (ok, out) = run_hook(&path, &args, pid_a);
     let again_ms = started.elapsed().as_secs_f64() * 1e3;
     assert!(ok && out.contains("\"moved\":false"), "{out}");
-    let (path_b, args_b) = hook_of(&net.node, &uid(2));
+    let (path_b, args_b) = hook_of(&net.node, &b.uid);
     let (ok, out) = run_hook(&path_b, &args_b, pid_b);
     assert!(ok, "{out}");
 
@@ -221,14 +262,14 @@ async fn two_shares_attach_to_pods_and_unprepare_removes_everything() {
         .unprepare(&[a.reference(), b.reference()])
         .await
         .unwrap();
-    assert_eq!(gone[&uid(1)], "");
-    assert_eq!(gone[&uid(2)], "");
+    assert_eq!(gone[&a.uid], "");
+    assert_eq!(gone[&b.uid], "");
     assert!(pod_interface(&pod_a, "net1").is_none(), "net1 removed from pod a");
     assert!(pod_interface(&pod_b, "net1").is_none(), "net1 removed from pod b");
     let state = net_state(&net.node);
     assert_eq!(state["allocations"], json!([]), "{state}");
     assert_eq!(state["links"], json!([]), "{state}");
-    let status = net.api.claim("net", "a").unwrap();
+    let status = net.cp.claim(&net.name, "a").unwrap();
     assert!(status["status"]["devices"].as_array().is_none_or(|d| d.is_empty()));
     println!(
         "net figures: prepare of 2 claims {prepare_ms:.1} ms, hook attach {attach_ms:.1} ms, repeated hook {again_ms:.1} ms"
@@ -242,16 +283,14 @@ async fn kill9_between_prepare_and_hook_is_completed_or_cleaned_after_restart() 
     }
     let mut lab = Lab::new(1);
     let parent = lab.parents[0].clone();
-    let mut net = net_node(&lab, &[&parent], &parent_config(&lab.parents)).await;
-    let a = share_claim("a", 11, &parent, 911, "100M");
-    let b = share_claim("b", 12, &parent, 912, "100M");
-    net.api.put_claim(a.to_json());
-    net.api.put_claim(b.to_json());
+    let mut net = net_node("e2e-net-kill9", &lab, &[&parent], &parent_config(&lab.parents)).await;
+    let a = net.share("a", &parent, 911, "100M");
+    let b = net.share("b", &parent, 912, "100M");
     let answer = net.node.plugin.prepare(&[a.reference(), b.reference()]).await.unwrap();
-    assert_eq!(answer[&uid(11)].error, "");
-    assert_eq!(answer[&uid(12)].error, "");
+    assert_eq!(answer[&a.uid].error, "");
+    assert_eq!(answer[&b.uid].error, "");
     let ip_a = network_data(&net, "a").await["networkData"]["ips"][0].clone();
-    let (path, args) = hook_of(&net.node, &uid(11));
+    let (path, args) = hook_of(&net.node, &a.uid);
 
     net.node.host.kill9().unwrap();
     // Claim b as a crash between the guest's prepare and the checkpoint
@@ -263,7 +302,7 @@ async fn kill9_between_prepare_and_hook_is_completed_or_cleaned_after_restart() 
         .join("plugins")
         .join(NET)
         .join("claims")
-        .join(format!("{}.json", uid(12)));
+        .join(format!("{}.json", b.uid));
     std::fs::remove_file(&record).unwrap();
     assert_eq!(host_links_on(&parent).len(), 2);
     net.node.restart().await;
@@ -283,7 +322,7 @@ async fn kill9_between_prepare_and_hook_is_completed_or_cleaned_after_restart() 
         .iter()
         .map(|a| a["claim_uid"].as_str().unwrap())
         .collect();
-    assert_eq!(owners, [uid(11).as_str()], "{state}");
+    assert_eq!(owners, [a.uid.as_str()], "{state}");
     assert!(
         net.node
             .host
@@ -292,8 +331,8 @@ async fn kill9_between_prepare_and_hook_is_completed_or_cleaned_after_restart() 
     );
     // And a repeated prepare of a answers from the checkpoint.
     let again = net.node.plugin.prepare(&[a.reference()]).await.unwrap();
-    assert_eq!(again[&uid(11)].error, "");
-    assert_eq!(again[&uid(11)].devices, answer[&uid(11)].devices);
+    assert_eq!(again[&a.uid].error, "");
+    assert_eq!(again[&a.uid].devices, answer[&a.uid].devices);
 }
 
 /// A parent going down makes its device Unhealthy on the kubelet's health
@@ -307,7 +346,7 @@ async fn parent_link_down_is_unhealthy_and_up_again_healthy() {
     }
     let lab = Lab::new(2);
     let granted: Vec<&str> = lab.parents.iter().map(String::as_str).collect();
-    let net = net_node(&lab, &granted, &parent_config(&lab.parents)).await;
+    let net = net_node("e2e-net-health", &lab, &granted, &parent_config(&lab.parents)).await;
     let mut stream = net.node.plugin.watch_health().await.unwrap();
     let first = stream.next(Duration::from_secs(5)).await.expect("full list");
     assert_eq!(first.len(), 2);
@@ -353,30 +392,28 @@ async fn ungranted_parents_and_taken_static_addresses_are_clear_errors() {
     }
     let lab = Lab::new(2);
     // The guest is configured for both NICs, the host grants only the first.
-    let net = net_node(&lab, &[&lab.parents[0]], &parent_config(&lab.parents)).await;
+    let net = net_node("e2e-net-grants", &lab, &[&lab.parents[0]], &parent_config(&lab.parents)).await;
     let (granted, other) = (&lab.parents[0], &lab.parents[1]);
-    let denied = share_claim("denied", 21, other, 921, "100M");
-    let fixed = share_claim("fixed", 22, granted, 922, "100M").opaque_config(
+    let denied = net.share_claim("denied", other, 921, "100M");
+    let fixed = net.share_claim("fixed", granted, 922, "100M").opaque_config(
         "FromClaim",
         NET,
         &[],
         json!({"address": "192.0.2.15/24", "interfaceName": "data0"}),
     );
-    let clash = share_claim("clash", 23, granted, 923, "100M").opaque_config(
+    let clash = net.share_claim("clash", granted, 923, "100M").opaque_config(
         "FromClaim",
         NET,
         &[],
         json!({"address": "192.0.2.15"}),
     );
-    let outside = share_claim("outside", 24, granted, 924, "100M").opaque_config(
+    let outside = net.share_claim("outside", granted, 924, "100M").opaque_config(
         "FromClaim",
         NET,
         &[],
         json!({"address": "10.9.9.9"}),
     );
-    for c in [&denied, &fixed, &clash, &outside] {
-        net.api.put_claim(c.to_json());
-    }
+    let [denied, fixed, clash, outside] = [denied, fixed, clash, outside].map(|c| net.put(c));
     let answer = net
         .node
         .plugin
@@ -384,13 +421,13 @@ async fn ungranted_parents_and_taken_static_addresses_are_clear_errors() {
         .await
         .unwrap();
     assert!(
-        answer[&uid(21)]
+        answer[&denied.uid]
             .error
             .contains(&format!("parent link \"{other}\" is not granted")),
         "{}",
-        answer[&uid(21)].error
+        answer[&denied.uid].error
     );
-    assert_eq!(answer[&uid(22)].error, "");
+    assert_eq!(answer[&fixed.uid].error, "");
     let nd = network_data(&net, "fixed").await;
     assert_eq!(nd["networkData"]["ips"][0], "192.0.2.15/24");
     assert_eq!(nd["networkData"]["interfaceName"], "data0");
@@ -401,16 +438,16 @@ async fn ungranted_parents_and_taken_static_addresses_are_clear_errors() {
         .await
         .unwrap();
     assert!(
-        answer[&uid(23)]
+        answer[&clash.uid]
             .error
-            .contains(&format!("already in use by claim {}", uid(22))),
+            .contains(&format!("already in use by claim {}", fixed.uid)),
         "{}",
-        answer[&uid(23)].error
+        answer[&clash.uid].error
     );
     assert!(
-        answer[&uid(24)].error.contains("not a free host address"),
+        answer[&outside.uid].error.contains("not a free host address"),
         "{}",
-        answer[&uid(24)].error
+        answer[&outside.uid].error
     );
     // Failed prepares leave no link or address behind.
     assert_eq!(host_links_on(granted).len(), 1, "only the fixed claim's link");
@@ -434,10 +471,14 @@ async fn rolling_update_hosts_each_serve_and_remove_their_own_attach_socket() {
     const NEW_UID: &str = "7d1f2c3b-2a4e-4c5d-8e6f-9a0b1c2d3e21";
     let mut lab = Lab::new(1);
     let parent = lab.parents[0].clone();
-    let api = TestApiServer::start().await.unwrap();
-    api.put_node("test-node", NODE_UID);
+    let cp = control_plane().await;
+    cp.allow_drivers(&[NET]).unwrap();
+    let node_name = "e2e-net-rolling";
+    cp.create_node(node_name).unwrap();
     let mut env = HostEnv::new(&cache_dir()).unwrap();
-    env.use_api_server(&api).unwrap();
+    env.node_name = node_name.to_owned();
+    let kubeconfig = cp.host_kubeconfig(node_name, &env.dir().join("kubeconfig")).unwrap();
+    env.use_kubeconfig(&kubeconfig);
     env.write_config_with(&[net_spec(&[&parent], &parent_config(&lab.parents))], "", "")
         .unwrap();
     let kubelet = dra_test_support::kubelet::TestKubelet::start(&env.kubelet_root).unwrap();
@@ -460,17 +501,18 @@ async fn rolling_update_hosts_each_serve_and_remove_their_own_attach_socket() {
     let new_socket = dir.join(format!("net-attach-{NEW_UID}.sock"));
     assert!(old_socket.exists() && new_socket.exists());
 
-    let claim = share_claim("a", 31, &parent, 931, "100M");
-    api.put_claim(claim.to_json());
+    let claim = cp
+        .put_claim(&share_claim_on(node_name, "a", &parent, 931, "100M"), node_name)
+        .unwrap();
     let answer = plugins[0].prepare(&[claim.reference()]).await.unwrap();
-    assert_eq!(answer[&uid(31)].error, "", "{}\n{}", old.log(), new.log());
+    assert_eq!(answer[&claim.uid].error, "", "{}\n{}", old.log(), new.log());
 
     let status = old.terminate(Duration::from_secs(20)).unwrap();
     assert!(status.success());
     assert!(!old_socket.exists(), "the old host removes its own socket");
     assert!(new_socket.exists(), "and leaves the new host's");
 
-    let spec_path = env.cdi_dir.join(format!("k8s.{NET}-device_{}.json", uid(31)));
+    let spec_path = env.cdi_dir.join(format!("k8s.{NET}-device_{}.json", claim.uid));
     let spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
     let hook = &spec["devices"][0]["containerEdits"]["hooks"][0];
     let args: Vec<String> = hook["args"]
@@ -502,22 +544,24 @@ async fn after_a_reboot_the_macvlan_is_created_again_and_attaches() {
     }
     let mut lab = Lab::new(1);
     let parent = lab.parents[0].clone();
-    let api = TestApiServer::start().await.unwrap();
-    api.put_node("test-node", NODE_UID);
-    let mut env = HostEnv::new(&cache_dir()).unwrap();
-    env.use_api_server(&api).unwrap();
-    let boot_file = env.dir().join("boot_id");
-    std::fs::write(&boot_file, "boot-1\n").unwrap();
-    env.env
-        .push(("DRA_TEST_BOOT_ID_FILE".into(), boot_file.display().to_string()));
-    let spec = net_spec(&[&parent], &parent_config(&lab.parents));
-    let node = Node::start_in(env, vec![spec], "", "").await;
-    let mut net = NetNode { api, node };
+    let mut boot_file = std::path::PathBuf::new();
+    let mut net = net_node_with(
+        "e2e-net-reboot",
+        &lab,
+        &[&parent],
+        &parent_config(&lab.parents),
+        |env| {
+            boot_file = env.dir().join("boot_id");
+            std::fs::write(&boot_file, "boot-1\n").unwrap();
+            env.env
+                .push(("DRA_TEST_BOOT_ID_FILE".into(), boot_file.display().to_string()));
+        },
+    )
+    .await;
 
-    let a = share_claim("a", 21, &parent, 921, "100M");
-    net.api.put_claim(a.to_json());
+    let a = net.share("a", &parent, 921, "100M");
     let answer = net.node.plugin.prepare(&[a.reference()]).await.unwrap();
-    assert_eq!(answer[&uid(21)].error, "", "{}", net.node.host.log());
+    assert_eq!(answer[&a.uid].error, "", "{}", net.node.host.log());
     let ip_a = network_data(&net, "a").await["networkData"]["ips"][0].clone();
     assert_eq!(host_links_on(&parent).len(), 1);
     net.node.host.terminate(Duration::from_secs(20)).unwrap();
@@ -541,7 +585,7 @@ async fn after_a_reboot_the_macvlan_is_created_again_and_attaches() {
     );
     // ...and the restarted pod gets it from the hook in the new CDI spec.
     let (ns, pid) = lab.pod();
-    let (path, args) = hook_of(&net.node, &uid(21));
+    let (path, args) = hook_of(&net.node, &a.uid);
     let (ok, out) = run_hook(&path, &args, pid);
     assert!(ok, "{out}\n{}", net.node.host.log());
     let (addrs, _, up) = pod_interface(&ns, "net1").expect("net1 in the restarted pod");
@@ -549,9 +593,9 @@ async fn after_a_reboot_the_macvlan_is_created_again_and_attaches() {
     assert!(up);
     // The kubelet's repeat is answered as before; unprepare removes it all.
     let again = net.node.plugin.prepare(&[a.reference()]).await.unwrap();
-    assert_eq!(again[&uid(21)].devices, answer[&uid(21)].devices);
+    assert_eq!(again[&a.uid].devices, answer[&a.uid].devices);
     let gone = net.node.plugin.unprepare(&[a.reference()]).await.unwrap();
-    assert_eq!(gone[&uid(21)], "");
+    assert_eq!(gone[&a.uid], "");
     assert!(pod_interface(&ns, "net1").is_none());
     assert_eq!(net_state(&net.node)["links"], json!([]));
 }

@@ -84,7 +84,10 @@ cleanup() {
     # components running.
     trap - EXIT
     trap '' TERM INT HUP USR1 USR2
-    stop TERM kube-controller-manager kube-scheduler kube-apiserver etcd
+    # etcd last: an API server that loses its storage first takes its whole
+    # grace period to stop.
+    stop TERM kube-controller-manager kube-scheduler kube-apiserver
+    stop TERM etcd
     rm -rf "$dir"
 }
 trap cleanup EXIT

@@ -3,12 +3,15 @@
 //!
 //! How the host works *with* the API server is tested against the real one
 //! (kube-apiserver, etcd, kube-scheduler 1.37.2: `tests/cluster/`,
-//! [`crate::controlplane`]); this stand-in agrees with the host by
-//! construction. It stays for what the real server cannot give a test:
-//! injected failures (429, 5xx, refused writes), an exact count of every
-//! write one host makes (the real server's metrics do not say which client
-//! wrote), and node-side tests (`demo`, swap, checkpoint, networking) that
-//! need a claim object and nothing else of an API server.
+//! [`crate::controlplane`], and every e2e test that needs a claim object or
+//! Events); this stand-in agrees with the host by construction. It has two
+//! users left, each for what the real server cannot give:
+//!
+//! - `tests/e2e/api.rs`, `transient_api_errors_and_conflicts_are_retried`:
+//!   a 503, a 429 and a 409 injected on cue;
+//! - the net bench (`tests/bench/net.rs`): its figures are the host's
+//!   prepare and attach, so the claim and its status are served from memory
+//!   rather than through a real server's storage.
 //!
 //! Endpoints:
 //!

@@ -5,8 +5,11 @@
 //!   plugins exactly as the kubelet does on the wire;
 //! - [`host::HostEnv`] / [`host::HostProcess`]: a temporary node layout and
 //!   the real `dra-wasm-host` binary running in it;
-//! - [`apiserver::TestApiServer`]: the resource.k8s.io/v1 endpoints the host
-//!   uses, in memory, reached through a kubeconfig;
+//! - [`controlplane::ControlPlane`]: the real kube-apiserver, etcd,
+//!   kube-scheduler and kube-controller-manager 1.37.2 (`tests/k8s/up.sh`),
+//!   with `deploy/` applied; claims allocated by the scheduler or by hand;
+//! - [`apiserver::TestApiServer`]: an in-memory stand-in for the API server,
+//!   kept only for injected faults and the net bench (see its header);
 //! - [`claims`]: ResourceClaim objects in the resource.k8s.io/v1 shape;
 //! - [`configmap`]: a ConfigMap volume updated the way the kubelet does it;
 //! - [`gpus`]: simulated GPUs and NVML event injection;

@@ -184,10 +184,10 @@ pub fn parent_config(parents: &[String]) -> String {
 }
 
 /// A claim in namespace `net` for a share of `parent` with `bandwidth`.
-pub fn share_claim(driver: &str, name: &str, n: u64, parent: &str, share: u64, bandwidth: &str) -> Claim {
+pub fn share_claim(driver: &str, pool: &str, name: &str, n: u64, parent: &str, share: u64, bandwidth: &str) -> Claim {
     Claim::new("net", name, &uid(n)).shared_device(
         driver,
-        "test-node",
+        pool,
         parent,
         "nic",
         &uid(share),
