@@ -39,6 +39,10 @@ done
 k8s_started=$SECONDS
 tests/k8s/build.sh >/dev/null
 echo "tests/run.sh: control plane binaries ready in $((SECONDS - k8s_started)) s"
+# Real Helm (v4.3.2, from helm.sh/helm/v4) for the chart's tests, built the same way.
+helm_started=$SECONDS
+tests/helm/build.sh >/dev/null
+echo "tests/run.sh: helm ready in $((SECONDS - helm_started)) s"
 
 cargo test --workspace --locked
 # The guests' logic and the guest SDK compiled natively (its tests and doc examples).

@@ -32,7 +32,7 @@
 //!
 //! [[drivers]]
 //! name = "gpu.example.com"
-//! guest = "/etc/dra-wasm-host/guests/gpu.wasm"
+//! guest = "/etc/dra-wasm-host/guests/gpu_driver.wasm"
 //! grants = ["nvml"]
 //! [drivers.config]                     # handed to the guest's init as JSON
 //! sharing = "mps"
@@ -42,7 +42,7 @@
 //!
 //! [[drivers]]                           # a network driver (docs/networking.md)
 //! name = "net.example.com"
-//! guest = "/etc/dra-wasm-host/guests/macvlan.wasm"
+//! guest = "/etc/dra-wasm-host/guests/macvlan_driver.wasm"
 //! grants = ["net"]
 //! [drivers.net]
 //! parents = ["eth1", "eth2"]            # the only links the guest may use

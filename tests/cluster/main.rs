@@ -1,9 +1,11 @@
 //! The host against the real control plane: kube-apiserver, etcd,
 //! kube-scheduler and the resourceclaim controller at 1.37.2, built from Go
-//! modules and started by `tests/k8s/up.sh`, with `deploy/` applied as it is.
+//! modules and started by `tests/k8s/up.sh`, with the chart
+//! (`deploy/chart/dra-wasm-host`) installed by real Helm (values:
+//! `tests/cluster/values.yaml`).
 //!
 //! The host runs as in the DaemonSet: claims from the API server, credentials
-//! of `deploy/rbac.yaml`'s ServiceAccount in a token bound to a Pod on the
+//! of the chart's ServiceAccount in a token bound to a Pod on the
 //! host's Node, so RBAC and the admission policy are enforced for real.
 //! Claims are allocated by the real scheduler. The kubelet side is still the
 //! in-tree test kubelet (`dra_test_support::kubelet`).
@@ -19,6 +21,7 @@ use common::*;
 use dra_test_support::claims::uid;
 use dra_test_support::controlplane::{ControlPlane, HOST_NAMESPACE, HOST_SERVICE_ACCOUNT};
 use dra_test_support::gpus::{self, Injector};
+use dra_test_support::helm;
 use dra_test_support::host::DriverSpec;
 use dra_test_support::kubelet::ClaimRef;
 use dra_test_support::netlab::{self, Lab, is_root};
@@ -231,20 +234,58 @@ fn stored_devices(slices: &[Value]) -> BTreeMap<String, Value> {
         .collect()
 }
 
-// --- deploy/ ------------------------------------------------------------------
+// --- the chart ------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deploy_is_accepted_and_its_admission_policy_type_checks_without_warnings() {
+async fn the_chart_installs_and_its_admission_policy_type_checks_without_warnings() {
     let cp = control_plane().await;
-    // Every object of deploy/ was applied by the shared set-up; each exists.
-    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-    for file in dra_test_support::controlplane::DEPLOY_FILES {
-        let path = deploy.join(file);
-        cp.kubectl(&["get", "-f", path.to_str().unwrap()])
-            .unwrap_or_else(|e| panic!("{file}: {e}"));
+    // The shared set-up installed the chart with real Helm: the release is
+    // deployed and every object it rendered exists in the API server.
+    let kubeconfig = cp.kubeconfig.to_str().unwrap();
+    let status = helm::run(
+        &[
+            "status",
+            "dra-wasm-host",
+            "-n",
+            HOST_NAMESPACE,
+            "--kubeconfig",
+            kubeconfig,
+            "-o",
+            "json",
+        ],
+        None,
+    )
+    .unwrap();
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["info"]["status"], "deployed", "{status}");
+    let manifest = helm::run(
+        &[
+            "get",
+            "manifest",
+            "dra-wasm-host",
+            "-n",
+            HOST_NAMESPACE,
+            "--kubeconfig",
+            kubeconfig,
+        ],
+        None,
+    )
+    .unwrap();
+    let objects = helm::yaml_to_json(&manifest).unwrap();
+    assert!(objects.len() >= 12, "{objects:?}");
+    for o in &objects {
+        let kind = o["kind"].as_str().unwrap();
+        let name = o["metadata"]["name"].as_str().unwrap();
+        let mut args = vec!["get", kind, name, "-o", "name"];
+        if let Some(ns) = o["metadata"]["namespace"].as_str() {
+            args.extend_from_slice(&["-n", ns]);
+        }
+        cp.kubectl(&args).unwrap_or_else(|e| panic!("{kind}/{name}: {e}"));
     }
-    // The examples hold Pods and templates in `default`: the API server
-    // accepts them (a server-side dry run, so no Pod competes for devices).
+    // The workload examples in deploy/ (Pods and templates in `default`):
+    // the API server accepts them (a server-side dry run, so no Pod
+    // competes for devices).
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
     for file in ["example.yaml", "net-example.yaml"] {
         let path = deploy.join(file);
         cp.kubectl(&[
@@ -497,53 +538,32 @@ async fn a_host_may_write_only_its_own_nodes_slices_and_claim_statuses() {
     }
     let on_a = allocated(cp, &a.node, ns, "on-a").await;
     let on_b = allocated(cp, &b.node, ns, "on-b").await;
-    let status_patch = |claim: &Value| {
+    // The status write as the host makes it: a replace of the claim's status
+    // (an update of `resourceclaims/status`, the only verb the chart grants).
+    let with_status = |claim: &Value| {
         let (driver, pool, device, _) = results(claim).remove(0);
-        json!({"status": {"devices": [{"driver": driver, "pool": pool, "device": device,
+        let mut claim = claim.clone();
+        claim["status"]["devices"] = json!([{"driver": driver, "pool": pool, "device": device,
             "conditions": [{"type": "Ready", "status": "True", "reason": "Test", "message": "",
-                            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}]}})
-        .to_string()
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}]);
+        claim.to_string()
     };
-    let patch_as_a = |claim_name: &str, patch: &str| {
-        as_a(
-            &[
-                "patch",
-                "resourceclaim",
-                claim_name,
-                "-n",
-                ns,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                patch,
-            ],
-            None,
+    let replace_status = |kubeconfig: &Path, claim: &Value| {
+        cp.kubectl_as(
+            kubeconfig,
+            &["replace", "--subresource=status", "-f", "-"],
+            Some(&with_status(claim)),
         )
     };
-    let refused = patch_as_a("on-b", &status_patch(&on_b)).unwrap_err().to_string();
+    let refused = replace_status(&a.kubeconfig, &on_b).unwrap_err().to_string();
     assert!(
         refused.contains("changing status.devices requires") && refused.contains("resourceclaims/driver"),
         "{refused}"
     );
-    patch_as_a("on-a", &status_patch(&on_a)).expect("node A's host may write its own claim's status");
+    replace_status(&a.kubeconfig, &on_a).expect("node A's host may write its own claim's status");
 
     // Node B's host, with its own token, is allowed what A was refused.
-    cp.kubectl_as(
-        &b.kubeconfig,
-        &[
-            "patch",
-            "resourceclaim",
-            "on-b",
-            "-n",
-            ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status_patch(&on_b),
-        ],
-        None,
-    )
-    .unwrap();
+    replace_status(&b.kubeconfig, &on_b).unwrap();
     let whoami = cp
         .kubectl_as(&a.kubeconfig, &["auth", "whoami", "-o", "json"], None)
         .unwrap();
@@ -949,7 +969,7 @@ async fn the_api_server_goes_away_and_comes_back() {
     // A control plane of its own: this test stops it.
     let cp = tokio::task::block_in_place(|| {
         let cp = ControlPlane::start().unwrap();
-        cp.apply_deploy().unwrap();
+        cp.install_chart().unwrap();
         cp
     });
     let n = cluster_node(&cp, "cp-outage", |_| (vec![example_driver(2)], String::new())).await;

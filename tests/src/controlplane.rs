@@ -2,8 +2,8 @@
 //! kube-scheduler and kube-controller-manager at 1.37.2, built from Go modules
 //! and started on loopback by `tests/k8s/up.sh` (the same command people run).
 //!
-//! [`ControlPlane::shared`] starts one per test binary, with `deploy/` applied
-//! as it is; tests that stop the API server start their own with
+//! [`ControlPlane::shared`] starts one per test binary, with the chart installed
+//! by real Helm; tests that stop the API server start their own with
 //! [`ControlPlane::start`]. `up.sh` dies with the test process (the parent-death
 //! signal), and removes its directory when it does.
 //!
@@ -26,7 +26,7 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
-/// The namespace and ServiceAccount that `deploy/` gives the host.
+/// The namespace and ServiceAccount the chart gives the host (release `dra-wasm-host`).
 pub const HOST_NAMESPACE: &str = "dra-wasm-host";
 pub const HOST_SERVICE_ACCOUNT: &str = "dra-wasm-host";
 
@@ -48,13 +48,13 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// The control plane shared by the tests of this binary, started on first
-    /// use, with `deploy/` applied. Panics with up.sh's reason when it cannot
+    /// use, with the chart installed. Panics with up.sh's reason when it cannot
     /// start: a test of the API side never falls back to a stand-in.
     pub fn shared() -> &'static ControlPlane {
         static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
         let cp = SHARED.get_or_init(|| {
             let cp = ControlPlane::start().map_err(|e| format!("{e:#}"))?;
-            cp.apply_deploy().map_err(|e| format!("{e:#}"))?;
+            cp.install_chart().map_err(|e| format!("{e:#}"))?;
             Ok(cp)
         });
         match cp {
@@ -214,29 +214,29 @@ impl ControlPlane {
         )
     }
 
-    /// Apply `deploy/` as it is in the repository: every object of
-    /// [`DEPLOY_FILES`], and of the networking example all but its Pod (a
-    /// Pod would compete with the tests for devices).
-    pub fn apply_deploy(&self) -> Result<()> {
-        let deploy = repo_root().join("deploy");
-        for file in DEPLOY_FILES {
-            let path = deploy.join(file);
-            self.kubectl(&["apply", "--server-side", "-f", path.to_str().unwrap()])
-                .with_context(|| format!("applying {}", path.display()))?;
-        }
-        let path = deploy.join("net-example.yaml");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let objects: Vec<&str> = text
-            .split("\n---")
-            .filter(|doc| !doc.lines().any(|l| l.trim_end() == "kind: Pod"))
-            .collect();
-        // As an operator applies it: kubectl's own field manager.
-        self.kubectl_as(
-            &self.kubeconfig,
-            &["apply", "--server-side", "-f", "-"],
-            Some(&objects.join("\n---")),
+    /// Install the chart (`deploy/chart/dra-wasm-host`) with real Helm, as
+    /// an operator does: release `dra-wasm-host` in namespace
+    /// [`HOST_NAMESPACE`], values from `tests/cluster/values.yaml` (every
+    /// driver the tests run).
+    pub fn install_chart(&self) -> Result<()> {
+        let chart = crate::helm::chart_dir();
+        let values = repo_root().join("tests/cluster/values.yaml");
+        crate::helm::run(
+            &[
+                "install",
+                "dra-wasm-host",
+                chart.to_str().unwrap(),
+                "--namespace",
+                HOST_NAMESPACE,
+                "--create-namespace",
+                "--kubeconfig",
+                self.kubeconfig.to_str().unwrap(),
+                "-f",
+                values.to_str().unwrap(),
+            ],
+            None,
         )
-        .with_context(|| format!("applying {} (all but its Pod)", path.display()))?;
+        .context("helm install of deploy/chart/dra-wasm-host")?;
         Ok(())
     }
 
@@ -276,7 +276,7 @@ impl ControlPlane {
     }
 
     /// The host's credentials on `node`, exactly as the DaemonSet's pod gets
-    /// them: a token of `deploy/rbac.yaml`'s ServiceAccount, bound to a Pod
+    /// them: a token of the chart's ServiceAccount, bound to a Pod
     /// that is bound to the Node (so the token carries the node's name, which
     /// the admission policy reads). Written as a kubeconfig at `path`.
     pub fn host_kubeconfig(&self, node: &str, path: &Path) -> Result<PathBuf> {
@@ -360,7 +360,7 @@ impl ControlPlane {
     }
 
     /// Let the host write `status.devices` for these drivers too, as an
-    /// operator adds a driver to `deploy/rbac.yaml`'s list: a ClusterRole
+    /// operator adds a driver to the chart's values: a ClusterRole
     /// and binding per driver, for the same ServiceAccount. Test guests
     /// (`faulty.dra.dev`, …) are not in the shipped list.
     pub fn allow_drivers(&self, drivers: &[&str]) -> Result<()> {
@@ -449,16 +449,6 @@ impl Drop for ControlPlane {
         unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
     }
 }
-
-/// The files of `deploy/` that hold cluster objects, in dependency order.
-pub const DEPLOY_FILES: &[&str] = &[
-    "namespace.yaml",
-    "rbac.yaml",
-    "admission-policy.yaml",
-    "deviceclasses.yaml",
-    "config.yaml",
-    "daemonset.yaml",
-];
 
 /// A kubeconfig that authenticates with a bearer token.
 pub fn token_kubeconfig(server: &str, ca: &Path, token: &str) -> String {

@@ -22,6 +22,7 @@ pub mod claims;
 pub mod configmap;
 pub mod controlplane;
 pub mod gpus;
+pub mod helm;
 pub mod host;
 pub mod kubelet;
 pub mod netlab;

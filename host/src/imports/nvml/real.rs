@@ -33,7 +33,20 @@ impl RealNvml {
     /// Load libnvidia-ml. Never fails: without the library every call
     /// answers `not-available` and the reason is logged once here.
     pub fn load(driver_root: &Path) -> Self {
-        let lib = match Lib::init() {
+        // The driver root's copy first: under the GPU operator the library
+        // is only there (/run/nvidia/driver), never on the image's own path.
+        let found = nvml_library(driver_root);
+        let loaded = match &found {
+            Some(path) => {
+                tracing::info!(library = %path.display(), "loading NVML from the driver root");
+                Lib::builder().lib_path(path.as_os_str()).init()
+            }
+            None => {
+                tracing::info!(driver_root = %driver_root.display(), "no libnvidia-ml.so.1 under the driver root; loading it from the library path");
+                Lib::init()
+            }
+        };
+        let lib = match loaded {
             // NVML lives as long as the process: leaking the handle lets the
             // event thread and every call borrow it for 'static.
             Ok(lib) => Ok(&*Box::leak(Box::new(lib))),
@@ -221,6 +234,14 @@ const LIBRARY_DIRS: &[&str] = &[
 ];
 const BINARY_DIRS: &[&str] = &["usr/bin", "usr/local/bin", "bin"];
 
+/// `libnvidia-ml.so.1` in one of the driver root's library directories.
+fn nvml_library(root: &Path) -> Option<PathBuf> {
+    LIBRARY_DIRS
+        .iter()
+        .map(|dir| root.join(dir).join("libnvidia-ml.so.1"))
+        .find(|path| path.exists())
+}
+
 /// Find the driver's files under `root` (a bounded listing of a few
 /// well-known directories; symlinks are not followed out of the root).
 pub fn find_driver_files(root: &Path, driver_version: &str) -> Vec<DriverFile> {
@@ -280,6 +301,23 @@ pub fn find_driver_files(root: &Path, driver_version: &str) -> Vec<DriverFile> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The GPU operator's layout: libnvidia-ml only under its driver root.
+    #[test]
+    fn nvml_is_loaded_from_the_driver_root_when_it_is_there() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(nvml_library(root.path()), None, "nothing there: the library path");
+        let lib = root.path().join("usr/lib64");
+        std::fs::create_dir_all(&lib).unwrap();
+        std::fs::write(lib.join("libnvidia-ml.so.580.159.04"), b"").unwrap();
+        std::os::unix::fs::symlink("libnvidia-ml.so.580.159.04", lib.join("libnvidia-ml.so.1")).unwrap();
+        assert_eq!(nvml_library(root.path()), Some(lib.join("libnvidia-ml.so.1")));
+        // Not a 32-bit copy in lib/.
+        let lib32 = root.path().join("lib");
+        std::fs::create_dir_all(&lib32).unwrap();
+        std::fs::write(lib32.join("libnvidia-ml.so.1"), b"").unwrap();
+        assert_eq!(nvml_library(root.path()), Some(lib.join("libnvidia-ml.so.1")));
+    }
 
     #[test]
     fn finds_versioned_libraries_binaries_and_firmware_inside_the_root() {
