@@ -713,6 +713,48 @@ async fn unallocated_replaced_and_missing_claims_are_each_their_own_error() {
     assert!(e.contains("not found"), "{e}");
 }
 
+/// The DeviceClasses of the chart's GPU example select the H100 the GPU
+/// guest publishes (the simulated one is docs/gpu.md's H100 80GB: 81559Mi,
+/// compute capability 9.0), as the real scheduler evaluates their CEL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gpu_examples_device_classes_select_an_h100() {
+    if !need_root("the_gpu_examples_device_classes_select_an_h100") {
+        return;
+    }
+    let cp = control_plane().await;
+    let example = helm::chart_dir().join("examples/gpu.yaml");
+    let rendered = helm::template(&["-f", example.to_str().unwrap()]).unwrap();
+    let classes = helm::all_of(&rendered, "DeviceClass");
+    assert!(classes.len() >= 2, "{classes:?}");
+    let n = cluster_node(cp, "cp-h100", |env| {
+        let (spec, sim) = gpu_driver(env.dir(), 1);
+        (vec![spec], sim.tables)
+    })
+    .await;
+    published(cp, &n, GPU).await;
+    let ns = "cp-h100";
+    namespace(cp, ns);
+    for (i, class) in classes.iter().enumerate() {
+        // Under a name of the test's own: the release owns the chart's classes.
+        let name = format!("example-{}", class["metadata"]["name"].as_str().unwrap());
+        let mut class = (*class).clone();
+        class["metadata"] = json!({"name": name});
+        cp.apply(&class.to_string()).unwrap();
+        let claim_name = format!("by-class-{i}");
+        cp.apply(&claim(ns, &claim_name, &name, 1, None, None)).unwrap();
+        cp.apply(&pod(
+            ns,
+            &claim_name,
+            &n.name,
+            &[("gpu", "resourceClaimName", &claim_name)],
+        ))
+        .unwrap();
+        let c = allocated(cp, &n.node, ns, &claim_name).await;
+        // Each claim gets a share (the 5Gi default) of the one GPU.
+        assert_eq!(results(&c).remove(0).2, "gpu-0", "{name} selects the H100: {c}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_claims_share_one_gpu_through_consumable_capacity() {
     if !need_root("two_claims_share_one_gpu_through_consumable_capacity") {
