@@ -5,7 +5,8 @@
 //! |---|---|
 //! | [`kubelet`] | registration socket, DRA socket (DRAPlugin v1/v1beta1), gRPC liveness |
 //! | [`kube`] | ResourceClaims: where they come from, what part is this driver's |
-//! | [`wit`] | the guest contract: the `bindgen!` output, one submodule per WIT version |
+//! | [`model`] | the host's own types for what guests are told and answer: inventory, claims, prepared claims, events, health |
+//! | [`wit`] | the guest contract: the `bindgen!` output, one submodule per WIT version, and its conversions to and from [`model`] |
 //! | [`guest_text`] | text a guest wrote, bounded and escaped on its way into answers, logs, Events, metrics |
 //! | [`guest`] | wasmtime engine, compile cache, instance pool, limits and deadlines, the swappable guest handle |
 //! | [`imports`] | host implementations of WIT imports (`log`; `nvml`, `net` when granted) |
@@ -26,6 +27,7 @@ pub mod imports;
 pub mod kube;
 pub mod kubelet;
 pub mod metrics;
+pub mod model;
 pub mod node;
 pub mod policy;
 pub mod state;

@@ -24,7 +24,6 @@ use clap::{Args, Subcommand};
 use dra_wasm_host::claim::ClaimRef;
 use dra_wasm_host::config::{Config, SimulatedNvmlConfig};
 use dra_wasm_host::driver::{Driver, OperationError};
-use dra_wasm_host::guest::types;
 use dra_wasm_host::imports::net::Net;
 use dra_wasm_host::imports::net::netlink::LinkState;
 use dra_wasm_host::imports::nvml::Nvml;
@@ -32,6 +31,7 @@ use dra_wasm_host::kube::publisher::name_prefix;
 use dra_wasm_host::kube::slices;
 use dra_wasm_host::kube::{ClaimSource, FetchError, FetchFuture, StatusFuture};
 use dra_wasm_host::metrics::Metrics;
+use dra_wasm_host::model;
 use dra_wasm_host::node::{AssembledDriver, EventDelivery, Node};
 use dra_wasm_host::state::cdi::CdiError;
 use k8s_openapi::api::resource::v1::{AllocatedDeviceStatus, ResourceClaim, ResourceSlice};
@@ -118,7 +118,7 @@ struct Harness {
     claims: Arc<LocalClaims>,
     /// What the host's event routers send to the driver (the guest's imports
     /// and the link router hold the senders).
-    events_rx: tokio::sync::Mutex<mpsc::Receiver<types::Event>>,
+    events_rx: tokio::sync::Mutex<mpsc::Receiver<model::Event>>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -369,7 +369,7 @@ impl Harness {
                     }
                     Err(_) => gpu,
                 };
-                Ok(Resolved::Gpu(nvml, types::GpuEvent { uuid, kind, data }))
+                Ok(Resolved::Gpu(nvml, model::GpuEvent { uuid, kind, data }))
             }
             Injected::Link { name, up } => {
                 let net = self.node.loader().capabilities().net.clone().ok_or_else(|| {
@@ -396,7 +396,7 @@ impl Harness {
 
 /// An event ready for its router.
 enum Resolved {
-    Gpu(Arc<Nvml>, types::GpuEvent),
+    Gpu(Arc<Nvml>, model::GpuEvent),
     Link(Arc<Net>, LinkState),
 }
 
@@ -434,7 +434,7 @@ fn localize(config: &mut Config, state: &Path, gpus: Option<&Path>) -> Result<()
 enum Injected {
     Gpu {
         gpu: String,
-        kind: types::GpuEventKind,
+        kind: model::GpuEventKind,
         data: u64,
     },
     Link {
@@ -459,13 +459,13 @@ fn parse_event(text: &str) -> Result<Injected> {
             }
             Ok(Injected::Gpu {
                 gpu: gpu.to_owned(),
-                kind: types::GpuEventKind::XidCriticalError,
+                kind: model::GpuEventKind::XidCriticalError,
                 data: xid,
             })
         }
         "ecc" if !value.is_empty() => Ok(Injected::Gpu {
             gpu: value.to_owned(),
-            kind: types::GpuEventKind::DoubleBitEccError,
+            kind: model::GpuEventKind::DoubleBitEccError,
             data: 0,
         }),
         "ecc" => Err(bad("no GPU")),
@@ -545,15 +545,15 @@ struct HealthReport {
     message: String,
 }
 
-impl From<&types::DeviceHealth> for HealthReport {
-    fn from(h: &types::DeviceHealth) -> Self {
+impl From<&model::DeviceHealth> for HealthReport {
+    fn from(h: &model::DeviceHealth) -> Self {
         Self {
             pool: h.pool.clone(),
             device: h.device.clone(),
             status: match h.status {
-                types::HealthStatus::Healthy => "Healthy",
-                types::HealthStatus::Unhealthy => "Unhealthy",
-                types::HealthStatus::Unknown => "Unknown",
+                model::HealthStatus::Healthy => "Healthy",
+                model::HealthStatus::Unhealthy => "Unhealthy",
+                model::HealthStatus::Unknown => "Unknown",
             },
             message: h.message.clone(),
         }
@@ -875,7 +875,7 @@ mod tests {
             parse_event("xid=0:79").unwrap(),
             Injected::Gpu {
                 gpu: "0".into(),
-                kind: types::GpuEventKind::XidCriticalError,
+                kind: model::GpuEventKind::XidCriticalError,
                 data: 79
             }
         );

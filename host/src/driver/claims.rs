@@ -113,7 +113,7 @@ impl Driver {
                 // Nothing of this claim may stay half-prepared: undo the guest's work.
                 if let Err(undo) = self
                     .guest
-                    .unprepare(driver_claim.claim.ref_.clone(), prepared.state)
+                    .unprepare(driver_claim.claim.reference.clone(), prepared.state)
                     .await
                 {
                     tracing::error!(error = %undo, "could not undo the guest's prepare after a failure");
@@ -149,7 +149,7 @@ impl Driver {
         &self,
         c: &ClaimRef,
         driver_claim: &crate::kube::DriverClaim,
-        prepared: &mut types::PreparedClaim,
+        prepared: &mut model::PreparedClaim,
         guest: crate::state::checkpoint::GuestIdentity,
     ) -> Result<
         (
@@ -171,7 +171,7 @@ impl Driver {
         let prepared = &*prepared;
 
         // Answer devices in allocation order.
-        let by_key: HashMap<(&str, &str, Option<&str>), &types::PreparedDevice> = prepared
+        let by_key: HashMap<(&str, &str, Option<&str>), &model::PreparedDevice> = prepared
             .devices
             .iter()
             .map(|d| ((d.pool.as_str(), d.device.as_str(), d.share_id.as_deref()), d))
@@ -291,7 +291,7 @@ impl Driver {
         validate_ref(c)?;
         let _operation = ClaimOperation::start();
         let _lock = self.locks.lock(&c.uid).await;
-        let guest_ref = types::ClaimRef::from(c);
+        let guest_ref = c.clone();
         match self.checkpoint.get(&c.uid) {
             Some(record) => {
                 self.guest.unprepare(guest_ref, record.state).await?;

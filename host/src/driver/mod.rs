@@ -58,12 +58,13 @@ pub use reboot::RebootReport;
 pub use swap::GuestUpdates;
 
 use crate::claim::{ClaimRef, PreparedDevice, is_safe_uid, is_valid_object_name};
-use crate::guest::{Guest, GuestError, GuestFileWatcher, GuestSpec, Replaced, Rollback, Runtime, types};
+use crate::guest::{Guest, GuestError, GuestFileWatcher, GuestSpec, Replaced, Rollback, Runtime};
 use crate::health::Health;
 use crate::imports::net::NetDriver;
 use crate::kube::events::{EventRecorder, EventType};
 use crate::kube::{ClaimError, ClaimSource, DriverClaim, FetchError, StatusError, claim_for_driver};
 use crate::metrics::Metrics;
+use crate::model;
 use crate::policy::{Policy, PolicyError};
 use crate::state::cdi::{self, CdiError, CdiWriter, SpecDevice};
 use crate::state::checkpoint::{Checkpoint, CheckpointError, ClaimRecord};
@@ -120,7 +121,7 @@ pub struct Driver {
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     locks: ClaimLocks,
-    inventory: tokio::sync::watch::Sender<Arc<Vec<types::Pool>>>,
+    inventory: tokio::sync::watch::Sender<Arc<Vec<model::Pool>>>,
     serialize: Option<SerializeLock>,
     events: Option<EventRecorder>,
     boot_id: Option<String>,
@@ -139,7 +140,7 @@ pub struct DriverParts {
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     /// The guest's inventory, as its self-test returned it.
-    pub inventory: Vec<types::Pool>,
+    pub inventory: Vec<model::Pool>,
     /// Rolling-update mode: the lock shared with the other host process.
     pub serialize: Option<SerializeLock>,
     /// Where to report as Kubernetes Events (when an API server is configured).
@@ -214,13 +215,13 @@ impl Driver {
     }
 
     /// The current inventory, and every later one.
-    pub fn inventory(&self) -> tokio::sync::watch::Receiver<Arc<Vec<types::Pool>>> {
+    pub fn inventory(&self) -> tokio::sync::watch::Receiver<Arc<Vec<model::Pool>>> {
         self.inventory.subscribe()
     }
 
     /// Hand every event from the driver's event sources to its guest and
     /// apply the health it reports. Runs until the sources are gone.
-    pub async fn run_events(self: Arc<Self>, mut events: tokio::sync::mpsc::Receiver<types::Event>) {
+    pub async fn run_events(self: Arc<Self>, mut events: tokio::sync::mpsc::Receiver<model::Event>) {
         while let Some(event) = events.recv().await {
             let _ = self.handle_event(event).await;
         }
@@ -228,7 +229,7 @@ impl Driver {
 
     /// Hand one event to the guest and apply the health it reports. Returns
     /// the guest's reports (`guest run` prints them); a failure is logged.
-    pub async fn handle_event(&self, event: types::Event) -> Result<Vec<types::DeviceHealth>, GuestError> {
+    pub async fn handle_event(&self, event: model::Event) -> Result<Vec<model::DeviceHealth>, GuestError> {
         let result = self.guest.on_event(event).await;
         match &result {
             Ok(reports) => {

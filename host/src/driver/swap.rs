@@ -141,7 +141,7 @@ impl Driver {
 
     /// Make `pools` the published inventory. Returns whether it differs from
     /// the previous one (only then are ResourceSlices rewritten).
-    fn set_inventory(&self, pools: Vec<types::Pool>) -> bool {
+    fn set_inventory(&self, pools: Vec<model::Pool>) -> bool {
         self.health.set_inventory(&pools);
         self.inventory.send_if_modified(|current| {
             if **current == pools {

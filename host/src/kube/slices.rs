@@ -10,7 +10,7 @@
 //! the driver stay schedulable.
 
 use crate::guest_text::quoted;
-use crate::wit::types;
+use crate::model;
 use k8s_openapi::api::resource::v1 as resource;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::collections::{BTreeMap, HashSet};
@@ -91,7 +91,7 @@ impl Desired {
 /// A device the API server would refuse is left out (and listed in
 /// `invalid`); of devices sharing a name, the first is kept; a pool whose
 /// name is invalid or repeated is left out whole.
-pub fn desired_pools(pools: &[types::Pool], taints: &[HostTaint]) -> Desired {
+pub fn desired_pools(pools: &[model::Pool], taints: &[HostTaint]) -> Desired {
     let mut names = HashSet::new();
     let mut out = Desired::default();
     for pool in pools {
@@ -179,7 +179,7 @@ fn split(devices: Vec<resource::Device>) -> Vec<Vec<resource::Device>> {
     slices
 }
 
-fn device(d: &types::Device, extra: &[&HostTaint]) -> Result<resource::Device, String> {
+fn device(d: &model::Device, extra: &[&HostTaint]) -> Result<resource::Device, String> {
     if !is_dns_label(&d.name) {
         return Err("the name is not a DNS label (lower-case letters, digits, '-', at most 63)".into());
     }
@@ -194,9 +194,9 @@ fn device(d: &types::Device, extra: &[&HostTaint]) -> Result<resource::Device, S
         check_qualified_name(&a.name).map_err(|r| format!("attribute {}: {r}", quoted(&a.name)))?;
         let mut v = resource::DeviceAttribute::default();
         match &a.value {
-            types::AttributeValue::Boolean(b) => v.bool = Some(*b),
-            types::AttributeValue::Integer(i) => v.int = Some(*i),
-            types::AttributeValue::Text(s) => {
+            model::AttributeValue::Boolean(b) => v.bool = Some(*b),
+            model::AttributeValue::Integer(i) => v.int = Some(*i),
+            model::AttributeValue::Text(s) => {
                 if s.chars().count() > MAX_VALUE_LENGTH {
                     return Err(format!(
                         "attribute {}: string longer than {MAX_VALUE_LENGTH} characters ({} bytes)",
@@ -206,7 +206,7 @@ fn device(d: &types::Device, extra: &[&HostTaint]) -> Result<resource::Device, S
                 }
                 v.string = Some(s.clone());
             }
-            types::AttributeValue::Version(s) => {
+            model::AttributeValue::Version(s) => {
                 if s.len() > MAX_VALUE_LENGTH || !is_semver(s) {
                     return Err(format!(
                         "attribute {}: {} is not a semantic version",
@@ -288,9 +288,9 @@ fn device(d: &types::Device, extra: &[&HostTaint]) -> Result<resource::Device, S
             key: t.key.clone(),
             value: t.value.clone(),
             effect: match t.effect {
-                types::TaintEffect::NoSchedule => "NoSchedule",
-                types::TaintEffect::NoExecute => "NoExecute",
-                types::TaintEffect::None => "None",
+                model::TaintEffect::NoSchedule => "NoSchedule",
+                model::TaintEffect::NoExecute => "NoExecute",
+                model::TaintEffect::None => "None",
             }
             .to_owned(),
             time_added: None,
@@ -507,14 +507,14 @@ fn is_quantity(s: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn dev(name: &str) -> types::Device {
-        types::Device {
+    fn dev(name: &str) -> model::Device {
+        model::Device {
             name: name.into(),
-            attributes: vec![types::Attribute {
+            attributes: vec![model::Attribute {
                 name: "model".into(),
-                value: types::AttributeValue::Text("X".into()),
+                value: model::AttributeValue::Text("X".into()),
             }],
-            capacity: vec![types::Capacity {
+            capacity: vec![model::Capacity {
                 name: "memory".into(),
                 value: "80Gi".into(),
                 request_policy: None,
@@ -524,8 +524,8 @@ mod tests {
         }
     }
 
-    fn pool(n: usize) -> types::Pool {
-        types::Pool {
+    fn pool(n: usize) -> model::Pool {
+        model::Pool {
             name: "node-a".into(),
             devices: (0..n).map(|i| dev(&format!("d{i}"))).collect(),
         }
@@ -556,7 +556,7 @@ mod tests {
 
     /// The one bad device of each kind is left out, named with the reason;
     /// the valid devices are kept.
-    fn refused(p: types::Pool) -> String {
+    fn refused(p: model::Pool) -> String {
         let d = desired_pools(&[p], &[]);
         assert_eq!(d.invalid.len(), 1, "{:?}", d.invalid);
         assert_eq!(d.pools[0].slices[0].len(), 1, "the valid device is kept");
@@ -576,20 +576,20 @@ mod tests {
 
         let mut p = pool(2);
         for i in 0..32 {
-            p.devices[1].attributes.push(types::Attribute {
+            p.devices[1].attributes.push(model::Attribute {
                 name: format!("a{i}"),
-                value: types::AttributeValue::Integer(i),
+                value: model::AttributeValue::Integer(i),
             });
         }
         assert!(refused(p).contains("at most 32"));
 
         let mut p = pool(2);
-        p.devices[1].attributes[0].value = types::AttributeValue::Text("x".repeat(1_000_000));
+        p.devices[1].attributes[0].value = model::AttributeValue::Text("x".repeat(1_000_000));
         let e = refused(p);
         assert!(e.contains("longer than 64") && e.len() < 300, "{e}");
 
         let mut p = pool(2);
-        p.devices[1].attributes[0].value = types::AttributeValue::Version("580.159.04".into());
+        p.devices[1].attributes[0].value = model::AttributeValue::Version("580.159.04".into());
         assert!(refused(p).contains("semantic version"));
 
         let mut p = pool(2);
@@ -603,10 +603,10 @@ mod tests {
         }
 
         let mut p = pool(2);
-        p.devices[1].taints.push(types::Taint {
+        p.devices[1].taints.push(model::Taint {
             key: "x.com/t".into(),
             value: Some("not a label value!".into()),
-            effect: types::TaintEffect::NoSchedule,
+            effect: model::TaintEffect::NoSchedule,
         });
         assert!(refused(p).contains("label value"));
     }
@@ -629,22 +629,22 @@ mod tests {
     /// range whose max is not min plus whole steps is left out, named.
     #[test]
     fn a_request_range_off_its_step_is_left_out() {
-        let policy = |default: &str, max: &str| types::RequestPolicy {
+        let policy = |default: &str, max: &str| model::RequestPolicy {
             default: Some(default.into()),
             valid_values: vec![],
-            valid_range: Some(types::CapacityRange {
+            valid_range: Some(model::CapacityRange {
                 min: "5Gi".into(),
                 max: Some(max.into()),
                 step: Some("5Gi".into()),
             }),
         };
         let mut p = pool(2);
-        p.devices[0].capacity[0] = types::Capacity {
+        p.devices[0].capacity[0] = model::Capacity {
             name: "memory".into(),
             value: "81559Mi".into(),
             request_policy: Some(policy("5Gi", "75Gi")),
         };
-        p.devices[1].capacity[0] = types::Capacity {
+        p.devices[1].capacity[0] = model::Capacity {
             name: "memory".into(),
             value: "81559Mi".into(),
             request_policy: Some(policy("5Gi", "81559Mi")),

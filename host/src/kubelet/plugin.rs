@@ -527,10 +527,11 @@ mod tests {
 mod in_process {
     use super::*;
     use crate::fuzzing::fuzz;
-    use crate::guest::{CompileCache, Guest, GuestSpec, Limits, Runtime, types};
+    use crate::guest::{CompileCache, Guest, GuestSpec, Limits, Runtime};
     use crate::health::Health;
     use crate::imports::{Capabilities, Imports};
     use crate::kube::{ClaimSource, FetchError, FetchFuture, StatusFuture};
+    use crate::model;
     use crate::policy::Policy;
     use crate::state::cdi::CdiWriter;
     use crate::state::checkpoint::Checkpoint;
@@ -635,7 +636,7 @@ mod in_process {
             let (tx, _rx) = tokio::sync::mpsc::channel(16);
             let spec = GuestSpec {
                 path: std::path::PathBuf::from(crate::BUILT_GUESTS_DIR).join("example_driver.wasm"),
-                ctx: types::InitContext {
+                ctx: model::InitContext {
                     driver_name: DRIVER.into(),
                     node_name: "fuzz-node".into(),
                     config: r#"{"devices":4}"#.into(),

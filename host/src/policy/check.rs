@@ -125,9 +125,9 @@ impl Policy {
     /// devices by an attribute of the allocated device).
     pub fn check(
         &self,
-        claim: &types::Claim,
-        inventory: &[types::Pool],
-        prepared: &mut types::PreparedClaim,
+        claim: &model::Claim,
+        inventory: &[model::Pool],
+        prepared: &mut model::PreparedClaim,
     ) -> Result<(), PolicyError> {
         if prepared.state.len() > bounds::STATE_BYTES {
             return Err(PolicyError::StateTooLarge {
@@ -142,7 +142,7 @@ impl Policy {
         let mut seen: HashSet<(String, String, Option<String>)> = HashSet::new();
         for d in &mut prepared.devices {
             let key = (d.pool.as_str(), d.device.as_str(), d.share_id.as_deref());
-            let guest_named = |d: &types::PreparedDevice| {
+            let guest_named = |d: &model::PreparedDevice| {
                 (
                     text::bounded(&d.pool, text::QUOTED_BYTES),
                     text::bounded(&d.device, text::QUOTED_BYTES),
@@ -185,8 +185,8 @@ impl Policy {
     /// (device, field, link).
     pub fn host_links<'a>(
         &'a self,
-        prepared: &'a types::PreparedClaim,
-    ) -> impl Iterator<Item = (&'a types::PreparedDevice, &'static str, &'a str)> + 'a {
+        prepared: &'a model::PreparedClaim,
+    ) -> impl Iterator<Item = (&'a model::PreparedDevice, &'static str, &'a str)> + 'a {
         prepared.devices.iter().flat_map(move |d| {
             let moved = d
                 .edits
@@ -213,7 +213,7 @@ impl Policy {
     pub fn check_claim_links(
         &self,
         claim_uid: &str,
-        prepared: &types::PreparedClaim,
+        prepared: &model::PreparedClaim,
         owner: impl Fn(&str) -> Option<String>,
     ) -> Result<(), PolicyError> {
         for (d, field, link) in self.host_links(prepared) {
@@ -260,7 +260,7 @@ impl Policy {
         })
     }
 
-    fn check_device(&self, d: &mut types::PreparedDevice, inventory: &[types::Pool]) -> Result<(), Refusal> {
+    fn check_device(&self, d: &mut model::PreparedDevice, inventory: &[model::Pool]) -> Result<(), Refusal> {
         let (pool, device) = (d.pool.clone(), d.device.clone());
         self.check_edits(&mut d.edits)?;
         self.check_cdi_ids(&d.cdi_device_ids, inventory, &pool, &device)?;
@@ -273,7 +273,7 @@ impl Policy {
     fn check_cdi_ids(
         &self,
         ids: &[String],
-        inventory: &[types::Pool],
+        inventory: &[model::Pool],
         pool: &str,
         device: &str,
     ) -> Result<(), Refusal> {
@@ -316,14 +316,14 @@ impl Policy {
                 );
             }
             let attr = &rule.name_attribute;
-            let value = |d: &types::Device| {
+            let value = |d: &model::Device| {
                 d.attributes
                     .iter()
                     .find(|a| &a.name == attr)
                     .and_then(|a| match &a.value {
-                        types::AttributeValue::Text(s) | types::AttributeValue::Version(s) => Some(s.clone()),
-                        types::AttributeValue::Integer(n) => Some(n.to_string()),
-                        types::AttributeValue::Boolean(_) => None,
+                        model::AttributeValue::Text(s) | model::AttributeValue::Version(s) => Some(s.clone()),
+                        model::AttributeValue::Integer(n) => Some(n.to_string()),
+                        model::AttributeValue::Boolean(_) => None,
                     })
             };
             let own = inventory
@@ -371,7 +371,7 @@ impl Policy {
         Ok(())
     }
 
-    fn check_edits(&self, e: &mut types::ContainerEdits) -> Result<(), Refusal> {
+    fn check_edits(&self, e: &mut model::ContainerEdits) -> Result<(), Refusal> {
         bounded("env", e.env.len(), bounds::ENV_PER_DEVICE)?;
         bounded("deviceNodes", e.device_nodes.len(), bounds::DEVICE_NODES_PER_DEVICE)?;
         bounded("mounts", e.mounts.len(), bounds::MOUNTS_PER_DEVICE)?;
@@ -450,7 +450,7 @@ impl Policy {
 
     /// A device node: an allowed host path, the type and numbers it really
     /// has (filled in when absent).
-    fn check_device_node(&self, n: &mut types::DeviceNode, host: &str) -> Result<(), (Rule, String)> {
+    fn check_device_node(&self, n: &mut model::DeviceNode, host: &str) -> Result<(), (Rule, String)> {
         paths::check_clean(&n.path)
             .map_err(|why| (Rule::Format, format!("container path {} {why}", quoted(&n.path))))?;
         paths::check_clean(host).map_err(|why| (Rule::Format, format!("host path {why}")))?;
@@ -505,7 +505,7 @@ impl Policy {
 
     /// A mount: a bind of an allowed host path (or an allowed type), options
     /// from the allow-list, read-only unless allowed.
-    fn check_mount(&self, m: &mut types::Mount) -> Result<(), (Rule, String)> {
+    fn check_mount(&self, m: &mut model::Mount) -> Result<(), (Rule, String)> {
         paths::check_clean(&m.container_path).map_err(|why| {
             (
                 Rule::Format,
@@ -587,7 +587,7 @@ impl Policy {
         Ok(())
     }
 
-    fn check_hook(&self, h: &types::Hook) -> Result<(), (Rule, String)> {
+    fn check_hook(&self, h: &model::Hook) -> Result<(), (Rule, String)> {
         if let Some(attach) = self.attach_hook.as_ref().filter(|a| a.path == h.path) {
             return attach.accepts(h).map_err(|why| (Rule::HookPaths, why));
         }
@@ -646,7 +646,7 @@ pub(super) fn check_kind(kind: &str) -> Result<(), &'static str> {
     }
 }
 
-fn check_status(s: &types::DeviceStatus) -> Result<(), (Rule, String)> {
+fn check_status(s: &model::DeviceStatus) -> Result<(), (Rule, String)> {
     let bounds_err =
         |what: &str, n: usize, max: usize| (Rule::Bounds, format!("{n} {what}; at most {max} are allowed"));
     if s.conditions.len() > bounds::CONDITIONS {

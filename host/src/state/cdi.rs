@@ -14,7 +14,7 @@
 //! and a UID is never reused by the API server, so a name is never reused.
 
 use super::fsutil;
-use crate::wit::types;
+use crate::model;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::io;
@@ -36,7 +36,7 @@ pub enum CdiError {
 #[derive(Debug)]
 pub struct SpecDevice<'a> {
     pub name: String,
-    pub edits: &'a types::ContainerEdits,
+    pub edits: &'a model::ContainerEdits,
 }
 
 /// Writes the CDI specs of one driver into the CDI directory.
@@ -56,8 +56,8 @@ impl CdiWriter {
         };
         // Validate the kind once, with a probe spec, so that a bad config
         // fails at start rather than at the first prepare.
-        let probe = types::ContainerEdits {
-            env: vec![types::EnvVar {
+        let probe = model::ContainerEdits {
+            env: vec![model::EnvVar {
                 name: "PROBE".into(),
                 value: "1".into(),
             }],
@@ -153,7 +153,7 @@ pub fn device_json_len(d: &SpecDevice<'_>) -> usize {
 
 /// Whether a device's edits would produce anything in a spec. CDI rejects
 /// devices without edits; such devices simply get no CDI ID.
-pub fn has_edits(e: &types::ContainerEdits) -> bool {
+pub fn has_edits(e: &model::ContainerEdits) -> bool {
     !(e.env.is_empty()
         && e.device_nodes.is_empty()
         && e.mounts.is_empty()
@@ -161,7 +161,7 @@ pub fn has_edits(e: &types::ContainerEdits) -> bool {
         && e.net_devices.is_empty())
 }
 
-fn edits_json(e: &types::ContainerEdits) -> Value {
+fn edits_json(e: &model::ContainerEdits) -> Value {
     let mut out = serde_json::Map::new();
     if !e.env.is_empty() {
         out.insert(
@@ -244,14 +244,14 @@ fn insert_some<T: serde::Serialize>(o: &mut serde_json::Map<String, Value>, key:
 }
 
 /// The CDI `hookName` of an OCI hook stage.
-pub fn hook_name(stage: types::HookStage) -> &'static str {
+pub fn hook_name(stage: model::HookStage) -> &'static str {
     match stage {
-        types::HookStage::Prestart => "prestart",
-        types::HookStage::CreateRuntime => "createRuntime",
-        types::HookStage::CreateContainer => "createContainer",
-        types::HookStage::StartContainer => "startContainer",
-        types::HookStage::Poststart => "poststart",
-        types::HookStage::Poststop => "poststop",
+        model::HookStage::Prestart => "prestart",
+        model::HookStage::CreateRuntime => "createRuntime",
+        model::HookStage::CreateContainer => "createContainer",
+        model::HookStage::StartContainer => "startContainer",
+        model::HookStage::Poststart => "poststart",
+        model::HookStage::Poststop => "poststop",
     }
 }
 
@@ -337,7 +337,7 @@ fn check_env_entry(entry: &str) -> Result<(), String> {
     }
 }
 
-fn validate_edits(e: &types::ContainerEdits) -> Result<(), String> {
+fn validate_edits(e: &model::ContainerEdits) -> Result<(), String> {
     for v in &e.env {
         if v.name.contains('=') {
             return Err(format!("environment variable name {:?} contains '='", v.name));
@@ -414,9 +414,9 @@ fn validate_edits(e: &types::ContainerEdits) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn edits() -> types::ContainerEdits {
-        types::ContainerEdits {
-            env: vec![types::EnvVar {
+    fn edits() -> model::ContainerEdits {
+        model::ContainerEdits {
+            env: vec![model::EnvVar {
                 name: "GPU".into(),
                 value: "gpu-0".into(),
             }],
@@ -461,7 +461,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let w = CdiWriter::new(dir.path(), "k8s.example.com", "net").unwrap();
         let mut e = edits();
-        e.net_devices.push(types::NetDevice {
+        e.net_devices.push(model::NetDevice {
             host_interface_name: "mv0".into(),
             name: "net1".into(),
         });
@@ -493,8 +493,8 @@ mod tests {
         );
     }
 
-    fn node(path: &str, node_type: &str, permissions: &str) -> types::DeviceNode {
-        types::DeviceNode {
+    fn node(path: &str, node_type: &str, permissions: &str) -> model::DeviceNode {
+        model::DeviceNode {
             path: path.into(),
             host_path: None,
             node_type: Some(node_type.into()),
@@ -507,7 +507,7 @@ mod tests {
         }
     }
 
-    fn build(w: &CdiWriter, name: &str, e: &types::ContainerEdits) -> Result<Value, CdiError> {
+    fn build(w: &CdiWriter, name: &str, e: &model::ContainerEdits) -> Result<Value, CdiError> {
         w.build_spec(&[SpecDevice {
             name: name.into(),
             edits: e,
@@ -521,14 +521,14 @@ mod tests {
         let w = CdiWriter::new(dir.path(), "k8s.example.com", "device").unwrap();
         let mut e = edits();
         assert_eq!(build(&w, "u_gpu", &e).unwrap()["cdiVersion"], "0.3.0");
-        e.mounts.push(types::Mount {
+        e.mounts.push(model::Mount {
             host_path: "/opt/lib".into(),
             container_path: "/usr/lib/x".into(),
             mount_type: Some("bind".into()),
             options: vec!["ro".into(), "bind".into()],
         });
         assert_eq!(build(&w, "u_gpu", &e).unwrap()["cdiVersion"], "0.4.0");
-        e.device_nodes.push(types::DeviceNode {
+        e.device_nodes.push(model::DeviceNode {
             host_path: Some("/dev/y0".into()),
             ..node("/dev/x0", "c", "rw")
         });
@@ -551,26 +551,26 @@ mod tests {
     fn runtime_rules_are_enforced() {
         let dir = tempfile::tempdir().unwrap();
         let w = CdiWriter::new(dir.path(), "k8s.example.com", "device").unwrap();
-        let refused = |e: &types::ContainerEdits, name: &str, needle: &str| {
+        let refused = |e: &model::ContainerEdits, name: &str, needle: &str| {
             let err = build(&w, name, e).unwrap_err().to_string();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         };
         refused(&edits(), "-gpu", "device name");
         refused(&edits(), "gpu/0", "device name");
         refused(
-            &types::ContainerEdits { env: vec![], ..edits() },
+            &model::ContainerEdits { env: vec![], ..edits() },
             "u_gpu",
             "no container edits",
         );
 
-        let hook = |path: &str, timeout: Option<i64>, env: &[&str]| types::Hook {
-            stage: types::HookStage::CreateRuntime,
+        let hook = |path: &str, timeout: Option<i64>, env: &[&str]| model::Hook {
+            stage: model::HookStage::CreateRuntime,
             path: path.into(),
             args: vec![],
             env: env.iter().map(|s| s.to_string()).collect(),
             timeout_seconds: timeout,
         };
-        let with_hook = |h| types::ContainerEdits {
+        let with_hook = |h| model::ContainerEdits {
             hooks: vec![h],
             ..edits()
         };
@@ -582,7 +582,7 @@ mod tests {
         assert_eq!(h["hookName"], "createRuntime");
         assert_eq!(h["timeout"], 5);
 
-        let with_node = |path: &str, t: &str, perms: &str| types::ContainerEdits {
+        let with_node = |path: &str, t: &str, perms: &str| model::ContainerEdits {
             device_nodes: vec![node(path, t, perms)],
             ..edits()
         };
@@ -591,7 +591,7 @@ mod tests {
         refused(&with_node("/dev/x", "c", "rwx"), "u_gpu", "permissions");
 
         let mut e = edits();
-        e.mounts.push(types::Mount {
+        e.mounts.push(model::Mount {
             host_path: String::new(),
             container_path: "/x".into(),
             mount_type: None,
@@ -599,11 +599,11 @@ mod tests {
         });
         refused(&e, "u_gpu", "hostPath");
 
-        let nic = |host: &str, name: &str| types::NetDevice {
+        let nic = |host: &str, name: &str| model::NetDevice {
             host_interface_name: host.into(),
             name: name.into(),
         };
-        let nets = |n: Vec<types::NetDevice>| types::ContainerEdits {
+        let nets = |n: Vec<model::NetDevice>| model::ContainerEdits {
             net_devices: n,
             ..edits()
         };

@@ -8,7 +8,7 @@
 //! attribute changes). The driver hands it to its guest's `on-event`.
 
 use super::netlink::{self, LinkState};
-use crate::wit::types::{Event, LinkEvent};
+use crate::model::{Event, LinkEvent};
 use futures_util::StreamExt;
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::RouteNetlinkMessage;

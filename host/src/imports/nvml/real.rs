@@ -5,9 +5,9 @@
 //! only when the driver reports an event, or every few seconds to notice
 //! that the process is stopping; it never queries devices on a timer.
 
+use super::types::{DriverFile, DriverFileKind, GpuInfo, NvmlError, PciInfo};
 use super::{Backend, EventRouter};
-use crate::wit::bindings_nvml::{DriverFile, DriverFileKind, GpuInfo, NvmlError, PciInfo};
-use crate::wit::types::{GpuEvent, GpuEventKind};
+use crate::model::{GpuEvent, GpuEventKind};
 use nvml_wrapper::Nvml as Lib;
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enums::event::XidError;

@@ -16,9 +16,9 @@
 //! is answered with `{"delivered": N}` (how many drivers received it) or
 //! `{"error": "…"}`, so an injector knows when the host has the event.
 
+use super::types::{DriverFile, GpuInfo, NvmlError, PciInfo};
 use super::{Backend, EventRouter};
-use crate::wit::bindings_nvml::{DriverFile, GpuInfo, NvmlError, PciInfo};
-use crate::wit::types::{GpuEvent, GpuEventKind};
+use crate::model::{GpuEvent, GpuEventKind};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
