@@ -15,11 +15,12 @@
 //! | [`policy`] | what guest output the host accepts |
 //! | [`driver`] | the prepare/unprepare flow across all of the above |
 //! | [`node`] | the composition root: drivers assembled from the config (`run`, `guest run`, `guest validate`) |
-//! | [`claim`], [`config`], [`metrics`] | shared claim types, the config file, Prometheus metrics |
+//! | [`claim`], [`config`], [`metrics`], [`error`] | shared claim types, the config file, Prometheus metrics, how errors are printed (each cause once) |
 
 pub mod claim;
 pub mod config;
 pub mod driver;
+pub mod error;
 pub mod guest;
 pub mod guest_text;
 pub mod health;

@@ -24,6 +24,7 @@ use clap::{Args, Subcommand};
 use dra_wasm_host::claim::ClaimRef;
 use dra_wasm_host::config::{Config, SimulatedNvmlConfig};
 use dra_wasm_host::driver::{Driver, OperationError};
+use dra_wasm_host::error::chain;
 use dra_wasm_host::imports::net::Net;
 use dra_wasm_host::imports::net::netlink::LinkState;
 use dra_wasm_host::imports::nvml::Nvml;
@@ -248,7 +249,7 @@ impl Harness {
                         OperationError::Rejected(_) | OperationError::Cdi(CdiError::Invalid(_))
                     );
                     report.verdict = if rejected { "Rejected" } else { "Failed" };
-                    report.reason = Some(e.to_string());
+                    report.reason = Some(chain(e));
                 }
             }
             docs.push(report);
@@ -281,7 +282,7 @@ impl Harness {
                 Ok(()) => ("Unprepared", None),
                 Err(e) => {
                     failed += 1;
-                    ("Failed", Some(e.to_string()))
+                    ("Failed", Some(chain(e)))
                 }
             };
             docs.push(UnprepareReport {
@@ -318,7 +319,7 @@ impl Harness {
             while let Ok(e) = rx.try_recv() {
                 match self.driver.handle_event(e).await {
                     Ok(r) => reports.extend(r.iter().map(HealthReport::from)),
-                    Err(e) => errors.push(e.to_string()),
+                    Err(e) => errors.push(chain(&e)),
                 }
             }
             let after = self.driver.health().snapshot();

@@ -58,6 +58,7 @@ pub use reboot::RebootReport;
 pub use swap::GuestUpdates;
 
 use crate::claim::{ClaimRef, PreparedDevice, is_safe_uid, is_valid_object_name};
+use crate::error::{Chain, chain};
 use crate::guest::{Guest, GuestError, GuestFileWatcher, GuestSpec, Replaced, Rollback, Runtime};
 use crate::health::Health;
 use crate::imports::net::NetDriver;
@@ -87,7 +88,7 @@ pub enum OperationError {
     Claim(#[from] ClaimError),
     #[error(transparent)]
     Guest(#[from] GuestError),
-    #[error("guest output rejected: {0}")]
+    #[error("guest output rejected")]
     Rejected(#[from] PolicyError),
     #[error(transparent)]
     Cdi(#[from] CdiError),
@@ -97,11 +98,12 @@ pub enum OperationError {
     Status(#[from] StatusError),
     /// The driver's network state (which claim each link is for) could not
     /// be read to check the guest's answer.
-    #[error("reading the driver's network state: {0}")]
+    #[error("reading the driver's network state")]
     NetState(#[from] crate::imports::net::store::StoreError),
     /// Rolling-update mode: the node-wide lock or the checkpoint re-read failed.
-    #[error("serializing with the other host process: {0}")]
-    Serialize(String),
+    /// (Shared: every claim of the call gets it.)
+    #[error("serializing with the other host process")]
+    Serialize(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// The runtime stopped before the claim's files could be written.
     #[error("the host is shutting down; the claim's files were not written")]
     ShuttingDown,
@@ -235,7 +237,7 @@ impl Driver {
             Ok(reports) => {
                 self.health.apply(reports);
             }
-            Err(e) => tracing::warn!(driver = %self.name, error = %e, "guest could not handle an event"),
+            Err(e) => tracing::warn!(driver = %self.name, error = %Chain(e), "guest could not handle an event"),
         }
         result
     }
@@ -264,10 +266,13 @@ impl Driver {
 
     /// Rolling-update mode: take the node-wide lock and re-read the
     /// checkpoint under it. Otherwise nothing.
-    async fn serialize(&self) -> Result<Option<crate::state::serialize::SerializeGuard>, String> {
+    async fn serialize(
+        &self,
+    ) -> Result<Option<crate::state::serialize::SerializeGuard>, Arc<dyn std::error::Error + Send + Sync>> {
         let Some(lock) = &self.serialize else { return Ok(None) };
-        let guard = lock.acquire().await.map_err(|e| e.to_string())?;
-        self.checkpoint.reload().map_err(|e| e.to_string())?;
+        let shared = |e: Box<dyn std::error::Error + Send + Sync>| Arc::from(e);
+        let guard = lock.acquire().await.map_err(|e| shared(e.into()))?;
+        self.checkpoint.reload().map_err(|e| shared(e.into()))?;
         self.report_quarantined();
         self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
         Ok(Some(guard))
@@ -289,7 +294,7 @@ impl Driver {
             EventType::Warning,
             reason,
             call,
-            format!("{call} failed (guest {} {}): {e}", id.name, id.version),
+            format!("{call} failed (guest {} {}): {}", id.name, id.version, Chain(e)),
         );
     }
 

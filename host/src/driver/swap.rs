@@ -80,7 +80,7 @@ impl Driver {
                 self.metrics.guest_swap(&self.name, "rejected");
                 let current = self.guest.identity();
                 tracing::error!(
-                    driver = %self.name, error = %e,
+                    driver = %self.name, error = %Chain(&e),
                     serving.version = %current.version, serving.digest = %current.digest,
                     "new guest refused; the current guest keeps serving"
                 );
@@ -90,7 +90,12 @@ impl Driver {
                         EventType::Warning,
                         "GuestRejected",
                         "SwapGuest",
-                        format!("{e}; still serving {} ({})", current.version, short(&current.digest)),
+                        format!(
+                            "{}; still serving {} ({})",
+                            Chain(&e),
+                            current.version,
+                            short(&current.digest)
+                        ),
                     );
                 }
                 false
@@ -135,7 +140,7 @@ impl Driver {
             Ok(pools) => {
                 self.set_inventory(pools);
             }
-            Err(e) => tracing::error!(driver = %self.name, error = %e, "restored guest's inventory failed"),
+            Err(e) => tracing::error!(driver = %self.name, error = %Chain(&e), "restored guest's inventory failed"),
         }
     }
 

@@ -48,7 +48,7 @@ pub use crate::model::DriverErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
-    #[error("reading guest {}: {source}", path.display())]
+    #[error("reading guest {}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("guest {} is not a valid WebAssembly component: {message}", path.display())]
     Compile { path: PathBuf, message: String },

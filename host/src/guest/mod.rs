@@ -291,7 +291,7 @@ impl Guest {
                     to: identity(&p.previous),
                     calls: p.calls,
                     failures: p.failures,
-                    last_error: e.to_string(),
+                    last_error: crate::error::chain(e),
                 };
                 // Do not load the failed file again until it changes.
                 *lock(&self.rejected) = Some(p.candidate.digest.clone());

@@ -61,7 +61,7 @@ impl Writes {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Api { what: &'static str, source: kube::Error },
 }
 

@@ -163,12 +163,12 @@ async fn to_completion<T, E>(
 ) -> Vec<(String, Result<T, String>)>
 where
     T: Send + 'static,
-    E: std::fmt::Display + Send + 'static,
+    E: std::error::Error + Send + 'static,
 {
     match Detachable::new(operation.in_current_span()).await {
         Ok(results) => results
             .into_iter()
-            .map(|(uid, r)| (uid, r.map_err(|e| claim_error(&e.to_string()))))
+            .map(|(uid, r)| (uid, r.map_err(|e| claim_error(&crate::error::chain(&e)))))
             .collect(),
         Err(panic) => {
             tracing::error!(error = %panic, "a claim operation panicked");

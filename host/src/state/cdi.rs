@@ -22,13 +22,13 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CdiError {
-    #[error("CDI directory {}: {source}", dir.display())]
+    #[error("CDI directory {}", dir.display())]
     Dir { dir: PathBuf, source: io::Error },
     #[error("CDI kind {kind:?} is invalid: {message}")]
     Kind { kind: String, message: String },
     #[error("the container edits do not form a valid CDI spec: {0}")]
     Invalid(String),
-    #[error("writing CDI spec {}: {source}", path.display())]
+    #[error("writing CDI spec {}", path.display())]
     Write { path: PathBuf, source: io::Error },
 }
 

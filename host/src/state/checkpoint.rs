@@ -184,9 +184,9 @@ struct Envelope<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("checkpoint directory {}: {source}", dir.display())]
+    #[error("checkpoint directory {}", dir.display())]
     Dir { dir: PathBuf, source: io::Error },
-    #[error("checkpoint file {}: {source}", path.display())]
+    #[error("checkpoint file {}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error("claim UID {0:?} cannot name a checkpoint file")]
     BadUid(String),
@@ -375,7 +375,7 @@ fn load_dir(dir: &Path, driver: &str) -> Result<(HashMap<String, ClaimRecord>, V
         let moved_to = match quarantine(dir, &path, &name) {
             Ok(to) => Some(to),
             Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "could not move an unusable checkpoint record to quarantine; it is ignored");
+                tracing::error!(path = %path.display(), error = %crate::error::Chain(&e), "could not move an unusable checkpoint record to quarantine; it is ignored");
                 None
             }
         };

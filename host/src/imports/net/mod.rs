@@ -109,7 +109,9 @@ pub enum NetOpError {
 
 impl From<NetOpError> for NetError {
     fn from(e: NetOpError) -> Self {
-        NetError { message: e.to_string() }
+        NetError {
+            message: crate::error::chain(&e),
+        }
     }
 }
 

@@ -217,7 +217,7 @@ impl NetDriver {
             .collect();
         for l in &links {
             if let Err(e) = remove_link(l) {
-                tracing::warn!(driver = %self.driver, claim.uid = %claim_uid, link = %l.name, error = %e, "could not delete a link of a released claim");
+                tracing::warn!(driver = %self.driver, claim.uid = %claim_uid, link = %l.name, error = %crate::error::Chain(&e), "could not delete a link of a released claim");
                 return Err(e);
             }
         }

@@ -25,7 +25,7 @@ const KINDS: &[GpuEventKind] = &[
 /// The real NVML, or the reason it could not be loaded.
 #[derive(Debug)]
 pub struct RealNvml {
-    lib: Result<&'static Lib, String>,
+    lib: Result<&'static Lib, LibError>,
     driver_root: PathBuf,
 }
 
@@ -39,7 +39,7 @@ impl RealNvml {
             Ok(lib) => Ok(&*Box::leak(Box::new(lib))),
             Err(e) => {
                 tracing::warn!(error = %e, "NVML is not available on this node; GPU guests will fail to initialise");
-                Err(e.to_string())
+                Err(e)
             }
         };
         Self {
