@@ -2,112 +2,8 @@
 //! device, edit, reference and size (the module docs list what is bounded),
 //! each refusal naming the field and the [`Rule`] that refused it.
 
+use super::status::check_status;
 use super::*;
-
-/// The part of the policy that refused an output: the key an operator
-/// would change, or a rule of the host's own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Rule {
-    /// Devices must be the claim's, each once, and so must the links the
-    /// host created that an answer hands to containers.
-    Allocation,
-    /// Fixed size bounds ([`bounds`]).
-    Bounds,
-    /// Output a runtime or the API server could not use (relative paths,
-    /// invalid names, …).
-    Format,
-    DeviceNodes,
-    MountHostPaths,
-    MountRwHostPaths,
-    MountTypes,
-    MountOptions,
-    HookPaths,
-    AllowNetDevices,
-    NetHostInterfaces,
-    CdiDevices,
-    MaxCdiSpecBytes,
-}
-
-impl Rule {
-    /// The policy key (or `allocation`, `bounds`, `format`): log text and
-    /// the `rule` label of `dra_host_policy_rejections_total`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rule::Allocation => "allocation",
-            Rule::Bounds => "bounds",
-            Rule::Format => "format",
-            Rule::DeviceNodes => "device_nodes",
-            Rule::MountHostPaths => "mount_host_paths",
-            Rule::MountRwHostPaths => "mount_rw_host_paths",
-            Rule::MountTypes => "mount_types",
-            Rule::MountOptions => "mount_options",
-            Rule::HookPaths => "hook_paths",
-            Rule::AllowNetDevices => "allow_net_devices",
-            Rule::NetHostInterfaces => "net_host_interfaces",
-            Rule::CdiDevices => "cdi_devices",
-            Rule::MaxCdiSpecBytes => "max_cdi_spec_bytes",
-        }
-    }
-}
-
-impl std::fmt::Display for Rule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Why a guest's answer was refused. Guest-chosen names in it are bounded
-/// and escaped ([`crate::guest_text`]).
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum PolicyError {
-    #[error("guest prepared device {pool}/{device}{}, which is not allocated to this claim for this driver", share(.share_id))]
-    NotAllocated {
-        pool: String,
-        device: String,
-        share_id: Option<String>,
-    },
-    #[error("guest prepared device {pool}/{device}{} more than once", share(.share_id))]
-    Duplicate {
-        pool: String,
-        device: String,
-        share_id: Option<String>,
-    },
-    #[error("guest did not prepare allocated device {pool}/{device}{}", share(.share_id))]
-    Missing {
-        pool: String,
-        device: String,
-        share_id: Option<String>,
-    },
-    #[error("guest returned {size} bytes of state; at most {} are kept", bounds::STATE_BYTES)]
-    StateTooLarge { size: usize },
-    /// One field of one prepared device broke a rule.
-    #[error("device {pool}/{device}: {field}: {reason} (policy: {rule})")]
-    Refused {
-        pool: String,
-        device: String,
-        /// Where in the device's output, as in the CDI spec (`deviceNodes[0]`).
-        field: String,
-        rule: Rule,
-        reason: String,
-    },
-}
-
-impl PolicyError {
-    /// The rule that refused the output.
-    pub fn rule(&self) -> Rule {
-        match self {
-            PolicyError::NotAllocated { .. } | PolicyError::Duplicate { .. } | PolicyError::Missing { .. } => {
-                Rule::Allocation
-            }
-            PolicyError::StateTooLarge { .. } => Rule::Bounds,
-            PolicyError::Refused { rule, .. } => *rule,
-        }
-    }
-}
-
-fn share(id: &Option<String>) -> String {
-    id.as_deref().map(|s| format!(" (share {s})")).unwrap_or_default()
-}
 
 /// A refusal of one field: the rule and the reason.
 type Refusal = (String, Rule, String);
@@ -646,88 +542,6 @@ pub(super) fn check_kind(kind: &str) -> Result<(), &'static str> {
     }
 }
 
-fn check_status(s: &model::DeviceStatus) -> Result<(), (Rule, String)> {
-    let bounds_err =
-        |what: &str, n: usize, max: usize| (Rule::Bounds, format!("{n} {what}; at most {max} are allowed"));
-    if s.conditions.len() > bounds::CONDITIONS {
-        return Err(bounds_err("conditions", s.conditions.len(), bounds::CONDITIONS));
-    }
-    for c in &s.conditions {
-        let valid_type = !c.condition_type.is_empty()
-            && c.condition_type.len() <= 316
-            && c.condition_type
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | '_' | '/'));
-        if !valid_type {
-            return Err((
-                Rule::Format,
-                format!("condition type {} is not valid", quoted(&c.condition_type)),
-            ));
-        }
-        if c.message.len() > bounds::CONDITION_MESSAGE_BYTES {
-            return Err((
-                Rule::Bounds,
-                format!("condition {} has an oversized message", c.condition_type),
-            ));
-        }
-        // metav1.Condition: a CamelCase reason is required.
-        let valid_reason = c.reason.len() <= 1024
-            && c.reason.starts_with(|ch: char| ch.is_ascii_alphabetic())
-            && c.reason
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | ',' | ':'))
-            && !c.reason.ends_with([',', ':']);
-        if !valid_reason {
-            return Err((
-                Rule::Format,
-                format!(
-                    "condition {}: reason {} is not a CamelCase word",
-                    c.condition_type,
-                    quoted(&c.reason)
-                ),
-            ));
-        }
-    }
-    if let Some(data) = &s.data {
-        if data.len() > bounds::STATUS_DATA_BYTES {
-            return Err((
-                Rule::Bounds,
-                format!(
-                    "status data is {} bytes; at most {} are allowed",
-                    data.len(),
-                    bounds::STATUS_DATA_BYTES
-                ),
-            ));
-        }
-        serde_json::from_str::<serde_json::Value>(data)
-            .map_err(|e| (Rule::Format, format!("status data is not JSON: {e}")))?;
-    }
-    if let Some(n) = &s.network_data {
-        if n.ips.len() > bounds::IPS {
-            return Err(bounds_err("IP addresses", n.ips.len(), bounds::IPS));
-        }
-        if n.interface_name.len() > bounds::INTERFACE_NAME_BYTES {
-            return Err((Rule::Bounds, "network interface name is too long".into()));
-        }
-        if n.hardware_address.len() > bounds::HARDWARE_ADDRESS_BYTES {
-            return Err((Rule::Bounds, "hardware address is too long".into()));
-        }
-        let mut seen = HashSet::new();
-        for ip in &n.ips {
-            if !is_cidr(ip) {
-                return Err((
-                    Rule::Format,
-                    format!("{} is not an IP address in CIDR form", quoted(ip)),
-                ));
-            }
-            if !seen.insert(ip) {
-                return Err((Rule::Format, format!("IP address {ip} is listed twice")));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Share IDs must be usable in CDI names like claim UIDs.
 pub fn is_valid_share_id(id: &str) -> bool {
     is_safe_uid(id)
@@ -750,7 +564,7 @@ fn is_interface_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
 }
 
-fn is_cidr(s: &str) -> bool {
+pub(super) fn is_cidr(s: &str) -> bool {
     let Some((addr, prefix)) = s.split_once('/') else {
         return false;
     };

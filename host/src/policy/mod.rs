@@ -40,13 +40,16 @@
 
 mod check;
 mod devices;
+mod error;
 mod paths;
+mod status;
 #[cfg(test)]
 mod tests;
 
 use check::check_kind;
-pub use check::{PolicyError, Rule, is_valid_share_id};
+pub use check::is_valid_share_id;
 pub use devices::{HostDevice, NodeKind};
+pub use error::{PolicyError, Rule};
 pub use paths::PathRule;
 
 use crate::claim::is_safe_uid;
