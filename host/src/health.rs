@@ -7,7 +7,7 @@
 //! the complete list, as the kubelet's API asks.
 
 use crate::metrics::Metrics;
-use crate::wit::types;
+use crate::model;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -81,7 +81,7 @@ impl Health {
 
     /// Track exactly the devices of `pools`: new ones start Healthy, ones no
     /// longer listed are dropped, the others keep their state.
-    pub fn set_inventory(&self, pools: &[types::Pool]) {
+    pub fn set_inventory(&self, pools: &[model::Pool]) {
         let mut devices = self.lock();
         let wanted: BTreeMap<(String, String), ()> = pools
             .iter()
@@ -109,7 +109,7 @@ impl Health {
 
     /// Apply health reported by the guest. Devices it does not publish are
     /// ignored (a guest may not invent devices). Returns how many changed.
-    pub fn apply(&self, reports: &[types::DeviceHealth]) -> usize {
+    pub fn apply(&self, reports: &[model::DeviceHealth]) -> usize {
         let mut devices = self.lock();
         let mut changed = 0;
         for r in reports {
@@ -123,9 +123,9 @@ impl Health {
                 continue;
             };
             let status = match r.status {
-                types::HealthStatus::Healthy => Status::Healthy,
-                types::HealthStatus::Unhealthy => Status::Unhealthy,
-                types::HealthStatus::Unknown => Status::Unknown,
+                model::HealthStatus::Healthy => Status::Healthy,
+                model::HealthStatus::Unhealthy => Status::Unhealthy,
+                model::HealthStatus::Unknown => Status::Unknown,
             };
             let message = bounded(&r.message);
             if current.status == status && current.message == message {
@@ -172,12 +172,12 @@ impl Health {
 mod tests {
     use super::*;
 
-    fn pool(devices: &[&str]) -> types::Pool {
-        types::Pool {
+    fn pool(devices: &[&str]) -> model::Pool {
+        model::Pool {
             name: "p".into(),
             devices: devices
                 .iter()
-                .map(|d| types::Device {
+                .map(|d| model::Device {
                     name: (*d).into(),
                     attributes: vec![],
                     capacity: vec![],
@@ -188,8 +188,8 @@ mod tests {
         }
     }
 
-    fn report(device: &str, status: types::HealthStatus, message: &str) -> types::DeviceHealth {
-        types::DeviceHealth {
+    fn report(device: &str, status: model::HealthStatus, message: &str) -> model::DeviceHealth {
+        model::DeviceHealth {
             pool: "p".into(),
             device: device.into(),
             status,
@@ -211,13 +211,13 @@ mod tests {
             2
         );
 
-        assert_eq!(h.apply(&[report("a", types::HealthStatus::Unhealthy, "Xid 79")]), 1);
+        assert_eq!(h.apply(&[report("a", model::HealthStatus::Unhealthy, "Xid 79")]), 1);
         assert_eq!(
-            h.apply(&[report("a", types::HealthStatus::Unhealthy, "Xid 79")]),
+            h.apply(&[report("a", model::HealthStatus::Unhealthy, "Xid 79")]),
             0,
             "no change, no publish"
         );
-        assert_eq!(h.apply(&[report("ghost", types::HealthStatus::Unhealthy, "x")]), 0);
+        assert_eq!(h.apply(&[report("ghost", model::HealthStatus::Unhealthy, "x")]), 0);
         let snap = rx.borrow_and_update().clone();
         assert_eq!(snap[0].status, Status::Unhealthy);
         assert_eq!(snap[0].message, "Xid 79");
@@ -237,7 +237,7 @@ mod tests {
     fn long_messages_are_cut_to_the_kubelet_limit() {
         let h = Health::new("d", Metrics::new());
         h.set_inventory(&[pool(&["a"])]);
-        h.apply(&[report("a", types::HealthStatus::Unhealthy, &"é\n".repeat(2000))]);
+        h.apply(&[report("a", model::HealthStatus::Unhealthy, &"é\n".repeat(2000))]);
         let m = &h.snapshot()[0].message;
         assert!(m.len() <= MAX_MESSAGE, "{}", m.len());
         assert!(m.starts_with("é\\né") && m.ends_with("bytes cut]"), "{m}");

@@ -5,7 +5,8 @@
 //! |---|---|
 //! | [`kubelet`] | registration socket, DRA socket (DRAPlugin v1/v1beta1), gRPC liveness |
 //! | [`kube`] | ResourceClaims: where they come from, what part is this driver's |
-//! | [`wit`] | the guest contract: the `bindgen!` output, one submodule per WIT version |
+//! | [`model`] | the host's own types for what guests are told and answer: inventory, claims, prepared claims, events, health |
+//! | [`wit`] | the guest contract: the `bindgen!` output, one submodule per WIT version, and its conversions to and from [`model`] |
 //! | [`guest_text`] | text a guest wrote, bounded and escaped on its way into answers, logs, Events, metrics |
 //! | [`guest`] | wasmtime engine, compile cache, instance pool, limits and deadlines, the swappable guest handle |
 //! | [`imports`] | host implementations of WIT imports (`log`; `nvml`, `net` when granted) |
@@ -14,11 +15,12 @@
 //! | [`policy`] | what guest output the host accepts |
 //! | [`driver`] | the prepare/unprepare flow across all of the above |
 //! | [`node`] | the composition root: drivers assembled from the config (`run`, `guest run`, `guest validate`) |
-//! | [`claim`], [`config`], [`metrics`] | shared claim types, the config file, Prometheus metrics |
+//! | [`claim`], [`config`], [`metrics`], [`error`] | shared claim types, the config file, Prometheus metrics, how errors are printed (each cause once) |
 
 pub mod claim;
 pub mod config;
 pub mod driver;
+pub mod error;
 pub mod guest;
 pub mod guest_text;
 pub mod health;
@@ -26,6 +28,7 @@ pub mod imports;
 pub mod kube;
 pub mod kubelet;
 pub mod metrics;
+pub mod model;
 pub mod node;
 pub mod policy;
 pub mod state;

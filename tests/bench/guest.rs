@@ -24,9 +24,11 @@
 
 use dra_driver_sdk::Instance;
 use dra_test_support::bench::{Latencies, arg};
-use dra_wasm_host::guest::{CompileCache, Guest, GuestSpec, Limits, Runtime, types};
+use dra_wasm_host::claim::ClaimRef;
+use dra_wasm_host::guest::{CompileCache, Guest, GuestSpec, Limits, Runtime};
 use dra_wasm_host::imports::Imports;
 use dra_wasm_host::metrics::Metrics;
+use dra_wasm_host::model;
 use example_driver::logic::ExampleDriver;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -39,11 +41,11 @@ const NODE: &str = "bench-node";
 /// One input: a claim as the host hands it to the guest.
 struct Case {
     label: &'static str,
-    claim: types::Claim,
+    claim: model::Claim,
 }
 
 fn cases() -> Vec<Case> {
-    let device = |request: &str, name: &str| types::AllocatedDevice {
+    let device = |request: &str, name: &str| model::AllocatedDevice {
         request: request.into(),
         pool: NODE.into(),
         device: name.into(),
@@ -51,7 +53,7 @@ fn cases() -> Vec<Case> {
         consumed_capacity: vec![],
         admin_access: false,
     };
-    let claim_ref = |uid: &str| types::ClaimRef {
+    let claim_ref = |uid: &str| ClaimRef {
         namespace: "default".into(),
         name: "bench".into(),
         uid: uid.into(),
@@ -60,25 +62,25 @@ fn cases() -> Vec<Case> {
         Case {
             // What `cargo bench --bench prepare` prepares.
             label: "1 device, no config",
-            claim: types::Claim {
-                ref_: claim_ref("0f0e0d0c-0000-4000-8000-000000000001"),
+            claim: model::Claim {
+                reference: claim_ref("0f0e0d0c-0000-4000-8000-000000000001"),
                 devices: vec![device("gpu", "gpu-3")],
                 configs: vec![],
             },
         },
         Case {
             label: "4 devices, class + claim opaque config",
-            claim: types::Claim {
-                ref_: claim_ref("0f0e0d0c-0000-4000-8000-000000000004"),
+            claim: model::Claim {
+                reference: claim_ref("0f0e0d0c-0000-4000-8000-000000000004"),
                 devices: (0..4).map(|i| device("gpus", &format!("gpu-{i}"))).collect(),
                 configs: vec![
-                    types::OpaqueConfig {
-                        source: types::ConfigSource::DeviceClass,
+                    model::OpaqueConfig {
+                        source: model::ConfigSource::DeviceClass,
                         requests: vec![],
                         parameters: r#"{"sharing":{"strategy":"SpacePartitioning"}}"#.into(),
                     },
-                    types::OpaqueConfig {
-                        source: types::ConfigSource::ResourceClaim,
+                    model::OpaqueConfig {
+                        source: model::ConfigSource::ResourceClaim,
                         requests: vec!["gpus".into()],
                         parameters: r#"{"sharing":{"strategy":"TimeSlicing","timeSlicing":{"interval":"Long"}}}"#
                             .into(),
@@ -91,9 +93,9 @@ fn cases() -> Vec<Case> {
 
 /// The guest's input as the SDK's own copy of the WIT types, which is what
 /// the component's export glue hands to `Instance::prepare`.
-fn sdk_claim(claim: &types::Claim) -> dra_driver_sdk::AllocatedClaim {
+fn sdk_claim(claim: &model::Claim) -> dra_driver_sdk::AllocatedClaim {
     dra_driver_sdk::AllocatedClaim {
-        ref_: sdk_ref(&claim.ref_),
+        ref_: sdk_ref(&claim.reference),
         devices: claim
             .devices
             .iter()
@@ -111,8 +113,8 @@ fn sdk_claim(claim: &types::Claim) -> dra_driver_sdk::AllocatedClaim {
             .iter()
             .map(|c| dra_driver_sdk::OpaqueConfig {
                 source: match c.source {
-                    types::ConfigSource::DeviceClass => dra_driver_sdk::ConfigSource::DeviceClass,
-                    types::ConfigSource::ResourceClaim => dra_driver_sdk::ConfigSource::ResourceClaim,
+                    model::ConfigSource::DeviceClass => dra_driver_sdk::ConfigSource::DeviceClass,
+                    model::ConfigSource::ResourceClaim => dra_driver_sdk::ConfigSource::ResourceClaim,
                 },
                 requests: c.requests.clone(),
                 parameters: c.parameters.clone(),
@@ -121,7 +123,7 @@ fn sdk_claim(claim: &types::Claim) -> dra_driver_sdk::AllocatedClaim {
     }
 }
 
-fn sdk_ref(r: &types::ClaimRef) -> dra_driver_sdk::ClaimRef {
+fn sdk_ref(r: &ClaimRef) -> dra_driver_sdk::ClaimRef {
     dra_driver_sdk::ClaimRef {
         namespace: r.namespace.clone(),
         name: r.name.clone(),
@@ -178,7 +180,7 @@ async fn run(iterations: usize, mut evict: Evict) {
     .expect("engine");
     let spec = GuestSpec {
         path: path.clone(),
-        ctx: types::InitContext {
+        ctx: model::InitContext {
             driver_name: "example.dra.dev".into(),
             node_name: NODE.into(),
             config: config.into(),
@@ -219,7 +221,7 @@ async fn run(iterations: usize, mut evict: Evict) {
                 evict.run();
                 let t = Instant::now();
                 native
-                    .unprepare(&sdk_ref(&case.claim.ref_), &p.state)
+                    .unprepare(&sdk_ref(&case.claim.reference), &p.state)
                     .expect("native unprepare");
                 let nu = t.elapsed();
                 std::hint::black_box(p);
@@ -236,7 +238,7 @@ async fn run(iterations: usize, mut evict: Evict) {
                 evict.run();
                 let t = Instant::now();
                 guest
-                    .unprepare(case.claim.ref_.clone(), p.state)
+                    .unprepare(case.claim.reference.clone(), p.state)
                     .await
                     .expect("component unprepare");
                 let cu = t.elapsed();

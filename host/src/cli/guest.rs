@@ -4,10 +4,11 @@
 
 use anyhow::{Context, Result, bail};
 use dra_wasm_host::config::Config;
-use dra_wasm_host::guest::{CompileCache, Runtime, types};
+use dra_wasm_host::guest::{CompileCache, Runtime};
 use dra_wasm_host::imports::nvml;
 use dra_wasm_host::kube::slices::{Desired, desired_pools};
 use dra_wasm_host::metrics::Metrics;
+use dra_wasm_host::model;
 use dra_wasm_host::node::GuestLoader;
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
@@ -62,7 +63,7 @@ pub(crate) async fn validate(config_path: &Path, only: Option<&str>, file: Optio
 /// named on stderr, and what the command fails with once it has printed the
 /// valid rest is returned (`None`: every device is valid). The first publish
 /// has no host taints, so none are applied.
-pub(crate) fn check_inventory(driver: &str, inventory: &[types::Pool]) -> (Desired, Option<String>) {
+pub(crate) fn check_inventory(driver: &str, inventory: &[model::Pool]) -> (Desired, Option<String>) {
     let desired = desired_pools(inventory, &[]);
     for e in &desired.invalid {
         eprintln!("driver {driver}: {e}");

@@ -13,7 +13,7 @@ impl Driver {
             Err(e) => {
                 return claims
                     .into_iter()
-                    .map(|c| (c.uid, Err(OperationError::Serialize(e.clone()))))
+                    .map(|c| (c.uid, Err(OperationError::Serialize(Arc::clone(&e)))))
                     .collect();
             }
         };
@@ -24,7 +24,7 @@ impl Driver {
             self.metrics.claim_operation(&self.name, "prepare", result.is_ok(), started.elapsed());
             span.in_scope(|| match &result {
                 Ok(devices) => tracing::info!(devices = devices.len(), took_us = started.elapsed().as_micros() as u64, "claim prepared"),
-                Err(e) => tracing::warn!(error = %e, "claim prepare failed"),
+                Err(e) => tracing::warn!(error = %Chain(e), "claim prepare failed"),
             });
             if let Err(e) = &result {
                 self.claim_failed(&c, "NodePrepareResources", "PrepareFailed", e);
@@ -42,7 +42,7 @@ impl Driver {
             Err(e) => {
                 return claims
                     .into_iter()
-                    .map(|c| (c.uid, Err(OperationError::Serialize(e.clone()))))
+                    .map(|c| (c.uid, Err(OperationError::Serialize(Arc::clone(&e)))))
                     .collect();
             }
         };
@@ -53,7 +53,7 @@ impl Driver {
             self.metrics.claim_operation(&self.name, "unprepare", result.is_ok(), started.elapsed());
             span.in_scope(|| match &result {
                 Ok(()) => tracing::info!(took_us = started.elapsed().as_micros() as u64, "claim unprepared"),
-                Err(e) => tracing::warn!(error = %e, "claim unprepare failed"),
+                Err(e) => tracing::warn!(error = %Chain(e), "claim unprepare failed"),
             });
             if let Err(e) = &result {
                 self.claim_failed(&c, "NodeUnprepareResources", "UnprepareFailed", e);
@@ -113,10 +113,10 @@ impl Driver {
                 // Nothing of this claim may stay half-prepared: undo the guest's work.
                 if let Err(undo) = self
                     .guest
-                    .unprepare(driver_claim.claim.ref_.clone(), prepared.state)
+                    .unprepare(driver_claim.claim.reference.clone(), prepared.state)
                     .await
                 {
-                    tracing::error!(error = %undo, "could not undo the guest's prepare after a failure");
+                    tracing::error!(error = %Chain(&undo), "could not undo the guest's prepare after a failure");
                 }
                 Err(e)
             }
@@ -136,7 +136,7 @@ impl Driver {
         match (fetched, fallback) {
             (Ok(claim), _) => Ok(claim),
             (Err(e), Some(allocation)) => {
-                tracing::warn!(error = %e, "the ResourceClaim cannot be used; preparing again from the allocation recorded at prepare time");
+                tracing::warn!(error = %Chain(&e), "the ResourceClaim cannot be used; preparing again from the allocation recorded at prepare time");
                 Ok(DriverClaim::from_recorded(c, allocation)?)
             }
             (Err(e), None) => Err(e),
@@ -149,7 +149,7 @@ impl Driver {
         &self,
         c: &ClaimRef,
         driver_claim: &crate::kube::DriverClaim,
-        prepared: &mut types::PreparedClaim,
+        prepared: &mut model::PreparedClaim,
         guest: crate::state::checkpoint::GuestIdentity,
     ) -> Result<
         (
@@ -171,7 +171,7 @@ impl Driver {
         let prepared = &*prepared;
 
         // Answer devices in allocation order.
-        let by_key: HashMap<(&str, &str, Option<&str>), &types::PreparedDevice> = prepared
+        let by_key: HashMap<(&str, &str, Option<&str>), &model::PreparedDevice> = prepared
             .devices
             .iter()
             .map(|d| ((d.pool.as_str(), d.device.as_str(), d.share_id.as_deref()), d))
@@ -259,7 +259,7 @@ impl Driver {
             }
             if let Err(e) = checkpoint.commit(record) {
                 if let Err(undo) = cdi.remove(&uid) {
-                    tracing::error!(error = %undo, "could not remove the CDI spec after a failed checkpoint commit");
+                    tracing::error!(error = %Chain(&undo), "could not remove the CDI spec after a failed checkpoint commit");
                 }
                 return Err(e.into());
             }
@@ -291,7 +291,7 @@ impl Driver {
         validate_ref(c)?;
         let _operation = ClaimOperation::start();
         let _lock = self.locks.lock(&c.uid).await;
-        let guest_ref = types::ClaimRef::from(c);
+        let guest_ref = c.clone();
         match self.checkpoint.get(&c.uid) {
             Some(record) => {
                 self.guest.unprepare(guest_ref, record.state).await?;
@@ -307,7 +307,7 @@ impl Driver {
                     // Informational only: the devices are released whether or
                     // not the API server hears about it now.
                     if let Err(e) = self.claims.set_driver_status(c, &self.name, Vec::new()).await {
-                        tracing::warn!(error = %e, "could not remove this driver's status.devices entries");
+                        tracing::warn!(error = %Chain(&e), "could not remove this driver's status.devices entries");
                     }
                 }
             }

@@ -58,12 +58,14 @@ pub use reboot::RebootReport;
 pub use swap::GuestUpdates;
 
 use crate::claim::{ClaimRef, PreparedDevice, is_safe_uid, is_valid_object_name};
-use crate::guest::{Guest, GuestError, GuestFileWatcher, GuestSpec, Replaced, Rollback, Runtime, types};
+use crate::error::{Chain, chain};
+use crate::guest::{Guest, GuestError, GuestFileWatcher, GuestSpec, Replaced, Rollback, Runtime};
 use crate::health::Health;
 use crate::imports::net::NetDriver;
 use crate::kube::events::{EventRecorder, EventType};
 use crate::kube::{ClaimError, ClaimSource, DriverClaim, FetchError, StatusError, claim_for_driver};
 use crate::metrics::Metrics;
+use crate::model;
 use crate::policy::{Policy, PolicyError};
 use crate::state::cdi::{self, CdiError, CdiWriter, SpecDevice};
 use crate::state::checkpoint::{Checkpoint, CheckpointError, ClaimRecord};
@@ -86,7 +88,7 @@ pub enum OperationError {
     Claim(#[from] ClaimError),
     #[error(transparent)]
     Guest(#[from] GuestError),
-    #[error("guest output rejected: {0}")]
+    #[error("guest output rejected")]
     Rejected(#[from] PolicyError),
     #[error(transparent)]
     Cdi(#[from] CdiError),
@@ -96,11 +98,12 @@ pub enum OperationError {
     Status(#[from] StatusError),
     /// The driver's network state (which claim each link is for) could not
     /// be read to check the guest's answer.
-    #[error("reading the driver's network state: {0}")]
+    #[error("reading the driver's network state")]
     NetState(#[from] crate::imports::net::store::StoreError),
     /// Rolling-update mode: the node-wide lock or the checkpoint re-read failed.
-    #[error("serializing with the other host process: {0}")]
-    Serialize(String),
+    /// (Shared: every claim of the call gets it.)
+    #[error("serializing with the other host process")]
+    Serialize(#[source] Arc<dyn std::error::Error + Send + Sync>),
     /// The runtime stopped before the claim's files could be written.
     #[error("the host is shutting down; the claim's files were not written")]
     ShuttingDown,
@@ -120,7 +123,7 @@ pub struct Driver {
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     locks: ClaimLocks,
-    inventory: tokio::sync::watch::Sender<Arc<Vec<types::Pool>>>,
+    inventory: tokio::sync::watch::Sender<Arc<Vec<model::Pool>>>,
     serialize: Option<SerializeLock>,
     events: Option<EventRecorder>,
     boot_id: Option<String>,
@@ -139,7 +142,7 @@ pub struct DriverParts {
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     /// The guest's inventory, as its self-test returned it.
-    pub inventory: Vec<types::Pool>,
+    pub inventory: Vec<model::Pool>,
     /// Rolling-update mode: the lock shared with the other host process.
     pub serialize: Option<SerializeLock>,
     /// Where to report as Kubernetes Events (when an API server is configured).
@@ -214,13 +217,13 @@ impl Driver {
     }
 
     /// The current inventory, and every later one.
-    pub fn inventory(&self) -> tokio::sync::watch::Receiver<Arc<Vec<types::Pool>>> {
+    pub fn inventory(&self) -> tokio::sync::watch::Receiver<Arc<Vec<model::Pool>>> {
         self.inventory.subscribe()
     }
 
     /// Hand every event from the driver's event sources to its guest and
     /// apply the health it reports. Runs until the sources are gone.
-    pub async fn run_events(self: Arc<Self>, mut events: tokio::sync::mpsc::Receiver<types::Event>) {
+    pub async fn run_events(self: Arc<Self>, mut events: tokio::sync::mpsc::Receiver<model::Event>) {
         while let Some(event) = events.recv().await {
             let _ = self.handle_event(event).await;
         }
@@ -228,13 +231,13 @@ impl Driver {
 
     /// Hand one event to the guest and apply the health it reports. Returns
     /// the guest's reports (`guest run` prints them); a failure is logged.
-    pub async fn handle_event(&self, event: types::Event) -> Result<Vec<types::DeviceHealth>, GuestError> {
+    pub async fn handle_event(&self, event: model::Event) -> Result<Vec<model::DeviceHealth>, GuestError> {
         let result = self.guest.on_event(event).await;
         match &result {
             Ok(reports) => {
                 self.health.apply(reports);
             }
-            Err(e) => tracing::warn!(driver = %self.name, error = %e, "guest could not handle an event"),
+            Err(e) => tracing::warn!(driver = %self.name, error = %Chain(e), "guest could not handle an event"),
         }
         result
     }
@@ -263,10 +266,13 @@ impl Driver {
 
     /// Rolling-update mode: take the node-wide lock and re-read the
     /// checkpoint under it. Otherwise nothing.
-    async fn serialize(&self) -> Result<Option<crate::state::serialize::SerializeGuard>, String> {
+    async fn serialize(
+        &self,
+    ) -> Result<Option<crate::state::serialize::SerializeGuard>, Arc<dyn std::error::Error + Send + Sync>> {
         let Some(lock) = &self.serialize else { return Ok(None) };
-        let guard = lock.acquire().await.map_err(|e| e.to_string())?;
-        self.checkpoint.reload().map_err(|e| e.to_string())?;
+        let shared = |e: Box<dyn std::error::Error + Send + Sync>| Arc::from(e);
+        let guard = lock.acquire().await.map_err(|e| shared(e.into()))?;
+        self.checkpoint.reload().map_err(|e| shared(e.into()))?;
         self.report_quarantined();
         self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
         Ok(Some(guard))
@@ -288,7 +294,7 @@ impl Driver {
             EventType::Warning,
             reason,
             call,
-            format!("{call} failed (guest {} {}): {e}", id.name, id.version),
+            format!("{call} failed (guest {} {}): {}", id.name, id.version, Chain(e)),
         );
     }
 

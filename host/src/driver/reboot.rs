@@ -51,7 +51,7 @@ impl Driver {
                     "prepared again, but the guest answered other devices or CDI IDs than before the reboot; the kubelet keeps the earlier answer"
                 ),
                 Ok(_) => tracing::info!("claim prepared again after the reboot"),
-                Err(e) => tracing::error!(error = %e, "claim could not be prepared again after the reboot; its next NodePrepareResources tries again"),
+                Err(e) => tracing::error!(error = %Chain(e), "claim could not be prepared again after the reboot; its next NodePrepareResources tries again"),
             });
             match result {
                 Ok(_) => report.reprepared += 1,
@@ -62,11 +62,11 @@ impl Driver {
                             EventType::Warning,
                             "ClaimRePrepareFailed",
                             "PrepareAfterReboot",
-                            format!("claim {c} could not be prepared again after the reboot: {e}"),
+                            format!("claim {c} could not be prepared again after the reboot: {}", Chain(&e)),
                         );
                     }
                     self.claim_failed(&c, "NodePrepareResources", "PrepareFailed", &e);
-                    report.failed.push((c, e.to_string()));
+                    report.failed.push((c, chain(&e)));
                 }
             }
         }

@@ -80,7 +80,7 @@ impl Driver {
                 self.metrics.guest_swap(&self.name, "rejected");
                 let current = self.guest.identity();
                 tracing::error!(
-                    driver = %self.name, error = %e,
+                    driver = %self.name, error = %Chain(&e),
                     serving.version = %current.version, serving.digest = %current.digest,
                     "new guest refused; the current guest keeps serving"
                 );
@@ -90,7 +90,12 @@ impl Driver {
                         EventType::Warning,
                         "GuestRejected",
                         "SwapGuest",
-                        format!("{e}; still serving {} ({})", current.version, short(&current.digest)),
+                        format!(
+                            "{}; still serving {} ({})",
+                            Chain(&e),
+                            current.version,
+                            short(&current.digest)
+                        ),
                     );
                 }
                 false
@@ -135,13 +140,13 @@ impl Driver {
             Ok(pools) => {
                 self.set_inventory(pools);
             }
-            Err(e) => tracing::error!(driver = %self.name, error = %e, "restored guest's inventory failed"),
+            Err(e) => tracing::error!(driver = %self.name, error = %Chain(&e), "restored guest's inventory failed"),
         }
     }
 
     /// Make `pools` the published inventory. Returns whether it differs from
     /// the previous one (only then are ResourceSlices rewritten).
-    fn set_inventory(&self, pools: Vec<types::Pool>) -> bool {
+    fn set_inventory(&self, pools: Vec<model::Pool>) -> bool {
         self.health.set_inventory(&pools);
         self.inventory.send_if_modified(|current| {
             if **current == pools {

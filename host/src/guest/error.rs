@@ -1,6 +1,5 @@
 //! Errors of loading and calling guests.
 
-use crate::wit::types;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -44,40 +43,12 @@ pub enum LimitExceeded {
 /// Raised by the imports ([`crate::imports::blocking`]); a guest fault.
 pub use crate::imports::DeadlinePassed;
 
-/// What kind of error a guest returned (the WIT `error-kind`, as the host
-/// keeps it: the variants print as they did when the WIT type was kept).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DriverErrorKind {
-    /// The driver or claim configuration is invalid.
-    InvalidConfig,
-    /// The claim cannot be served as allocated.
-    InvalidClaim,
-    /// The hardware or a host capability is not available.
-    Unavailable,
-    /// The device is busy; retrying later may work.
-    Busy,
-    /// The operation is not supported by this driver.
-    Unsupported,
-    /// The guest's own fault: counts against a new component's error budget.
-    Internal,
-}
-
-impl From<types::ErrorKind> for DriverErrorKind {
-    fn from(kind: types::ErrorKind) -> Self {
-        match kind {
-            types::ErrorKind::InvalidConfig => Self::InvalidConfig,
-            types::ErrorKind::InvalidClaim => Self::InvalidClaim,
-            types::ErrorKind::Unavailable => Self::Unavailable,
-            types::ErrorKind::Busy => Self::Busy,
-            types::ErrorKind::Unsupported => Self::Unsupported,
-            types::ErrorKind::Internal => Self::Internal,
-        }
-    }
-}
+/// What kind of error a guest returned (the host's own type).
+pub use crate::model::DriverErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
-    #[error("reading guest {}: {source}", path.display())]
+    #[error("reading guest {}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("guest {} is not a valid WebAssembly component: {message}", path.display())]
     Compile { path: PathBuf, message: String },

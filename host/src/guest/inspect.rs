@@ -3,7 +3,7 @@
 use super::error::GuestError;
 use super::{PACKAGE, StoreState, check_import, digest};
 use crate::imports::{Grant, Imports};
-use crate::wit::v0_1::DriverHostPre as HostPre;
+use crate::wit::DriverPre;
 use serde::Serialize;
 use std::path::Path;
 use wasmtime::Engine;
@@ -89,9 +89,9 @@ pub fn inspect(engine: &Engine, path: &Path) -> Result<Inspection, GuestError> {
             check_import(path, name, &item.ty, &granted)?;
         }
         let mut linker: Linker<StoreState> = Linker::new(engine);
-        crate::imports::add_log(&mut linker, StoreState::imports_view)
+        crate::wit::add_log(&mut linker, StoreState::imports_view)
             .map_err(|e| GuestError::Runtime(format!("{e:#}")))?;
-        crate::imports::add_granted(&mut linker, &granted, StoreState::imports_view)
+        crate::wit::add_granted(&mut linker, &granted, StoreState::imports_view)
             .map_err(|e| GuestError::Runtime(format!("{e:#}")))?;
         linker
             .define_unknown_imports_as_traps(&component)
@@ -101,7 +101,7 @@ pub fn inspect(engine: &Engine, path: &Path) -> Result<Inspection, GuestError> {
             message: format!("{e:#}"),
         };
         let pre = linker.instantiate_pre(&component).map_err(incompatible)?;
-        HostPre::new(pre).map_err(incompatible)?;
+        DriverPre::<StoreState>::new(pre).map_err(incompatible)?;
         Ok(())
     })()
     .err()

@@ -41,8 +41,8 @@ use crate::guest_text as text;
 use crate::imports::log::GuestLog;
 use crate::imports::{Imports, ImportsView};
 use crate::metrics::Metrics;
-use crate::wit::types;
-use crate::wit::v0_1::{DriverHost as Host, DriverHostPre as HostPre};
+use crate::model;
+use crate::wit::{Answer, Driver, DriverPre};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -124,7 +124,7 @@ impl ResourceLimiter for GuestLimiter {
 
 struct Instance {
     store: Store<StoreState>,
-    bindings: Host,
+    bindings: Driver,
     calls: u64,
 }
 
@@ -132,9 +132,9 @@ struct Instance {
 pub struct LoadedGuest {
     pub(crate) path: PathBuf,
     pub(crate) digest: String,
-    pub(crate) info: types::DriverInfo,
-    pre: HostPre<StoreState>,
-    ctx: types::InitContext,
+    pub(crate) info: model::DriverInfo,
+    pre: DriverPre<StoreState>,
+    ctx: model::InitContext,
     limits: Limits,
     imports: Imports,
     runtime: Arc<Runtime>,
@@ -175,8 +175,8 @@ impl LoadedGuest {
     pub(crate) async fn new(
         path: PathBuf,
         digest: String,
-        pre: HostPre<StoreState>,
-        ctx: types::InitContext,
+        pre: DriverPre<StoreState>,
+        ctx: model::InitContext,
         limits: Limits,
         imports: Imports,
         runtime: Arc<Runtime>,
@@ -185,7 +185,7 @@ impl LoadedGuest {
         let mut guest = Self {
             path,
             digest,
-            info: types::DriverInfo {
+            info: model::DriverInfo {
                 name: String::new(),
                 version: String::new(),
             },
@@ -207,7 +207,7 @@ impl LoadedGuest {
     /// Run `f` on an idle (or new) instance under the call deadline.
     pub(crate) async fn call<R, F>(&self, export: Export, f: F) -> Result<R, GuestError>
     where
-        F: AsyncFnOnce(&Host, &mut Store<StoreState>) -> wasmtime::Result<Result<R, types::DriverError>>,
+        F: AsyncFnOnce(&Driver, &mut Store<StoreState>) -> Answer<R>,
     {
         let _permit = self
             .slots
@@ -227,7 +227,7 @@ impl LoadedGuest {
 
     async fn call_on_instance<R, F>(&self, export: Export, f: F) -> Result<R, GuestError>
     where
-        F: AsyncFnOnce(&Host, &mut Store<StoreState>) -> wasmtime::Result<Result<R, types::DriverError>>,
+        F: AsyncFnOnce(&Driver, &mut Store<StoreState>) -> Answer<R>,
     {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut instance = match idle {
@@ -287,7 +287,7 @@ impl LoadedGuest {
     }
 
     /// Create an instance and run `init` on it, under the call deadline.
-    async fn instantiate(&self) -> Result<(Instance, types::DriverInfo), GuestError> {
+    async fn instantiate(&self) -> Result<(Instance, model::DriverInfo), GuestError> {
         let engine = self.runtime.engine();
         let state = StoreState {
             limiter: GuestLimiter {
@@ -315,10 +315,7 @@ impl LoadedGuest {
         let _busy = self.runtime.busy();
         let started = async {
             let bindings = self.pre.instantiate_async(&mut store).await?;
-            let info = bindings
-                .dra_driver_device_driver()
-                .call_init(&mut store, &self.ctx)
-                .await?;
+            let info = bindings.call_init(&mut store, &self.ctx).await?;
             wasmtime::Result::Ok((bindings, info))
         }
         .await;
@@ -330,7 +327,7 @@ impl LoadedGuest {
         self.metrics.guest_instance_created(&self.ctx.driver_name);
         // The guest's own words for itself reach log fields, metric labels
         // and Events.
-        let info = types::DriverInfo {
+        let info = model::DriverInfo {
             name: text::bounded(&info.name, text::IDENTITY_BYTES),
             version: text::bounded(&info.version, text::IDENTITY_BYTES),
         };
@@ -405,10 +402,10 @@ impl LoadedGuest {
 }
 
 /// A guest's own error, with its message bounded and made inert.
-fn driver_error(export: Export, e: types::DriverError) -> GuestError {
+fn driver_error(export: Export, e: model::DriverError) -> GuestError {
     GuestError::Driver {
         export,
-        kind: e.kind.into(),
+        kind: e.kind,
         message: text::bounded(&e.message, text::MESSAGE_BYTES),
     }
 }

@@ -14,7 +14,6 @@ mod inspect;
 mod instance;
 mod watch;
 
-pub use crate::wit::types;
 pub use cache::{CacheOutcome, CompileCache, digest};
 pub use engine::{Limits, Runtime};
 pub use error::{DeadlinePassed, DriverErrorKind, Export, GuestError, LimitExceeded};
@@ -22,11 +21,13 @@ pub use inspect::{Inspection, inspect};
 pub use instance::{LoadedGuest, StoreState};
 pub use watch::{GuestFileWatcher, WatchError};
 
+use crate::claim::ClaimRef;
 use crate::guest_text as text;
 use crate::imports::{Grant, Imports};
 use crate::metrics::Metrics;
+use crate::model;
 use crate::state::checkpoint::GuestIdentity;
-use crate::wit::v0_1::DriverHostPre as HostPre;
+use crate::wit::{Answer, Driver, DriverPre};
 use arc_swap::ArcSwap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -39,7 +40,7 @@ use wasmtime::component::types::ComponentItem;
 #[derive(Clone, Debug)]
 pub struct GuestSpec {
     pub path: PathBuf,
-    pub ctx: types::InitContext,
+    pub ctx: model::InitContext,
     pub limits: Limits,
     /// Host imports granted to this guest (logging is always granted).
     pub imports: Imports,
@@ -115,7 +116,7 @@ pub struct LoadReport {
     pub cache: CacheOutcome,
     pub duration: std::time::Duration,
     /// The inventory the guest returned during its self-test.
-    pub inventory: Vec<types::Pool>,
+    pub inventory: Vec<model::Pool>,
 }
 
 /// The outcome of [`Guest::replace`].
@@ -227,38 +228,36 @@ impl Guest {
         identity(&self.current.load())
     }
 
-    pub async fn inventory(&self) -> Result<Vec<types::Pool>, GuestError> {
-        self.call(Export::Inventory, async |b, store| {
-            b.dra_driver_device_driver().call_inventory(store).await
-        })
-        .await
+    pub async fn inventory(&self) -> Result<Vec<model::Pool>, GuestError> {
+        self.call(Export::Inventory, async |b, store| b.call_inventory(store).await)
+            .await
     }
 
     /// Prepare a claim; also says which component prepared it (the one the
     /// checkpoint must record, even if a swap happened meanwhile).
-    pub async fn prepare(&self, claim: types::Claim) -> Result<(types::PreparedClaim, GuestIdentity), GuestError> {
+    pub async fn prepare(&self, claim: model::Claim) -> Result<(model::PreparedClaim, GuestIdentity), GuestError> {
         let guest = self.current();
         let result = guest
             .call(Export::Prepare, async move |b, store| {
-                store.data_mut().claim = Some(claim.ref_.uid.clone());
-                b.dra_driver_device_driver().call_prepare(store, &claim).await
+                store.data_mut().claim = Some(claim.reference.uid.clone());
+                b.call_prepare(store, claim).await
             })
             .await;
         self.observe(&guest, result.as_ref().err());
         result.map(|prepared| (prepared, identity(&guest)))
     }
 
-    pub async fn unprepare(&self, claim: types::ClaimRef, state: Vec<u8>) -> Result<(), GuestError> {
+    pub async fn unprepare(&self, claim: ClaimRef, state: Vec<u8>) -> Result<(), GuestError> {
         self.call(Export::Unprepare, async move |b, store| {
             store.data_mut().claim = Some(claim.uid.clone());
-            b.dra_driver_device_driver().call_unprepare(store, &claim, &state).await
+            b.call_unprepare(store, &claim, &state).await
         })
         .await
     }
 
-    pub async fn on_event(&self, event: types::Event) -> Result<Vec<types::DeviceHealth>, GuestError> {
+    pub async fn on_event(&self, event: model::Event) -> Result<Vec<model::DeviceHealth>, GuestError> {
         self.call(Export::OnEvent, async move |b, store| {
-            b.dra_driver_device_driver().call_on_event(store, &event).await
+            b.call_on_event(store, event).await
         })
         .await
     }
@@ -267,10 +266,7 @@ impl Guest {
     /// while it is on probation.
     async fn call<R, F>(&self, export: Export, f: F) -> Result<R, GuestError>
     where
-        F: AsyncFnOnce(
-            &crate::wit::v0_1::DriverHost,
-            &mut wasmtime::Store<StoreState>,
-        ) -> wasmtime::Result<Result<R, types::DriverError>>,
+        F: AsyncFnOnce(&Driver, &mut wasmtime::Store<StoreState>) -> Answer<R>,
     {
         let guest = self.current();
         let result = guest.call(export, f).await;
@@ -295,7 +291,7 @@ impl Guest {
                     to: identity(&p.previous),
                     calls: p.calls,
                     failures: p.failures,
-                    last_error: e.to_string(),
+                    last_error: crate::error::chain(e),
                 };
                 // Do not load the failed file again until it changes.
                 *lock(&self.rejected) = Some(p.candidate.digest.clone());
@@ -362,9 +358,7 @@ async fn load_bytes(
     )
     .await?;
     let inventory = loaded
-        .call(Export::Inventory, async |b, store| {
-            b.dra_driver_device_driver().call_inventory(store).await
-        })
+        .call(Export::Inventory, async |b, store| b.call_inventory(store).await)
         .await?;
     Ok((
         loaded,
@@ -382,7 +376,7 @@ fn link(
     runtime: &Arc<Runtime>,
     spec: &GuestSpec,
     bytes: &[u8],
-) -> Result<(HostPre<StoreState>, String, CacheOutcome), GuestError> {
+) -> Result<(DriverPre<StoreState>, String, CacheOutcome), GuestError> {
     let engine = runtime.engine();
     let digest = digest(bytes);
     let (component, outcome) = runtime
@@ -394,13 +388,13 @@ fn link(
         })?;
 
     let mut linker: Linker<StoreState> = Linker::new(engine);
-    crate::imports::add_log(&mut linker, StoreState::imports_view)
+    crate::wit::add_log(&mut linker, StoreState::imports_view)
         .map_err(|e| GuestError::Runtime(format!("linking log: {e:#}")))?;
     for import in component.component_type().imports(engine) {
         let (name, item) = import;
         check_import(&spec.path, name, &item.ty, &spec.imports)?;
     }
-    crate::imports::add_granted(&mut linker, &spec.imports, StoreState::imports_view)
+    crate::wit::add_granted(&mut linker, &spec.imports, StoreState::imports_view)
         .map_err(|e| GuestError::Runtime(format!("linking host imports: {e:#}")))?;
     // What is left are WASI interfaces that Rust's standard library links
     // (stdio, environment, exit): calling one traps. See `check_import`.
@@ -413,7 +407,7 @@ fn link(
             path: spec.path.clone(),
             message: format!("{e:#}"),
         })?;
-    let pre = HostPre::new(pre).map_err(|e| GuestError::Incompatible {
+    let pre = DriverPre::new(pre).map_err(|e| GuestError::Incompatible {
         path: spec.path.clone(),
         message: format!("{e:#}"),
     })?;

@@ -8,7 +8,15 @@
 use crate::guest_text as text;
 use std::sync::Arc;
 
-use crate::wit::bindings_log::{Host, Level};
+/// A guest log line's level (`dra:driver/log`'s `level`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
 
 /// Lines accepted per guest call; the rest are counted and dropped.
 const MAX_LINES_PER_CALL: u32 = 200;
@@ -46,7 +54,9 @@ impl GuestLog {
         self.last_error.take()
     }
 
-    fn emit(&mut self, level: Level, message: String) {
+    /// One line of the guest's, bounded, escaped and counted against the
+    /// call's allowance.
+    pub fn emit(&mut self, level: Level, message: String) {
         if self.lines >= MAX_LINES_PER_CALL {
             self.dropped += 1;
             return;
@@ -64,11 +74,5 @@ impl GuestLog {
                 self.last_error = Some(message);
             }
         }
-    }
-}
-
-impl Host for super::ImportsView<'_> {
-    fn log(&mut self, level: Level, message: String) {
-        self.log.emit(level, message);
     }
 }

@@ -1,4 +1,6 @@
-//! Host implementations of the WIT imports a guest may be granted.
+//! The capabilities a guest may be granted, as host code with host types:
+//! `log`, `nvml`, `net`. Their WIT host traits are thin adapters in
+//! `wit/v0_1/imports.rs`, which also links them.
 //!
 //! `log` is granted to every guest. `nvml` and `net` are capabilities an
 //! operator grants per driver in the host config; a guest that imports one it
@@ -8,11 +10,10 @@ pub mod log;
 pub mod net;
 pub mod nvml;
 
-use crate::wit::types::Event;
+use crate::model::Event;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
-use wasmtime::component::{HasData, Linker};
 
 /// A capability an operator can grant a guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
@@ -154,7 +155,8 @@ pub struct DeadlinePassed;
 
 /// What the imports see of a guest's store during a call: their own state
 /// and the call's scope, never the rest of the store (limits, instance).
-/// The WIT host traits are implemented for this view, so that the imports
+/// The capability calls (`nvml_*`, `net_*`) and the WIT host traits
+/// (`wit::v0_1::imports`) are implemented for this view, so that the imports
 /// do not depend on the guest runtime that owns the store.
 pub struct ImportsView<'a> {
     pub imports: &'a Imports,
@@ -164,37 +166,6 @@ pub struct ImportsView<'a> {
     /// The claim whose `prepare` or `unprepare` is running (`None` in every
     /// other call): the only claim the `net` import acts for.
     pub claim: Option<&'a str>,
-}
-
-/// The [`HasData`] of the imports: their view of a store.
-struct Imported;
-
-impl HasData for Imported {
-    type Data<'a> = ImportsView<'a>;
-}
-
-/// Add `log` (every guest's) to a guest's linker; `view` is the imports'
-/// view of the store.
-pub(crate) fn add_log<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    view: fn(&mut T) -> ImportsView<'_>,
-) -> wasmtime::Result<()> {
-    crate::wit::bindings_log::add_to_linker::<T, Imported>(linker, view)
-}
-
-/// Add the granted imports (besides `log`) to a guest's linker.
-pub(crate) fn add_granted<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    imports: &Imports,
-    view: fn(&mut T) -> ImportsView<'_>,
-) -> wasmtime::Result<()> {
-    if imports.grants(Grant::Nvml) {
-        crate::wit::bindings_nvml::add_to_linker::<T, Imported>(linker, view)?;
-    }
-    if imports.grants(Grant::Net) {
-        crate::wit::bindings_net::add_to_linker::<T, Imported>(linker, view)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,9 +2,9 @@
 //! driver's allocated devices and opaque configs.
 
 use crate::claim::ClaimRef;
+use crate::model;
 use crate::policy::is_valid_share_id;
 use crate::state::checkpoint::{RecordedAllocation, RecordedConfig, RecordedDevice};
-use crate::wit::types;
 use k8s_openapi::api::resource::v1::ResourceClaim;
 
 /// Why a fetched ResourceClaim cannot be prepared.
@@ -30,7 +30,7 @@ pub enum ClaimError {
 /// The part of a claim that belongs to one driver, in guest types.
 #[derive(Debug, Clone)]
 pub struct DriverClaim {
-    pub claim: types::Claim,
+    pub claim: model::Claim,
     /// For each entry of `claim.devices`: the request names as the kubelet
     /// expects them in the answer (subrequest stripped).
     pub request_names: Vec<String>,
@@ -59,8 +59,8 @@ impl DriverClaim {
                 .iter()
                 .map(|c| RecordedConfig {
                     source: match c.source {
-                        types::ConfigSource::DeviceClass => "FromClass",
-                        types::ConfigSource::ResourceClaim => "FromClaim",
+                        model::ConfigSource::DeviceClass => "FromClass",
+                        model::ConfigSource::ResourceClaim => "FromClaim",
                     }
                     .to_owned(),
                     requests: c.requests.clone(),
@@ -85,7 +85,7 @@ impl DriverClaim {
             {
                 return Err(invalid(format!("share ID {share:?} is not valid")));
             }
-            devices.push(types::AllocatedDevice {
+            devices.push(model::AllocatedDevice {
                 request: d.request.clone(),
                 pool: d.pool.clone(),
                 device: d.device.clone(),
@@ -96,7 +96,7 @@ impl DriverClaim {
         }
         let mut configs = Vec::with_capacity(recorded.configs.len());
         for c in &recorded.configs {
-            configs.push(types::OpaqueConfig {
+            configs.push(model::OpaqueConfig {
                 source: config_source(&c.source).ok_or_else(|| invalid(format!("config source {:?}", c.source)))?,
                 requests: c.requests.clone(),
                 parameters: c.parameters.clone(),
@@ -104,8 +104,8 @@ impl DriverClaim {
         }
         Ok(DriverClaim {
             request_names: devices.iter().map(|d| request_name(&d.request)).collect(),
-            claim: types::Claim {
-                ref_: types::ClaimRef::from(claim),
+            claim: model::Claim {
+                reference: claim.clone(),
                 devices,
                 configs,
             },
@@ -118,10 +118,10 @@ fn request_name(request: &str) -> String {
     request.split('/').next().unwrap_or(request).to_owned()
 }
 
-fn config_source(source: &str) -> Option<types::ConfigSource> {
+fn config_source(source: &str) -> Option<model::ConfigSource> {
     match source {
-        "FromClass" => Some(types::ConfigSource::DeviceClass),
-        "FromClaim" => Some(types::ConfigSource::ResourceClaim),
+        "FromClass" => Some(model::ConfigSource::DeviceClass),
+        "FromClaim" => Some(model::ConfigSource::ResourceClaim),
         _ => None,
     }
 }
@@ -164,7 +164,7 @@ pub fn claim_for_driver(claim: &ResourceClaim, expected: &ClaimRef, driver: &str
                 r.pool, r.device
             )));
         }
-        allocated.push(types::AllocatedDevice {
+        allocated.push(model::AllocatedDevice {
             request: r.request.clone(),
             pool: r.pool.clone(),
             device: r.device.clone(),
@@ -182,19 +182,19 @@ pub fn claim_for_driver(claim: &ResourceClaim, expected: &ClaimRef, driver: &str
 
     // Class configs first, then claim configs, each in their listed order:
     // a guest applies them in order, so claim settings override class ones.
-    let mut configs: Vec<(u8, types::OpaqueConfig)> = Vec::new();
+    let mut configs: Vec<(u8, model::OpaqueConfig)> = Vec::new();
     for c in devices.config.iter().flatten() {
         let Some(opaque) = c.opaque.as_ref().filter(|o| o.driver == driver) else {
             continue;
         };
         let source = config_source(&c.source)
             .ok_or_else(|| invalid(format!("config source {:?} is not FromClass or FromClaim", c.source)))?;
-        let rank = u8::from(source == types::ConfigSource::ResourceClaim);
+        let rank = u8::from(source == model::ConfigSource::ResourceClaim);
         let parameters =
             serde_json::to_string(&opaque.parameters.0).map_err(|e| invalid(format!("opaque parameters: {e}")))?;
         configs.push((
             rank,
-            types::OpaqueConfig {
+            model::OpaqueConfig {
                 source,
                 requests: c.requests.clone().unwrap_or_default(),
                 parameters,
@@ -204,8 +204,8 @@ pub fn claim_for_driver(claim: &ResourceClaim, expected: &ClaimRef, driver: &str
     configs.sort_by_key(|(rank, _)| *rank);
 
     Ok(DriverClaim {
-        claim: types::Claim {
-            ref_: types::ClaimRef::from(expected),
+        claim: model::Claim {
+            reference: expected.clone(),
             devices: allocated,
             configs: configs.into_iter().map(|(_, c)| c).collect(),
         },
@@ -259,7 +259,7 @@ mod tests {
             vec![("memory".to_owned(), "5Gi".to_owned())]
         );
         assert_eq!(dc.claim.configs.len(), 2);
-        assert_eq!(dc.claim.configs[0].source, types::ConfigSource::DeviceClass);
+        assert_eq!(dc.claim.configs[0].source, model::ConfigSource::DeviceClass);
         assert_eq!(dc.claim.configs[0].parameters, r#"{"a":1}"#);
         assert_eq!(dc.claim.configs[1].requests, ["gpu"]);
     }
@@ -454,7 +454,7 @@ mod fuzz {
             .claim
             .configs
             .iter()
-            .map(|c| c.source == types::ConfigSource::ResourceClaim)
+            .map(|c| c.source == model::ConfigSource::ResourceClaim)
             .collect();
         prop_assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "class configs first");
         for c in &dc.claim.configs {

@@ -65,10 +65,10 @@ fn default_burst() -> u32 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no Kubernetes client configuration (neither in-cluster nor $KUBECONFIG): {0}")]
-    Config(String),
-    #[error("building the Kubernetes client: {0}")]
-    Build(String),
+    #[error("no Kubernetes client configuration (neither in-cluster nor $KUBECONFIG)")]
+    Config(#[source] kube::config::InferConfigError),
+    #[error("building the Kubernetes client")]
+    Build(#[source] kube::Error),
 }
 
 #[derive(Clone)]
@@ -86,11 +86,9 @@ impl std::fmt::Debug for ApiClient {
 impl ApiClient {
     /// In-cluster configuration, or the kubeconfig named by `$KUBECONFIG` (or `~/.kube/config`).
     pub async fn new(config: &KubernetesConfig) -> Result<Self, ClientError> {
-        let kube_config = kube::Config::infer()
-            .await
-            .map_err(|e| ClientError::Config(e.to_string()))?;
+        let kube_config = kube::Config::infer().await.map_err(ClientError::Config)?;
         tracing::info!(server = %kube_config.cluster_url, qps = config.qps, burst = config.burst, "Kubernetes API client");
-        let client = kube::Client::try_from(kube_config).map_err(|e| ClientError::Build(e.to_string()))?;
+        let client = kube::Client::try_from(kube_config).map_err(ClientError::Build)?;
         Ok(Self {
             client,
             limiter: std::sync::Arc::new(RateLimiter::new(config.qps, config.burst)),
@@ -142,17 +140,7 @@ pub fn status_code(e: &kube::Error) -> Option<u16> {
 /// stops at "client error (Connect)"; why (connection refused, a TLS
 /// failure, a timeout) is in its sources.
 pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+    crate::error::chain(e)
 }
 
 /// ±25 % so that many nodes retrying together spread out.

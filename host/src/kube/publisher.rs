@@ -24,7 +24,7 @@ use super::events::{EventRecorder, EventType};
 use super::slices::{Desired, DesiredPool, HostTaint, SliceError, desired_pools};
 use crate::health::{Snapshot, Status};
 use crate::metrics::Metrics;
-use crate::wit::types;
+use crate::model;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::{ResourceSlice, ResourceSliceSpec};
@@ -40,7 +40,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Where a publisher gets what to publish.
 pub struct Inputs {
-    pub inventory: watch::Receiver<Arc<Vec<types::Pool>>>,
+    pub inventory: watch::Receiver<Arc<Vec<model::Pool>>>,
     /// Device health, when unhealthy devices are to be tainted.
     pub health: Option<watch::Receiver<Snapshot>>,
 }
@@ -61,7 +61,7 @@ impl Writes {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Api { what: &'static str, source: kube::Error },
 }
 

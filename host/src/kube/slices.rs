@@ -10,7 +10,7 @@
 //! the driver stay schedulable.
 
 use crate::guest_text::quoted;
-use crate::wit::types;
+use crate::model;
 use k8s_openapi::api::resource::v1 as resource;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::collections::{BTreeMap, HashSet};
@@ -91,7 +91,7 @@ impl Desired {
 /// A device the API server would refuse is left out (and listed in
 /// `invalid`); of devices sharing a name, the first is kept; a pool whose
 /// name is invalid or repeated is left out whole.
-pub fn desired_pools(pools: &[types::Pool], taints: &[HostTaint]) -> Desired {
+pub fn desired_pools(pools: &[model::Pool], taints: &[HostTaint]) -> Desired {
     let mut names = HashSet::new();
     let mut out = Desired::default();
     for pool in pools {
@@ -179,7 +179,7 @@ fn split(devices: Vec<resource::Device>) -> Vec<Vec<resource::Device>> {
     slices
 }
 
-fn device(d: &types::Device, extra: &[&HostTaint]) -> Result<resource::Device, String> {
+fn device(d: &model::Device, extra: &[&HostTaint]) -> Result<resource::Device, String> {
     if !is_dns_label(&d.name) {
         return Err("the name is not a DNS label (lower-case letters, digits, '-', at most 63)".into());
     }
@@ -194,9 +194,9 @@ fn device(d: &types::Device, extra: &[&HostTaint]) -> Result<resource::Device, S
         check_qualified_name(&a.name).map_err(|r| format!("attribute {}: {r}", quoted(&a.name)))?;
         let mut v = resource::DeviceAttribute::default();
         match &a.value {
-            types::AttributeValue::Boolean(b) => v.bool = Some(*b),
-            types::AttributeValue::Integer(i) => v.int = Some(*i),
-            types::AttributeValue::Text(s) => {
+            model::AttributeValue::Boolean(b) => v.bool = Some(*b),
+            model::AttributeValue::Integer(i) => v.int = Some(*i),
+            model::AttributeValue::Text(s) => {
                 if s.chars().count() > MAX_VALUE_LENGTH {
                     return Err(format!(
                         "attribute {}: string longer than {MAX_VALUE_LENGTH} characters ({} bytes)",
@@ -206,7 +206,7 @@ fn device(d: &types::Device, extra: &[&HostTaint]) -> Result<resource::Device, S
                 }
                 v.string = Some(s.clone());
             }
-            types::AttributeValue::Version(s) => {
+            model::AttributeValue::Version(s) => {
                 if s.len() > MAX_VALUE_LENGTH || !is_semver(s) {
                     return Err(format!(
                         "attribute {}: {} is not a semantic version",
@@ -288,9 +288,9 @@ fn device(d: &types::Device, extra: &[&HostTaint]) -> Result<resource::Device, S
             key: t.key.clone(),
             value: t.value.clone(),
             effect: match t.effect {
-                types::TaintEffect::NoSchedule => "NoSchedule",
-                types::TaintEffect::NoExecute => "NoExecute",
-                types::TaintEffect::None => "None",
+                model::TaintEffect::NoSchedule => "NoSchedule",
+                model::TaintEffect::NoExecute => "NoExecute",
+                model::TaintEffect::None => "None",
             }
             .to_owned(),
             time_added: None,
@@ -504,198 +504,4 @@ fn is_quantity(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dev(name: &str) -> types::Device {
-        types::Device {
-            name: name.into(),
-            attributes: vec![types::Attribute {
-                name: "model".into(),
-                value: types::AttributeValue::Text("X".into()),
-            }],
-            capacity: vec![types::Capacity {
-                name: "memory".into(),
-                value: "80Gi".into(),
-                request_policy: None,
-            }],
-            allow_multiple_allocations: false,
-            taints: vec![],
-        }
-    }
-
-    fn pool(n: usize) -> types::Pool {
-        types::Pool {
-            name: "node-a".into(),
-            devices: (0..n).map(|i| dev(&format!("d{i}"))).collect(),
-        }
-    }
-
-    #[test]
-    fn splits_at_128_and_at_64_once_tainted() {
-        let p = desired_pools(&[pool(300)], &[]);
-        assert!(p.invalid.is_empty());
-        assert_eq!(
-            p.pools[0].slices.iter().map(Vec::len).collect::<Vec<_>>(),
-            [128, 128, 44]
-        );
-        let taint = HostTaint {
-            pool: "node-a".into(),
-            device: "d0".into(),
-            key: "x.com/unhealthy".into(),
-            value: None,
-            effect: "NoSchedule",
-        };
-        let p = desired_pools(&[pool(130)], &[taint]);
-        assert_eq!(p.pools[0].slices.iter().map(Vec::len).collect::<Vec<_>>(), [64, 66]);
-        assert_eq!(
-            desired_pools(&[pool(0)], &[]).pools[0].slices,
-            vec![Vec::<resource::Device>::new()]
-        );
-    }
-
-    /// The one bad device of each kind is left out, named with the reason;
-    /// the valid devices are kept.
-    fn refused(p: types::Pool) -> String {
-        let d = desired_pools(&[p], &[]);
-        assert_eq!(d.invalid.len(), 1, "{:?}", d.invalid);
-        assert_eq!(d.pools[0].slices[0].len(), 1, "the valid device is kept");
-        d.invalid[0].to_string()
-    }
-
-    #[test]
-    fn bad_devices_are_left_out_and_named() {
-        let mut p = pool(3);
-        p.devices[2].name = "d0".into();
-        let d = desired_pools(&[p], &[]);
-        assert_eq!(d.invalid_devices(), 1);
-        let e = d.invalid[0].to_string();
-        assert!(e.contains("device \"d0\"") && e.contains("twice"), "{e}");
-        assert_eq!(d.pools[0].slices[0].len(), 2);
-        assert_eq!(d.pools[0].slices[0][0].name, "d0", "the first is published");
-
-        let mut p = pool(2);
-        for i in 0..32 {
-            p.devices[1].attributes.push(types::Attribute {
-                name: format!("a{i}"),
-                value: types::AttributeValue::Integer(i),
-            });
-        }
-        assert!(refused(p).contains("at most 32"));
-
-        let mut p = pool(2);
-        p.devices[1].attributes[0].value = types::AttributeValue::Text("x".repeat(1_000_000));
-        let e = refused(p);
-        assert!(e.contains("longer than 64") && e.len() < 300, "{e}");
-
-        let mut p = pool(2);
-        p.devices[1].attributes[0].value = types::AttributeValue::Version("580.159.04".into());
-        assert!(refused(p).contains("semantic version"));
-
-        let mut p = pool(2);
-        p.devices[1].capacity[0].value = "lots".into();
-        assert!(refused(p).contains("not a quantity"));
-
-        for bad in ["Upper", &"d".repeat(64), "-x", "a_b"] {
-            let mut p = pool(2);
-            p.devices[1].name = bad.to_owned();
-            assert!(refused(p).contains("DNS label"), "{bad}");
-        }
-
-        let mut p = pool(2);
-        p.devices[1].taints.push(types::Taint {
-            key: "x.com/t".into(),
-            value: Some("not a label value!".into()),
-            effect: types::TaintEffect::NoSchedule,
-        });
-        assert!(refused(p).contains("label value"));
-    }
-
-    #[test]
-    fn quantities_in_milli_units() {
-        assert_eq!(milli("81559Mi"), Some(81559 * (1 << 20) * 1000));
-        assert_eq!(milli("5Gi"), Some(5 * (1 << 30) * 1000));
-        assert_eq!(milli("1.5k"), Some(1_500_000));
-        assert_eq!(milli("100m"), Some(100));
-        assert_eq!(milli("2e3"), Some(2_000_000));
-        assert_eq!(milli("-1"), Some(-1000));
-        assert_eq!(milli("100"), Some(100_000));
-        assert_eq!(milli("1n"), None, "finer than milli: not checked");
-        assert_eq!(milli("Gi"), None);
-        assert_eq!(milli("1e99"), None);
-    }
-
-    /// As a real 1.37 API server refused the GPU guest's first slices: a
-    /// range whose max is not min plus whole steps is left out, named.
-    #[test]
-    fn a_request_range_off_its_step_is_left_out() {
-        let policy = |default: &str, max: &str| types::RequestPolicy {
-            default: Some(default.into()),
-            valid_values: vec![],
-            valid_range: Some(types::CapacityRange {
-                min: "5Gi".into(),
-                max: Some(max.into()),
-                step: Some("5Gi".into()),
-            }),
-        };
-        let mut p = pool(2);
-        p.devices[0].capacity[0] = types::Capacity {
-            name: "memory".into(),
-            value: "81559Mi".into(),
-            request_policy: Some(policy("5Gi", "75Gi")),
-        };
-        p.devices[1].capacity[0] = types::Capacity {
-            name: "memory".into(),
-            value: "81559Mi".into(),
-            request_policy: Some(policy("5Gi", "81559Mi")),
-        };
-        let e = refused(p.clone());
-        assert!(
-            e.contains("device \"d1\"")
-                && e.contains("validRange.max 81559Mi is not validRange.min 5Gi plus whole steps of 5Gi"),
-            "{e}"
-        );
-        p.devices[1].capacity[0].request_policy = Some(policy("7Gi", "75Gi"));
-        assert!(refused(p.clone()).contains("requestPolicy.default 7Gi"));
-        p.devices[1].capacity[0].value = "4Gi".into();
-        p.devices[1].capacity[0].request_policy = Some(policy("5Gi", "5Gi"));
-        assert!(refused(p).contains("more than the capacity 4Gi"));
-    }
-
-    #[test]
-    fn a_bad_or_repeated_pool_is_left_out_whole() {
-        let mut bad = pool(3);
-        bad.name = "Node_A".into();
-        let d = desired_pools(&[bad, pool(2), pool(4)], &[]);
-        assert_eq!(d.pools.len(), 1);
-        assert_eq!(d.pools[0].slices[0].len(), 2);
-        assert_eq!(d.invalid.len(), 2);
-        assert_eq!(d.invalid_devices(), 3 + 4);
-        assert!(d.invalid[0].to_string().contains("pool \"Node_A\""), "{}", d.invalid[0]);
-        assert!(d.invalid[1].to_string().contains("listed twice"), "{}", d.invalid[1]);
-    }
-
-    #[test]
-    fn guest_names_in_errors_are_quoted_bounded_and_escaped() {
-        let mut p = pool(1);
-        p.devices[0].name = format!("evil\n{}", "x".repeat(100_000));
-        let e = desired_pools(&[p], &[]).invalid[0].to_string();
-        assert!(!e.contains('\n') && e.len() < 1024, "{e}");
-        assert!(e.contains("device \"evil\\nxxx"), "{e}");
-    }
-
-    #[test]
-    fn names_and_quantities() {
-        assert!(check_qualified_name("gpu.example.com/productName").is_ok());
-        assert!(check_qualified_name("index").is_ok());
-        assert!(check_qualified_name("bad name").is_err());
-        assert!(check_qualified_name("Example.com/x").is_err());
-        for q in ["80Gi", "5", "1.5G", "100m", "1e3", "81559Mi"] {
-            assert!(is_quantity(q), "{q}");
-        }
-        for q in ["", "Gi", "5GB", "1.2.3"] {
-            assert!(!is_quantity(q), "{q}");
-        }
-        assert!(is_semver("12.4.0") && is_semver("1.0.0-rc.1") && !is_semver("1.0") && !is_semver("01.0.0"));
-    }
-}
+mod tests;

@@ -1,7 +1,7 @@
 //! A guest's device status, as a `status.devices` entry of the claim.
 
+use crate::model;
 use crate::state::checkpoint::{RecordedCondition, RecordedDeviceStatus, RecordedNetworkData};
-use crate::wit::types;
 use k8s_openapi::api::resource::v1::{AllocatedDeviceStatus, NetworkDeviceData};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
@@ -15,7 +15,7 @@ pub fn entry(
     pool: &str,
     device: &str,
     share_id: Option<&str>,
-    status: &types::DeviceStatus,
+    status: &model::DeviceStatus,
     now: Timestamp,
 ) -> AllocatedDeviceStatus {
     let conditions: Vec<Condition> = status
@@ -24,9 +24,9 @@ pub fn entry(
         .map(|c| Condition {
             type_: c.condition_type.clone(),
             status: match c.status {
-                types::ConditionStatus::True => "True",
-                types::ConditionStatus::False => "False",
-                types::ConditionStatus::Unknown => "Unknown",
+                model::ConditionStatus::True => "True",
+                model::ConditionStatus::False => "False",
+                model::ConditionStatus::Unknown => "Unknown",
             }
             .to_owned(),
             reason: c.reason.clone(),
@@ -125,15 +125,15 @@ mod tests {
 
     #[test]
     fn entries_survive_the_checkpoints_own_type() {
-        let status = types::DeviceStatus {
-            conditions: vec![types::Condition {
+        let status = model::DeviceStatus {
+            conditions: vec![model::Condition {
                 condition_type: "Ready".into(),
-                status: types::ConditionStatus::True,
+                status: model::ConditionStatus::True,
                 reason: "Configured".into(),
                 message: "up".into(),
             }],
             data: Some(r#"{"speed":"fast"}"#.into()),
-            network_data: Some(types::NetworkData {
+            network_data: Some(model::NetworkData {
                 interface_name: "net1".into(),
                 ips: vec!["192.0.2.5/24".into()],
                 hardware_address: String::new(),

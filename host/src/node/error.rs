@@ -130,19 +130,6 @@ pub enum StartError {
     },
 }
 
-/// An error and its sources, `: ` between them, as `anyhow` prints `{:#}`:
-/// how a failure is logged where the process goes on (one driver of several
+/// How a failure is logged where the process goes on (one driver of several
 /// failed to start).
-pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(e) = source {
-            write!(f, ": {e}")?;
-            source = e.source();
-        }
-        Ok(())
-    }
-}
+pub use crate::error::Chain;

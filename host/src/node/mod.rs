@@ -22,7 +22,7 @@ pub use serve::{ServedDriver, boot_id, run};
 
 use crate::config::{ClaimsConfig, Config, DriverConfig, HotSwapConfig};
 use crate::driver::{Driver, DriverParts};
-use crate::guest::{CompileCache, ErrorBudget, Guest, GuestSpec, Limits, LoadReport, Runtime, types};
+use crate::guest::{CompileCache, ErrorBudget, Guest, GuestSpec, Limits, LoadReport, Runtime};
 use crate::health::Health;
 use crate::imports::{Capabilities, Grant, Imports, net, nvml};
 use crate::kube::client::ApiClient;
@@ -30,6 +30,7 @@ use crate::kube::events::EventRecorder;
 use crate::kube::{ApiClaims, ClaimSource, FileClaims};
 use crate::kubelet::PluginPaths;
 use crate::metrics::Metrics;
+use crate::model;
 use crate::state::cdi::CdiWriter;
 use crate::state::checkpoint::Checkpoint;
 use crate::state::serialize::SerializeLock;
@@ -80,7 +81,7 @@ impl GuestLoader {
     pub async fn load(
         &self,
         d: &DriverConfig,
-        events: &mpsc::Sender<types::Event>,
+        events: &mpsc::Sender<model::Event>,
     ) -> Result<(Guest, LoadReport, GuestSpec), StartError> {
         let imports = Imports::new(&d.grants, &d.name, &self.caps, events).map_err(|source| StartError::Grant {
             driver: d.name.clone(),
@@ -88,7 +89,7 @@ impl GuestLoader {
         })?;
         let spec = GuestSpec {
             path: d.guest.clone(),
-            ctx: types::InitContext {
+            ctx: model::InitContext {
                 driver_name: d.name.clone(),
                 node_name: self.node.clone(),
                 config: d.guest_config_json(),
@@ -146,7 +147,7 @@ pub struct AssembledDriver {
     /// The driver's network state, when it is granted `net`.
     pub net: Option<Arc<net::NetDriver>>,
     /// With [`EventDelivery::Local`], the events for the guest's `on-event`.
-    pub events: Option<mpsc::Receiver<types::Event>>,
+    pub events: Option<mpsc::Receiver<model::Event>>,
 }
 
 impl Node {
@@ -317,7 +318,7 @@ impl Node {
         checkpoint: Checkpoint,
         net_driver: Option<&Arc<net::NetDriver>>,
         serialize: Option<SerializeLock>,
-        events: &mpsc::Sender<types::Event>,
+        events: &mpsc::Sender<model::Event>,
     ) -> Result<(Arc<Driver>, GuestSpec), StartError> {
         let cdi = CdiWriter::new(&self.cdi_dir, &d.cdi_vendor(), &d.cdi_class()).map_err(|source| StartError::Cdi {
             driver: d.name.clone(),

@@ -200,7 +200,7 @@ where
                     match tokio::net::TcpListener::bind(addr).await {
                         Ok(listener) => return serve(listener),
                         Err(e) if e.kind() == AddrInUse => continue,
-                        Err(e) => return tracing::error!(%addr, what, error = %e, "cannot listen"),
+                        Err(e) => return tracing::error!(%addr, what, error = %super::Chain(&e), "cannot listen"),
                     }
                 }
             });

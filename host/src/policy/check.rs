@@ -2,112 +2,8 @@
 //! device, edit, reference and size (the module docs list what is bounded),
 //! each refusal naming the field and the [`Rule`] that refused it.
 
+use super::status::check_status;
 use super::*;
-
-/// The part of the policy that refused an output: the key an operator
-/// would change, or a rule of the host's own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Rule {
-    /// Devices must be the claim's, each once, and so must the links the
-    /// host created that an answer hands to containers.
-    Allocation,
-    /// Fixed size bounds ([`bounds`]).
-    Bounds,
-    /// Output a runtime or the API server could not use (relative paths,
-    /// invalid names, …).
-    Format,
-    DeviceNodes,
-    MountHostPaths,
-    MountRwHostPaths,
-    MountTypes,
-    MountOptions,
-    HookPaths,
-    AllowNetDevices,
-    NetHostInterfaces,
-    CdiDevices,
-    MaxCdiSpecBytes,
-}
-
-impl Rule {
-    /// The policy key (or `allocation`, `bounds`, `format`): log text and
-    /// the `rule` label of `dra_host_policy_rejections_total`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rule::Allocation => "allocation",
-            Rule::Bounds => "bounds",
-            Rule::Format => "format",
-            Rule::DeviceNodes => "device_nodes",
-            Rule::MountHostPaths => "mount_host_paths",
-            Rule::MountRwHostPaths => "mount_rw_host_paths",
-            Rule::MountTypes => "mount_types",
-            Rule::MountOptions => "mount_options",
-            Rule::HookPaths => "hook_paths",
-            Rule::AllowNetDevices => "allow_net_devices",
-            Rule::NetHostInterfaces => "net_host_interfaces",
-            Rule::CdiDevices => "cdi_devices",
-            Rule::MaxCdiSpecBytes => "max_cdi_spec_bytes",
-        }
-    }
-}
-
-impl std::fmt::Display for Rule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Why a guest's answer was refused. Guest-chosen names in it are bounded
-/// and escaped ([`crate::guest_text`]).
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum PolicyError {
-    #[error("guest prepared device {pool}/{device}{}, which is not allocated to this claim for this driver", share(.share_id))]
-    NotAllocated {
-        pool: String,
-        device: String,
-        share_id: Option<String>,
-    },
-    #[error("guest prepared device {pool}/{device}{} more than once", share(.share_id))]
-    Duplicate {
-        pool: String,
-        device: String,
-        share_id: Option<String>,
-    },
-    #[error("guest did not prepare allocated device {pool}/{device}{}", share(.share_id))]
-    Missing {
-        pool: String,
-        device: String,
-        share_id: Option<String>,
-    },
-    #[error("guest returned {size} bytes of state; at most {} are kept", bounds::STATE_BYTES)]
-    StateTooLarge { size: usize },
-    /// One field of one prepared device broke a rule.
-    #[error("device {pool}/{device}: {field}: {reason} (policy: {rule})")]
-    Refused {
-        pool: String,
-        device: String,
-        /// Where in the device's output, as in the CDI spec (`deviceNodes[0]`).
-        field: String,
-        rule: Rule,
-        reason: String,
-    },
-}
-
-impl PolicyError {
-    /// The rule that refused the output.
-    pub fn rule(&self) -> Rule {
-        match self {
-            PolicyError::NotAllocated { .. } | PolicyError::Duplicate { .. } | PolicyError::Missing { .. } => {
-                Rule::Allocation
-            }
-            PolicyError::StateTooLarge { .. } => Rule::Bounds,
-            PolicyError::Refused { rule, .. } => *rule,
-        }
-    }
-}
-
-fn share(id: &Option<String>) -> String {
-    id.as_deref().map(|s| format!(" (share {s})")).unwrap_or_default()
-}
 
 /// A refusal of one field: the rule and the reason.
 type Refusal = (String, Rule, String);
@@ -125,9 +21,9 @@ impl Policy {
     /// devices by an attribute of the allocated device).
     pub fn check(
         &self,
-        claim: &types::Claim,
-        inventory: &[types::Pool],
-        prepared: &mut types::PreparedClaim,
+        claim: &model::Claim,
+        inventory: &[model::Pool],
+        prepared: &mut model::PreparedClaim,
     ) -> Result<(), PolicyError> {
         if prepared.state.len() > bounds::STATE_BYTES {
             return Err(PolicyError::StateTooLarge {
@@ -142,7 +38,7 @@ impl Policy {
         let mut seen: HashSet<(String, String, Option<String>)> = HashSet::new();
         for d in &mut prepared.devices {
             let key = (d.pool.as_str(), d.device.as_str(), d.share_id.as_deref());
-            let guest_named = |d: &types::PreparedDevice| {
+            let guest_named = |d: &model::PreparedDevice| {
                 (
                     text::bounded(&d.pool, text::QUOTED_BYTES),
                     text::bounded(&d.device, text::QUOTED_BYTES),
@@ -185,8 +81,8 @@ impl Policy {
     /// (device, field, link).
     pub fn host_links<'a>(
         &'a self,
-        prepared: &'a types::PreparedClaim,
-    ) -> impl Iterator<Item = (&'a types::PreparedDevice, &'static str, &'a str)> + 'a {
+        prepared: &'a model::PreparedClaim,
+    ) -> impl Iterator<Item = (&'a model::PreparedDevice, &'static str, &'a str)> + 'a {
         prepared.devices.iter().flat_map(move |d| {
             let moved = d
                 .edits
@@ -213,7 +109,7 @@ impl Policy {
     pub fn check_claim_links(
         &self,
         claim_uid: &str,
-        prepared: &types::PreparedClaim,
+        prepared: &model::PreparedClaim,
         owner: impl Fn(&str) -> Option<String>,
     ) -> Result<(), PolicyError> {
         for (d, field, link) in self.host_links(prepared) {
@@ -260,7 +156,7 @@ impl Policy {
         })
     }
 
-    fn check_device(&self, d: &mut types::PreparedDevice, inventory: &[types::Pool]) -> Result<(), Refusal> {
+    fn check_device(&self, d: &mut model::PreparedDevice, inventory: &[model::Pool]) -> Result<(), Refusal> {
         let (pool, device) = (d.pool.clone(), d.device.clone());
         self.check_edits(&mut d.edits)?;
         self.check_cdi_ids(&d.cdi_device_ids, inventory, &pool, &device)?;
@@ -273,7 +169,7 @@ impl Policy {
     fn check_cdi_ids(
         &self,
         ids: &[String],
-        inventory: &[types::Pool],
+        inventory: &[model::Pool],
         pool: &str,
         device: &str,
     ) -> Result<(), Refusal> {
@@ -316,14 +212,14 @@ impl Policy {
                 );
             }
             let attr = &rule.name_attribute;
-            let value = |d: &types::Device| {
+            let value = |d: &model::Device| {
                 d.attributes
                     .iter()
                     .find(|a| &a.name == attr)
                     .and_then(|a| match &a.value {
-                        types::AttributeValue::Text(s) | types::AttributeValue::Version(s) => Some(s.clone()),
-                        types::AttributeValue::Integer(n) => Some(n.to_string()),
-                        types::AttributeValue::Boolean(_) => None,
+                        model::AttributeValue::Text(s) | model::AttributeValue::Version(s) => Some(s.clone()),
+                        model::AttributeValue::Integer(n) => Some(n.to_string()),
+                        model::AttributeValue::Boolean(_) => None,
                     })
             };
             let own = inventory
@@ -371,7 +267,7 @@ impl Policy {
         Ok(())
     }
 
-    fn check_edits(&self, e: &mut types::ContainerEdits) -> Result<(), Refusal> {
+    fn check_edits(&self, e: &mut model::ContainerEdits) -> Result<(), Refusal> {
         bounded("env", e.env.len(), bounds::ENV_PER_DEVICE)?;
         bounded("deviceNodes", e.device_nodes.len(), bounds::DEVICE_NODES_PER_DEVICE)?;
         bounded("mounts", e.mounts.len(), bounds::MOUNTS_PER_DEVICE)?;
@@ -450,7 +346,7 @@ impl Policy {
 
     /// A device node: an allowed host path, the type and numbers it really
     /// has (filled in when absent).
-    fn check_device_node(&self, n: &mut types::DeviceNode, host: &str) -> Result<(), (Rule, String)> {
+    fn check_device_node(&self, n: &mut model::DeviceNode, host: &str) -> Result<(), (Rule, String)> {
         paths::check_clean(&n.path)
             .map_err(|why| (Rule::Format, format!("container path {} {why}", quoted(&n.path))))?;
         paths::check_clean(host).map_err(|why| (Rule::Format, format!("host path {why}")))?;
@@ -505,7 +401,7 @@ impl Policy {
 
     /// A mount: a bind of an allowed host path (or an allowed type), options
     /// from the allow-list, read-only unless allowed.
-    fn check_mount(&self, m: &mut types::Mount) -> Result<(), (Rule, String)> {
+    fn check_mount(&self, m: &mut model::Mount) -> Result<(), (Rule, String)> {
         paths::check_clean(&m.container_path).map_err(|why| {
             (
                 Rule::Format,
@@ -587,7 +483,7 @@ impl Policy {
         Ok(())
     }
 
-    fn check_hook(&self, h: &types::Hook) -> Result<(), (Rule, String)> {
+    fn check_hook(&self, h: &model::Hook) -> Result<(), (Rule, String)> {
         if let Some(attach) = self.attach_hook.as_ref().filter(|a| a.path == h.path) {
             return attach.accepts(h).map_err(|why| (Rule::HookPaths, why));
         }
@@ -646,88 +542,6 @@ pub(super) fn check_kind(kind: &str) -> Result<(), &'static str> {
     }
 }
 
-fn check_status(s: &types::DeviceStatus) -> Result<(), (Rule, String)> {
-    let bounds_err =
-        |what: &str, n: usize, max: usize| (Rule::Bounds, format!("{n} {what}; at most {max} are allowed"));
-    if s.conditions.len() > bounds::CONDITIONS {
-        return Err(bounds_err("conditions", s.conditions.len(), bounds::CONDITIONS));
-    }
-    for c in &s.conditions {
-        let valid_type = !c.condition_type.is_empty()
-            && c.condition_type.len() <= 316
-            && c.condition_type
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | '_' | '/'));
-        if !valid_type {
-            return Err((
-                Rule::Format,
-                format!("condition type {} is not valid", quoted(&c.condition_type)),
-            ));
-        }
-        if c.message.len() > bounds::CONDITION_MESSAGE_BYTES {
-            return Err((
-                Rule::Bounds,
-                format!("condition {} has an oversized message", c.condition_type),
-            ));
-        }
-        // metav1.Condition: a CamelCase reason is required.
-        let valid_reason = c.reason.len() <= 1024
-            && c.reason.starts_with(|ch: char| ch.is_ascii_alphabetic())
-            && c.reason
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | ',' | ':'))
-            && !c.reason.ends_with([',', ':']);
-        if !valid_reason {
-            return Err((
-                Rule::Format,
-                format!(
-                    "condition {}: reason {} is not a CamelCase word",
-                    c.condition_type,
-                    quoted(&c.reason)
-                ),
-            ));
-        }
-    }
-    if let Some(data) = &s.data {
-        if data.len() > bounds::STATUS_DATA_BYTES {
-            return Err((
-                Rule::Bounds,
-                format!(
-                    "status data is {} bytes; at most {} are allowed",
-                    data.len(),
-                    bounds::STATUS_DATA_BYTES
-                ),
-            ));
-        }
-        serde_json::from_str::<serde_json::Value>(data)
-            .map_err(|e| (Rule::Format, format!("status data is not JSON: {e}")))?;
-    }
-    if let Some(n) = &s.network_data {
-        if n.ips.len() > bounds::IPS {
-            return Err(bounds_err("IP addresses", n.ips.len(), bounds::IPS));
-        }
-        if n.interface_name.len() > bounds::INTERFACE_NAME_BYTES {
-            return Err((Rule::Bounds, "network interface name is too long".into()));
-        }
-        if n.hardware_address.len() > bounds::HARDWARE_ADDRESS_BYTES {
-            return Err((Rule::Bounds, "hardware address is too long".into()));
-        }
-        let mut seen = HashSet::new();
-        for ip in &n.ips {
-            if !is_cidr(ip) {
-                return Err((
-                    Rule::Format,
-                    format!("{} is not an IP address in CIDR form", quoted(ip)),
-                ));
-            }
-            if !seen.insert(ip) {
-                return Err((Rule::Format, format!("IP address {ip} is listed twice")));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Share IDs must be usable in CDI names like claim UIDs.
 pub fn is_valid_share_id(id: &str) -> bool {
     is_safe_uid(id)
@@ -750,7 +564,7 @@ fn is_interface_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
 }
 
-fn is_cidr(s: &str) -> bool {
+pub(super) fn is_cidr(s: &str) -> bool {
     let Some((addr, prefix)) = s.split_once('/') else {
         return false;
     };

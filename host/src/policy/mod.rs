@@ -40,18 +40,21 @@
 
 mod check;
 mod devices;
+mod error;
 mod paths;
+mod status;
 #[cfg(test)]
 mod tests;
 
 use check::check_kind;
-pub use check::{PolicyError, Rule, is_valid_share_id};
+pub use check::is_valid_share_id;
 pub use devices::{HostDevice, NodeKind};
+pub use error::{PolicyError, Rule};
 pub use paths::PathRule;
 
 use crate::claim::is_safe_uid;
 use crate::guest_text::{self as text, quoted};
-use crate::wit::types;
+use crate::model;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use std::collections::HashSet;
@@ -305,15 +308,15 @@ impl AttachHook {
     const LINK_ARG: usize = 5;
 
     /// The link a hook names, when it is this hook (its path).
-    fn link<'a>(&self, h: &'a types::Hook) -> Option<&'a str> {
+    fn link<'a>(&self, h: &'a model::Hook) -> Option<&'a str> {
         (h.path == self.path)
             .then(|| h.args.get(Self::LINK_ARG))
             .flatten()
             .map(String::as_str)
     }
 
-    fn accepts(&self, h: &types::Hook) -> Result<(), String> {
-        let ok = h.stage == types::HookStage::CreateRuntime
+    fn accepts(&self, h: &model::Hook) -> Result<(), String> {
+        let ok = h.stage == model::HookStage::CreateRuntime
             && h.env.is_empty()
             && h.args.len() == 6
             && h.args[1] == "net-attach"

@@ -5,7 +5,7 @@
 //! (1:3), `/dev/zero` (1:5) and `/dev/full` (1:7) exist on every Linux node.
 
 use super::*;
-use types::*;
+use model::*;
 
 fn edits() -> ContainerEdits {
     ContainerEdits {
@@ -30,7 +30,7 @@ fn allocated(device: &str) -> AllocatedDevice {
 
 fn claim() -> Claim {
     Claim {
-        ref_: ClaimRef {
+        reference: crate::claim::ClaimRef {
             namespace: "ns".into(),
             name: "c".into(),
             uid: "u".into(),
@@ -40,8 +40,8 @@ fn claim() -> Claim {
     }
 }
 
-fn device(name: &str, e: ContainerEdits) -> types::PreparedDevice {
-    types::PreparedDevice {
+fn device(name: &str, e: ContainerEdits) -> model::PreparedDevice {
+    model::PreparedDevice {
         pool: "p".into(),
         device: name.into(),
         share_id: None,
@@ -806,7 +806,7 @@ mod properties {
 
     /// A prepared device for the allocated `name`: allowed edits, and often
     /// one hostile piece.
-    fn prepared_device(name: &'static str, uuid: &'static str) -> impl Strategy<Value = types::PreparedDevice> {
+    fn prepared_device(name: &'static str, uuid: &'static str) -> impl Strategy<Value = model::PreparedDevice> {
         (
             allowed_edits(uuid),
             prop_oneof![2 => Just(None), 1 => hostile().prop_map(Some)],
@@ -824,7 +824,7 @@ mod properties {
                     Some(Hostile::Reference(r)) => ids.push(r),
                     Some(Hostile::Identity(p, d, s)) => (pool, device, share) = (p, d, s),
                 }
-                types::PreparedDevice {
+                model::PreparedDevice {
                     pool: pool.into(),
                     device: device.into(),
                     share_id: share.map(str::to_owned),
@@ -837,7 +837,7 @@ mod properties {
 
     /// The devices of an answer: `d` and `e` as allocated, sometimes one
     /// dropped, repeated, or in the other order.
-    fn prepared_devices() -> impl Strategy<Value = Vec<types::PreparedDevice>> {
+    fn prepared_devices() -> impl Strategy<Value = Vec<model::PreparedDevice>> {
         (prepared_device("d", "UUID-D"), prepared_device("e", "UUID-E"), 0..10u8).prop_map(|(d, e, shape)| {
             let mut out = vec![d, e];
             match shape {

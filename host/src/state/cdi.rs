@@ -14,7 +14,7 @@
 //! and a UID is never reused by the API server, so a name is never reused.
 
 use super::fsutil;
-use crate::wit::types;
+use crate::model;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::io;
@@ -22,13 +22,13 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CdiError {
-    #[error("CDI directory {}: {source}", dir.display())]
+    #[error("CDI directory {}", dir.display())]
     Dir { dir: PathBuf, source: io::Error },
     #[error("CDI kind {kind:?} is invalid: {message}")]
     Kind { kind: String, message: String },
     #[error("the container edits do not form a valid CDI spec: {0}")]
     Invalid(String),
-    #[error("writing CDI spec {}: {source}", path.display())]
+    #[error("writing CDI spec {}", path.display())]
     Write { path: PathBuf, source: io::Error },
 }
 
@@ -36,7 +36,7 @@ pub enum CdiError {
 #[derive(Debug)]
 pub struct SpecDevice<'a> {
     pub name: String,
-    pub edits: &'a types::ContainerEdits,
+    pub edits: &'a model::ContainerEdits,
 }
 
 /// Writes the CDI specs of one driver into the CDI directory.
@@ -56,8 +56,8 @@ impl CdiWriter {
         };
         // Validate the kind once, with a probe spec, so that a bad config
         // fails at start rather than at the first prepare.
-        let probe = types::ContainerEdits {
-            env: vec![types::EnvVar {
+        let probe = model::ContainerEdits {
+            env: vec![model::EnvVar {
                 name: "PROBE".into(),
                 value: "1".into(),
             }],
@@ -153,7 +153,7 @@ pub fn device_json_len(d: &SpecDevice<'_>) -> usize {
 
 /// Whether a device's edits would produce anything in a spec. CDI rejects
 /// devices without edits; such devices simply get no CDI ID.
-pub fn has_edits(e: &types::ContainerEdits) -> bool {
+pub fn has_edits(e: &model::ContainerEdits) -> bool {
     !(e.env.is_empty()
         && e.device_nodes.is_empty()
         && e.mounts.is_empty()
@@ -161,7 +161,7 @@ pub fn has_edits(e: &types::ContainerEdits) -> bool {
         && e.net_devices.is_empty())
 }
 
-fn edits_json(e: &types::ContainerEdits) -> Value {
+fn edits_json(e: &model::ContainerEdits) -> Value {
     let mut out = serde_json::Map::new();
     if !e.env.is_empty() {
         out.insert(
@@ -244,14 +244,14 @@ fn insert_some<T: serde::Serialize>(o: &mut serde_json::Map<String, Value>, key:
 }
 
 /// The CDI `hookName` of an OCI hook stage.
-pub fn hook_name(stage: types::HookStage) -> &'static str {
+pub fn hook_name(stage: model::HookStage) -> &'static str {
     match stage {
-        types::HookStage::Prestart => "prestart",
-        types::HookStage::CreateRuntime => "createRuntime",
-        types::HookStage::CreateContainer => "createContainer",
-        types::HookStage::StartContainer => "startContainer",
-        types::HookStage::Poststart => "poststart",
-        types::HookStage::Poststop => "poststop",
+        model::HookStage::Prestart => "prestart",
+        model::HookStage::CreateRuntime => "createRuntime",
+        model::HookStage::CreateContainer => "createContainer",
+        model::HookStage::StartContainer => "startContainer",
+        model::HookStage::Poststart => "poststart",
+        model::HookStage::Poststop => "poststop",
     }
 }
 
@@ -337,7 +337,7 @@ fn check_env_entry(entry: &str) -> Result<(), String> {
     }
 }
 
-fn validate_edits(e: &types::ContainerEdits) -> Result<(), String> {
+fn validate_edits(e: &model::ContainerEdits) -> Result<(), String> {
     for v in &e.env {
         if v.name.contains('=') {
             return Err(format!("environment variable name {:?} contains '='", v.name));
@@ -411,218 +411,4 @@ fn validate_edits(e: &types::ContainerEdits) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn edits() -> types::ContainerEdits {
-        types::ContainerEdits {
-            env: vec![types::EnvVar {
-                name: "GPU".into(),
-                value: "gpu-0".into(),
-            }],
-            device_nodes: vec![],
-            mounts: vec![],
-            hooks: vec![],
-            net_devices: vec![],
-        }
-    }
-
-    #[test]
-    fn spec_uses_minimum_version_and_validates() {
-        let dir = tempfile::tempdir().unwrap();
-        let w = CdiWriter::new(dir.path(), "k8s.example.com", "device").unwrap();
-        let e = edits();
-        let name = CdiWriter::device_name("0b5a4e3c-1f3e-4a8e-9b5c-2f6d7e8f9a0b", "gpu-0", None);
-        let spec = w
-            .build_spec(&[SpecDevice {
-                name: name.clone(),
-                edits: &e,
-            }])
-            .unwrap();
-        let v: Value = serde_json::from_str(&spec).unwrap();
-        // A device name starting with a digit needs CDI 0.5.0.
-        assert_eq!(v["cdiVersion"], "0.5.0");
-        assert_eq!(v["kind"], "k8s.example.com/device");
-        assert_eq!(v["devices"][0]["containerEdits"]["env"][0], "GPU=gpu-0");
-        assert_eq!(w.qualified_name(&name), format!("k8s.example.com/device={name}"));
-
-        w.write("0b5a4e3c-1f3e-4a8e-9b5c-2f6d7e8f9a0b", &spec).unwrap();
-        assert!(w.exists("0b5a4e3c-1f3e-4a8e-9b5c-2f6d7e8f9a0b"));
-        let path = w.spec_path("0b5a4e3c-1f3e-4a8e-9b5c-2f6d7e8f9a0b");
-        assert!(path.ends_with("k8s.example.com-device_0b5a4e3c-1f3e-4a8e-9b5c-2f6d7e8f9a0b.json"));
-        // The file on disk is exactly the validated spec.
-        let on_disk: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        assert_eq!(on_disk, v);
-        assert!(w.remove("0b5a4e3c-1f3e-4a8e-9b5c-2f6d7e8f9a0b").unwrap());
-    }
-
-    #[test]
-    fn net_devices_need_cdi_1_1() {
-        let dir = tempfile::tempdir().unwrap();
-        let w = CdiWriter::new(dir.path(), "k8s.example.com", "net").unwrap();
-        let mut e = edits();
-        e.net_devices.push(types::NetDevice {
-            host_interface_name: "mv0".into(),
-            name: "net1".into(),
-        });
-        let spec = w
-            .build_spec(&[SpecDevice {
-                name: "u_nic".into(),
-                edits: &e,
-            }])
-            .unwrap();
-        assert_eq!(serde_json::from_str::<Value>(&spec).unwrap()["cdiVersion"], "1.1.0");
-    }
-
-    #[test]
-    fn invalid_kind_and_env_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            CdiWriter::new(dir.path(), "-bad", "x").unwrap_err(),
-            CdiError::Kind { .. }
-        ));
-        let w = CdiWriter::new(dir.path(), "k8s.example.com", "device").unwrap();
-        let mut e = edits();
-        e.env[0].name = String::new(); // "=value" is not a valid CDI env entry
-        assert!(
-            w.build_spec(&[SpecDevice {
-                name: "u_x".into(),
-                edits: &e
-            }])
-            .is_err()
-        );
-    }
-
-    fn node(path: &str, node_type: &str, permissions: &str) -> types::DeviceNode {
-        types::DeviceNode {
-            path: path.into(),
-            host_path: None,
-            node_type: Some(node_type.into()),
-            major: None,
-            minor: None,
-            file_mode: None,
-            permissions: Some(permissions.into()),
-            uid: None,
-            gid: None,
-        }
-    }
-
-    fn build(w: &CdiWriter, name: &str, e: &types::ContainerEdits) -> Result<Value, CdiError> {
-        w.build_spec(&[SpecDevice {
-            name: name.into(),
-            edits: e,
-        }])
-        .map(|s| serde_json::from_str(&s).unwrap())
-    }
-
-    #[test]
-    fn version_is_the_lowest_the_content_needs() {
-        let dir = tempfile::tempdir().unwrap();
-        let w = CdiWriter::new(dir.path(), "k8s.example.com", "device").unwrap();
-        let mut e = edits();
-        assert_eq!(build(&w, "u_gpu", &e).unwrap()["cdiVersion"], "0.3.0");
-        e.mounts.push(types::Mount {
-            host_path: "/opt/lib".into(),
-            container_path: "/usr/lib/x".into(),
-            mount_type: Some("bind".into()),
-            options: vec!["ro".into(), "bind".into()],
-        });
-        assert_eq!(build(&w, "u_gpu", &e).unwrap()["cdiVersion"], "0.4.0");
-        e.device_nodes.push(types::DeviceNode {
-            host_path: Some("/dev/y0".into()),
-            ..node("/dev/x0", "c", "rw")
-        });
-        let v = build(&w, "u_gpu", &e).unwrap();
-        assert_eq!(v["cdiVersion"], "0.5.0");
-        assert_eq!(
-            v["devices"][0]["containerEdits"]["deviceNodes"][0]["hostPath"],
-            "/dev/y0"
-        );
-        assert_eq!(
-            v["devices"][0]["containerEdits"]["mounts"][0]["options"],
-            json!(["ro", "bind"])
-        );
-        // A dot in the class needs 0.6.0.
-        let dotted = CdiWriter::new(dir.path(), "k8s.example.com", "dev.v2").unwrap();
-        assert_eq!(build(&dotted, "u_gpu", &edits()).unwrap()["cdiVersion"], "0.6.0");
-    }
-
-    #[test]
-    fn runtime_rules_are_enforced() {
-        let dir = tempfile::tempdir().unwrap();
-        let w = CdiWriter::new(dir.path(), "k8s.example.com", "device").unwrap();
-        let refused = |e: &types::ContainerEdits, name: &str, needle: &str| {
-            let err = build(&w, name, e).unwrap_err().to_string();
-            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
-        };
-        refused(&edits(), "-gpu", "device name");
-        refused(&edits(), "gpu/0", "device name");
-        refused(
-            &types::ContainerEdits { env: vec![], ..edits() },
-            "u_gpu",
-            "no container edits",
-        );
-
-        let hook = |path: &str, timeout: Option<i64>, env: &[&str]| types::Hook {
-            stage: types::HookStage::CreateRuntime,
-            path: path.into(),
-            args: vec![],
-            env: env.iter().map(|s| s.to_string()).collect(),
-            timeout_seconds: timeout,
-        };
-        let with_hook = |h| types::ContainerEdits {
-            hooks: vec![h],
-            ..edits()
-        };
-        refused(&with_hook(hook("bin/hook", None, &[])), "u_gpu", "not absolute");
-        refused(&with_hook(hook("/bin/hook", Some(0), &[])), "u_gpu", "not positive");
-        refused(&with_hook(hook("/bin/hook", None, &["=x"])), "u_gpu", "KEY=VALUE");
-        let ok = build(&w, "u_gpu", &with_hook(hook("/bin/hook", Some(5), &["A=1"]))).unwrap();
-        let h = &ok["devices"][0]["containerEdits"]["hooks"][0];
-        assert_eq!(h["hookName"], "createRuntime");
-        assert_eq!(h["timeout"], 5);
-
-        let with_node = |path: &str, t: &str, perms: &str| types::ContainerEdits {
-            device_nodes: vec![node(path, t, perms)],
-            ..edits()
-        };
-        refused(&with_node("dev/x", "c", "rw"), "u_gpu", "not absolute");
-        refused(&with_node("/dev/x", "x", "rw"), "u_gpu", "type");
-        refused(&with_node("/dev/x", "c", "rwx"), "u_gpu", "permissions");
-
-        let mut e = edits();
-        e.mounts.push(types::Mount {
-            host_path: String::new(),
-            container_path: "/x".into(),
-            mount_type: None,
-            options: vec![],
-        });
-        refused(&e, "u_gpu", "hostPath");
-
-        let nic = |host: &str, name: &str| types::NetDevice {
-            host_interface_name: host.into(),
-            name: name.into(),
-        };
-        let nets = |n: Vec<types::NetDevice>| types::ContainerEdits {
-            net_devices: n,
-            ..edits()
-        };
-        refused(&nets(vec![nic("mv0", "net1"), nic("mv0", "net2")]), "u_nic", "twice");
-        refused(&nets(vec![nic("mv0", "net1"), nic("mv1", "net1")]), "u_nic", "twice");
-        refused(&nets(vec![nic("", "net1")]), "u_nic", "hostInterfaceName");
-
-        let e = edits();
-        let twice = w.build_spec(&[
-            SpecDevice {
-                name: "u_a".into(),
-                edits: &e,
-            },
-            SpecDevice {
-                name: "u_a".into(),
-                edits: &e,
-            },
-        ]);
-        assert!(twice.unwrap_err().to_string().contains("twice"));
-        assert!(w.build_spec(&[]).is_err(), "a spec without devices");
-    }
-}
+mod tests;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 pub const LOCK_FILE: &str = "serialize.lock";
 
 #[derive(Debug, thiserror::Error)]
-#[error("serialization lock {}: {source}", path.display())]
+#[error("serialization lock {}", path.display())]
 pub struct SerializeError {
     pub path: PathBuf,
     #[source]

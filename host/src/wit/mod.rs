@@ -1,15 +1,132 @@
 //! The guest contract: the host's bindings of the `dra:driver` WIT package,
-//! one submodule per WIT version (today only [`v0_1`], `dra:driver@0.1.0`).
+//! one submodule per WIT version (today only [`v0_1`], `dra:driver@0.1.0`),
+//! and the one boundary where generated types meet the host's own.
 //!
-//! It depends on nothing in the crate but the host's domain types it
-//! converts into (`claim`), so that the capability implementations
-//! (`imports`), the state files (`state`) and the guest runtime (`guest`) can
-//! all name the contract without depending on each other. The re-exports
-//! below are the version the host serves.
+//! Nothing outside this module names a generated type. A guest is called
+//! through [`DriverPre`] and [`Driver`], which take and return the host's
+//! types ([`crate::model`], [`crate::claim::ClaimRef`]); the capabilities'
+//! WIT host traits (`log`, `nvml`, `net`) are implemented here as adapters
+//! over the host-typed capability code in `imports`. Each version's
+//! `convert.rs` is the one place its records are converted. A new version
+//! is a new submodule, a new variant of [`DriverPre`] and [`Driver`], and its
+//! linking in [`add_log`] and [`add_granted`].
 
 pub mod v0_1;
 
-pub use v0_1::dra::driver::log as bindings_log;
-pub use v0_1::dra::driver::net as bindings_net;
-pub use v0_1::dra::driver::nvml as bindings_nvml;
-pub use v0_1::types;
+use crate::claim::ClaimRef;
+use crate::imports::{Imports, ImportsView};
+use crate::model::{Claim, DeviceHealth, DriverError, DriverInfo, Event, InitContext, Pool, PreparedClaim};
+use wasmtime::component::{InstancePre, Linker};
+use wasmtime::{AsContext, AsContextMut};
+
+/// A component linked against one supported version of the contract, ready
+/// to be instantiated.
+pub enum DriverPre<T: 'static> {
+    V0_1(v0_1::DriverHostPre<T>),
+}
+
+impl<T: Send + 'static> DriverPre<T> {
+    /// Check that the linked component exports a version this host serves.
+    pub fn new(pre: InstancePre<T>) -> wasmtime::Result<Self> {
+        Ok(Self::V0_1(v0_1::DriverHostPre::new(pre)?))
+    }
+
+    pub async fn instantiate_async(&self, store: impl AsContextMut<Data = T>) -> wasmtime::Result<Driver> {
+        match self {
+            Self::V0_1(pre) => Ok(Driver::V0_1(pre.instantiate_async(store).await?)),
+        }
+    }
+}
+
+/// One instance's `device-driver` exports, called with the host's types.
+pub enum Driver {
+    V0_1(v0_1::DriverHost),
+}
+
+/// A guest call's outcome: a trap (`Err`), or what the guest answered.
+pub type Answer<R> = wasmtime::Result<Result<R, DriverError>>;
+
+fn answer<W, R: From<W>, E: Into<DriverError>>(r: wasmtime::Result<Result<W, E>>) -> Answer<R> {
+    Ok(r?.map(R::from).map_err(Into::into))
+}
+
+impl Driver {
+    pub async fn call_init<S>(&self, store: S, ctx: &InitContext) -> Answer<DriverInfo>
+    where
+        S: AsContextMut,
+        <S as AsContext>::Data: Send,
+    {
+        match self {
+            Self::V0_1(b) => answer(b.dra_driver_device_driver().call_init(store, &ctx.into()).await),
+        }
+    }
+
+    pub async fn call_inventory<S>(&self, store: S) -> Answer<Vec<Pool>>
+    where
+        S: AsContextMut,
+        <S as AsContext>::Data: Send,
+    {
+        match self {
+            Self::V0_1(b) => Ok(b
+                .dra_driver_device_driver()
+                .call_inventory(store)
+                .await?
+                .map(|pools| pools.into_iter().map(Pool::from).collect())
+                .map_err(Into::into)),
+        }
+    }
+
+    pub async fn call_prepare<S>(&self, store: S, claim: Claim) -> Answer<PreparedClaim>
+    where
+        S: AsContextMut,
+        <S as AsContext>::Data: Send,
+    {
+        match self {
+            Self::V0_1(b) => answer(b.dra_driver_device_driver().call_prepare(store, &claim.into()).await),
+        }
+    }
+
+    pub async fn call_unprepare<S>(&self, store: S, claim: &ClaimRef, state: &[u8]) -> Answer<()>
+    where
+        S: AsContextMut,
+        <S as AsContext>::Data: Send,
+    {
+        match self {
+            Self::V0_1(b) => answer(
+                b.dra_driver_device_driver()
+                    .call_unprepare(store, &claim.into(), state)
+                    .await,
+            ),
+        }
+    }
+
+    pub async fn call_on_event<S>(&self, store: S, event: Event) -> Answer<Vec<DeviceHealth>>
+    where
+        S: AsContextMut,
+        <S as AsContext>::Data: Send,
+    {
+        match self {
+            Self::V0_1(b) => Ok(b
+                .dra_driver_device_driver()
+                .call_on_event(store, &event.into())
+                .await?
+                .map(|reports| reports.into_iter().map(DeviceHealth::from).collect())
+                .map_err(Into::into)),
+        }
+    }
+}
+
+/// Link `dra:driver/log`, which every guest gets, with the imports' narrow
+/// view of the store.
+pub fn add_log<T: Send + 'static>(linker: &mut Linker<T>, view: fn(&mut T) -> ImportsView<'_>) -> wasmtime::Result<()> {
+    v0_1::imports::add_log(linker, view)
+}
+
+/// Link the capabilities the driver's configuration grants (`nvml`, `net`).
+pub fn add_granted<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    imports: &Imports,
+    view: fn(&mut T) -> ImportsView<'_>,
+) -> wasmtime::Result<()> {
+    v0_1::imports::add_granted(linker, imports, view)
+}

@@ -138,8 +138,8 @@ async fn handle(driver: Arc<NetDriver>, stream: tokio::net::UnixStream) -> std::
                     a
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "attach failed");
-                    AttachAnswer::error(e.to_string())
+                    tracing::warn!(error = %crate::error::Chain(&e), "attach failed");
+                    AttachAnswer::error(crate::error::chain(&e))
                 }
                 Err(e) => AttachAnswer::error(format!("attach task failed: {e}")),
             }
@@ -294,7 +294,10 @@ pub fn attach(driver: &NetDriver, link: &str, pid: u32) -> Result<AttachAnswer, 
                     "50ms",
                 ])
                 .output()
-                .map_err(|e| NetlinkError::Thread(format!("running tc: {e}")))?;
+                .map_err(|source| NetlinkError::Worker {
+                    what: "running tc",
+                    source,
+                })?;
             if !out.status.success() {
                 tracing::warn!(stderr = %String::from_utf8_lossy(&out.stderr).trim(), "egress limit not applied");
             }
@@ -320,13 +323,17 @@ struct OciState {
 /// Why the hook failed; printed by the binary, seen in the runtime's error.
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
-    #[error("reading the OCI state from stdin: {0}")]
-    State(String),
+    #[error("reading the OCI state from stdin")]
+    Read(#[source] std::io::Error),
+    #[error("reading the OCI state from stdin")]
+    Parse(#[source] serde_json::Error),
+    #[error("reading the OCI state from stdin: the state has no container pid")]
+    NoPid,
     #[error("no attach socket in {}: is the network driver's host running on this node?", dir.display())]
     NoSocket { dir: PathBuf },
     #[error("the host refused: {0}")]
     Refused(String),
-    #[error("talking to the host over {}: {source}", socket.display())]
+    #[error("talking to the host over {}", socket.display())]
     Io { socket: PathBuf, source: std::io::Error },
 }
 
@@ -337,13 +344,13 @@ pub fn run_hook(dir: &Path, link: &str, stdin: impl Read) -> Result<AttachAnswer
     stdin
         .take(MAX_MESSAGE)
         .read_to_string(&mut text)
-        .map_err(|e| HookError::State(e.to_string()))?;
-    let state: OciState = serde_json::from_str(&text).map_err(|e| HookError::State(e.to_string()))?;
+        .map_err(HookError::Read)?;
+    let state: OciState = serde_json::from_str(&text).map_err(HookError::Parse)?;
     let pid = state
         .pid
         .and_then(|p| u32::try_from(p).ok())
         .filter(|p| *p > 1)
-        .ok_or_else(|| HookError::State("the state has no container pid".into()))?;
+        .ok_or(HookError::NoPid)?;
     request(
         dir,
         &AttachRequest {

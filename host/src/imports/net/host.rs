@@ -1,11 +1,12 @@
-//! The WIT host implementation of `dra:driver/net` and its authorisation:
-//! every call acts for the driver's grant, and only for the claim of the
-//! call ([`ImportsView::claim`]).
+//! What a guest's `net` calls do, with the host's types, and their
+//! authorisation: every call acts for the driver's grant, and only for the
+//! claim of the call ([`ImportsView::claim`]). The WIT adapter is
+//! `wit::v0_1::imports`.
 
+use super::types::{AddressRequest, Attachment, Link, Macvlan, NetError};
 use super::*;
 use crate::imports::ImportsView;
-use crate::wit::bindings_net::{AddressRequest, Attachment as WitAttachment, Host, Link, Macvlan, NetError};
-use crate::wit::types::Hook;
+use crate::model::Hook;
 use std::sync::Arc;
 
 /// A driver's grant of `net`.
@@ -45,11 +46,7 @@ enum Acts {
 /// claim of the call: a guest acting for another claim could take down that
 /// claim's pod network (`release-claim`) or give its pod another pod's link.
 /// A refusal is a net-error naming both claims, and a warning in the log.
-fn run<T, F>(
-    state: &ImportsView<'_>,
-    acts: Acts,
-    op: F,
-) -> impl Future<Output = wasmtime::Result<Result<T, NetError>>> + Send + 'static
+fn run<T, F>(state: &ImportsView<'_>, acts: Acts, op: F) -> impl Future<Output = NetAnswer<T>> + Send + 'static
 where
     T: Send + 'static,
     F: FnOnce(&NetDriver) -> Result<T, NetOpError> + Send + 'static,
@@ -113,55 +110,56 @@ fn owned(d: &NetDriver, name: &str, claim: Option<&str>) -> Result<(), NetOpErro
     }))
 }
 
-impl Host for ImportsView<'_> {
-    async fn list_links(&mut self) -> wasmtime::Result<Result<Vec<Link>, NetError>> {
+/// A net call's outcome for the guest: a trap (its deadline passed), or the
+/// operation's answer.
+pub type NetAnswer<T> = wasmtime::Result<Result<T, NetError>>;
+
+/// The guest's `net` calls, each checked against what it acts on.
+impl ImportsView<'_> {
+    pub async fn net_list_links(&self) -> NetAnswer<Vec<Link>> {
         run(self, Acts::OnNode, |d| d.list_links()).await
     }
 
-    async fn create_macvlan(&mut self, spec: Macvlan) -> wasmtime::Result<Result<Link, NetError>> {
+    pub async fn net_create_macvlan(&self, spec: Macvlan) -> NetAnswer<Link> {
         run(self, Acts::ForClaim(spec.claim_uid.clone()), move |d| {
             d.create_macvlan(&spec)
         })
         .await
     }
 
-    async fn delete_link(&mut self, name: String) -> wasmtime::Result<Result<bool, NetError>> {
+    pub async fn net_delete_link(&self, name: String) -> NetAnswer<bool> {
         run(self, Acts::OnLink(name.clone()), move |d| d.delete_link(&name)).await
     }
 
-    async fn allocate_address(&mut self, request: AddressRequest) -> wasmtime::Result<Result<String, NetError>> {
+    pub async fn net_allocate_address(&self, request: AddressRequest) -> NetAnswer<String> {
         run(self, Acts::ForClaim(request.claim_uid.clone()), move |d| {
             d.allocate_address(&request)
         })
         .await
     }
 
-    async fn release_claim(&mut self, claim_uid: String) -> wasmtime::Result<Result<u32, NetError>> {
+    pub async fn net_release_claim(&self, claim_uid: String) -> NetAnswer<u32> {
         run(self, Acts::ForClaim(claim_uid.clone()), move |d| {
             d.release_claim(&claim_uid)
         })
         .await
     }
 
-    async fn prepare_attachment(&mut self, attachment: WitAttachment) -> wasmtime::Result<Result<Hook, NetError>> {
+    pub async fn net_prepare_attachment(&self, attachment: Attachment) -> NetAnswer<Hook> {
         run(self, Acts::ForClaim(attachment.claim_uid.clone()), move |d| {
             d.prepare_attachment(&attachment)
         })
         .await
     }
 
-    async fn configure_link(&mut self, name: String, addresses: Vec<String>) -> wasmtime::Result<Result<(), NetError>> {
+    pub async fn net_configure_link(&self, name: String, addresses: Vec<String>) -> NetAnswer<()> {
         run(self, Acts::OnLink(name.clone()), move |d| {
             d.configure_link(&name, &addresses)
         })
         .await
     }
 
-    async fn set_egress_rate(
-        &mut self,
-        name: String,
-        bits_per_second: u64,
-    ) -> wasmtime::Result<Result<bool, NetError>> {
+    pub async fn net_set_egress_rate(&self, name: String, bits_per_second: u64) -> NetAnswer<bool> {
         run(self, Acts::OnLink(name.clone()), move |d| {
             d.set_egress_rate(&name, bits_per_second)
         })
@@ -173,7 +171,7 @@ impl Host for ImportsView<'_> {
 mod tests {
     use super::*;
     use crate::imports::net::store::LinkRecord;
-    use crate::wit::bindings_net::MacvlanMode;
+    use crate::imports::net::types::{IpPool, MacvlanMode};
 
     /// A driver with `net` granted whose state records one link, created
     /// for claim "a"; nothing here reaches netlink.
@@ -208,7 +206,7 @@ mod tests {
     #[tokio::test]
     async fn a_guest_acts_only_for_the_claim_of_the_call() {
         let (_dir, imports) = granted();
-        fn refused<T>(r: wasmtime::Result<Result<T, NetError>>) -> String {
+        fn refused<T>(r: NetAnswer<T>) -> String {
             match r.expect("no trap") {
                 Ok(_) => panic!("the call was let through"),
                 Err(e) => e.message,
@@ -233,7 +231,7 @@ mod tests {
         }
 
         // During claim b's call: nothing of claim a's.
-        let mut b = view(&imports, &mut log, deadline, Some("b"));
+        let b = view(&imports, &mut log, deadline, Some("b"));
         let macvlan = Macvlan {
             parent: "eth9".into(),
             claim_uid: "a".into(),
@@ -242,16 +240,16 @@ mod tests {
             mtu: None,
             hardware_address: None,
         };
-        let text = refused(b.create_macvlan(macvlan.clone()).await);
+        let text = refused(b.net_create_macvlan(macvlan.clone()).await);
         assert!(
             text.contains("claim \"a\" is not the claim of this call (\"b\")"),
             "{text}"
         );
-        refused(b.release_claim("a".into()).await);
+        refused(b.net_release_claim("a".into()).await);
         refused(
-            b.allocate_address(AddressRequest {
+            b.net_allocate_address(AddressRequest {
                 parent: "eth9".into(),
-                pool: crate::wit::bindings_net::IpPool {
+                pool: IpPool {
                     subnet: "192.0.2.0/24".into(),
                     range_start: None,
                     range_end: None,
@@ -264,7 +262,7 @@ mod tests {
             .await,
         );
         refused(
-            b.prepare_attachment(WitAttachment {
+            b.net_prepare_attachment(Attachment {
                 link: "dwhofa".into(),
                 claim_uid: "a".into(),
                 pod_interface: "net1".into(),
@@ -273,24 +271,27 @@ mod tests {
             })
             .await,
         );
-        let text = refused(b.set_egress_rate("dwhofa".into(), 1_000_000).await);
+        let text = refused(b.net_set_egress_rate("dwhofa".into(), 1_000_000).await);
         assert!(
             text.contains("belongs to claim \"a\", not to the claim of this call (\"b\")"),
             "{text}"
         );
-        refused(b.configure_link("dwhofa".into(), vec![]).await);
-        refused(b.delete_link("dwhofa".into()).await);
+        refused(b.net_configure_link("dwhofa".into(), vec![]).await);
+        refused(b.net_delete_link("dwhofa".into()).await);
 
         // Outside any claim's call (init, inventory, on-event): no claim at all.
-        let mut none = view(&imports, &mut log, deadline, None);
-        let text = refused(none.release_claim("a".into()).await);
+        let none = view(&imports, &mut log, deadline, None);
+        let text = refused(none.net_release_claim("a".into()).await);
         assert!(text.contains("only during its prepare or unprepare"), "{text}");
-        refused(none.set_egress_rate("dwhofa".into(), 1_000_000).await);
+        refused(none.net_set_egress_rate("dwhofa".into(), 1_000_000).await);
 
         // During claim a's call, on its own link: done (this one only
         // writes the driver's state).
-        let mut a = view(&imports, &mut log, deadline, Some("a"));
-        a.set_egress_rate("dwhofa".into(), 1_000_000).await.unwrap().unwrap();
+        let a = view(&imports, &mut log, deadline, Some("a"));
+        a.net_set_egress_rate("dwhofa".into(), 1_000_000)
+            .await
+            .unwrap()
+            .unwrap();
         let Some(grant) = &imports.net else { unreachable!() };
         let record = grant.driver.store.read().unwrap().links.remove(0);
         assert_eq!(record.egress_rate_bps, Some(1_000_000));

@@ -24,7 +24,8 @@
 //! |---|---|
 //! | `ops.rs` | [`NetDriver`]: one driver's network operations on its links and addresses |
 //! | `registry.rs` | [`Net`]: the process-wide registry of drivers granted `net`, and the link monitor |
-//! | `host.rs` | the WIT host implementation and its authorisation (the claim of the call) |
+//! | `host.rs` | the guest's `net` calls (`ImportsView::net_*`) and their authorisation (the claim of the call); the WIT adapter is `wit/v0_1/imports.rs` |
+//! | `types.rs` | the capability's records: links, macvlans, address requests, attachments, `NetError` |
 
 pub mod attach;
 mod host;
@@ -33,16 +34,17 @@ pub mod netlink;
 mod ops;
 mod registry;
 pub mod store;
+pub mod types;
 
 pub use host::NetGrant;
 pub use ops::NetDriver;
 pub use registry::Net;
 
-use crate::wit::bindings_net::NetError;
 use netlink::NetlinkError;
 use serde::Deserialize;
 use std::path::PathBuf;
 use store::StoreError;
+use types::NetError;
 
 /// What a driver granted `net` may use: its `[drivers.net]` section,
 /// owned by the capability that uses it (`config` names it).
@@ -107,7 +109,9 @@ pub enum NetOpError {
 
 impl From<NetOpError> for NetError {
     fn from(e: NetOpError) -> Self {
-        NetError { message: e.to_string() }
+        NetError {
+            message: crate::error::chain(&e),
+        }
     }
 }
 

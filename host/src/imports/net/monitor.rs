@@ -8,7 +8,7 @@
 //! attribute changes). The driver hands it to its guest's `on-event`.
 
 use super::netlink::{self, LinkState};
-use crate::wit::types::{Event, LinkEvent};
+use crate::model::{Event, LinkEvent};
 use futures_util::StreamExt;
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::RouteNetlinkMessage;
@@ -101,7 +101,10 @@ pub fn start(router: Arc<LinkRouter>) -> Result<(), netlink::NetlinkError> {
             let rt = match tokio::runtime::Builder::new_current_thread().enable_io().build() {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(format!("runtime: {e}")));
+                    let _ = ready_tx.send(Err(netlink::NetlinkError::Worker {
+                        what: "runtime",
+                        source: e,
+                    }));
                     return;
                 }
             };
@@ -109,12 +112,18 @@ pub fn start(router: Arc<LinkRouter>) -> Result<(), netlink::NetlinkError> {
                 let (mut conn, _handle, mut messages) = match rtnetlink::new_connection() {
                     Ok(c) => c,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(format!("netlink socket: {e}")));
+                        let _ = ready_tx.send(Err(netlink::NetlinkError::Worker {
+                            what: "netlink socket",
+                            source: e,
+                        }));
                         return;
                     }
                 };
                 if let Err(e) = conn.socket_mut().socket_mut().bind(&SocketAddr::new(0, RTMGRP_LINK)) {
-                    let _ = ready_tx.send(Err(format!("subscribing to link notifications: {e}")));
+                    let _ = ready_tx.send(Err(netlink::NetlinkError::Worker {
+                        what: "subscribing to link notifications",
+                        source: e,
+                    }));
                     return;
                 }
                 tokio::spawn(conn);
@@ -138,11 +147,13 @@ pub fn start(router: Arc<LinkRouter>) -> Result<(), netlink::NetlinkError> {
                 tracing::error!("the netlink monitor ended; link health is no longer updated");
             });
         })
-        .map_err(|e| netlink::NetlinkError::Thread(e.to_string()))?;
+        .map_err(|source| netlink::NetlinkError::Worker {
+            what: "starting the monitor thread",
+            source,
+        })?;
     ready_rx
         .recv()
-        .map_err(|_| netlink::NetlinkError::Thread("monitor thread died".into()))?
-        .map_err(netlink::NetlinkError::Thread)
+        .map_err(|_| netlink::NetlinkError::Died("monitor thread died"))?
 }
 
 #[cfg(test)]

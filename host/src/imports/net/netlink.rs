@@ -20,16 +20,31 @@ use std::path::Path;
 /// A netlink failure, with the operation it belongs to.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
+    /// The host refused or could not do the operation (its own words).
     #[error("{op}: {message}")]
     Failed {
         op: String,
         message: String,
         errno: Option<i32>,
     },
-    #[error("entering network namespace {path}: {source}")]
+    /// The kernel (or rtnetlink) failed the operation.
+    #[error("{op}")]
+    Kernel {
+        op: String,
+        #[source]
+        source: Box<rtnetlink::Error>,
+        errno: Option<i32>,
+    },
+    #[error("entering network namespace {path}")]
     Namespace { path: String, source: std::io::Error },
+    #[error("netlink worker thread failed: {what}")]
+    Worker {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("netlink worker thread failed: {0}")]
-    Thread(String),
+    Died(&'static str),
 }
 
 impl NetlinkError {
@@ -38,9 +53,9 @@ impl NetlinkError {
             rtnetlink::Error::NetlinkError(m) => Some(m.raw_code().abs()),
             _ => None,
         };
-        NetlinkError::Failed {
+        NetlinkError::Kernel {
             op: op.into(),
-            message: e.to_string(),
+            source: Box::new(e),
             errno,
         }
     }
@@ -48,7 +63,7 @@ impl NetlinkError {
     /// The errno the kernel answered, when it answered one.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            NetlinkError::Failed { errno, .. } => *errno,
+            NetlinkError::Failed { errno, .. } | NetlinkError::Kernel { errno, .. } => *errno,
             _ => None,
         }
     }
@@ -98,19 +113,27 @@ where
                 .enable_io()
                 .enable_time()
                 .build()
-                .map_err(|e| NetlinkError::Thread(format!("runtime: {e}")))?;
+                .map_err(|source| NetlinkError::Worker {
+                    what: "runtime",
+                    source,
+                })?;
             rt.block_on(async move {
-                let (conn, handle, _) =
-                    rtnetlink::new_connection().map_err(|e| NetlinkError::Thread(format!("netlink socket: {e}")))?;
+                let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| NetlinkError::Worker {
+                    what: "netlink socket",
+                    source,
+                })?;
                 let conn = tokio::spawn(conn);
                 let result = f(handle).await;
                 conn.abort();
                 result
             })
         })
-        .map_err(|e| NetlinkError::Thread(e.to_string()))?
+        .map_err(|source| NetlinkError::Worker {
+            what: "starting it",
+            source,
+        })?
         .join()
-        .map_err(|_| NetlinkError::Thread("panicked".into()))?
+        .map_err(|_| NetlinkError::Died("panicked"))?
 }
 
 /// Open a network namespace file (`/proc/<pid>/ns/net`, `/run/netns/<name>`).

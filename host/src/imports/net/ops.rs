@@ -1,9 +1,9 @@
 //! One driver's network operations: links created on its parents,
 //! addresses from its IPAM, attachments, all recorded in its store.
 
+use super::types::{AddressRequest, Attachment as AttachmentRequest, Link, Macvlan, MacvlanMode};
 use super::*;
-use crate::wit::bindings_net::{AddressRequest, Attachment as WitAttachment, Link, Macvlan, MacvlanMode};
-use crate::wit::types::{Hook, HookStage};
+use crate::model::{Hook, HookStage};
 use netlink::NetlinkError;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -217,7 +217,7 @@ impl NetDriver {
             .collect();
         for l in &links {
             if let Err(e) = remove_link(l) {
-                tracing::warn!(driver = %self.driver, claim.uid = %claim_uid, link = %l.name, error = %e, "could not delete a link of a released claim");
+                tracing::warn!(driver = %self.driver, claim.uid = %claim_uid, link = %l.name, error = %crate::error::Chain(&e), "could not delete a link of a released claim");
                 return Err(e);
             }
         }
@@ -233,7 +233,7 @@ impl NetDriver {
         Ok(released)
     }
 
-    pub fn prepare_attachment(&self, a: &WitAttachment) -> Result<Hook, NetOpError> {
+    pub fn prepare_attachment(&self, a: &AttachmentRequest) -> Result<Hook, NetOpError> {
         let record = self.record(&a.link)?;
         if record.claim_uid != a.claim_uid {
             return Err(NetOpError::Denied(format!(

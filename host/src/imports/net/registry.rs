@@ -2,7 +2,7 @@
 //! link monitor that feeds their guests' `on-event`.
 
 use super::*;
-use crate::wit::types::Event;
+use crate::model::Event;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;

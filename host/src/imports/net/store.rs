@@ -25,10 +25,10 @@ const LOCK_FILE: &str = ".lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("network state {}: {source}", path.display())]
+    #[error("network state {}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("network state {} is corrupt: {message}", path.display())]
-    Corrupt { path: PathBuf, message: String },
+    #[error("network state {} is corrupt", path.display())]
+    Corrupt { path: PathBuf, source: serde_json::Error },
     #[error("{0}")]
     Ipam(String),
 }
@@ -237,10 +237,7 @@ impl Store {
     fn load(&self) -> Result<StoreData, StoreError> {
         let path = self.dir.join(STATE_FILE);
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                path,
-                message: e.to_string(),
-            }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StoreData::default()),
             Err(source) => Err(StoreError::Io { path, source }),
         }
@@ -248,9 +245,9 @@ impl Store {
 
     fn save(&self, data: &StoreData) -> Result<(), StoreError> {
         let path = self.dir.join(STATE_FILE);
-        let bytes = serde_json::to_vec_pretty(data).map_err(|e| StoreError::Corrupt {
+        let bytes = serde_json::to_vec_pretty(data).map_err(|source| StoreError::Corrupt {
             path: path.clone(),
-            message: e.to_string(),
+            source,
         })?;
         fsutil::write_atomic(&path, &bytes, 0o640).map_err(|source| StoreError::Io { path, source })
     }

@@ -16,13 +16,15 @@ pub mod real;
 pub mod simulated;
 
 use crate::imports::ImportsView;
-use crate::wit::bindings_nvml::{DriverFile, GpuInfo, Host, NvmlError};
-use crate::wit::types::{Event, GpuEvent, GpuEventKind};
+pub mod types;
+
+use crate::model::{Event, GpuEvent, GpuEventKind};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
+use types::{DriverFile, GpuInfo, NvmlError};
 
 /// NVML access for drivers granted `nvml`: the host config's `[nvml]`
 /// section, owned by the capability that uses it (`config` names it).
@@ -182,6 +184,10 @@ pub struct NvmlGrant {
     pub events: mpsc::Sender<Event>,
 }
 
+/// An NVML call's outcome for the guest: a trap (its deadline passed), or
+/// NVML's answer.
+pub type NvmlAnswer<T> = wasmtime::Result<Result<T, NvmlError>>;
+
 fn grant(state: &ImportsView<'_>) -> Result<NvmlGrant, NvmlError> {
     // Linking only adds this interface for guests granted `nvml`, so a
     // missing grant here means a host bug, not a guest's doing.
@@ -191,10 +197,7 @@ fn grant(state: &ImportsView<'_>) -> Result<NvmlGrant, NvmlError> {
 /// Run one NVML query for the guest on the blocking pool
 /// ([`crate::imports::blocking`]): the real library can take milliseconds,
 /// or much longer on a GPU that fell off the bus.
-fn run<T, F>(
-    state: &ImportsView<'_>,
-    op: F,
-) -> impl Future<Output = wasmtime::Result<Result<T, NvmlError>>> + Send + 'static
+fn run<T, F>(state: &ImportsView<'_>, op: F) -> impl Future<Output = NvmlAnswer<T>> + Send + 'static
 where
     T: Send + 'static,
     F: FnOnce(&NvmlGrant) -> Result<T, NvmlError> + Send + 'static,
@@ -212,32 +215,30 @@ where
     }
 }
 
-impl Host for ImportsView<'_> {
-    async fn driver_version(&mut self) -> wasmtime::Result<Result<String, NvmlError>> {
-        run(self, |g| g.nvml.backend.driver_version()).await
+/// What a guest's `nvml` calls do, with the host's types (the WIT adapter
+/// is `wit::v0_1::imports`).
+impl ImportsView<'_> {
+    pub fn nvml_driver_version(&self) -> impl Future<Output = NvmlAnswer<String>> + Send + 'static {
+        run(self, |g| g.nvml.backend.driver_version())
     }
 
-    async fn cuda_driver_version(&mut self) -> wasmtime::Result<Result<(u32, u32), NvmlError>> {
-        run(self, |g| g.nvml.backend.cuda_driver_version()).await
+    pub fn nvml_cuda_driver_version(&self) -> impl Future<Output = NvmlAnswer<(u32, u32)>> + Send + 'static {
+        run(self, |g| g.nvml.backend.cuda_driver_version())
     }
 
-    async fn device_count(&mut self) -> wasmtime::Result<Result<u32, NvmlError>> {
-        run(self, |g| g.nvml.backend.device_count()).await
+    pub fn nvml_device_count(&self) -> impl Future<Output = NvmlAnswer<u32>> + Send + 'static {
+        run(self, |g| g.nvml.backend.device_count())
     }
 
-    async fn device_info(&mut self, index: u32) -> wasmtime::Result<Result<GpuInfo, NvmlError>> {
-        run(self, move |g| g.nvml.backend.device_info(index)).await
+    pub fn nvml_device_info(&self, index: u32) -> impl Future<Output = NvmlAnswer<GpuInfo>> + Send + 'static {
+        run(self, move |g| g.nvml.backend.device_info(index))
     }
 
-    async fn driver_files(&mut self) -> wasmtime::Result<Result<Vec<DriverFile>, NvmlError>> {
-        run(self, |g| g.nvml.backend.driver_files()).await
+    pub fn nvml_driver_files(&self) -> impl Future<Output = NvmlAnswer<Vec<DriverFile>>> + Send + 'static {
+        run(self, |g| g.nvml.backend.driver_files())
     }
 
-    async fn subscribe(
-        &mut self,
-        uuids: Vec<String>,
-        kinds: Vec<GpuEventKind>,
-    ) -> wasmtime::Result<Result<(), NvmlError>> {
+    pub async fn nvml_subscribe(&self, uuids: Vec<String>, kinds: Vec<GpuEventKind>) -> NvmlAnswer<()> {
         const MAX_GPUS: usize = 1024;
         if uuids.len() > MAX_GPUS || kinds.len() > 16 {
             return Ok(Err(NvmlError::Failed));

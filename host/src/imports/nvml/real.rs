@@ -5,9 +5,9 @@
 //! only when the driver reports an event, or every few seconds to notice
 //! that the process is stopping; it never queries devices on a timer.
 
+use super::types::{DriverFile, DriverFileKind, GpuInfo, NvmlError, PciInfo};
 use super::{Backend, EventRouter};
-use crate::wit::bindings_nvml::{DriverFile, DriverFileKind, GpuInfo, NvmlError, PciInfo};
-use crate::wit::types::{GpuEvent, GpuEventKind};
+use crate::model::{GpuEvent, GpuEventKind};
 use nvml_wrapper::Nvml as Lib;
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enums::event::XidError;
@@ -25,7 +25,7 @@ const KINDS: &[GpuEventKind] = &[
 /// The real NVML, or the reason it could not be loaded.
 #[derive(Debug)]
 pub struct RealNvml {
-    lib: Result<&'static Lib, String>,
+    lib: Result<&'static Lib, LibError>,
     driver_root: PathBuf,
 }
 
@@ -52,7 +52,7 @@ impl RealNvml {
             Ok(lib) => Ok(&*Box::leak(Box::new(lib))),
             Err(e) => {
                 tracing::warn!(error = %e, "NVML is not available on this node; GPU guests will fail to initialise");
-                Err(e.to_string())
+                Err(e)
             }
         };
         Self {

@@ -16,9 +16,9 @@
 //! is answered with `{"delivered": N}` (how many drivers received it) or
 //! `{"error": "…"}`, so an injector knows when the host has the event.
 
+use super::types::{DriverFile, GpuInfo, NvmlError, PciInfo};
 use super::{Backend, EventRouter};
-use crate::wit::bindings_nvml::{DriverFile, GpuInfo, NvmlError, PciInfo};
-use crate::wit::types::{GpuEvent, GpuEventKind};
+use crate::model::{GpuEvent, GpuEventKind};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -71,8 +71,10 @@ pub struct SimulatedNvml {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimulatedError {
-    #[error("simulated GPUs file {}: {message}", path.display())]
-    File { path: PathBuf, message: String },
+    #[error("simulated GPUs file {}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("simulated GPUs file {}", path.display())]
+    Parse { path: PathBuf, source: serde_json::Error },
     #[error("simulated NVML events socket {}", path.display())]
     Socket { path: PathBuf, source: std::io::Error },
 }
@@ -80,13 +82,13 @@ pub enum SimulatedError {
 impl SimulatedNvml {
     /// Read the GPUs file and listen on the events socket (inside a tokio runtime).
     pub fn start(gpus: &Path, events_socket: &Path, driver_root: &Path) -> Result<Self, SimulatedError> {
-        let text = std::fs::read(gpus).map_err(|e| SimulatedError::File {
+        let text = std::fs::read(gpus).map_err(|source| SimulatedError::Read {
             path: gpus.to_owned(),
-            message: e.to_string(),
+            source,
         })?;
-        let file: GpusFile = serde_json::from_slice(&text).map_err(|e| SimulatedError::File {
+        let file: GpusFile = serde_json::from_slice(&text).map_err(|source| SimulatedError::Parse {
             path: gpus.to_owned(),
-            message: e.to_string(),
+            source,
         })?;
         let router: Arc<OnceLock<Arc<EventRouter>>> = Arc::new(OnceLock::new());
         let _ = std::fs::remove_file(events_socket);

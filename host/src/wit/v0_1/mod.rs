@@ -1,6 +1,9 @@
-//! Generated host bindings for `dra:driver@0.1.0` (the `driver-host`
-//! world: every import a guest may be granted, and the `device-driver`
-//! export). Nothing hand-written lives here.
+//! Host bindings for `dra:driver@0.1.0` (the `driver-host` world: every
+//! import a guest may be granted, and the `device-driver` export): the
+//! `bindgen!` output here, nothing hand-written beside it; `convert.rs`
+//! converts its records to and from the host's types; `imports.rs` adapts
+//! the host's capabilities (`log`, `nvml`, `net`) to its host traits and
+//! links them.
 
 wasmtime::component::bindgen!({
     world: "driver-host",
@@ -22,3 +25,4 @@ wasmtime::component::bindgen!({
 pub use dra::driver::types;
 
 mod convert;
+pub(crate) mod imports;
