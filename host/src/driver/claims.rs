@@ -4,38 +4,72 @@
 use super::disk::{ClaimOperation, durably};
 use super::*;
 
+/// What differs between the kubelet's two calls, for [`Driver::each_claim`].
+struct Call {
+    /// The gRPC method, as the claim's Event names it.
+    method: &'static str,
+    /// The Event's reason when a claim fails.
+    reason: &'static str,
+    /// The metric's `operation` label.
+    operation: &'static str,
+}
+
+const PREPARE: Call = Call {
+    method: "NodePrepareResources",
+    reason: "PrepareFailed",
+    operation: "prepare",
+};
+const UNPREPARE: Call = Call {
+    method: "NodeUnprepareResources",
+    reason: "UnprepareFailed",
+    operation: "unprepare",
+};
+
 impl Driver {
     /// Prepare claims; one result per distinct claim UID.
     pub async fn prepare(&self, claims: Vec<ClaimRef>) -> Vec<(String, Result<Vec<PreparedDevice>, OperationError>)> {
-        let claims = dedup(claims);
-        let _serialized = match self.serialize().await {
-            Ok(guard) => guard,
-            Err(e) => {
-                return claims
-                    .into_iter()
-                    .map(|c| (c.uid, Err(OperationError::Serialize(Arc::clone(&e)))))
-                    .collect();
-            }
-        };
-        join_all(claims.into_iter().map(|c| async move {
+        self.each_claim(&PREPARE, claims, |c| async move {
             let span = tracing::info_span!("prepare", driver = %self.name, claim.uid = %c.uid, claim.namespace = %c.namespace, claim.name = %c.name);
             let started = Instant::now();
             let result = self.prepare_one(&c).instrument(span.clone()).await;
-            self.metrics.claim_operation(&self.name, "prepare", result.is_ok(), started.elapsed());
             span.in_scope(|| match &result {
                 Ok(devices) => tracing::info!(devices = devices.len(), took_us = started.elapsed().as_micros() as u64, "claim prepared"),
                 Err(e) => tracing::warn!(error = %Chain(e), "claim prepare failed"),
             });
-            if let Err(e) = &result {
-                self.claim_failed(&c, "NodePrepareResources", "PrepareFailed", e);
-            }
-            (c.uid, result)
-        }))
+            (c, result)
+        })
         .await
     }
 
     /// Unprepare claims; one result per distinct claim UID.
     pub async fn unprepare(&self, claims: Vec<ClaimRef>) -> Vec<(String, Result<(), OperationError>)> {
+        self.each_claim(&UNPREPARE, claims, |c| async move {
+            let span = tracing::info_span!("unprepare", driver = %self.name, claim.uid = %c.uid, claim.namespace = %c.namespace, claim.name = %c.name);
+            let started = Instant::now();
+            let result = self.unprepare_one(&c).instrument(span.clone()).await;
+            span.in_scope(|| match &result {
+                Ok(()) => tracing::info!(took_us = started.elapsed().as_micros() as u64, "claim unprepared"),
+                Err(e) => tracing::warn!(error = %Chain(e), "claim unprepare failed"),
+            });
+            (c, result)
+        })
+        .await
+    }
+
+    /// One kubelet call: its claims once each, serialized with the other
+    /// pod of a rolling update, run concurrently by `one` (which logs under
+    /// the claim's span); each timed in the metrics, and each failure an
+    /// Event on its claim.
+    async fn each_claim<T, F, Fut>(
+        &self,
+        call: &Call,
+        claims: Vec<ClaimRef>,
+        one: F,
+    ) -> Vec<(String, Result<T, OperationError>)>
+    where
+        F: Fn(ClaimRef) -> Fut,
+        Fut: std::future::Future<Output = (ClaimRef, Result<T, OperationError>)>,
+    {
         let claims = dedup(claims);
         let _serialized = match self.serialize().await {
             Ok(guard) => guard,
@@ -46,19 +80,18 @@ impl Driver {
                     .collect();
             }
         };
-        join_all(claims.into_iter().map(|c| async move {
-            let span = tracing::info_span!("unprepare", driver = %self.name, claim.uid = %c.uid, claim.namespace = %c.namespace, claim.name = %c.name);
+        join_all(claims.into_iter().map(|c| {
             let started = Instant::now();
-            let result = self.unprepare_one(&c).instrument(span.clone()).await;
-            self.metrics.claim_operation(&self.name, "unprepare", result.is_ok(), started.elapsed());
-            span.in_scope(|| match &result {
-                Ok(()) => tracing::info!(took_us = started.elapsed().as_micros() as u64, "claim unprepared"),
-                Err(e) => tracing::warn!(error = %Chain(e), "claim unprepare failed"),
-            });
-            if let Err(e) = &result {
-                self.claim_failed(&c, "NodeUnprepareResources", "UnprepareFailed", e);
+            let run = one(c);
+            async move {
+                let (c, result) = run.await;
+                self.metrics
+                    .claim_operation(&self.name, call.operation, result.is_ok(), started.elapsed());
+                if let Err(e) = &result {
+                    self.claim_failed(&c, call.method, call.reason, e);
+                }
+                (c.uid, result)
             }
-            (c.uid, result)
         }))
         .await
     }
@@ -159,15 +192,15 @@ impl Driver {
         OperationError,
     > {
         let inventory = self.inventory.borrow().clone();
+        // The network state is read only for an answer that hands out links.
+        let link_owners = if self.policy.host_links(prepared).next().is_some() {
+            self.link_owners().await?
+        } else {
+            HashMap::new()
+        };
         self.policy
-            .check(&driver_claim.claim, &inventory, prepared)
+            .check(&driver_claim.claim, &inventory, &link_owners, prepared)
             .map_err(|e| self.rejected(e))?;
-        if self.policy.host_links(prepared).next().is_some() {
-            let owners = self.link_owners().await?;
-            self.policy
-                .check_claim_links(&c.uid, prepared, |link| owners.get(link).cloned())
-                .map_err(|e| self.rejected(e))?;
-        }
         let prepared = &*prepared;
 
         // Answer devices in allocation order.

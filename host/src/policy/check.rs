@@ -16,10 +16,27 @@ type Key<'a> = (&'a str, &'a str, Option<&'a str>);
 
 impl Policy {
     /// Check a guest's answer to `prepare(claim)`, and complete it: device
-    /// nodes get the type and numbers read from the node. `inventory` is the
-    /// driver's published inventory (for references to operator CDI
-    /// devices by an attribute of the allocated device).
+    /// nodes get the type and numbers read from the node. The one entry
+    /// point for an answer: its devices and edits, then the host links it
+    /// hands the claim's containers. `inventory` is the driver's published
+    /// inventory (for references to operator CDI devices by an attribute of
+    /// the allocated device); `link_owners` names the claim each link the
+    /// host created for this driver belongs to (see
+    /// [`Policy::host_links`]: needed only when the answer names one).
     pub fn check(
+        &self,
+        claim: &model::Claim,
+        inventory: &[model::Pool],
+        link_owners: &HashMap<String, String>,
+        prepared: &mut model::PreparedClaim,
+    ) -> Result<(), PolicyError> {
+        self.check_devices(claim, inventory, prepared)?;
+        self.check_claim_links(&claim.reference.uid, prepared, |link| link_owners.get(link).cloned())
+    }
+
+    /// The answer's devices: each allocated, once, every field within the
+    /// policy.
+    pub(super) fn check_devices(
         &self,
         claim: &model::Claim,
         inventory: &[model::Pool],
@@ -106,7 +123,7 @@ impl Policy {
     /// not a link the host created for this driver). The policy's other
     /// rules only say which interfaces a driver may move at all; without
     /// this a guest could give one claim's pod another claim's interface.
-    pub fn check_claim_links(
+    pub(super) fn check_claim_links(
         &self,
         claim_uid: &str,
         prepared: &model::PreparedClaim,

@@ -21,7 +21,7 @@
 //! - network devices: only when `allow_net_devices`, and only interfaces
 //!   named by `net_host_interfaces` (by default the links the host creates);
 //! - the links the host created (`dwh…`), in `netDevices` or the attach
-//!   hook: only the claim's own ([`Policy::check_claim_links`], against the
+//!   hook: only the claim's own (part of [`Policy::check`], against the
 //!   driver's network state);
 //! - references to operator CDI devices (`nvidia.com/gpu=<uuid>`): kinds in
 //!   `cdi_devices`, the name equal to an attribute of the allocated device
@@ -57,7 +57,7 @@ use crate::guest_text::{self as text, quoted};
 use crate::model;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 /// A driver's policy, checked and ready (from `[drivers.policy]`; the keys

@@ -106,8 +106,10 @@ fn policy(toml_text: &str) -> Policy {
     toml::from_str(toml_text).unwrap_or_else(|e| panic!("{toml_text}: {e}"))
 }
 
+/// The devices' part of the check (which link belongs to which claim is
+/// `check_claim_links`'s, tested on its own below).
 fn check(p: &Policy, out: &mut PreparedClaim) -> Result<(), PolicyError> {
-    p.check(&claim(), &inventory(&[("d", "UUID-D"), ("e", "UUID-E")]), out)
+    p.check_devices(&claim(), &inventory(&[("d", "UUID-D"), ("e", "UUID-E")]), out)
 }
 
 /// The refusal's rule and text.
@@ -439,12 +441,15 @@ fn references_to_operator_cdi_devices_name_the_allocated_device_only() {
         .check(
             &claim(),
             &inventory(&[("d", "UUID-D"), ("e", "UUID-D")]),
+            &HashMap::new(),
             &mut with("nvidia.com/gpu=UUID-D"),
         )
         .unwrap_err();
     assert!(e.to_string().contains("published by 2 devices"), "{e}");
     // No such attribute in the inventory: nothing to check the name against.
-    let e = p.check(&claim(), &[], &mut with("nvidia.com/gpu=UUID-D")).unwrap_err();
+    let e = p
+        .check(&claim(), &[], &HashMap::new(), &mut with("nvidia.com/gpu=UUID-D"))
+        .unwrap_err();
     assert!(e.to_string().contains("no \"uuid\" attribute"), "{e}");
 }
 
@@ -972,7 +977,7 @@ mod properties {
         for _ in 0..2000 {
             let (devices, allow_net) = strategy.new_tree(&mut runner).unwrap().current();
             let mut out = PreparedClaim { devices, state: vec![] };
-            match the_policy(allow_net).check(&the_claim(), &the_inventory(), &mut out) {
+            match the_policy(allow_net).check(&the_claim(), &the_inventory(), &HashMap::new(), &mut out) {
                 Ok(()) => accepted += 1,
                 Err(e) => *refused.entry(e.rule().as_str()).or_default() += 1,
             }
@@ -1001,7 +1006,7 @@ mod properties {
         fn accepted_outputs_are_inside_the_policy(devices in prepared_devices(), allow_net in any::<bool>()) {
             let p = the_policy(allow_net);
             let mut out = PreparedClaim { devices, state: vec![] };
-            if p.check(&the_claim(), &the_inventory(), &mut out).is_ok() {
+            if p.check(&the_claim(), &the_inventory(), &HashMap::new(), &mut out).is_ok() {
                 prop_assert_eq!(inside(&out, allow_net), Ok(()));
             }
         }
@@ -1030,7 +1035,7 @@ mod properties {
             }
             let mut out = PreparedClaim { devices: vec![d, device("e", edits)], state: vec![] };
             let p = the_policy(false);
-            prop_assert_eq!(p.check(&the_claim(), &the_inventory(), &mut out), Ok(()));
+            prop_assert_eq!(p.check(&the_claim(), &the_inventory(), &HashMap::new(), &mut out), Ok(()));
             prop_assert_eq!(inside(&out, false), Ok(()));
         }
     }
