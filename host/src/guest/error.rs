@@ -50,16 +50,24 @@ pub use crate::model::DriverErrorKind;
 pub enum GuestError {
     #[error("reading guest {}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("guest {} is not a valid WebAssembly component: {message}", path.display())]
-    Compile { path: PathBuf, message: String },
+    #[error("guest {} is not a valid WebAssembly component", path.display())]
+    Compile {
+        path: PathBuf,
+        #[source]
+        source: BoxError,
+    },
     #[error("guest {} imports {import}, which {reason}", path.display())]
     NotGranted {
         path: PathBuf,
         import: String,
         reason: String,
     },
-    #[error("guest {} does not implement a supported dra:driver version: {message}", path.display())]
-    Incompatible { path: PathBuf, message: String },
+    #[error("guest {} does not implement a supported dra:driver version", path.display())]
+    Incompatible {
+        path: PathBuf,
+        #[source]
+        source: BoxError,
+    },
     #[error("guest {export} did not finish within {timeout:?}")]
     Timeout { export: Export, timeout: Duration },
     #[error("guest {export} exceeded its {limit}")]
@@ -72,9 +80,21 @@ pub enum GuestError {
         kind: DriverErrorKind,
         message: String,
     },
-    #[error("guest runtime: {0}")]
-    Runtime(String),
+    #[error("guest runtime: linking {what}")]
+    Link {
+        what: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    #[error("guest runtime: the guest load thread failed")]
+    LoadThread(#[source] tokio::task::JoinError),
+    #[error("guest runtime: guest is shutting down")]
+    ShuttingDown,
 }
+
+/// A foreign error kept as a cause: wasmtime's error type is not a
+/// `std::error::Error` itself, but converts into this with its causes.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 impl GuestError {
     /// Metric label for the outcome of a call that failed with this error.

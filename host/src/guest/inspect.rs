@@ -55,7 +55,7 @@ pub fn inspect(engine: &Engine, path: &Path) -> Result<Inspection, GuestError> {
     })?;
     let component = Component::new(engine, &bytes).map_err(|e| GuestError::Compile {
         path: path.to_owned(),
-        message: format!("{e:#}"),
+        source: e.into(),
     })?;
     let ty = component.component_type();
     let imports: Vec<(String, _)> = ty.imports(engine).map(|(n, i)| (n.to_owned(), i)).collect();
@@ -89,23 +89,22 @@ pub fn inspect(engine: &Engine, path: &Path) -> Result<Inspection, GuestError> {
             check_import(path, name, &item.ty, &granted)?;
         }
         let mut linker: Linker<StoreState> = Linker::new(engine);
-        crate::wit::add_log(&mut linker, StoreState::imports_view)
-            .map_err(|e| GuestError::Runtime(format!("{e:#}")))?;
-        crate::wit::add_granted(&mut linker, &granted, StoreState::imports_view)
-            .map_err(|e| GuestError::Runtime(format!("{e:#}")))?;
+        let link = |what| move |e: wasmtime::Error| GuestError::Link { what, source: e.into() };
+        crate::wit::add_log(&mut linker, StoreState::imports_view).map_err(link("log"))?;
+        crate::wit::add_granted(&mut linker, &granted, StoreState::imports_view).map_err(link("host imports"))?;
         linker
             .define_unknown_imports_as_traps(&component)
-            .map_err(|e| GuestError::Runtime(format!("{e:#}")))?;
+            .map_err(link("unknown imports as traps"))?;
         let incompatible = |e: wasmtime::Error| GuestError::Incompatible {
             path: path.to_owned(),
-            message: format!("{e:#}"),
+            source: e.into(),
         };
         let pre = linker.instantiate_pre(&component).map_err(incompatible)?;
         DriverPre::<StoreState>::new(pre).map_err(incompatible)?;
         Ok(())
     })()
     .err()
-    .map(|e| e.to_string());
+    .map(|e| crate::error::chain(&e));
 
     Ok(Inspection {
         path: path.display().to_string(),

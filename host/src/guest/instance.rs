@@ -209,11 +209,7 @@ impl LoadedGuest {
     where
         F: AsyncFnOnce(&Driver, &mut Store<StoreState>) -> Answer<R>,
     {
-        let _permit = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| GuestError::Runtime("guest is shutting down".into()))?;
+        let _permit = self.slots.acquire().await.map_err(|_| GuestError::ShuttingDown)?;
         let started = Instant::now();
         let result = self.call_on_instance(export, f).await;
         let outcome = match &result {

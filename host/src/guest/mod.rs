@@ -345,7 +345,7 @@ async fn load_bytes(
     // work of tens of milliseconds: off the async workers.
     let (pre, digest, cache) = tokio::task::spawn_blocking(move || link(&runtime2, &spec2, &bytes))
         .await
-        .map_err(|e| GuestError::Runtime(format!("guest load thread failed: {e}")))??;
+        .map_err(GuestError::LoadThread)??;
     let loaded = LoadedGuest::new(
         spec.path.clone(),
         digest,
@@ -384,32 +384,39 @@ fn link(
         .load(engine, &digest, bytes)
         .map_err(|e| GuestError::Compile {
             path: spec.path.clone(),
-            message: format!("{e:#}"),
+            source: e.into(),
         })?;
 
     let mut linker: Linker<StoreState> = Linker::new(engine);
-    crate::wit::add_log(&mut linker, StoreState::imports_view)
-        .map_err(|e| GuestError::Runtime(format!("linking log: {e:#}")))?;
+    crate::wit::add_log(&mut linker, StoreState::imports_view).map_err(|e| GuestError::Link {
+        what: "log",
+        source: e.into(),
+    })?;
     for import in component.component_type().imports(engine) {
         let (name, item) = import;
         check_import(&spec.path, name, &item.ty, &spec.imports)?;
     }
-    crate::wit::add_granted(&mut linker, &spec.imports, StoreState::imports_view)
-        .map_err(|e| GuestError::Runtime(format!("linking host imports: {e:#}")))?;
+    crate::wit::add_granted(&mut linker, &spec.imports, StoreState::imports_view).map_err(|e| GuestError::Link {
+        what: "host imports",
+        source: e.into(),
+    })?;
     // What is left are WASI interfaces that Rust's standard library links
     // (stdio, environment, exit): calling one traps. See `check_import`.
     linker
         .define_unknown_imports_as_traps(&component)
-        .map_err(|e| GuestError::Runtime(format!("linking: {e:#}")))?;
+        .map_err(|e| GuestError::Link {
+            what: "unknown imports as traps",
+            source: e.into(),
+        })?;
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|e| GuestError::Incompatible {
             path: spec.path.clone(),
-            message: format!("{e:#}"),
+            source: e.into(),
         })?;
     let pre = DriverPre::new(pre).map_err(|e| GuestError::Incompatible {
         path: spec.path.clone(),
-        message: format!("{e:#}"),
+        source: e.into(),
     })?;
     Ok((pre, digest, outcome))
 }

@@ -2,7 +2,7 @@
 //! `status.devices`.
 
 use super::client::{ApiClient, status_code};
-use super::{ClaimSource, FetchError, FetchFuture, StatusError, StatusFuture};
+use super::{ClaimSource, FetchError, FetchFuture, StatusCause, StatusError, StatusFuture};
 use crate::claim::ClaimRef;
 use k8s_openapi::api::resource::v1::{AllocatedDeviceStatus, ResourceClaim};
 use kube::api::Api;
@@ -35,29 +35,29 @@ impl ApiClaims {
         driver: &str,
         entries: Vec<AllocatedDeviceStatus>,
     ) -> Result<(), StatusError> {
-        let failed = |message: String| StatusError {
+        let failed = |cause: StatusCause| StatusError {
             namespace: claim.namespace.clone(),
             name: claim.name.clone(),
-            message,
+            cause,
         };
         for _ in 0..CONFLICT_ATTEMPTS {
             let Some(mut object) = self
                 .get(&claim.namespace, &claim.name)
                 .await
-                .map_err(|e| failed(super::client::describe(&e)))?
+                .map_err(|e| failed(StatusCause::Read(e)))?
             else {
                 // Gone: nothing of ours to keep or remove.
                 return if entries.is_empty() {
                     Ok(())
                 } else {
-                    Err(failed("the claim no longer exists".into()))
+                    Err(failed(StatusCause::Gone))
                 };
             };
             if object.metadata.uid.as_deref() != Some(claim.uid.as_str()) {
                 return if entries.is_empty() {
                     Ok(())
                 } else {
-                    Err(failed("the claim was replaced".into()))
+                    Err(failed(StatusCause::Replaced))
                 };
             }
             let status = object.status.get_or_insert_with(Default::default);
@@ -85,10 +85,10 @@ impl ApiClaims {
                     continue;
                 }
                 Err(e) if status_code(&e) == Some(404) && entries.is_empty() => return Ok(()),
-                Err(e) => return Err(failed(super::client::describe(&e))),
+                Err(e) => return Err(failed(StatusCause::Update(e))),
             }
         }
-        Err(failed(format!("still conflicting after {CONFLICT_ATTEMPTS} attempts")))
+        Err(failed(StatusCause::Conflicts(CONFLICT_ATTEMPTS)))
     }
 }
 
@@ -129,10 +129,10 @@ impl ClaimSource for ApiClaims {
                     namespace: namespace.to_owned(),
                     name: name.to_owned(),
                 }),
-                Err(e) => Err(FetchError::Failed {
+                Err(source) => Err(FetchError::Api {
                     namespace: namespace.to_owned(),
                     name: name.to_owned(),
-                    message: super::client::describe(&e),
+                    source,
                 }),
             }
         })

@@ -6,7 +6,7 @@
 //! `items`. It is re-read when its modification time changes, so a test or
 //! the demo can add claims while the host runs.
 
-use super::{ClaimSource, FetchError, FetchFuture, StatusFuture};
+use super::{ClaimSource, FetchError, FetchFuture, FileError, StatusFuture};
 use crate::claim::ClaimRef;
 use k8s_openapi::api::resource::v1::AllocatedDeviceStatus;
 use k8s_openapi::api::resource::v1::ResourceClaim;
@@ -40,35 +40,36 @@ impl FileClaims {
     }
 
     fn lookup(&self, namespace: &str, name: &str) -> Result<ResourceClaim, FetchError> {
-        let failed = |message: String| FetchError::Failed {
+        let failed = |source: FileError| FetchError::File {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            message: format!("claims file {}: {message}", self.path.display()),
+            path: self.path.clone(),
+            source,
         };
         let modified = std::fs::metadata(&self.path)
             .and_then(|m| m.modified())
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| failed(FileError::Read(e)))?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.as_ref().is_none_or(|(t, _)| *t != modified) {
-            let bytes = std::fs::read(&self.path).map_err(|e| failed(e.to_string()))?;
-            let doc: ClaimsDocument = serde_json::from_slice(&bytes).map_err(|e| failed(e.to_string()))?;
-            let items = match doc {
-                ClaimsDocument::List { items } | ClaimsDocument::Array(items) => items,
-            };
-            let map = items
-                .into_iter()
-                .map(|c| {
-                    let key = (
-                        c.metadata.namespace.clone().unwrap_or_default(),
-                        c.metadata.name.clone().unwrap_or_default(),
-                    );
-                    (key, c)
-                })
-                .collect();
-            *cache = Some((modified, map));
-        }
-        let Some((_, claims)) = cache.as_ref() else {
-            return Err(failed("could not be loaded".into()));
+        let claims = match &mut *cache {
+            Some((loaded, claims)) if *loaded == modified => claims,
+            slot => {
+                let bytes = std::fs::read(&self.path).map_err(|e| failed(FileError::Read(e)))?;
+                let doc: ClaimsDocument = serde_json::from_slice(&bytes).map_err(|e| failed(FileError::Parse(e)))?;
+                let items = match doc {
+                    ClaimsDocument::List { items } | ClaimsDocument::Array(items) => items,
+                };
+                let map = items
+                    .into_iter()
+                    .map(|c| {
+                        let key = (
+                            c.metadata.namespace.clone().unwrap_or_default(),
+                            c.metadata.name.clone().unwrap_or_default(),
+                        );
+                        (key, c)
+                    })
+                    .collect();
+                &mut slot.insert((modified, map)).1
+            }
         };
         claims
             .get(&(namespace.to_owned(), name.to_owned()))

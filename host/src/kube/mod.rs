@@ -29,21 +29,55 @@ use std::pin::Pin;
 pub enum FetchError {
     #[error("ResourceClaim {namespace}/{name} not found")]
     NotFound { namespace: String, name: String },
-    #[error("fetching ResourceClaim {namespace}/{name}: {message}")]
-    Failed {
+    #[error("fetching ResourceClaim {namespace}/{name} from the API server")]
+    Api {
         namespace: String,
         name: String,
-        message: String,
+        #[source]
+        source: kube::Error,
     },
+    #[error("reading ResourceClaim {namespace}/{name} from the claims file {}", path.display())]
+    File {
+        namespace: String,
+        name: String,
+        path: std::path::PathBuf,
+        #[source]
+        source: FileError,
+    },
+}
+
+/// What went wrong with the claims file (`claims.source = "file"`).
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("reading it")]
+    Read(#[source] std::io::Error),
+    #[error("it is not a JSON list of ResourceClaims")]
+    Parse(#[source] serde_json::Error),
 }
 
 /// Why a claim's `status.devices` could not be written.
 #[derive(Debug, thiserror::Error)]
-#[error("writing status.devices of ResourceClaim {namespace}/{name}: {message}")]
+#[error("writing status.devices of ResourceClaim {namespace}/{name}")]
 pub struct StatusError {
     pub namespace: String,
     pub name: String,
-    pub message: String,
+    #[source]
+    pub cause: StatusCause,
+}
+
+/// What kept a status write from happening.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusCause {
+    #[error("reading the claim")]
+    Read(#[source] kube::Error),
+    #[error("the claim no longer exists")]
+    Gone,
+    #[error("the claim was replaced")]
+    Replaced,
+    #[error("updating its status")]
+    Update(#[source] kube::Error),
+    #[error("still conflicting after {0} attempts")]
+    Conflicts(usize),
 }
 
 pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<ResourceClaim, FetchError>> + Send + 'a>>;
