@@ -19,11 +19,13 @@ mod common;
 
 use common::*;
 use dra_test_support::claims::uid;
+use dra_test_support::configmap::ConfigMapDir;
 use dra_test_support::controlplane::{ControlPlane, HOST_NAMESPACE, HOST_SERVICE_ACCOUNT};
 use dra_test_support::gpus::{self, Injector};
 use dra_test_support::helm;
-use dra_test_support::host::DriverSpec;
+use dra_test_support::host::{DriverSpec, HostEnv};
 use dra_test_support::kubelet::ClaimRef;
+use dra_test_support::kubelet::TestKubelet;
 use dra_test_support::netlab::{self, Lab, is_root};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -317,6 +319,115 @@ async fn the_chart_installs_and_its_admission_policy_type_checks_without_warning
     );
     let conditions = policy["status"]["conditions"].as_array().cloned().unwrap_or_default();
     assert!(conditions.iter().all(|c| c["status"] != "False"), "{conditions:?}");
+}
+
+/// What an operator does with the chart, end to end: `helm install` with a
+/// guest given as a file, a host run from exactly what was installed (the
+/// rendered host.toml and the guests ConfigMap, at the paths the DaemonSet
+/// mounts them, mapped into the test's directory as the kubelet maps
+/// volumes) registers and publishes its slices; `helm upgrade` with a new
+/// build of the guest reaches the host as the kubelet's ConfigMap volume
+/// update does, and the host swaps it in without a restart. A control
+/// plane of its own: the shared one has a release without guest files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_runs_from_what_helm_installed_and_helm_upgrade_swaps_its_guest() {
+    use base64::Engine as _;
+    const FAULTY: &str = "faulty.dra.dev";
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let cp = tokio::task::block_in_place(ControlPlane::start).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let values = work.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        format!(
+            "hosts:\n  - name: main\n    drivers:\n      - name: {FAULTY}\n        guest: faulty.wasm\n        config:\n          devices: 2\n"
+        ),
+    )
+    .unwrap();
+    let guest_file = |build: &str| {
+        let path = work.path().join(format!("{build}.b64"));
+        std::fs::write(&path, b64.encode(std::fs::read(guest(build)).unwrap())).unwrap();
+        format!("guests.files.faulty\\.wasm={}", path.display())
+    };
+    let kubeconfig = cp.kubeconfig.to_str().unwrap().to_owned();
+    let chart = helm::chart_dir();
+    let release = |verb: &str, extra: &[&str]| {
+        let mut args = vec![
+            verb,
+            "dra-wasm-host",
+            chart.to_str().unwrap(),
+            "-n",
+            HOST_NAMESPACE,
+            "--kubeconfig",
+            &kubeconfig,
+        ];
+        args.extend_from_slice(extra);
+        helm::run(&args, None).unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let v1 = guest_file("faulty_driver.wasm");
+    release(
+        "install",
+        &["--create-namespace", "-f", values.to_str().unwrap(), "--set-file", &v1],
+    );
+
+    // What the DaemonSet's pod would see.
+    let config_map = cp
+        .get(&["configmap", "dra-wasm-host-config", "-n", HOST_NAMESPACE])
+        .unwrap();
+    let host_toml = config_map["data"]["host.toml"].as_str().unwrap().to_owned();
+    let guests = |cp: &ControlPlane| {
+        let cm = cp
+            .get(&["configmap", "dra-wasm-host-guests", "-n", HOST_NAMESPACE])
+            .unwrap();
+        b64.decode(cm["binaryData"]["faulty.wasm"].as_str().unwrap()).unwrap()
+    };
+    let node_name = "chart-node";
+    cp.create_node(node_name).unwrap();
+    let mut env = HostEnv::new(&cache_dir()).unwrap();
+    env.node_name = node_name.to_owned();
+    let token = cp.host_kubeconfig(node_name, &env.dir().join("kubeconfig")).unwrap();
+    env.use_kubeconfig(&token);
+    env.env.push(("NODE_NAME".into(), node_name.into()));
+    let guests_dir = env.dir().join("guests");
+    let mut volume = ConfigMapDir::create(&guests_dir, &[("faulty.wasm", &guests(&cp))]).unwrap();
+    // The pod's mounts, mapped into the test's directory; the probe and
+    // metrics servers on free loopback ports instead of the pod's own IP.
+    let local = host_toml
+        .replace("\"/var/lib/kubelet\"", &format!("{:?}", env.kubelet_root))
+        .replace("\"/var/run/cdi\"", &format!("{:?}", env.cdi_dir))
+        .replace("\"/var/cache/dra-wasm-host\"", &format!("{:?}", env.cache_dir))
+        .replace("/etc/dra-wasm-host/guests/", &format!("{}/", guests_dir.display()))
+        .replace("0.0.0.0:51515", "127.0.0.1:0")
+        .replace("0.0.0.0:9400", "127.0.0.1:0");
+    assert_ne!(local, host_toml, "the rendered paths are the ones the DaemonSet mounts");
+    std::fs::write(&env.config_path, &local).unwrap();
+    let kubelet = TestKubelet::start(&env.kubelet_root).unwrap();
+    let mut host = env.start(&binary()).unwrap();
+    kubelet
+        .wait_for_plugin(FAULTY, START_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\nhost.toml:\n{local}\nhost log:\n{}", host.log()));
+    let deadline = Instant::now() + CLUSTER_TIMEOUT;
+    while slices_of(&cp, FAULTY, node_name).is_empty() {
+        assert!(Instant::now() < deadline, "no slices published:\n{}", host.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pid = host.pid();
+
+    // A new build of the guest, through Helm, then the kubelet's volume update.
+    let v2 = guest_file("faulty_next.wasm");
+    release("upgrade", &["--reuse-values", "--set-file", &v2]);
+    let new_guest = guests(&cp);
+    assert_eq!(new_guest, std::fs::read(guest("faulty_next.wasm")).unwrap());
+    volume.update(&[("faulty.wasm", &new_guest)]).unwrap();
+    let deadline = Instant::now() + CLUSTER_TIMEOUT;
+    while !host.log().contains("guest swapped") {
+        assert!(Instant::now() < deadline, "no swap:\n{}", host.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(host.log().contains("0.2.0"), "the new build serves:\n{}", host.log());
+    assert!(host.try_status().unwrap().is_none(), "the host kept running");
+    assert_eq!(host.pid(), pid);
 }
 
 // --- ResourceSlices -----------------------------------------------------------

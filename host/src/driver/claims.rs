@@ -71,6 +71,11 @@ impl Driver {
         Fut: std::future::Future<Output = (ClaimRef, Result<T, OperationError>)>,
     {
         let claims = dedup(claims);
+        if claims.is_empty() {
+            // The liveness probe's call: answered without waiting for the
+            // node-wide lock another pod of a rolling update may hold.
+            return Vec::new();
+        }
         let _serialized = match self.serialize().await {
             Ok(guard) => guard,
             Err(e) => {

@@ -62,11 +62,18 @@ impl DraService {
     /// Run one call and time it under `method`. A call the kubelet
     /// abandons before the answer (its deadline passed or its connection
     /// closed: tonic drops this future) is recorded then, as `Canceled`.
+    /// A call with no claims is not recorded: the kubelet never makes one,
+    /// the liveness probe does (every 10 s), and it must not move the
+    /// latency figures operators alert on.
     async fn timed<T>(
         &self,
         method: &'static str,
+        claims: usize,
         call: impl std::future::Future<Output = Result<Response<T>, Status>>,
     ) -> Result<Response<T>, Status> {
+        if claims == 0 {
+            return call.await;
+        }
         let mut timer = CallTimer {
             service: self,
             method,
@@ -344,8 +351,9 @@ impl v1::dra_plugin_server::DraPlugin for DraService {
         &self,
         request: Request<v1::NodePrepareResourcesRequest>,
     ) -> Result<Response<v1::NodePrepareResourcesResponse>, Status> {
-        self.timed(V1_PREPARE, async {
-            Ok(Response::new(self.prepare(request.into_inner().claims, "v1").await))
+        let claims = request.into_inner().claims;
+        self.timed(V1_PREPARE, claims.len(), async {
+            Ok(Response::new(self.prepare(claims, "v1").await))
         })
         .await
     }
@@ -354,8 +362,9 @@ impl v1::dra_plugin_server::DraPlugin for DraService {
         &self,
         request: Request<v1::NodeUnprepareResourcesRequest>,
     ) -> Result<Response<v1::NodeUnprepareResourcesResponse>, Status> {
-        self.timed(V1_UNPREPARE, async {
-            Ok(Response::new(self.unprepare(request.into_inner().claims, "v1").await))
+        let claims = request.into_inner().claims;
+        self.timed(V1_UNPREPARE, claims.len(), async {
+            Ok(Response::new(self.unprepare(claims, "v1").await))
         })
         .await
     }
@@ -378,10 +387,9 @@ impl v1beta1::dra_plugin_server::DraPlugin for DraService {
         &self,
         request: Request<v1beta1::NodePrepareResourcesRequest>,
     ) -> Result<Response<v1beta1::NodePrepareResourcesResponse>, Status> {
-        self.timed(V1BETA1_PREPARE, async {
-            let response = self
-                .prepare(claims_from_v1beta1(request.into_inner().claims), "v1beta1")
-                .await;
+        let claims = claims_from_v1beta1(request.into_inner().claims);
+        self.timed(V1BETA1_PREPARE, claims.len(), async {
+            let response = self.prepare(claims, "v1beta1").await;
             let claims = response
                 .claims
                 .into_iter()
@@ -414,10 +422,9 @@ impl v1beta1::dra_plugin_server::DraPlugin for DraService {
         &self,
         request: Request<v1beta1::NodeUnprepareResourcesRequest>,
     ) -> Result<Response<v1beta1::NodeUnprepareResourcesResponse>, Status> {
-        self.timed(V1BETA1_UNPREPARE, async {
-            let response = self
-                .unprepare(claims_from_v1beta1(request.into_inner().claims), "v1beta1")
-                .await;
+        let claims = claims_from_v1beta1(request.into_inner().claims);
+        self.timed(V1BETA1_UNPREPARE, claims.len(), async {
+            let response = self.unprepare(claims, "v1beta1").await;
             let claims = response
                 .claims
                 .into_iter()

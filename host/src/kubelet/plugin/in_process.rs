@@ -301,7 +301,7 @@ fn abandoned_calls_are_recorded_as_canceled() {
         tokio::time::timeout(
             std::time::Duration::from_millis(20),
             b.service
-                .timed(V1_PREPARE, std::future::pending::<Result<Response<()>, Status>>()),
+                .timed(V1_PREPARE, 1, std::future::pending::<Result<Response<()>, Status>>()),
         )
         .await
     });
