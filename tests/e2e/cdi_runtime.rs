@@ -22,6 +22,7 @@
 use crate::common::*;
 use crate::kubelet_clients::{go_programs, skipped};
 use dra_test_support::apiserver::TestApiServer;
+use dra_test_support::cdi;
 use dra_test_support::claims::{Claim, uid};
 use dra_test_support::gpus;
 use dra_test_support::host::{DriverSpec, HostEnv};
@@ -38,22 +39,10 @@ const NET_NODE_UID: &str = "6a1b2c3d-0000-4000-8000-0000000000ef";
 /// injects them from `cdi_dir`; Err: the library's complaint.
 pub(crate) async fn try_runtime_spec(cdi_dir: &Path, ids: &[String]) -> Result<Value, String> {
     let go = go_programs().await;
-    let out = tokio::process::Command::new(&go.cdi_inject)
-        .arg("-spec-dir")
-        .arg(cdi_dir)
-        .args(ids)
-        .output()
+    let (dir, ids) = (cdi_dir.to_owned(), ids.to_vec());
+    tokio::task::spawn_blocking(move || cdi::inject(&go.cdi_inject, &dir, &ids))
         .await
-        .unwrap_or_else(|e| panic!("running {}: {e}", go.cdi_inject.display()));
-    if !out.status.success() {
-        return Err(format!(
-            "{} ({}): {}",
-            go.cdi_inject.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("cdi-inject printed no OCI spec: {e}"))
+        .unwrap()
 }
 
 /// [`try_runtime_spec`], which must succeed; a failure shows `context`.
