@@ -708,3 +708,97 @@ async fn a_rolling_update_of_the_host_registers_both_and_the_kubelet_calls_the_n
     assert!(errors.is_empty(), "the kubelet's code logged errors: {errors:#?}");
     new.terminate(Duration::from_secs(30)).unwrap();
 }
+
+/// The whole node path of a macvlan claim: the kubelet's DRA manager
+/// prepares it, the CDI library injects the IDs GetResources hands the
+/// runtime, and the createRuntime hook of that OCI spec, run as runc runs
+/// it, moves the interface into the pod with the address the host wrote to
+/// `status.devices`; UnprepareResources takes it away again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_macvlan_claim_prepared_by_the_kubelet_attaches_through_the_hook_in_the_oci_spec() {
+    if !need_root("a_macvlan_claim_prepared_by_the_kubelet_attaches_through_the_hook_in_the_oci_spec") {
+        return;
+    }
+    let cp = control_plane().await;
+    let mut lab = Lab::new(1);
+    let parents = lab.parents.clone();
+    let node = RealNode::start(cp, "rk-net", |_| {
+        let granted: Vec<&str> = parents.iter().map(String::as_str).collect();
+        let spec = netlab::macvlan_driver(
+            NET,
+            &guest("macvlan_driver.wasm"),
+            &granted,
+            &netlab::parent_config(&parents),
+        );
+        (vec![spec], String::new())
+    })
+    .await;
+    let ns = "rk-net";
+    namespace(cp, ns);
+    cp.apply(&claim(
+        ns,
+        "nic",
+        "macvlan.net.example.com",
+        1,
+        Some(json!({"bandwidth": "100M"})),
+        None,
+    ))
+    .unwrap();
+    cp.apply(&pod(ns, "nic", &node.name, &[("nic", "resourceClaimName", "nic")]))
+        .unwrap();
+    scheduled(cp, &node, ns, "nic").await;
+    let ids = node
+        .kubelet()
+        .prepare(ns, "nic")
+        .await
+        .unwrap_or_else(|e| panic!("PrepareResources: {e:#}\n{}", node.context()))["c"]
+        .clone();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let device = node
+        .until("status.devices stored", || {
+            cp.get(&["resourceclaim", "nic", "-n", ns]).ok()?["status"]["devices"]
+                .get(0)
+                .cloned()
+        })
+        .await;
+    let interface = device["networkData"]["interfaceName"].as_str().unwrap().to_owned();
+    let address = device["networkData"]["ips"][0].as_str().unwrap().to_owned();
+
+    let oci = cdi::inject(&cdi_inject(), &node.env.cdi_dir, &ids)
+        .unwrap_or_else(|e| panic!("the CDI library refused the kubelet's IDs {ids:?}: {e}"));
+    let hooks = oci["hooks"]["createRuntime"].as_array().cloned().unwrap_or_default();
+    assert_eq!(hooks.len(), 1, "{}", oci["hooks"]);
+    let path = hooks[0]["path"].as_str().unwrap();
+    let args: Vec<String> = hooks[0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    let (pod_ns, pid) = lab.pod();
+    let (ok, out) = netlab::run_hook(path, &args, pid);
+    assert!(ok, "the hook from the OCI spec failed: {out}\n{}", node.context());
+    let addrs = netlab::ip_json(&["-n", &pod_ns, "addr", "show", "dev", &interface]);
+    let got: Vec<String> = addrs[0]["addr_info"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {interface} in pod {pod_ns}: {addrs}"))
+        .iter()
+        .filter(|a| a["family"] == "inet")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    assert_eq!(got, [address], "{interface} in pod {pod_ns}: {addrs}");
+
+    node.kubelet()
+        .unprepare(ns, "nic")
+        .await
+        .unwrap_or_else(|e| panic!("UnprepareResources: {e:#}\n{}", node.context()));
+    assert!(
+        !netlab::ip(&["-n", &pod_ns, "link", "show", "dev", &interface])
+            .status
+            .success(),
+        "{interface} removed from pod {pod_ns}"
+    );
+    assert_eq!(node.cdi_files(), Vec::<String>::new());
+    let errors = node.kubelet_errors(&[]);
+    assert!(errors.is_empty(), "the kubelet's code logged errors: {errors:#?}");
+}
