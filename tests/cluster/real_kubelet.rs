@@ -802,3 +802,128 @@ async fn a_macvlan_claim_prepared_by_the_kubelet_attaches_through_the_hook_in_th
     let errors = node.kubelet_errors(&[]);
     assert!(errors.is_empty(), "the kubelet's code logged errors: {errors:#?}");
 }
+
+/// A hot swap of the guest (a ConfigMap update) while the kubelet's DRA
+/// manager prepares pods: no PrepareResources fails, the swap is invisible
+/// to the kubelet (no deregistration, no new registration), pods prepared
+/// after it get the new build's edits in their OCI spec, and a pod prepared
+/// by the old build is unprepared by the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_swap_while_the_kubelet_prepares_pods_fails_no_call() {
+    const FAULTY: &str = "faulty.dra.dev";
+    const KEY: &str = "faulty.wasm";
+    let read = |file: &str| std::fs::read(guest(file)).unwrap();
+    let cp = control_plane().await;
+    let mut guests = None;
+    let node = RealNode::start(cp, "rk-swap", |env| {
+        let dir = dra_test_support::configmap::ConfigMapDir::create(
+            &env.dir().join("guests"),
+            &[(KEY, &read("faulty_driver.wasm"))],
+        )
+        .unwrap();
+        let spec = DriverSpec::new(FAULTY, &dir.path(KEY)).config("devices = 8");
+        guests = Some(dir);
+        (vec![spec], "[hot_swap]\ndebounce_ms = 20\n".to_owned())
+    })
+    .await;
+    let mut guests = guests.unwrap();
+    let class = json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass",
+        "metadata": {"name": FAULTY},
+        "spec": {"selectors": [{"cel": {"expression": format!("device.driver == '{FAULTY}'")}}]},
+    });
+    cp.apply(&class.to_string()).unwrap();
+    let ns = "rk-swap";
+    namespace(cp, ns);
+    let pods: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
+    for p in &pods {
+        cp.apply(&claim(ns, p, FAULTY, 1, None, None)).unwrap();
+        cp.apply(&pod(ns, p, &node.name, &[("dev", "resourceClaimName", p)]))
+            .unwrap();
+    }
+    for p in &pods {
+        scheduled(cp, &node, ns, p).await;
+    }
+    let version_of = |ids: &[String]| {
+        let oci = cdi::inject(&cdi_inject(), &node.env.cdi_dir, ids)
+            .unwrap_or_else(|e| panic!("the CDI library refused {ids:?}: {e}"));
+        oci["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|e| e.as_str()?.strip_prefix("FAULTY_VERSION=").map(str::to_owned))
+            .unwrap_or_else(|| panic!("no FAULTY_VERSION in {oci}"))
+    };
+    let first = node
+        .kubelet()
+        .prepare(ns, "p0")
+        .await
+        .unwrap_or_else(|e| panic!("PrepareResources p0: {e:#}\n{}", node.context()));
+    assert_eq!(version_of(&first["c"]), "0.1.0");
+
+    // The swap, while the kubelet prepares and unprepares p1..p4 in turn,
+    // until a round after the swap: every call succeeds, and the OCI specs
+    // show the old build before and the new one after.
+    let swapped = std::sync::atomic::AtomicBool::new(false);
+    let load = async {
+        let (mut failures, mut versions, mut calls) = (Vec::new(), BTreeSet::new(), 0);
+        let mut last_round = false;
+        while !last_round {
+            last_round = swapped.load(std::sync::atomic::Ordering::SeqCst);
+            for p in &pods[1..5] {
+                match node.kubelet().prepare(ns, p).await {
+                    Ok(c) => {
+                        versions.insert(version_of(&c["c"]));
+                    }
+                    Err(e) => failures.push(format!("prepare {p}: {e:#}")),
+                }
+                if let Err(e) = node.kubelet().unprepare(ns, p).await {
+                    failures.push(format!("unprepare {p}: {e:#}"));
+                }
+                calls += 2;
+            }
+        }
+        (failures, versions, calls)
+    };
+    let swap = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        guests.update(&[(KEY, &read("faulty_next.wasm"))]).unwrap();
+        node.until("the guest swapped", || {
+            node.host.log().contains("guest swapped").then_some(())
+        })
+        .await;
+        swapped.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let ((failures, versions, calls), ()) = tokio::join!(load, swap);
+    assert!(failures.is_empty(), "{failures:#?}\n{}", node.context());
+    println!("hot swap under the kubelet's calls: {calls} calls, none failed");
+    assert_eq!(
+        versions,
+        BTreeSet::from(["0.1.0".to_owned(), "0.2.0".to_owned()]),
+        "{calls} calls across the swap"
+    );
+    let last = node
+        .kubelet()
+        .prepare(ns, "p5")
+        .await
+        .unwrap_or_else(|e| panic!("PrepareResources p5: {e:#}\n{}", node.context()));
+    assert_eq!(version_of(&last["c"]), "0.2.0", "prepared after the swap");
+    let events = node.kubelet().events();
+    let registrations = events.iter().filter(|e| e["event"] == "register").count();
+    assert_eq!(registrations, 1, "the swap is invisible to the kubelet: {events:#?}");
+    assert!(!events.iter().any(|e| e["event"] == "deregister"), "{events:#?}");
+
+    for p in &pods {
+        node.kubelet()
+            .unprepare(ns, p)
+            .await
+            .unwrap_or_else(|e| panic!("UnprepareResources {p}: {e:#}\n{}", node.context()));
+    }
+    assert_eq!(
+        node.cdi_files(),
+        Vec::<String>::new(),
+        "the new build unprepared the old one's claims"
+    );
+    let errors = node.kubelet_errors(&[]);
+    assert!(errors.is_empty(), "the kubelet's code logged errors: {errors:#?}");
+}
