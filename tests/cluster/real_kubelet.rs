@@ -52,6 +52,7 @@ struct RealNode {
     host: HostProcess,
     kubelet: Option<KubeletPeer>,
     drivers: Vec<DriverSpec>,
+    runtime: String,
     tables: String,
     metrics_port: u16,
 }
@@ -64,14 +65,16 @@ impl RealNode {
         name: &str,
         setup: impl FnOnce(&mut HostEnv) -> (Vec<DriverSpec>, String),
     ) -> RealNode {
-        Self::start_with_args(cp, name, &[], setup).await
+        Self::start_with(cp, name, &[], "", setup).await
     }
 
-    /// [`Self::start`], with extra arguments of the host's `run`.
-    async fn start_with_args(
+    /// [`Self::start`], with extra arguments of the host's `run` and the body
+    /// of its config's `[runtime]` table.
+    async fn start_with(
         cp: &ControlPlane,
         name: &str,
         args: &[&str],
+        runtime: &str,
         setup: impl FnOnce(&mut HostEnv) -> (Vec<DriverSpec>, String),
     ) -> RealNode {
         cp.create_node(name).unwrap();
@@ -81,7 +84,7 @@ impl RealNode {
         env.use_kubeconfig(&kubeconfig);
         let metrics_port = env.enable_metrics().unwrap();
         let (drivers, tables) = setup(&mut env);
-        env.write_config_with(&drivers, "", &tables).unwrap();
+        env.write_config_with(&drivers, runtime, &tables).unwrap();
         let host = env.start_with_args(&binary(), args).unwrap();
         let mut node = RealNode {
             name: name.to_owned(),
@@ -89,6 +92,7 @@ impl RealNode {
             host,
             kubelet: None,
             drivers,
+            runtime: runtime.to_owned(),
             tables,
             metrics_port,
         };
@@ -98,6 +102,15 @@ impl RealNode {
 
     fn kubelet(&self) -> &KubeletPeer {
         self.kubelet.as_ref().expect("the kubelet peer runs")
+    }
+
+    /// `kill -9` the host and start it again on the same state.
+    fn restart_host(&mut self) {
+        self.host.kill9().unwrap();
+        self.env
+            .write_config_with(&self.drivers, &self.runtime, &self.tables)
+            .unwrap();
+        self.host = self.env.start(&binary()).unwrap();
     }
 
     /// Start the kubelet peer on the node's kubelet root and wait until its
@@ -570,9 +583,7 @@ async fn an_xid_marks_the_pods_gpu_unhealthy_in_the_kubelets_health_cache() {
 
     // The host killed and started again: the kubelet's plugin manager
     // registers it again and the health stream comes back.
-    node.host.kill9().unwrap();
-    node.env.write_config_with(&node.drivers, "", &node.tables).unwrap();
-    node.host = node.env.start(&binary()).unwrap();
+    node.restart_host();
     node.until("the restarted host registered again", || {
         let n = node
             .kubelet()
@@ -605,7 +616,7 @@ async fn a_rolling_update_of_the_host_registers_both_and_the_kubelet_calls_the_n
     const OLD: &str = "0b4c6a2e-6f0e-4d6b-9a57-1c1a3e0d9f21";
     const NEW: &str = "7d1f2c3b-2a4e-4c5d-8e6f-9a0b1c2d3e51";
     let cp = control_plane().await;
-    let mut node = RealNode::start_with_args(cp, "rk-rolling", &["--rolling-update-uid", OLD], |_| {
+    let mut node = RealNode::start_with(cp, "rk-rolling", &["--rolling-update-uid", OLD], "", |_| {
         (vec![example_driver(4)], String::new())
     })
     .await;
@@ -803,6 +814,20 @@ async fn a_macvlan_claim_prepared_by_the_kubelet_attaches_through_the_hook_in_th
     assert!(errors.is_empty(), "the kubelet's code logged errors: {errors:#?}");
 }
 
+/// A DeviceClass named after `driver`, a fault-injection guest
+/// (tests/guests/faulty) on one node: deploy/ has none for it. The guest's
+/// pool is named `faulty` on every node, so each test gives it a driver
+/// name of its own (a pool spread over two nodes is no pool the scheduler
+/// allocates from).
+fn faulty_class(cp: &ControlPlane, driver: &str) {
+    let class = json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass",
+        "metadata": {"name": driver},
+        "spec": {"selectors": [{"cel": {"expression": format!("device.driver == '{driver}'")}}]},
+    });
+    cp.apply(&class.to_string()).unwrap();
+}
+
 /// A hot swap of the guest (a ConfigMap update) while the kubelet's DRA
 /// manager prepares pods: no PrepareResources fails, the swap is invisible
 /// to the kubelet (no deregistration, no new registration), pods prepared
@@ -810,7 +835,7 @@ async fn a_macvlan_claim_prepared_by_the_kubelet_attaches_through_the_hook_in_th
 /// by the old build is unprepared by the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_swap_while_the_kubelet_prepares_pods_fails_no_call() {
-    const FAULTY: &str = "faulty.dra.dev";
+    const FAULTY: &str = "swap.faulty.dra.dev";
     const KEY: &str = "faulty.wasm";
     let read = |file: &str| std::fs::read(guest(file)).unwrap();
     let cp = control_plane().await;
@@ -827,12 +852,7 @@ async fn a_hot_swap_while_the_kubelet_prepares_pods_fails_no_call() {
     })
     .await;
     let mut guests = guests.unwrap();
-    let class = json!({
-        "apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass",
-        "metadata": {"name": FAULTY},
-        "spec": {"selectors": [{"cel": {"expression": format!("device.driver == '{FAULTY}'")}}]},
-    });
-    cp.apply(&class.to_string()).unwrap();
+    faulty_class(cp, FAULTY);
     let ns = "rk-swap";
     namespace(cp, ns);
     let pods: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
@@ -925,5 +945,89 @@ async fn a_hot_swap_while_the_kubelet_prepares_pods_fails_no_call() {
         "the new build unprepared the old one's claims"
     );
     let errors = node.kubelet_errors(&[]);
+    assert!(errors.is_empty(), "the kubelet's code logged errors: {errors:#?}");
+}
+
+/// The host killed in the middle of the kubelet's NodePrepareResources (the
+/// faulty guest spins on a claim named `loop…`): that PrepareResources
+/// fails; after the host is started again the kubelet registers it anew,
+/// UnprepareResources of the pod whose prepare never finished succeeds, as
+/// does that of a pod prepared before the kill, and neither a CDI spec nor
+/// a checkpoint record is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_killed_during_the_kubelets_prepare_then_both_pods_unprepare() {
+    const FAULTY: &str = "kill.faulty.dra.dev";
+    let cp = control_plane().await;
+    let mut node = RealNode::start_with(cp, "rk-kill", &[], "call_timeout_ms = 30000", |_| {
+        let spec = DriverSpec::new(FAULTY, &guest("faulty_driver.wasm")).config("devices = 4");
+        (vec![spec], String::new())
+    })
+    .await;
+    faulty_class(cp, FAULTY);
+    let ns = "rk-kill";
+    namespace(cp, ns);
+    for (p, c) in [("done", "fine"), ("stuck", "loop-forever")] {
+        cp.apply(&claim(ns, c, FAULTY, 1, None, None)).unwrap();
+        cp.apply(&pod(ns, p, &node.name, &[("dev", "resourceClaimName", c)]))
+            .unwrap();
+    }
+    scheduled(cp, &node, ns, "done").await;
+    scheduled(cp, &node, ns, "stuck").await;
+    node.kubelet()
+        .prepare(ns, "done")
+        .await
+        .unwrap_or_else(|e| panic!("PrepareResources done: {e:#}\n{}", node.context()));
+
+    let prepare = node.kubelet().prepare(ns, "stuck");
+    let kill = async {
+        // The guest spins until the 30 s deadline: well inside it, kill -9.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        node.host.log()
+    };
+    let (result, log_before_kill) = tokio::join!(prepare, async {
+        let log = kill.await;
+        // SAFETY: kill(2) on the host process this test started and has not reaped.
+        unsafe { libc::kill(node.host.pid() as libc::pid_t, libc::SIGKILL) };
+        log
+    });
+    let err = result.expect_err("PrepareResources of a pod whose driver died in the call");
+    // The call itself broke (gRPC Unavailable), rather than the guest's
+    // deadline answering an error for the claim.
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("NodePrepareResources: rpc error: code = Unavailable"),
+        "the kubelet's error: {err}\nhost log before the kill:\n{log_before_kill}"
+    );
+
+    let registrations = |node: &RealNode| {
+        node.kubelet()
+            .events()
+            .iter()
+            .filter(|e| e["event"] == "register" && e["driver"] == FAULTY)
+            .count()
+    };
+    assert_eq!(registrations(&node), 1);
+    node.restart_host();
+    node.until("the restarted host registered again", || {
+        (registrations(&node) >= 2).then_some(())
+    })
+    .await;
+    node.kubelet().wait_driver(FAULTY, START_TIMEOUT).await.unwrap();
+    for p in ["stuck", "done"] {
+        node.kubelet()
+            .unprepare(ns, p)
+            .await
+            .unwrap_or_else(|e| panic!("UnprepareResources {p}: {e:#}\n{}", node.context()));
+    }
+    assert_eq!(node.cdi_files(), Vec::<String>::new(), "no CDI spec left");
+    let records = checkpoint_records(&node.env.kubelet_root.join("plugins").join(FAULTY).join("claims"));
+    assert_eq!(
+        records,
+        Vec::<String>::new(),
+        "no checkpoint record left\n{}",
+        node.host.log()
+    );
+    let errors =
+        node.kubelet_errors(&["\"Error receiving from WatchResources stream\" err=\"rpc error: code = Unavailable"]);
     assert!(errors.is_empty(), "the kubelet's code logged errors: {errors:#?}");
 }
