@@ -4,8 +4,9 @@
 //! `pkg/kubelet/cm/dra/plugin` under it) of k8s.io/kubernetes v1.37.2,
 //! started as the kubelet starts them, on the host's kubelet root. Pods and
 //! claims are real objects of the shared control plane, claims allocated by
-//! the real scheduler; the peer reads them as the kubelet does (it uses the
-//! admin's credentials, not a node's).
+//! the real scheduler; the peer reads them as the kubelet does, with a
+//! kubelet's credentials (`system:node:<name>`), so the Node authorizer
+//! decides what it may read and delete.
 //!
 //! The CDI device IDs the DRA manager hands the runtime (`GetResources`)
 //! are injected by the CDI library as containerd does (`cdi-inject`,
@@ -117,7 +118,8 @@ impl RealNode {
     /// DRA plugin manager has every driver.
     async fn start_kubelet(&mut self, cp: &ControlPlane) {
         let log = self.env.dir().join("kubelet.log");
-        let peer = KubeletPeer::start(&self.env.kubelet_root, &cp.kubeconfig, &self.name, &log)
+        let kubeconfig = cp.kubelet_kubeconfig(&self.name, self.env.dir()).unwrap();
+        let peer = KubeletPeer::start(&self.env.kubelet_root, &kubeconfig, &self.name, &log)
             .await
             .unwrap();
         for d in &self.drivers {
@@ -309,7 +311,16 @@ async fn the_kubelets_dra_manager_prepares_a_pod_across_two_drivers_of_one_host(
             "{d}: {registered}"
         );
     }
-    // The kubelet wipes its node's slices when it starts; the host puts them back.
+    // The kubelet wipes its node's slices when it starts (allowed to, as
+    // this node, by the Node authorizer); the host puts them back.
+    let wiped = format!(
+        "\"Deleted ResourceSlices\" logger=\"DRA registration handler.startup\" fieldSelector=\"spec.nodeName={}\"",
+        node.name
+    );
+    node.until("the kubelet's start-up wipe of the node's slices", || {
+        node.kubelet().log().contains(&wiped).then_some(())
+    })
+    .await;
     for d in [DRIVER, GPU] {
         node.until(&format!("{d}'s slice after the kubelet started"), || {
             slices_of(cp, d, &node.name).pop()
