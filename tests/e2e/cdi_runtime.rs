@@ -323,6 +323,77 @@ async fn gpu_guest_claims_inject_nvidia_nodes_and_driver_mounts() {
     );
 }
 
+/// Base-spec mode (docs/operations.md): the GPU guest hands only a
+/// reference to the GPU in the operator's `nvidia.com/gpu` spec. The
+/// runtime, reading the operator's directory and the host's, resolves it:
+/// the allocated GPU's node (numbers read from the node by the library) and
+/// the operator's common edits, and nothing of the other GPU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_base_spec_references_resolve_in_the_operators_spec() {
+    if skipped("cdi_runtime::gpu_base_spec_references_resolve_in_the_operators_spec") {
+        return;
+    }
+    let env = HostEnv::new(&cache_dir()).unwrap();
+    let sim = gpus::Simulated::new(env.dir(), 2).unwrap();
+    let dev = env.dir().join("device-root/dev");
+    // The operator's spec, in the shape `nvidia-ctk cdi generate
+    // --device-name-strategy=uuid` writes: one device per GPU by uuid, the
+    // control nodes common to all.
+    let operator_dir = env.dir().join("etc-cdi");
+    std::fs::create_dir_all(&operator_dir).unwrap();
+    let node = |name: &str| json!({"path": format!("/dev/{name}"), "hostPath": dev.join(name)});
+    let operator = json!({
+        "cdiVersion": "0.5.0",
+        "kind": "nvidia.com/gpu",
+        "devices": (0..2).map(|i| json!({
+            "name": gpus::uuid(i),
+            "containerEdits": {"deviceNodes": [node(&format!("nvidia{i}"))]},
+        })).collect::<Vec<_>>(),
+        "containerEdits": {
+            "env": ["NVIDIA_VISIBLE_DEVICES=void"],
+            "deviceNodes": [node("nvidiactl"), node("nvidia-uvm"), node("nvidia-uvm-tools")],
+        },
+    });
+    std::fs::write(operator_dir.join("nvidia.json"), operator.to_string()).unwrap();
+    let spec = DriverSpec::new(GPU, &guest("gpu_driver.wasm"))
+        .extra(
+            "grants = [\"nvml\"]\n[drivers.policy]\n\
+             cdi_devices = [{ kind = \"nvidia.com/gpu\", name_attribute = \"uuid\" }]\n",
+        )
+        .config("cdi = { mode = \"base-spec\", kind = \"nvidia.com/gpu\" }");
+    let mut node = Node::start_in(env, vec![spec], "", &sim.tables).await;
+    let claim = Claim::new("ml", "by-uuid", &uid(1)).device(GPU, "test-node", "gpu-1", "gpu");
+    node.claims.put(std::slice::from_ref(&claim)).unwrap();
+    let answer = node.plugin.prepare(&[claim.reference()]).await.unwrap();
+    assert_eq!(answer[&uid(1)].error, "", "{}", node.host.log());
+    let ids = ids_of(&answer[&uid(1)]);
+    let reference = format!("nvidia.com/gpu={}", gpus::uuid(1));
+    assert!(ids.contains(&reference), "{ids:?}");
+
+    let go = go_programs().await;
+    let oci = cdi::inject_from(&go.cdi_inject, &[&operator_dir, &node.env.cdi_dir], &ids)
+        .unwrap_or_else(|e| panic!("the CDI library did not inject {ids:?}: {e}\n{}", node.host.log()));
+    let own: Vec<String> = ids.iter().filter(|i| **i != reference).cloned().collect();
+    assert_applied(&node.env.cdi_dir, &own, &oci);
+    let mut nodes = device_nodes(&oci);
+    nodes.sort();
+    let want: Vec<(String, String, i64, i64)> = [
+        ("/dev/nvidia-uvm", 510, 0),
+        ("/dev/nvidia-uvm-tools", 510, 1),
+        ("/dev/nvidia1", 195, 1),
+        ("/dev/nvidiactl", 195, 255),
+    ]
+    .iter()
+    .map(|(p, major, minor)| ((*p).to_owned(), "c".to_owned(), *major, *minor))
+    .collect();
+    assert_eq!(nodes, want, "gpu-1 only, numbers from the nodes: {oci}");
+    assert!(
+        env_has(&oci, "NVIDIA_VISIBLE_DEVICES=void"),
+        "{}",
+        oci["process"]["env"]
+    );
+}
+
 /// Whether to run a test that needs root (links, namespaces): as root; else
 /// fail, or skip when `DRA_SKIP_ROOT_TESTS=1` asks to.
 fn need_root(test: &str) -> bool {

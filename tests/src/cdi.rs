@@ -8,9 +8,18 @@ use std::path::Path;
 /// `program` (cdi-inject) injects them from the spec directory `cdi_dir`;
 /// Err: what the library refused, with the file or device it names.
 pub fn inject(program: &Path, cdi_dir: &Path, ids: &[String]) -> Result<Value, String> {
-    let out = std::process::Command::new(program)
-        .arg("-spec-dir")
-        .arg(cdi_dir)
+    inject_from(program, &[cdi_dir], ids)
+}
+
+/// [`inject`] from several spec directories, in the runtime's order of
+/// precedence (later ones win), as a runtime configured with `/etc/cdi` and
+/// `/var/run/cdi` reads both.
+pub fn inject_from(program: &Path, cdi_dirs: &[&Path], ids: &[String]) -> Result<Value, String> {
+    let mut cmd = std::process::Command::new(program);
+    for dir in cdi_dirs {
+        cmd.arg("-spec-dir").arg(dir);
+    }
+    let out = cmd
         .args(ids)
         .output()
         .map_err(|e| format!("running {}: {e}", program.display()))?;
