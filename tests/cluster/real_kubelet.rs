@@ -896,6 +896,7 @@ async fn a_hot_swap_while_the_kubelet_prepares_pods_fails_no_call() {
     // until a round after the swap: every call succeeds, and the OCI specs
     // show the old build before and the new one after.
     let swapped = std::sync::atomic::AtomicBool::new(false);
+    let started = std::sync::atomic::AtomicUsize::new(0);
     let load = async {
         let (mut failures, mut versions, mut calls) = (Vec::new(), BTreeSet::new(), 0);
         let mut last_round = false;
@@ -912,12 +913,16 @@ async fn a_hot_swap_while_the_kubelet_prepares_pods_fails_no_call() {
                     failures.push(format!("unprepare {p}: {e:#}"));
                 }
                 calls += 2;
+                started.store(calls, std::sync::atomic::Ordering::SeqCst);
             }
         }
         (failures, versions, calls)
     };
     let swap = async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Only once the load has made calls with the old build.
+        while started.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         guests.update(&[(KEY, &read("faulty_next.wasm"))]).unwrap();
         node.until("the guest swapped", || {
             node.host.log().contains("guest swapped").then_some(())
@@ -991,8 +996,17 @@ async fn the_host_killed_during_the_kubelets_prepare_then_both_pods_unprepare() 
 
     let prepare = node.kubelet().prepare(ns, "stuck");
     let kill = async {
-        // The guest spins until the 30 s deadline: well inside it, kill -9.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Once the kubelet's DRA client has sent the call (its log says so)
+        // and the guest spins on it, kill -9, well inside the 30 s deadline.
+        let calling = "\"Calling NodePrepareResources rpc\"";
+        node.until("the kubelet's NodePrepareResources call of loop-forever", || {
+            let log = node.kubelet().log();
+            log.lines()
+                .any(|l| l.contains(calling) && l.contains("loop-forever"))
+                .then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         node.host.log()
     };
     let (result, log_before_kill) = tokio::join!(prepare, async {
