@@ -582,6 +582,19 @@ async fn an_xid_marks_the_pods_gpu_unhealthy_in_the_kubelets_health_cache() {
         unhealthy["message"].as_str().is_some_and(|m| m.contains("79")),
         "the Xid in the message: {unhealthy}"
     );
+    // Written into the Pod's status as this node, as the status manager
+    // does: the API server accepts it and stores what the cache holds.
+    node.kubelet()
+        .write_health(ns, "p")
+        .await
+        .unwrap_or_else(|e| panic!("writing the pod's status: {e:#}\n{}", node.context()));
+    let stored =
+        cp.get(&["pod", "p", "-n", ns]).unwrap()["status"]["containerStatuses"][0]["allocatedResourcesStatus"].clone();
+    assert_eq!(stored[0]["name"], "claim:gpu", "{stored}");
+    assert_eq!(
+        stored[0]["resources"][0], unhealthy,
+        "the stored status is the cache's: {stored}"
+    );
     let updated =
         node.kubelet().events().iter().any(|e| {
             e["event"] == "health-update" && e["pods"].as_array().is_some_and(|p| p.contains(&json!(pod_uid)))

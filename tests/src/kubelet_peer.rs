@@ -189,6 +189,15 @@ impl KubeletPeer {
         Ok(serde_json::from_value(a["containers"].clone())?)
     }
 
+    /// [`Self::health`], and that status written into the Pod's
+    /// `status.containerStatuses` in the API server (as this node).
+    pub async fn write_health(&self, namespace: &str, pod: &str) -> Result<BTreeMap<String, Value>> {
+        let a = self
+            .ok(json!({"op": "health", "namespace": namespace, "pod": pod, "write": true}))
+            .await?;
+        Ok(serde_json::from_value(a["containers"].clone())?)
+    }
+
     /// `UnprepareResources(pod)`.
     pub async fn unprepare(&self, namespace: &str, pod: &str) -> Result<()> {
         self.ok(json!({"op": "unprepare", "namespace": namespace, "pod": pod}))

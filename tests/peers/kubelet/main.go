@@ -22,6 +22,7 @@
 //	{"id":2,"op":"prepare","namespace":"ns","pod":"name"}   -> {"containers":{"c":[CDI IDs]}}
 //	{"id":3,"op":"resources","namespace":"ns","pod":"name"} -> the same, without preparing
 //	{"id":4,"op":"health","namespace":"ns","pod":"name"}    -> {"containers":{"c":[allocatedResourcesStatus]}}
+//	  ("write":true also writes them into the Pod's status, as the status manager would)
 //	{"id":5,"op":"unprepare","namespace":"ns","pod":"name"}
 //
 // Failures answer {"id":N,"ok":false,"error":"..."}. Lines with "event"
@@ -79,6 +80,10 @@ type request struct {
 	TimeoutS  int    `json:"timeout_s"`
 	Namespace string `json:"namespace"`
 	Pod       string `json:"pod"`
+	// For "health": also write the containers' allocatedResourcesStatus
+	// into the Pod's status in the API server, as the kubelet's status
+	// manager would.
+	Write bool `json:"write"`
 }
 
 // peer is one kubelet: its DRA manager, the pods it has admitted, its client.
@@ -354,6 +359,11 @@ func (p *peer) handle(ctx context.Context, req request) (map[string]any, error) 
 			status.ContainerStatuses = append(status.ContainerStatuses, v1.ContainerStatus{Name: c.Name})
 		}
 		p.manager.UpdateAllocatedResourcesStatus(klog.FromContext(ctx), pod, status)
+		if req.Write {
+			if err := p.writeStatus(ctx, pod, status); err != nil {
+				return nil, err
+			}
+		}
 		containers := map[string]any{}
 		for _, s := range status.ContainerStatuses {
 			sort.Slice(s.AllocatedResourcesStatus, func(i, j int) bool {
@@ -377,6 +387,36 @@ func (p *peer) handle(ctx context.Context, req request) (map[string]any, error) 
 	default:
 		return nil, fmt.Errorf("unknown op %q", req.Op)
 	}
+}
+
+// writeStatus writes each container's allocatedResourcesStatus into the
+// Pod's status (UpdateStatus as this node). No container runs, so each
+// status says Waiting, ContainerCreating, as a kubelet's would while it
+// prepares the pod.
+func (p *peer) writeStatus(ctx context.Context, pod *v1.Pod, computed *v1.PodStatus) error {
+	current, err := p.client.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("get pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	statuses := make([]v1.ContainerStatus, 0, len(current.Spec.Containers))
+	for _, c := range current.Spec.Containers {
+		s := v1.ContainerStatus{
+			Name:  c.Name,
+			Image: c.Image,
+			State: v1.ContainerState{Waiting: &v1.ContainerStateWaiting{Reason: "ContainerCreating"}},
+		}
+		for _, cs := range computed.ContainerStatuses {
+			if cs.Name == c.Name {
+				s.AllocatedResourcesStatus = cs.AllocatedResourcesStatus
+			}
+		}
+		statuses = append(statuses, s)
+	}
+	current.Status.ContainerStatuses = statuses
+	if _, err := p.client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, current, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("update status of pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	return nil
 }
 
 // resources are the CDI device IDs GetResources gives each container: what
