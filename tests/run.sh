@@ -43,6 +43,13 @@ echo "tests/run.sh: control plane binaries ready in $((SECONDS - k8s_started)) s
 helm_started=$SECONDS
 tests/helm/build.sh >/dev/null
 echo "tests/run.sh: helm ready in $((SECONDS - helm_started)) s"
+# The kubelet's own DRA code (tests/peers/kubelet: the plugin manager and DRA
+# manager of k8s.io/kubernetes v1.37.2) that drives tests/cluster/real_kubelet.rs,
+# built into a cache the same way, after the control plane so that the
+# packages both use come from Go's build cache.
+peer_started=$SECONDS
+tests/peers/kubelet/build.sh >/dev/null
+echo "tests/run.sh: kubelet peer ready in $((SECONDS - peer_started)) s"
 
 cargo test --workspace --locked
 # The guests' logic and the guest SDK compiled natively (its tests and doc examples).

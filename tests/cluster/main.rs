@@ -7,8 +7,11 @@
 //! The host runs as in the DaemonSet: claims from the API server, credentials
 //! of the chart's ServiceAccount in a token bound to a Pod on the
 //! host's Node, so RBAC and the admission policy are enforced for real.
-//! Claims are allocated by the real scheduler. The kubelet side is still the
-//! in-tree test kubelet (`dra_test_support::kubelet`).
+//! Claims are allocated by the real scheduler. In `real_kubelet` the kubelet
+//! side is the kubelet's own plugin manager and DRA manager (k8s.io/kubernetes
+//! v1.37.2, tests/peers/kubelet); the other tests here still call the host
+//! with the in-tree test kubelet (`dra_test_support::kubelet`), for the API
+//! side they check.
 //!
 //! One control plane serves all tests of this binary (each test has its own
 //! Nodes and namespaces); the outage test starts one of its own.
@@ -16,6 +19,7 @@
 #[allow(dead_code, reason = "the e2e suite's helpers; this binary uses a part of them")]
 #[path = "../e2e/common.rs"]
 mod common;
+mod real_kubelet;
 
 use common::*;
 use dra_test_support::claims::uid;

@@ -68,6 +68,8 @@ pub(crate) struct GoPrograms {
     pub(crate) peer: PathBuf,
     /// The server that records what a client sends.
     probe: PathBuf,
+    /// The container runtime's CDI injection (tests/e2e/cdi_runtime.rs).
+    pub(crate) cdi_inject: PathBuf,
 }
 
 /// The grpc-go programs, built once per test run.
@@ -95,6 +97,7 @@ pub(crate) async fn go_programs() -> GoPrograms {
                 Ok(GoPrograms {
                     peer: out.join("kubelet-peer"),
                     probe: out.join("authority-probe"),
+                    cdi_inject: out.join("cdi-inject"),
                 })
             })
             .clone()

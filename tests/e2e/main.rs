@@ -2,6 +2,7 @@
 //! test kubelet, and guest components built from `guests/` and `tests/guests/`.
 
 mod api;
+mod cdi_runtime;
 mod chart;
 mod common;
 mod deadlines;

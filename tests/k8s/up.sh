@@ -141,7 +141,7 @@ current-context: dwh-test
 YAML
 }
 # The audit log records every request of the host's ServiceAccount
-# (`deploy/rbac.yaml`) with its verb, object and node (a bound token's
+# (the chart's ServiceAccount) with its verb, object and node (a bound token's
 # extra), so tests can count what one node's host asked of the API server.
 cat >"$dir/audit-policy.yaml" <<YAML
 apiVersion: audit.k8s.io/v1

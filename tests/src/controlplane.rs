@@ -307,6 +307,86 @@ impl ControlPlane {
         std::fs::write(path, token_kubeconfig(&self.server, &self.ca, token.trim()))?;
         Ok(path.to_owned())
     }
+
+    /// A kubelet's credentials on `node`, as a kubelet's bootstrap ends with
+    /// them: a client certificate for `system:node:<node>` in the group
+    /// `system:nodes`, signed by the cluster's CA, so the API server's Node
+    /// authorizer and NodeRestriction admission apply. Key, certificate and
+    /// kubeconfig are written in `dir`; returns the kubeconfig's path.
+    pub fn kubelet_kubeconfig(&self, node: &str, dir: &Path) -> Result<PathBuf> {
+        let pki = self.dir.join("pki");
+        let (key, csr, crt) = (
+            dir.join("kubelet.key"),
+            dir.join("kubelet.csr"),
+            dir.join("kubelet.crt"),
+        );
+        let ext = dir.join("kubelet.ext");
+        std::fs::write(
+            &ext,
+            "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n",
+        )?;
+        let openssl = |args: &[&std::ffi::OsStr]| -> Result<()> {
+            let out = Command::new("openssl").args(args).output().context("running openssl")?;
+            ensure!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        let subject = format!("/O=system:nodes/CN=system:node:{node}");
+        let serial = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+            .to_string();
+        openssl(&[
+            "req".as_ref(),
+            "-newkey".as_ref(),
+            "ec".as_ref(),
+            "-pkeyopt".as_ref(),
+            "ec_paramgen_curve:prime256v1".as_ref(),
+            "-nodes".as_ref(),
+            "-subj".as_ref(),
+            subject.as_ref(),
+            "-keyout".as_ref(),
+            key.as_os_str(),
+            "-out".as_ref(),
+            csr.as_os_str(),
+        ])?;
+        openssl(&[
+            "x509".as_ref(),
+            "-req".as_ref(),
+            "-in".as_ref(),
+            csr.as_os_str(),
+            "-CA".as_ref(),
+            pki.join("ca.crt").as_os_str(),
+            "-CAkey".as_ref(),
+            pki.join("ca.key").as_os_str(),
+            // Not -CAcreateserial: tests sign at once, and would race on its file.
+            "-set_serial".as_ref(),
+            serial.as_ref(),
+            "-days".as_ref(),
+            "1".as_ref(),
+            "-out".as_ref(),
+            crt.as_os_str(),
+            "-extfile".as_ref(),
+            ext.as_os_str(),
+        ])?;
+        let path = dir.join("kubelet.kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+                 users:\n- name: u\n  user:\n    client-certificate: {}\n    client-key: {}\n\
+                 contexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
+                self.server,
+                self.ca.display(),
+                crt.display(),
+                key.display()
+            ),
+        )?;
+        Ok(path)
+    }
 }
 
 /// Claims allocated by hand, for tests whose allocations the scheduler

@@ -16,6 +16,14 @@
 //!   v1 as the kubelet's wrapper does;
 //! - watches device health as a 1.37 kubelet does: through
 //!   `v1.DRAResourceHealth` when advertised, else `v1alpha1`, else not at all.
+//!
+//! The kubelet's own code (its plugin manager and DRA manager at 1.37.2,
+//! [`crate::kubelet_peer`]) drives the node flows of `tests/cluster`; this
+//! stand-in stays where that code cannot go: wire-level faults (a kubelet
+//! that gives up on a call, raw HTTP/2, slow or truncated answers), the
+//! many e2e tests that need no API server, and `dra-wasm-host demo`. What the
+//! real code does that this one does not is listed in docs/operations.md
+//! ("Which kubelets were checked, and how").
 
 use anyhow::{Context, Result, anyhow, bail};
 use dra_proto::dra::{v1, v1beta1};

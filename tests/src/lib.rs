@@ -1,6 +1,9 @@
 //! Stand-ins for the parts of a Kubernetes node that the host talks to, used
 //! by the end-to-end tests and by `dra-wasm-host demo`:
 //!
+//! - [`kubelet_peer::KubeletPeer`]: the kubelet's own plugin manager and DRA
+//!   manager (k8s.io/kubernetes v1.37.2, tests/peers/kubelet) driven by commands;
+//! - [`cdi::inject`]: CDI device IDs injected into an OCI spec as containerd does;
 //! - [`kubelet::TestKubelet`]: watches the registration directory and calls
 //!   plugins exactly as the kubelet does on the wire;
 //! - [`host::HostEnv`] / [`host::HostProcess`]: a temporary node layout and
@@ -18,6 +21,7 @@
 
 pub mod apiserver;
 pub mod bench;
+pub mod cdi;
 pub mod claims;
 pub mod configmap;
 pub mod controlplane;
@@ -25,4 +29,5 @@ pub mod gpus;
 pub mod helm;
 pub mod host;
 pub mod kubelet;
+pub mod kubelet_peer;
 pub mod netlab;

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds the grpc-go kubelet peer (main.go) into OUT_DIR/kubelet-peer, and
-# the probe that records what clients send (probe/main.go) into
-# OUT_DIR/authority-probe.
+# Builds the grpc-go kubelet peer (main.go) into OUT_DIR/kubelet-peer, the
+# probe that records what clients send (probe/main.go) into
+# OUT_DIR/authority-probe, and the container runtime's CDI injection
+# (cdi/main.go, tags.cncf.io/container-device-interface as containerd 2.x
+# and CRI-O use it) into OUT_DIR/cdi-inject.
 #
 # A Go module (go.mod, go.sum): grpc-go 1.82.1, protobuf-go and
 # golang.org/x/net at the versions k8s.io/kubernetes v1.37.2 requires, and
@@ -46,3 +48,4 @@ out=$(cd "$out" && pwd)
 cd "$here"
 "$go" build -mod=readonly -o "$out/kubelet-peer" .
 "$go" build -mod=readonly -o "$out/authority-probe" ./probe
+"$go" build -mod=readonly -o "$out/cdi-inject" ./cdi

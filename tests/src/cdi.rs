@@ -1,0 +1,35 @@
+//! The container runtime's CDI injection (`cdi-inject`, tests/peers/go/cdi:
+//! tags.cncf.io/container-device-interface as containerd uses it).
+
+use serde_json::Value;
+use std::path::Path;
+
+/// The OCI runtime spec of a container given the CDI devices `ids`, as
+/// `program` (cdi-inject) injects them from the spec directory `cdi_dir`;
+/// Err: what the library refused, with the file or device it names.
+pub fn inject(program: &Path, cdi_dir: &Path, ids: &[String]) -> Result<Value, String> {
+    inject_from(program, &[cdi_dir], ids)
+}
+
+/// [`inject`] from several spec directories, in the runtime's order of
+/// precedence (later ones win), as a runtime configured with `/etc/cdi` and
+/// `/var/run/cdi` reads both.
+pub fn inject_from(program: &Path, cdi_dirs: &[&Path], ids: &[String]) -> Result<Value, String> {
+    let mut cmd = std::process::Command::new(program);
+    for dir in cdi_dirs {
+        cmd.arg("-spec-dir").arg(dir);
+    }
+    let out = cmd
+        .args(ids)
+        .output()
+        .map_err(|e| format!("running {}: {e}", program.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} ({}): {}",
+            program.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("cdi-inject printed no OCI spec: {e}"))
+}
