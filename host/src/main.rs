@@ -6,7 +6,7 @@
 mod cli;
 
 use clap::{Parser, Subcommand};
-use cli::{call, guest, harness, hook};
+use cli::{call, guest, harness, hook, probe};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -66,6 +66,18 @@ enum Command {
         #[arg(long)]
         link: String,
     },
+    /// Check this pod's drivers as the liveness service does and exit
+    /// non-zero naming the first that fails: the exec probe of hostNetwork
+    /// pods, whose probe port the other pod of a rolling update may hold.
+    Probe {
+        /// The host config file (TOML), as `run` has it.
+        #[arg(long)]
+        config: PathBuf,
+        /// The pod's UID when it runs with `--rolling-update-uid` (its
+        /// sockets carry it); from `$POD_UID` when set.
+        #[arg(long, env = "POD_UID")]
+        rolling_update_uid: Option<String>,
+    },
     /// Copy this binary to a path on the node, for container runtimes to run
     /// as the network attach hook (a DaemonSet init container does this).
     InstallHook {
@@ -124,7 +136,8 @@ fn main() -> std::process::ExitCode {
         | Command::Guest(_)
         | Command::Call(_)
         | Command::NetAttach { .. }
-        | Command::InstallHook { .. } => "warn",
+        | Command::InstallHook { .. }
+        | Command::Probe { .. } => "warn",
         Command::Run { .. } => "info",
     };
     init_tracing(cli.log_format, default_filter);
@@ -155,6 +168,10 @@ fn main() -> std::process::ExitCode {
             Command::Call(cmd) => call::run(cmd).await,
             Command::NetAttach { dir, link } => hook::net_attach(&dir, &link),
             Command::InstallHook { to } => hook::install_hook(&to),
+            Command::Probe {
+                config,
+                rolling_update_uid,
+            } => probe::run(&config, rolling_update_uid.as_deref()).await,
         }
     });
     match result {

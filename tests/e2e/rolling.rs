@@ -275,3 +275,63 @@ async fn a_host_restarted_in_rolling_update_mode_keeps_the_claims() {
     assert_eq!(plugin.unprepare(&[c.reference()]).await.unwrap()[&c.uid], "");
     assert!(!node.cdi_spec_path(&c.uid).exists());
 }
+
+/// `dra-wasm-host probe` (the exec probe of hostNetwork pods, whose probe
+/// port the other pod of an update may hold) checks the sockets of the pod
+/// it runs in: with the old pod's UID it passes while only the old pod
+/// serves, with the new pod's it fails, naming the driver and the socket,
+/// until the new pod serves too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_command_checks_only_its_own_pods_sockets() {
+    let env = HostEnv::new(&cache_dir()).unwrap();
+    let _claims = ClaimsFile::new(&env.claims_path).unwrap();
+    env.write_config(
+        &[DriverSpec::new(DRIVER, &guest("example_driver.wasm")).config("devices = 2")],
+        "",
+    )
+    .unwrap();
+    let kubelet = TestKubelet::start(&env.kubelet_root).unwrap();
+    let probe = |uid: Option<&str>| {
+        let mut cmd = std::process::Command::new(binary());
+        cmd.args(["probe", "--config"])
+            .arg(&env.config_path)
+            .env_remove("POD_UID");
+        if let Some(uid) = uid {
+            cmd.env("POD_UID", uid);
+        }
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let old = env
+        .start_with_args(&binary(), &["--rolling-update-uid", OLD_UID])
+        .unwrap();
+    kubelet
+        .wait_for_instances(DRIVER, 1, START_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", old.log()));
+    let (ok, text) = probe(Some(OLD_UID));
+    assert!(ok && text.contains("serving: 1 driver"), "{text}");
+    let (ok, text) = probe(Some(NEW_UID));
+    assert!(!ok, "the new pod's probe passed on the old pod's sockets: {text}");
+    assert!(
+        text.contains(&format!("driver {DRIVER}")) && text.contains("registration socket"),
+        "{text}"
+    );
+    // Not in rolling-update mode: the plain socket names, which nobody serves.
+    assert!(!probe(None).0);
+
+    let new = env
+        .start_with_args(&binary(), &["--rolling-update-uid", NEW_UID])
+        .unwrap();
+    kubelet
+        .wait_for_instances(DRIVER, 2, START_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", new.log()));
+    let (ok, text) = probe(Some(NEW_UID));
+    assert!(ok, "{text}\n{}", new.log());
+}

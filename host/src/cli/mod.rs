@@ -8,6 +8,7 @@ mod demo;
 pub(crate) mod guest;
 pub(crate) mod harness;
 pub(crate) mod hook;
+pub(crate) mod probe;
 
 /// `demo`: the real binary in node mode, driven by the in-tree test kubelet.
 /// It links the test-support crate, so the shipped binary is built without

@@ -25,6 +25,17 @@ pub struct Probe {
     pub dra_socket: PathBuf,
 }
 
+impl Probe {
+    /// The check of `driver` served at `paths`.
+    pub fn of(driver: &str, paths: &super::PluginPaths) -> Self {
+        Self {
+            driver: driver.to_owned(),
+            registration_socket: paths.registration_socket.clone(),
+            dra_socket: paths.dra_socket.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Liveness {
     probes: Vec<Probe>,
@@ -35,7 +46,9 @@ impl Liveness {
         Self { probes }
     }
 
-    async fn healthy(&self) -> Result<(), String> {
+    /// Check every driver's sockets once: `Err` names the driver and what
+    /// failed. The gRPC service and the `probe` command both run this.
+    pub async fn healthy(&self) -> Result<(), String> {
         for p in &self.probes {
             let check = async {
                 let channel = dra_proto::connect_uds(&p.registration_socket)

@@ -150,11 +150,7 @@ impl Node {
             }
             None => {}
         }
-        let probe = liveness::Probe {
-            driver: d.name.clone(),
-            registration_socket: paths.registration_socket.clone(),
-            dra_socket: paths.dra_socket.clone(),
-        };
+        let probe = liveness::Probe::of(&d.name, &paths);
         let attach = match assembled.net {
             Some(nd) => {
                 let socket = net::attach::socket_path(&paths.plugin_dir, self.rolling_update_uid.as_deref());
