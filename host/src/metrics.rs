@@ -1,4 +1,5 @@
-//! Prometheus metrics, and the small HTTP server that exposes them.
+//! Prometheus metrics, and the small HTTP server that exposes them
+//! ([`http`]).
 //!
 //! Names start with `dra_host_`. Label values are bounded sets (driver names
 //! from the config, fixed operation and outcome names): never claim UIDs.
@@ -11,6 +12,8 @@
 //! (`pkg/kubelet/metrics/metrics.go`); here it is timed on the server side,
 //! around each `DRAPlugin` call.
 
+mod http;
+pub use http::serve;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -578,96 +581,5 @@ impl Metrics {
     }
 }
 
-/// Serve `GET /metrics` on `listener` until `shutdown` resolves.
-pub fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> tokio::task::JoinHandle<()> {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
-    use hyper::{Request, Response, StatusCode};
-
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving metrics");
-    }
-    tokio::spawn(async move {
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = &mut shutdown => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "metrics listener accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let metrics = Arc::clone(&metrics);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let metrics = Arc::clone(&metrics);
-                    async move {
-                        let mut resp = Response::new(Full::new(Bytes::new()));
-                        if req.uri().path() == "/metrics" {
-                            *resp.body_mut() = Full::new(Bytes::from(metrics.encode()));
-                            resp.headers_mut().insert(
-                                http::header::CONTENT_TYPE,
-                                http::HeaderValue::from_static(
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                ),
-                            );
-                        } else {
-                            *resp.status_mut() = StatusCode::NOT_FOUND;
-                        }
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await
-                {
-                    tracing::debug!(error = %e, "metrics connection ended with an error");
-                }
-            });
-        }
-    })
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dra_buckets_are_the_kubelets() {
-        let b = dra_duration_buckets();
-        assert_eq!(b.len(), 15);
-        assert_eq!(b[0], 0.1);
-        assert!((b[14] - 40.0).abs() < 1e-9, "{b:?}");
-        assert!((b[1] - 0.153_412_74).abs() < 1e-8, "{b:?}");
-        assert!((b[7] - 2.0).abs() < 1e-9, "{b:?}");
-    }
-
-    #[test]
-    fn the_upstream_name_is_served_beside_the_host_metrics() {
-        let m = Metrics::new();
-        m.dra_grpc_operation(
-            "d",
-            "/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources",
-            "OK",
-            Duration::from_millis(3),
-        );
-        m.set_prepared_claims("d", 1);
-        let text = m.encode();
-        assert!(
-            text.contains("# TYPE dra_grpc_operations_duration_seconds histogram"),
-            "{text}"
-        );
-        assert!(text.contains("dra_grpc_operations_duration_seconds_count{driver_name=\"d\",method_name=\"/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources\",grpc_status_code=\"OK\"} 1"), "{text}");
-        assert!(text.contains("dra_host_prepared_claims{driver=\"d\"} 1"), "{text}");
-        assert_eq!(text.matches("# EOF").count(), 1);
-    }
-}
+mod tests;
