@@ -47,10 +47,10 @@ fn cdi_inject() -> PathBuf {
 }
 
 /// A Node with a host on it and the kubelet's own code as its kubelet.
-struct RealNode {
-    name: String,
-    env: HostEnv,
-    host: HostProcess,
+pub(super) struct RealNode {
+    pub(super) name: String,
+    pub(super) env: HostEnv,
+    pub(super) host: HostProcess,
     kubelet: Option<KubeletPeer>,
     drivers: Vec<DriverSpec>,
     runtime: String,
@@ -61,7 +61,7 @@ struct RealNode {
 impl RealNode {
     /// Node `name`, a host with the drivers `setup` returns (and metrics),
     /// then the kubelet peer, which must register every driver.
-    async fn start(
+    pub(super) async fn start(
         cp: &ControlPlane,
         name: &str,
         setup: impl FnOnce(&mut HostEnv) -> (Vec<DriverSpec>, String),
@@ -101,7 +101,7 @@ impl RealNode {
         node
     }
 
-    fn kubelet(&self) -> &KubeletPeer {
+    pub(super) fn kubelet(&self) -> &KubeletPeer {
         self.kubelet.as_ref().expect("the kubelet peer runs")
     }
 
@@ -137,7 +137,7 @@ impl RealNode {
     }
 
     /// What to show when something fails: the peer's events and both logs.
-    fn context(&self) -> String {
+    pub(super) fn context(&self) -> String {
         let (events, log) = match &self.kubelet {
             Some(k) => (format!("{:#?}", k.events()), tail(&k.log())),
             None => ("(no kubelet)".into(), String::new()),
@@ -161,7 +161,7 @@ impl RealNode {
     }
 
     /// Poll until `check` gives a value; the panic shows the context.
-    async fn until<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    pub(super) async fn until<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + CLUSTER_TIMEOUT;
         loop {
             if let Some(v) = check() {
