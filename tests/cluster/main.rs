@@ -7,11 +7,20 @@
 //! The host runs as in the DaemonSet: claims from the API server, credentials
 //! of the chart's ServiceAccount in a token bound to a Pod on the
 //! host's Node, so RBAC and the admission policy are enforced for real.
-//! Claims are allocated by the real scheduler. In `real_kubelet` the kubelet
-//! side is the kubelet's own plugin manager and DRA manager (k8s.io/kubernetes
-//! v1.37.2, tests/peers/kubelet); the other tests here still call the host
-//! with the in-tree test kubelet (`dra_test_support::kubelet`), for the API
-//! side they check.
+//! Claims are allocated by the real scheduler. The kubelet side is the
+//! kubelet's own plugin manager and DRA manager (k8s.io/kubernetes v1.37.2,
+//! tests/peers/kubelet, `RealNode`) in `real_kubelet` and wherever a test
+//! here prepares a Pod's claims or registers the host from the chart. The
+//! tonic test kubelet (`dra_test_support::kubelet`, through `cluster_node`)
+//! stays for:
+//! - calls the kubelet's code never sends: claims not allocated, of a replaced
+//!   UID or missing (`unallocated_replaced_and_missing_claims_...`), and calls
+//!   while the API server is down (`the_api_server_goes_away_...`: the DRA
+//!   manager reads each claim from the API server before calling);
+//! - tests where the kubelet only lets the host register (slices, their
+//!   repair, a restart's writes, RBAC, the scheduler's view of classes and
+//!   taints): the kubelet's code wipes the node's slices when it starts, which
+//!   the slice generations and write logs these pin would race with.
 //!
 //! One control plane serves all tests of this binary (each test has its own
 //! Nodes and namespaces); the outage test starts one of its own.
@@ -845,6 +854,8 @@ async fn the_scheduler_allocates_from_our_slices_and_the_host_prepares_those_cla
     assert!(left.is_empty(), "both claims unprepared: {left:#?}");
 }
 
+/// Through the tonic test kubelet: the kubelet's DRA manager checks a
+/// claim's allocation, reservation and UID itself and never sends these.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unallocated_replaced_and_missing_claims_are_each_their_own_error() {
     let cp = control_plane().await;
@@ -1196,6 +1207,9 @@ async fn a_failed_prepare_is_a_warning_event_on_the_claim() {
 
 // --- the API server goes away --------------------------------------------------
 
+/// Through the tonic test kubelet: the kubelet's DRA manager reads each
+/// claim from the API server before it calls the host, so it cannot call
+/// during the outage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_goes_away_and_comes_back() {
     // A control plane of its own: this test stops it.
