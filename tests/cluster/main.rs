@@ -19,8 +19,9 @@
 //!   manager reads each claim from the API server before calling);
 //! - tests where the kubelet only lets the host register (slices, their
 //!   repair, a restart's writes, RBAC, the scheduler's view of classes and
-//!   taints): the kubelet's code wipes the node's slices when it starts, which
-//!   the slice generations and write logs these pin would race with.
+//!   taints): the kubelet plays no part in what they check, and the
+//!   kubelet's code wipes the node's slices when it starts, under the slice
+//!   names, generations and write logs several of them pin.
 //!
 //! One control plane serves all tests of this binary (each test has its own
 //! Nodes and namespaces); the outage test starts one of its own.

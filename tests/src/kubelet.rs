@@ -36,9 +36,10 @@
 //!   host's claims file, or allocated by hand and reserved for no Pod
 //!   (`api.rs`, `cdi_runtime.rs`, `gpu.rs`, `lifecycle.rs`, `net.rs`,
 //!   `nodestate.rs`, `quickstart.rs`);
-//! - registration only, where the kubelet's code would wipe the node's
-//!   slices under the test (the slice tests of `tests/cluster/main.rs`), or
-//!   under raw HTTP/2 frames (`wire.rs`);
+//! - registration only, where the kubelet plays no part in what is checked
+//!   and its code would wipe the node's slices under the test (the slice,
+//!   RBAC and scheduling tests of `tests/cluster/main.rs`), or under raw
+//!   HTTP/2 frames (`wire.rs`);
 //! - measurements timed where the answer arrives, with load on cue
 //!   (`tests/bench/health.rs`, `memory.rs`, `net.rs`, `prepare.rs`,
 //!   `swap.rs`, `throughput.rs`): the Go peer would time itself behind its
