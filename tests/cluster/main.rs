@@ -9,19 +9,17 @@
 //! host's Node, so RBAC and the admission policy are enforced for real.
 //! Claims are allocated by the real scheduler. The kubelet side is the
 //! kubelet's own plugin manager and DRA manager (k8s.io/kubernetes v1.37.2,
-//! tests/peers/kubelet, `RealNode`) in `real_kubelet` and wherever a test
-//! here prepares a Pod's claims or registers the host from the chart. The
-//! tonic test kubelet (`dra_test_support::kubelet`, through `cluster_node`)
-//! stays for:
+//! tests/peers/kubelet, `RealNode`), in `real_kubelet` and in every test here
+//! but four, which keep the tonic test kubelet (`dra_test_support::kubelet`,
+//! through `cluster_node`):
 //! - calls the kubelet's code never sends: claims not allocated, of a replaced
 //!   UID or missing (`unallocated_replaced_and_missing_claims_...`), and calls
 //!   while the API server is down (`the_api_server_goes_away_...`: the DRA
 //!   manager reads each claim from the API server before calling);
-//! - tests where the kubelet only lets the host register (slices, their
-//!   repair, a restart's writes, RBAC, the scheduler's view of classes and
-//!   taints): the kubelet plays no part in what they check, and the
-//!   kubelet's code wipes the node's slices when it starts, under the slice
-//!   names, generations and write logs several of them pin.
+//! - a host's first publication (`slices_of_the_example_...`: generation 1;
+//!   `a_restarted_host_...`: its creates): the kubelet's code deletes the
+//!   node's slices when it starts, and the host publishes them again
+//!   (generation 2), which these would race with.
 //!
 //! One control plane serves all tests of this binary (each test has its own
 //! Nodes and namespaces); the outage test starts one of its own.
@@ -258,10 +256,10 @@ fn results(claim: &Value) -> Vec<(String, String, String, Option<String>)> {
 
 /// The inventory `guest validate` prints for the host's config: per driver,
 /// device name → device.
-fn inventory(node: &Node) -> BTreeMap<String, BTreeMap<String, Value>> {
+fn inventory(env: &HostEnv) -> BTreeMap<String, BTreeMap<String, Value>> {
     let out = std::process::Command::new(binary())
         .args(["guest", "validate", "--config"])
-        .arg(&node.env.config_path)
+        .arg(&env.config_path)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -517,7 +515,7 @@ async fn slices_of_the_example_gpu_and_macvlan_guests_are_stored_as_the_inventor
         (vec![example_driver(300), gpu, net], sim.tables)
     })
     .await;
-    let inventory = inventory(&n.node);
+    let inventory = inventory(&n.node.env);
     for (driver, slice_count) in [(DRIVER, 3), (GPU, 1), (NET, 1)] {
         let slices = until(&format!("{driver}'s slices"), &n.node, CLUSTER_TIMEOUT, || {
             let s = slices_of(cp, driver, &n.name);
@@ -568,13 +566,13 @@ async fn slices_of_the_example_gpu_and_macvlan_guests_are_stored_as_the_inventor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_or_edited_slice_is_repaired() {
     let cp = control_plane().await;
-    let n = cluster_node(cp, "cp-repair", |_| (vec![example_driver(4)], String::new())).await;
-    let first = published(cp, &n, DRIVER).await;
+    let n = RealNode::start(cp, "cp-repair", |_| (vec![example_driver(4)], String::new())).await;
+    let first = published_on(cp, &n, DRIVER).await;
     let name = first["metadata"]["name"].as_str().unwrap().to_owned();
 
     // Deleted (as the kubelet does after losing the plugin): created again.
     cp.kubectl(&["delete", "resourceslice", &name]).unwrap();
-    let restored = until("the deleted slice restored", &n.node, CLUSTER_TIMEOUT, || {
+    let restored = until("the deleted slice restored", &n, CLUSTER_TIMEOUT, || {
         slices_of(cp, DRIVER, &n.name)
             .pop()
             .filter(|s| s["metadata"]["name"] != name.as_str())
@@ -595,7 +593,7 @@ async fn a_deleted_or_edited_slice_is_repaired() {
         &json!({"spec": {"devices": edited}}).to_string(),
     ])
     .unwrap();
-    until("the edited slice repaired", &n.node, CLUSTER_TIMEOUT, || {
+    until("the edited slice repaired", &n, CLUSTER_TIMEOUT, || {
         let s = slices_of(cp, DRIVER, &n.name).pop()?;
         (s["spec"]["devices"] == first["spec"]["devices"]).then_some(())
     })
@@ -650,21 +648,21 @@ async fn a_restarted_host_with_the_same_inventory_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_may_write_only_its_own_nodes_slices_and_claim_statuses() {
     let cp = control_plane().await;
-    let a = cluster_node(cp, "cp-node-a", |_| (vec![example_driver(2)], String::new())).await;
-    let b = cluster_node(cp, "cp-node-b", |_| (vec![example_driver(2)], String::new())).await;
+    let a = RealNode::start(cp, "cp-node-a", |_| (vec![example_driver(2)], String::new())).await;
+    let b = RealNode::start(cp, "cp-node-b", |_| (vec![example_driver(2)], String::new())).await;
     // Each host's own writes succeed: both nodes' slices are published.
-    let slice_a = until("node A's slice", &a.node, CLUSTER_TIMEOUT, || {
+    let slice_a = until("node A's slice", &a, CLUSTER_TIMEOUT, || {
         slices_of(cp, DRIVER, &a.name).pop()
     })
     .await;
-    let slice_b = until("node B's slice", &b.node, CLUSTER_TIMEOUT, || {
+    let slice_b = until("node B's slice", &b, CLUSTER_TIMEOUT, || {
         slices_of(cp, DRIVER, &b.name).pop()
     })
     .await;
     assert_eq!(slice_a["spec"]["nodeName"], a.name.as_str());
 
     // With node A's credentials, node B's slices cannot be created, changed or deleted.
-    let as_a = |args: &[&str], stdin: Option<&str>| cp.kubectl_as(&a.kubeconfig, args, stdin);
+    let as_a = |args: &[&str], stdin: Option<&str>| cp.kubectl_as(&a.host_kubeconfig, args, stdin);
     let mut forged = json!({
         "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
         "metadata": {"name": "forged-for-b"},
@@ -711,8 +709,8 @@ async fn a_host_may_write_only_its_own_nodes_slices_and_claim_statuses() {
         cp.apply(&pod(ns, claim_name, node, &[("dev", "resourceClaimName", claim_name)]))
             .unwrap();
     }
-    let on_a = allocated(cp, &a.node, ns, "on-a").await;
-    let on_b = allocated(cp, &b.node, ns, "on-b").await;
+    let on_a = allocated(cp, &a, ns, "on-a").await;
+    let on_b = allocated(cp, &b, ns, "on-b").await;
     // The status write as the host makes it: a replace of the claim's status
     // (an update of `resourceclaims/status`, the only verb the chart grants).
     let with_status = |claim: &Value| {
@@ -730,17 +728,17 @@ async fn a_host_may_write_only_its_own_nodes_slices_and_claim_statuses() {
             Some(&with_status(claim)),
         )
     };
-    let refused = replace_status(&a.kubeconfig, &on_b).unwrap_err().to_string();
+    let refused = replace_status(&a.host_kubeconfig, &on_b).unwrap_err().to_string();
     assert!(
         refused.contains("changing status.devices requires") && refused.contains("resourceclaims/driver"),
         "{refused}"
     );
-    replace_status(&a.kubeconfig, &on_a).expect("node A's host may write its own claim's status");
+    replace_status(&a.host_kubeconfig, &on_a).expect("node A's host may write its own claim's status");
 
     // Node B's host, with its own token, is allowed what A was refused.
-    replace_status(&b.kubeconfig, &on_b).unwrap();
+    replace_status(&b.host_kubeconfig, &on_b).unwrap();
     let whoami = cp
-        .kubectl_as(&a.kubeconfig, &["auth", "whoami", "-o", "json"], None)
+        .kubectl_as(&a.host_kubeconfig, &["auth", "whoami", "-o", "json"], None)
         .unwrap();
     let whoami: Value = serde_json::from_str(&whoami).unwrap();
     assert_eq!(
@@ -914,12 +912,12 @@ async fn the_gpu_examples_device_classes_select_an_h100() {
     let rendered = helm::template(&["-f", example.to_str().unwrap()]).unwrap();
     let classes = helm::all_of(&rendered, "DeviceClass");
     assert!(classes.len() >= 2, "{classes:?}");
-    let n = cluster_node(cp, "cp-h100", |env| {
+    let n = RealNode::start(cp, "cp-h100", |env| {
         let (spec, sim) = gpu_driver(env.dir(), 1);
         (vec![spec], sim.tables)
     })
     .await;
-    published(cp, &n, GPU).await;
+    published_on(cp, &n, GPU).await;
     let ns = "cp-h100";
     namespace(cp, ns);
     for (i, class) in classes.iter().enumerate() {
@@ -937,7 +935,7 @@ async fn the_gpu_examples_device_classes_select_an_h100() {
             &[("gpu", "resourceClaimName", &claim_name)],
         ))
         .unwrap();
-        let c = allocated(cp, &n.node, ns, &claim_name).await;
+        let c = allocated(cp, &n, ns, &claim_name).await;
         // Each claim gets a share (the 5Gi default) of the one GPU.
         assert_eq!(results(&c).remove(0).2, "gpu-0", "{name} selects the H100: {c}");
     }
@@ -1010,18 +1008,18 @@ async fn an_unhealthy_gpu_is_tainted_and_the_scheduler_leaves_it_alone() {
     }
     let cp = control_plane().await;
     let mut events = None;
-    let n = cluster_node(cp, "cp-taint", |env| {
+    let n = RealNode::start(cp, "cp-taint", |env| {
         let dir = env.dir();
         let (spec, sim) = gpu_driver(dir, 2);
         events = Some(sim.events.clone());
         (vec![spec], sim.tables)
     })
     .await;
-    published(cp, &n, GPU).await;
+    published_on(cp, &n, GPU).await;
     let mut inject = Injector::connect(&events.unwrap()).await.unwrap();
     let before = cp.requests_of(&n.name).len();
     inject.xid(0, 79).await.unwrap();
-    let slice = until("gpu-0 tainted in the stored slice", &n.node, CLUSTER_TIMEOUT, || {
+    let slice = until("gpu-0 tainted in the stored slice", &n, CLUSTER_TIMEOUT, || {
         let s = slices_of(cp, GPU, &n.name).pop()?;
         s["spec"]["devices"][0]["taints"].is_array().then_some(s)
     })
@@ -1045,7 +1043,7 @@ async fn an_unhealthy_gpu_is_tainted_and_the_scheduler_leaves_it_alone() {
         .unwrap();
     until(
         "the scheduler to find the pod unschedulable",
-        &n.node,
+        &n,
         CLUSTER_TIMEOUT,
         || {
             let p = cp.get(&["pod", "both", "-n", ns]).ok()?;
@@ -1064,7 +1062,7 @@ async fn an_unhealthy_gpu_is_tainted_and_the_scheduler_leaves_it_alone() {
     cp.apply(&claim(ns, "one", GPU, 1, None, None)).unwrap();
     cp.apply(&pod(ns, "one", &n.name, &[("gpu", "resourceClaimName", "one")]))
         .unwrap();
-    let one = allocated(cp, &n.node, ns, "one").await;
+    let one = allocated(cp, &n, ns, "one").await;
     assert_eq!(results(&one)[0].2, "gpu-1");
 }
 

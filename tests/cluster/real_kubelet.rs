@@ -49,6 +49,8 @@ fn cdi_inject() -> PathBuf {
 /// A Node with a host on it and the kubelet's own code as its kubelet.
 pub(super) struct RealNode {
     pub(super) name: String,
+    /// The host's credentials (the chart's ServiceAccount, bound to this Node).
+    pub(super) host_kubeconfig: PathBuf,
     pub(super) env: HostEnv,
     pub(super) host: HostProcess,
     kubelet: Option<KubeletPeer>,
@@ -89,6 +91,7 @@ impl RealNode {
         let host = env.start_with_args(&binary(), args).unwrap();
         let mut node = RealNode {
             name: name.to_owned(),
+            host_kubeconfig: kubeconfig,
             env,
             host,
             kubelet: None,
@@ -115,9 +118,19 @@ impl RealNode {
     }
 
     /// Start the kubelet peer on the node's kubelet root and wait until its
-    /// DRA plugin manager has every driver.
+    /// DRA plugin manager has every driver and its start-up wipe of the
+    /// node's ResourceSlices is done (what a test sees of the slices from
+    /// then on is what the host published again).
     async fn start_kubelet(&mut self, cp: &ControlPlane) {
         let log = self.env.dir().join("kubelet.log");
+        let wiped = format!(
+            "\"Deleted ResourceSlices\" logger=\"DRA registration handler.startup\" fieldSelector=\"spec.nodeName={}\"",
+            self.name
+        );
+        let wipes_before = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(&wiped)
+            .count();
         let kubeconfig = cp.kubelet_kubeconfig(&self.name, self.env.dir()).unwrap();
         let peer = KubeletPeer::start(&self.env.kubelet_root, &kubeconfig, &self.name, &log)
             .await
@@ -134,6 +147,10 @@ impl RealNode {
             }
         }
         self.kubelet = Some(peer);
+        self.until("the kubelet's start-up wipe of the node's slices", || {
+            (self.kubelet().log().matches(&wiped).count() > wipes_before).then_some(())
+        })
+        .await;
     }
 
     /// What to show when something fails: the peer's events and both logs.

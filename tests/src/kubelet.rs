@@ -18,9 +18,8 @@
 //!   `v1.DRAResourceHealth` when advertised, else `v1alpha1`, else not at all.
 //!
 //! The kubelet's own code (its plugin manager and DRA manager at 1.37.2,
-//! [`crate::kubelet_peer`]) drives the node flows of `tests/cluster`: every
-//! test there that prepares a Pod's claims, and the host installed from the
-//! chart. This stand-in stays only where that code cannot go; each user says
+//! [`crate::kubelet_peer`]) is the kubelet of the tests in `tests/cluster`
+//! but four (listed below). This stand-in stays only where that code cannot go; each user says
 //! why in its module doc:
 //!
 //! - calls the kubelet's code never sends, or not on cue: claims not
@@ -36,10 +35,9 @@
 //!   host's claims file, or allocated by hand and reserved for no Pod
 //!   (`api.rs`, `cdi_runtime.rs`, `gpu.rs`, `lifecycle.rs`, `net.rs`,
 //!   `nodestate.rs`, `quickstart.rs`);
-//! - registration only, where the kubelet plays no part in what is checked
-//!   and its code would wipe the node's slices under the test (the slice,
-//!   RBAC and scheduling tests of `tests/cluster/main.rs`), or under raw
-//!   HTTP/2 frames (`wire.rs`);
+//! - registration only: a host's first publication of its slices (two tests
+//!   of `tests/cluster/main.rs`), which the kubelet code's start-up wipe of
+//!   the node's slices would race with, and raw HTTP/2 frames (`wire.rs`);
 //! - measurements timed where the answer arrives, with load on cue
 //!   (`tests/bench/health.rs`, `memory.rs`, `net.rs`, `prepare.rs`,
 //!   `swap.rs`, `throughput.rs`): the Go peer would time itself behind its
