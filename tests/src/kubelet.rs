@@ -19,8 +19,8 @@
 //!
 //! The kubelet's own code (its plugin manager and DRA manager at 1.37.2,
 //! [`crate::kubelet_peer`]) is the kubelet of the tests in `tests/cluster`
-//! but four (listed below). This stand-in stays only where that code cannot go; each user says
-//! why in its module doc:
+//! but four (listed below). This stand-in stays only where that code cannot
+//! go; each user says why in its module doc:
 //!
 //! - calls the kubelet's code never sends, or not on cue: claims not
 //!   allocated, replaced or missing, and calls during an API server outage
@@ -37,7 +37,8 @@
 //!   `nodestate.rs`, `quickstart.rs`);
 //! - registration only: a host's first publication of its slices (two tests
 //!   of `tests/cluster/main.rs`), which the kubelet code's start-up wipe of
-//!   the node's slices would race with, and raw HTTP/2 frames (`wire.rs`);
+//!   the node's slices would race with, and under raw HTTP/2 frames
+//!   (`wire.rs`);
 //! - measurements timed where the answer arrives, with load on cue
 //!   (`tests/bench/health.rs`, `memory.rs`, `net.rs`, `prepare.rs`,
 //!   `swap.rs`, `throughput.rs`): the Go peer would time itself behind its
