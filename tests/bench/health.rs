@@ -6,6 +6,9 @@
 //!
 //! Run: `cargo bench --bench health` (options after `--`: `--gpus N` for the
 //! latency run, one sample per GPU; `--idle-seconds S`).
+//!
+//! The tonic test kubelet reads the stream: latency is timed where the message
+//! arrives; the Go kubelet peer would time itself behind its JSON-lines pipe.
 
 use dra_test_support::bench::{Latencies, arg};
 use dra_test_support::claims::ClaimsFile;

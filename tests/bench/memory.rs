@@ -21,6 +21,9 @@
 //! concurrently, each on its own instance (`max_instances = 8`,
 //! `memory_limit_mib = 64`), after three rounds of ordinary calls on eight
 //! instances so that the pool is full before it.
+//!
+//! The tonic test kubelet calls the host: N calls and eight spike claims in one
+//! call on cue, as the measurement needs.
 
 use dra_proto::services;
 use dra_test_support::bench::{arg, status_kib};

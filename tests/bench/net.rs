@@ -19,6 +19,9 @@
 //!
 //! The API client's rate limit is raised for the run (see below); with the
 //! default one, back-to-back iterations measure the limiter.
+//!
+//! The tonic test kubelet calls the host: a latency as the kubelet's socket sees
+//! it; the Go kubelet peer would time itself behind its JSON-lines pipe.
 
 use dra_test_support::apiserver::TestApiServer;
 use dra_test_support::bench::{Latencies, arg};

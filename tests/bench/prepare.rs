@@ -16,6 +16,10 @@
 //! The CDI directory is put on a tmpfs (`/dev/shm`) when one is available,
 //! as `/var/run/cdi` is on real nodes; the checkpoint stays on the disk
 //! under `target/`, as `/var/lib/kubelet` is.
+//!
+//! The tonic test kubelet calls the host: per-call latency in alternating
+//! batches against a baseline binary; the Go kubelet peer would time itself
+//! behind its JSON-lines pipe.
 
 use dra_proto::services;
 use dra_test_support::bench::{Latencies, arg, process_cpu_time};

@@ -10,6 +10,9 @@
 //!
 //! Run: `cargo bench --bench swap` (options after `--`: `--seconds N` per
 //! load phase, `--workers N`).
+//!
+//! The tonic test kubelet calls the host: continuous load from several
+//! connections, as the measurement needs.
 
 use dra_test_support::bench::{Latencies, arg, ms};
 use dra_test_support::claims::{Claim, ClaimsFile, uid};

@@ -25,6 +25,9 @@
 //! left is the host's own cost per pair without a disk under it, the lower
 //! bound of any change to how the checkpoint is written; never a figure to
 //! ship, tmpfs does not survive a reboot.
+//!
+//! The tonic test kubelet calls the host: N concurrent HTTP/2 connections on
+//! cue, as the measurement needs.
 
 use dra_proto::dra::v1;
 use dra_proto::services;

@@ -7,11 +7,19 @@
 //! The host runs as in the DaemonSet: claims from the API server, credentials
 //! of the chart's ServiceAccount in a token bound to a Pod on the
 //! host's Node, so RBAC and the admission policy are enforced for real.
-//! Claims are allocated by the real scheduler. In `real_kubelet` the kubelet
-//! side is the kubelet's own plugin manager and DRA manager (k8s.io/kubernetes
-//! v1.37.2, tests/peers/kubelet); the other tests here still call the host
-//! with the in-tree test kubelet (`dra_test_support::kubelet`), for the API
-//! side they check.
+//! Claims are allocated by the real scheduler. The kubelet side is the
+//! kubelet's own plugin manager and DRA manager (k8s.io/kubernetes v1.37.2,
+//! tests/peers/kubelet, `RealNode`), in `real_kubelet` and in every test here
+//! but four, which keep the tonic test kubelet (`dra_test_support::kubelet`,
+//! through `cluster_node`):
+//! - calls the kubelet's code never sends: claims not allocated, of a replaced
+//!   UID or missing (`unallocated_replaced_and_missing_claims_...`), and calls
+//!   while the API server is down (`the_api_server_goes_away_...`: the DRA
+//!   manager reads each claim from the API server before calling);
+//! - a host's first publication (`slices_of_the_example_...`: generation 1;
+//!   `a_restarted_host_...`: its creates): the kubelet's code deletes the
+//!   node's slices when it starts, and the host publishes them again
+//!   (generation 2), which these would race with.
 //!
 //! One control plane serves all tests of this binary (each test has its own
 //! Nodes and namespaces); the outage test starts one of its own.
@@ -29,8 +37,9 @@ use dra_test_support::gpus::{self, Injector};
 use dra_test_support::helm;
 use dra_test_support::host::{DriverSpec, HostEnv};
 use dra_test_support::kubelet::ClaimRef;
-use dra_test_support::kubelet::TestKubelet;
+use dra_test_support::kubelet_peer::{self, KubeletPeer};
 use dra_test_support::netlab::{self, Lab, is_root};
+use real_kubelet::RealNode;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -67,9 +76,27 @@ fn gpu_driver(dir: &Path, n: u32) -> (DriverSpec, gpus::Simulated) {
     (spec, sim)
 }
 
+/// What a node shows when a test fails: the host's log, and where the
+/// kubelet's own code is the node's kubelet, its events and log too.
+trait Diagnose {
+    fn diagnose(&self) -> String;
+}
+
+impl Diagnose for Node {
+    fn diagnose(&self) -> String {
+        format!("host log:\n{}", self.host.log())
+    }
+}
+
+impl Diagnose for RealNode {
+    fn diagnose(&self) -> String {
+        self.context()
+    }
+}
+
 /// Poll `check` until it gives a value; the panic names `what` and shows
-/// the host's log.
-async fn until<T>(what: &str, node: &Node, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+/// the node's logs.
+async fn until<T>(what: &str, node: &impl Diagnose, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check() {
@@ -77,8 +104,8 @@ async fn until<T>(what: &str, node: &Node, timeout: Duration, mut check: impl Fn
         }
         assert!(
             Instant::now() < deadline,
-            "timed out ({timeout:?}) waiting for {what}\nhost log:\n{}",
-            node.host.log()
+            "timed out ({timeout:?}) waiting for {what}\n{}",
+            node.diagnose()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -154,7 +181,7 @@ fn claim(
 
 /// The claim once the scheduler has allocated it; on a timeout the panic
 /// says why the scheduler did not (the Pods' PodScheduled conditions).
-async fn allocated(cp: &ControlPlane, node: &Node, namespace: &str, name: &str) -> Value {
+async fn allocated(cp: &ControlPlane, node: &impl Diagnose, namespace: &str, name: &str) -> Value {
     let deadline = Instant::now() + CLUSTER_TIMEOUT;
     loop {
         if let Ok(c) = cp.get(&["resourceclaim", name, "-n", namespace])
@@ -171,8 +198,8 @@ async fn allocated(cp: &ControlPlane, node: &Node, namespace: &str, name: &str) 
                 .map(|p| format!("{}: {}", p["metadata"]["name"], p["status"]["conditions"]))
                 .collect();
             panic!(
-                "the scheduler did not allocate {namespace}/{name} in {CLUSTER_TIMEOUT:?}\npods: {why:#?}\nhost log:\n{}",
-                node.host.log()
+                "the scheduler did not allocate {namespace}/{name} in {CLUSTER_TIMEOUT:?}\npods: {why:#?}\n{}",
+                node.diagnose()
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -186,6 +213,28 @@ fn reference(claim: &Value) -> ClaimRef {
         m["name"].as_str().unwrap(),
         m["uid"].as_str().unwrap(),
     )
+}
+
+/// The devices the kubelet's DRA manager stored in its checkpoint for claim
+/// `uid` and `driver`: those of the host's NodePrepareResources answer
+/// (`PoolName`, `DeviceName`, `ShareID`, `CDIDeviceIDs`).
+fn kubelet_devices(n: &RealNode, uid: &str, driver: &str) -> Vec<Value> {
+    let checkpoint = kubelet_peer::checkpoint(&n.env.kubelet_root).unwrap();
+    let claim = checkpoint
+        .get(uid)
+        .unwrap_or_else(|| panic!("claim {uid} not in the kubelet's checkpoint: {checkpoint:#?}"));
+    claim["DriverState"][driver]["Devices"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("no devices of {driver} for claim {uid}: {claim}"))
+}
+
+/// The published slice of `driver` on the node of the kubelet's own code.
+async fn published_on(cp: &ControlPlane, n: &RealNode, driver: &str) -> Value {
+    until(&format!("{driver}'s slice"), n, CLUSTER_TIMEOUT, || {
+        slices_of(cp, driver, &n.name).pop()
+    })
+    .await
 }
 
 /// (driver, pool, device, shareID) of each allocation result.
@@ -207,10 +256,10 @@ fn results(claim: &Value) -> Vec<(String, String, String, Option<String>)> {
 
 /// The inventory `guest validate` prints for the host's config: per driver,
 /// device name → device.
-fn inventory(node: &Node) -> BTreeMap<String, BTreeMap<String, Value>> {
+fn inventory(env: &HostEnv) -> BTreeMap<String, BTreeMap<String, Value>> {
     let out = std::process::Command::new(binary())
         .args(["guest", "validate", "--config"])
-        .arg(&node.env.config_path)
+        .arg(&env.config_path)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -405,12 +454,21 @@ async fn a_host_runs_from_what_helm_installed_and_helm_upgrade_swaps_its_guest()
         .replace("0.0.0.0:9400", "127.0.0.1:0");
     assert_ne!(local, host_toml, "the rendered paths are the ones the DaemonSet mounts");
     std::fs::write(&env.config_path, &local).unwrap();
-    let kubelet = TestKubelet::start(&env.kubelet_root).unwrap();
-    let mut host = env.start(&binary()).unwrap();
-    kubelet
-        .wait_for_plugin(FAULTY, START_TIMEOUT)
+    // The kubelet's own plugin manager registers the host.
+    let kubelet_log = env.dir().join("kubelet.log");
+    let kubelet_kubeconfig = cp.kubelet_kubeconfig(node_name, env.dir()).unwrap();
+    let kubelet = KubeletPeer::start(&env.kubelet_root, &kubelet_kubeconfig, node_name, &kubelet_log)
         .await
-        .unwrap_or_else(|e| panic!("{e:#}\nhost.toml:\n{local}\nhost log:\n{}", host.log()));
+        .unwrap();
+    let mut host = env.start(&binary()).unwrap();
+    kubelet.wait_driver(FAULTY, START_TIMEOUT).await.unwrap_or_else(|e| {
+        panic!(
+            "{e:#}\nhost.toml:\n{local}\nkubelet events: {:#?}\nkubelet log:\n{}\nhost log:\n{}",
+            kubelet.events(),
+            kubelet.log(),
+            host.log()
+        )
+    });
     let deadline = Instant::now() + CLUSTER_TIMEOUT;
     while slices_of(&cp, FAULTY, node_name).is_empty() {
         assert!(Instant::now() < deadline, "no slices published:\n{}", host.log());
@@ -457,7 +515,7 @@ async fn slices_of_the_example_gpu_and_macvlan_guests_are_stored_as_the_inventor
         (vec![example_driver(300), gpu, net], sim.tables)
     })
     .await;
-    let inventory = inventory(&n.node);
+    let inventory = inventory(&n.node.env);
     for (driver, slice_count) in [(DRIVER, 3), (GPU, 1), (NET, 1)] {
         let slices = until(&format!("{driver}'s slices"), &n.node, CLUSTER_TIMEOUT, || {
             let s = slices_of(cp, driver, &n.name);
@@ -508,13 +566,13 @@ async fn slices_of_the_example_gpu_and_macvlan_guests_are_stored_as_the_inventor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_or_edited_slice_is_repaired() {
     let cp = control_plane().await;
-    let n = cluster_node(cp, "cp-repair", |_| (vec![example_driver(4)], String::new())).await;
-    let first = published(cp, &n, DRIVER).await;
+    let n = RealNode::start(cp, "cp-repair", |_| (vec![example_driver(4)], String::new())).await;
+    let first = published_on(cp, &n, DRIVER).await;
     let name = first["metadata"]["name"].as_str().unwrap().to_owned();
 
     // Deleted (as the kubelet does after losing the plugin): created again.
     cp.kubectl(&["delete", "resourceslice", &name]).unwrap();
-    let restored = until("the deleted slice restored", &n.node, CLUSTER_TIMEOUT, || {
+    let restored = until("the deleted slice restored", &n, CLUSTER_TIMEOUT, || {
         slices_of(cp, DRIVER, &n.name)
             .pop()
             .filter(|s| s["metadata"]["name"] != name.as_str())
@@ -535,7 +593,7 @@ async fn a_deleted_or_edited_slice_is_repaired() {
         &json!({"spec": {"devices": edited}}).to_string(),
     ])
     .unwrap();
-    until("the edited slice repaired", &n.node, CLUSTER_TIMEOUT, || {
+    until("the edited slice repaired", &n, CLUSTER_TIMEOUT, || {
         let s = slices_of(cp, DRIVER, &n.name).pop()?;
         (s["spec"]["devices"] == first["spec"]["devices"]).then_some(())
     })
@@ -590,21 +648,21 @@ async fn a_restarted_host_with_the_same_inventory_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_may_write_only_its_own_nodes_slices_and_claim_statuses() {
     let cp = control_plane().await;
-    let a = cluster_node(cp, "cp-node-a", |_| (vec![example_driver(2)], String::new())).await;
-    let b = cluster_node(cp, "cp-node-b", |_| (vec![example_driver(2)], String::new())).await;
+    let a = RealNode::start(cp, "cp-node-a", |_| (vec![example_driver(2)], String::new())).await;
+    let b = RealNode::start(cp, "cp-node-b", |_| (vec![example_driver(2)], String::new())).await;
     // Each host's own writes succeed: both nodes' slices are published.
-    let slice_a = until("node A's slice", &a.node, CLUSTER_TIMEOUT, || {
+    let slice_a = until("node A's slice", &a, CLUSTER_TIMEOUT, || {
         slices_of(cp, DRIVER, &a.name).pop()
     })
     .await;
-    let slice_b = until("node B's slice", &b.node, CLUSTER_TIMEOUT, || {
+    let slice_b = until("node B's slice", &b, CLUSTER_TIMEOUT, || {
         slices_of(cp, DRIVER, &b.name).pop()
     })
     .await;
     assert_eq!(slice_a["spec"]["nodeName"], a.name.as_str());
 
     // With node A's credentials, node B's slices cannot be created, changed or deleted.
-    let as_a = |args: &[&str], stdin: Option<&str>| cp.kubectl_as(&a.kubeconfig, args, stdin);
+    let as_a = |args: &[&str], stdin: Option<&str>| cp.kubectl_as(&a.host_kubeconfig, args, stdin);
     let mut forged = json!({
         "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
         "metadata": {"name": "forged-for-b"},
@@ -651,8 +709,8 @@ async fn a_host_may_write_only_its_own_nodes_slices_and_claim_statuses() {
         cp.apply(&pod(ns, claim_name, node, &[("dev", "resourceClaimName", claim_name)]))
             .unwrap();
     }
-    let on_a = allocated(cp, &a.node, ns, "on-a").await;
-    let on_b = allocated(cp, &b.node, ns, "on-b").await;
+    let on_a = allocated(cp, &a, ns, "on-a").await;
+    let on_b = allocated(cp, &b, ns, "on-b").await;
     // The status write as the host makes it: a replace of the claim's status
     // (an update of `resourceclaims/status`, the only verb the chart grants).
     let with_status = |claim: &Value| {
@@ -670,17 +728,17 @@ async fn a_host_may_write_only_its_own_nodes_slices_and_claim_statuses() {
             Some(&with_status(claim)),
         )
     };
-    let refused = replace_status(&a.kubeconfig, &on_b).unwrap_err().to_string();
+    let refused = replace_status(&a.host_kubeconfig, &on_b).unwrap_err().to_string();
     assert!(
         refused.contains("changing status.devices requires") && refused.contains("resourceclaims/driver"),
         "{refused}"
     );
-    replace_status(&a.kubeconfig, &on_a).expect("node A's host may write its own claim's status");
+    replace_status(&a.host_kubeconfig, &on_a).expect("node A's host may write its own claim's status");
 
     // Node B's host, with its own token, is allowed what A was refused.
-    replace_status(&b.kubeconfig, &on_b).unwrap();
+    replace_status(&b.host_kubeconfig, &on_b).unwrap();
     let whoami = cp
-        .kubectl_as(&a.kubeconfig, &["auth", "whoami", "-o", "json"], None)
+        .kubectl_as(&a.host_kubeconfig, &["auth", "whoami", "-o", "json"], None)
         .unwrap();
     let whoami: Value = serde_json::from_str(&whoami).unwrap();
     assert_eq!(
@@ -698,8 +756,8 @@ async fn a_host_may_write_only_its_own_nodes_slices_and_claim_statuses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scheduler_allocates_from_our_slices_and_the_host_prepares_those_claims() {
     let cp = control_plane().await;
-    let n = cluster_node(cp, "cp-sched", |_| (vec![example_driver(4)], String::new())).await;
-    published(cp, &n, DRIVER).await;
+    let n = RealNode::start(cp, "cp-sched", |_| (vec![example_driver(4)], String::new())).await;
+    published_on(cp, &n, DRIVER).await;
     let ns = "cp-sched";
     namespace(cp, ns);
     // A claim of its own and one from a template (the resourceclaim controller makes it).
@@ -720,7 +778,7 @@ async fn the_scheduler_allocates_from_our_slices_and_the_host_prepares_those_cla
         ],
     ))
     .unwrap();
-    let scheduled = until("the pod bound to the node", &n.node, CLUSTER_TIMEOUT, || {
+    let scheduled = until("the pod bound to the node", &n, CLUSTER_TIMEOUT, || {
         let p = cp.get(&["pod", "workload", "-n", ns]).ok()?;
         let generated = p["status"]["resourceClaimStatuses"]
             .as_array()?
@@ -732,8 +790,8 @@ async fn the_scheduler_allocates_from_our_slices_and_the_host_prepares_those_cla
     })
     .await;
     let (pod_object, generated) = scheduled;
-    let two = allocated(cp, &n.node, ns, "two-gpus").await;
-    let one = allocated(cp, &n.node, ns, &generated).await;
+    let two = allocated(cp, &n, ns, "two-gpus").await;
+    let one = allocated(cp, &n, ns, &generated).await;
     for c in [&two, &one] {
         let reserved = &c["status"]["reservedFor"][0];
         assert_eq!(reserved["name"], "workload");
@@ -751,39 +809,52 @@ async fn the_scheduler_allocates_from_our_slices_and_the_host_prepares_those_cla
     devices.dedup();
     assert_eq!(devices.len(), 3, "three different devices: {devices:?}");
 
-    // The kubelet prepares the Pod's claims: the host reads them from the API server.
-    let answer = n
-        .node
-        .plugin
-        .prepare(&[reference(&two), reference(&one)])
+    // The kubelet's DRA manager prepares the Pod's claims (one claim error
+    // fails its PrepareResources): the host reads them from the API server.
+    let containers = n
+        .kubelet()
+        .prepare(ns, "workload")
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("PrepareResources: {e:#}\n{}", n.context()));
+    let mut handed = Vec::new();
     for c in [&two, &one] {
         let uid = c["metadata"]["uid"].as_str().unwrap();
-        let a = &answer[uid];
-        assert_eq!(a.error, "", "{uid}");
-        let mut prepared: Vec<String> = a.devices.iter().map(|d| d.device_name.clone()).collect();
+        // What the kubelet stored from the host's answer for this claim.
+        let answered = kubelet_devices(&n, uid, DRIVER);
+        let mut prepared: Vec<String> = answered
+            .iter()
+            .map(|d| d["DeviceName"].as_str().unwrap().to_owned())
+            .collect();
         prepared.sort();
         let mut allocated: Vec<String> = results(c).into_iter().map(|r| r.2).collect();
         allocated.sort();
         assert_eq!(prepared, allocated, "the host prepared what the scheduler allocated");
-        for d in &a.devices {
-            assert_eq!(d.pool_name, n.name);
+        for d in &answered {
+            assert_eq!(d["PoolName"], n.name.as_str(), "{d}");
+            let device = d["DeviceName"].as_str().unwrap();
             assert_eq!(
-                d.cdi_device_ids,
-                [format!("k8s.{DRIVER}/device={uid}_{}", d.device_name)]
+                d["CDIDeviceIDs"],
+                json!([format!("k8s.{DRIVER}/device={uid}_{device}")]),
+                "{d}"
             );
+            handed.push(format!("k8s.{DRIVER}/device={uid}_{device}"));
         }
     }
-    let unprepared = n
-        .node
-        .plugin
-        .unprepare(&[reference(&two), reference(&one)])
+    // The container gets those CDI IDs from the kubelet (GetResources).
+    let mut got = containers["c"].clone();
+    got.sort();
+    handed.sort();
+    assert_eq!(got, handed, "the CDI IDs the runtime is handed");
+    n.kubelet()
+        .unprepare(ns, "workload")
         .await
-        .unwrap();
-    assert!(unprepared.values().all(String::is_empty), "{unprepared:?}");
+        .unwrap_or_else(|e| panic!("UnprepareResources: {e:#}\n{}", n.context()));
+    let left = kubelet_peer::checkpoint(&n.env.kubelet_root).unwrap();
+    assert!(left.is_empty(), "both claims unprepared: {left:#?}");
 }
 
+/// Through the tonic test kubelet: the kubelet's DRA manager checks a
+/// claim's allocation, reservation and UID itself and never sends these.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unallocated_replaced_and_missing_claims_are_each_their_own_error() {
     let cp = control_plane().await;
@@ -841,12 +912,12 @@ async fn the_gpu_examples_device_classes_select_an_h100() {
     let rendered = helm::template(&["-f", example.to_str().unwrap()]).unwrap();
     let classes = helm::all_of(&rendered, "DeviceClass");
     assert!(classes.len() >= 2, "{classes:?}");
-    let n = cluster_node(cp, "cp-h100", |env| {
+    let n = RealNode::start(cp, "cp-h100", |env| {
         let (spec, sim) = gpu_driver(env.dir(), 1);
         (vec![spec], sim.tables)
     })
     .await;
-    published(cp, &n, GPU).await;
+    published_on(cp, &n, GPU).await;
     let ns = "cp-h100";
     namespace(cp, ns);
     for (i, class) in classes.iter().enumerate() {
@@ -864,7 +935,7 @@ async fn the_gpu_examples_device_classes_select_an_h100() {
             &[("gpu", "resourceClaimName", &claim_name)],
         ))
         .unwrap();
-        let c = allocated(cp, &n.node, ns, &claim_name).await;
+        let c = allocated(cp, &n, ns, &claim_name).await;
         // Each claim gets a share (the 5Gi default) of the one GPU.
         assert_eq!(results(&c).remove(0).2, "gpu-0", "{name} selects the H100: {c}");
     }
@@ -876,13 +947,13 @@ async fn two_claims_share_one_gpu_through_consumable_capacity() {
         return;
     }
     let cp = control_plane().await;
-    let n = cluster_node(cp, "cp-share", |env| {
+    let n = RealNode::start(cp, "cp-share", |env| {
         let dir = env.dir();
         let (spec, sim) = gpu_driver(dir, 1);
         (vec![spec], sim.tables)
     })
     .await;
-    published(cp, &n, GPU).await;
+    published_on(cp, &n, GPU).await;
     let ns = "cp-share";
     namespace(cp, ns);
     for name in ["share-a", "share-b"] {
@@ -891,8 +962,8 @@ async fn two_claims_share_one_gpu_through_consumable_capacity() {
         cp.apply(&pod(ns, name, &n.name, &[("gpu", "resourceClaimName", name)]))
             .unwrap();
     }
-    let a = allocated(cp, &n.node, ns, "share-a").await;
-    let b = allocated(cp, &n.node, ns, "share-b").await;
+    let a = allocated(cp, &n, ns, "share-a").await;
+    let b = allocated(cp, &n, ns, "share-b").await;
     let (ra, rb) = (results(&a).remove(0), results(&b).remove(0));
     assert_eq!(
         (ra.2.as_str(), rb.2.as_str()),
@@ -906,22 +977,24 @@ async fn two_claims_share_one_gpu_through_consumable_capacity() {
         "10Gi"
     );
 
-    let answer = n.node.plugin.prepare(&[reference(&a), reference(&b)]).await.unwrap();
-    for (claim, share) in [(&a, &share_a), (&b, &share_b)] {
+    // The kubelet's DRA manager prepares each Pod (a claim error fails it).
+    for (pod, claim, share) in [("share-a", &a, &share_a), ("share-b", &b, &share_b)] {
+        let containers = n
+            .kubelet()
+            .prepare(ns, pod)
+            .await
+            .unwrap_or_else(|e| panic!("PrepareResources of {pod}: {e:#}\n{}", n.context()));
         let uid = claim["metadata"]["uid"].as_str().unwrap();
-        let d = &answer[uid].devices;
-        assert_eq!(answer[uid].error, "", "{uid}");
-        assert_eq!(
-            d[0].share_id.as_deref(),
-            Some(share.as_str()),
-            "the shareID reaches the host"
-        );
+        // What the kubelet stored from the host's answer.
+        let d = kubelet_devices(&n, uid, GPU);
+        assert_eq!(d[0]["ShareID"], share.as_str(), "the shareID reaches the host: {d:?}");
+        let ids = d[0]["CDIDeviceIDs"].as_array().unwrap();
         assert!(
-            d[0].cdi_device_ids[0].ends_with(&format!("_gpu-0_{share}")),
-            "{:?}",
-            d[0].cdi_device_ids
+            ids[0].as_str().unwrap().ends_with(&format!("_gpu-0_{share}")),
+            "{ids:?}"
         );
-        let spec_path = n.node.env.cdi_dir.join(format!("k8s.{GPU}-device_{uid}.json"));
+        assert_eq!(json!(containers["c"]), json!(ids), "the CDI IDs the runtime is handed");
+        let spec_path = n.env.cdi_dir.join(format!("k8s.{GPU}-device_{uid}.json"));
         let spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
         let env = spec["devices"][0]["containerEdits"]["env"].to_string();
         assert!(env.contains("=10240M"), "the share's memory limit: {env}");
@@ -935,18 +1008,18 @@ async fn an_unhealthy_gpu_is_tainted_and_the_scheduler_leaves_it_alone() {
     }
     let cp = control_plane().await;
     let mut events = None;
-    let n = cluster_node(cp, "cp-taint", |env| {
+    let n = RealNode::start(cp, "cp-taint", |env| {
         let dir = env.dir();
         let (spec, sim) = gpu_driver(dir, 2);
         events = Some(sim.events.clone());
         (vec![spec], sim.tables)
     })
     .await;
-    published(cp, &n, GPU).await;
+    published_on(cp, &n, GPU).await;
     let mut inject = Injector::connect(&events.unwrap()).await.unwrap();
     let before = cp.requests_of(&n.name).len();
     inject.xid(0, 79).await.unwrap();
-    let slice = until("gpu-0 tainted in the stored slice", &n.node, CLUSTER_TIMEOUT, || {
+    let slice = until("gpu-0 tainted in the stored slice", &n, CLUSTER_TIMEOUT, || {
         let s = slices_of(cp, GPU, &n.name).pop()?;
         s["spec"]["devices"][0]["taints"].is_array().then_some(s)
     })
@@ -970,7 +1043,7 @@ async fn an_unhealthy_gpu_is_tainted_and_the_scheduler_leaves_it_alone() {
         .unwrap();
     until(
         "the scheduler to find the pod unschedulable",
-        &n.node,
+        &n,
         CLUSTER_TIMEOUT,
         || {
             let p = cp.get(&["pod", "both", "-n", ns]).ok()?;
@@ -989,7 +1062,7 @@ async fn an_unhealthy_gpu_is_tainted_and_the_scheduler_leaves_it_alone() {
     cp.apply(&claim(ns, "one", GPU, 1, None, None)).unwrap();
     cp.apply(&pod(ns, "one", &n.name, &[("gpu", "resourceClaimName", "one")]))
         .unwrap();
-    let one = allocated(cp, &n.node, ns, "one").await;
+    let one = allocated(cp, &n, ns, "one").await;
     assert_eq!(results(&one)[0].2, "gpu-1");
 }
 
@@ -1003,7 +1076,7 @@ async fn macvlan_network_data_written_by_the_host_is_what_the_api_server_stores(
     let cp = control_plane().await;
     let lab = Lab::new(1);
     let parents = lab.parents.clone();
-    let n = cluster_node(cp, "cp-net", |_| {
+    let n = RealNode::start(cp, "cp-net", |_| {
         let granted: Vec<&str> = parents.iter().map(String::as_str).collect();
         let spec = netlab::macvlan_driver(
             NET,
@@ -1014,7 +1087,7 @@ async fn macvlan_network_data_written_by_the_host_is_what_the_api_server_stores(
         (vec![spec], String::new())
     })
     .await;
-    published(cp, &n, NET).await;
+    published_on(cp, &n, NET).await;
     let ns = "cp-net";
     namespace(cp, ns);
     cp.apply(&claim(
@@ -1028,11 +1101,13 @@ async fn macvlan_network_data_written_by_the_host_is_what_the_api_server_stores(
     .unwrap();
     cp.apply(&pod(ns, "nic", &n.name, &[("nic", "resourceClaimName", "nic")]))
         .unwrap();
-    let c = allocated(cp, &n.node, ns, "nic").await;
-    let answer = n.node.plugin.prepare(&[reference(&c)]).await.unwrap();
-    let uid = c["metadata"]["uid"].as_str().unwrap();
-    assert_eq!(answer[uid].error, "");
-    let stored = until("status.devices stored", &n.node, CLUSTER_TIMEOUT, || {
+    let c = allocated(cp, &n, ns, "nic").await;
+    // The kubelet's DRA manager prepares the Pod (a claim error fails it).
+    n.kubelet()
+        .prepare(ns, "nic")
+        .await
+        .unwrap_or_else(|e| panic!("PrepareResources: {e:#}\n{}", n.context()));
+    let stored = until("status.devices stored", &n, CLUSTER_TIMEOUT, || {
         let c = cp.get(&["resourceclaim", "nic", "-n", ns]).ok()?;
         c["status"]["devices"].get(0).cloned().map(|d| (c, d))
     })
@@ -1064,9 +1139,11 @@ async fn macvlan_network_data_written_by_the_host_is_what_the_api_server_stores(
     assert!(managers.contains(&"dra-wasm-host"), "{managers:?}");
 
     // Unprepare removes the host's entry again.
-    let unprepared = n.node.plugin.unprepare(&[reference(&c)]).await.unwrap();
-    assert_eq!(unprepared[uid], "");
-    until("status.devices removed", &n.node, CLUSTER_TIMEOUT, || {
+    n.kubelet()
+        .unprepare(ns, "nic")
+        .await
+        .unwrap_or_else(|e| panic!("UnprepareResources: {e:#}\n{}", n.context()));
+    until("status.devices removed", &n, CLUSTER_TIMEOUT, || {
         let c = cp.get(&["resourceclaim", "nic", "-n", ns]).ok()?;
         c["status"]["devices"]
             .as_array()
@@ -1079,8 +1156,8 @@ async fn macvlan_network_data_written_by_the_host_is_what_the_api_server_stores(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_prepare_is_a_warning_event_on_the_claim() {
     let cp = control_plane().await;
-    let n = cluster_node(cp, "cp-events", |_| (vec![example_driver(2)], String::new())).await;
-    published(cp, &n, DRIVER).await;
+    let n = RealNode::start(cp, "cp-events", |_| (vec![example_driver(2)], String::new())).await;
+    published_on(cp, &n, DRIVER).await;
     let ns = "cp-events";
     namespace(cp, ns);
     // A config the example guest refuses: time slicing settings for space partitioning.
@@ -1094,11 +1171,19 @@ async fn a_failed_prepare_is_a_warning_event_on_the_claim() {
         &[("dev", "resourceClaimName", "bad-config")],
     ))
     .unwrap();
-    let c = allocated(cp, &n.node, ns, "bad-config").await;
+    let c = allocated(cp, &n, ns, "bad-config").await;
     let uid = c["metadata"]["uid"].as_str().unwrap().to_owned();
-    let answer = n.node.plugin.prepare(&[reference(&c)]).await.unwrap();
-    assert!(answer[&uid].error.contains("timeSlicing"), "{}", answer[&uid].error);
-    let event = until("the Warning Event", &n.node, CLUSTER_TIMEOUT, || {
+    // The kubelet's DRA manager fails the Pod's PrepareResources with the
+    // claim's error from the host's answer.
+    let error = match n.kubelet().prepare(ns, "bad-config").await {
+        Ok(containers) => panic!("PrepareResources succeeded: {containers:?}\n{}", n.context()),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("NodePrepareResources failed for ResourceClaim bad-config") && error.contains("timeSlicing"),
+        "{error}"
+    );
+    let event = until("the Warning Event", &n, CLUSTER_TIMEOUT, || {
         let list = cp.get(&["events", "-n", ns]).ok()?;
         list["items"]
             .as_array()?
@@ -1121,6 +1206,9 @@ async fn a_failed_prepare_is_a_warning_event_on_the_claim() {
 
 // --- the API server goes away --------------------------------------------------
 
+/// Through the tonic test kubelet: the kubelet's DRA manager reads each
+/// claim from the API server before it calls the host, so it cannot call
+/// during the outage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_goes_away_and_comes_back() {
     // A control plane of its own: this test stops it.

@@ -47,10 +47,12 @@ fn cdi_inject() -> PathBuf {
 }
 
 /// A Node with a host on it and the kubelet's own code as its kubelet.
-struct RealNode {
-    name: String,
-    env: HostEnv,
-    host: HostProcess,
+pub(super) struct RealNode {
+    pub(super) name: String,
+    /// The host's credentials (the chart's ServiceAccount, bound to this Node).
+    pub(super) host_kubeconfig: PathBuf,
+    pub(super) env: HostEnv,
+    pub(super) host: HostProcess,
     kubelet: Option<KubeletPeer>,
     drivers: Vec<DriverSpec>,
     runtime: String,
@@ -61,7 +63,7 @@ struct RealNode {
 impl RealNode {
     /// Node `name`, a host with the drivers `setup` returns (and metrics),
     /// then the kubelet peer, which must register every driver.
-    async fn start(
+    pub(super) async fn start(
         cp: &ControlPlane,
         name: &str,
         setup: impl FnOnce(&mut HostEnv) -> (Vec<DriverSpec>, String),
@@ -89,6 +91,7 @@ impl RealNode {
         let host = env.start_with_args(&binary(), args).unwrap();
         let mut node = RealNode {
             name: name.to_owned(),
+            host_kubeconfig: kubeconfig,
             env,
             host,
             kubelet: None,
@@ -101,7 +104,7 @@ impl RealNode {
         node
     }
 
-    fn kubelet(&self) -> &KubeletPeer {
+    pub(super) fn kubelet(&self) -> &KubeletPeer {
         self.kubelet.as_ref().expect("the kubelet peer runs")
     }
 
@@ -115,9 +118,19 @@ impl RealNode {
     }
 
     /// Start the kubelet peer on the node's kubelet root and wait until its
-    /// DRA plugin manager has every driver.
+    /// DRA plugin manager has every driver and its start-up wipe of the
+    /// node's ResourceSlices is done (what a test sees of the slices from
+    /// then on is what the host published again).
     async fn start_kubelet(&mut self, cp: &ControlPlane) {
         let log = self.env.dir().join("kubelet.log");
+        let wiped = format!(
+            "\"Deleted ResourceSlices\" logger=\"DRA registration handler.startup\" fieldSelector=\"spec.nodeName={}\"",
+            self.name
+        );
+        let wipes_before = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(&wiped)
+            .count();
         let kubeconfig = cp.kubelet_kubeconfig(&self.name, self.env.dir()).unwrap();
         let peer = KubeletPeer::start(&self.env.kubelet_root, &kubeconfig, &self.name, &log)
             .await
@@ -134,10 +147,14 @@ impl RealNode {
             }
         }
         self.kubelet = Some(peer);
+        self.until("the kubelet's start-up wipe of the node's slices", || {
+            (self.kubelet().log().matches(&wiped).count() > wipes_before).then_some(())
+        })
+        .await;
     }
 
     /// What to show when something fails: the peer's events and both logs.
-    fn context(&self) -> String {
+    pub(super) fn context(&self) -> String {
         let (events, log) = match &self.kubelet {
             Some(k) => (format!("{:#?}", k.events()), tail(&k.log())),
             None => ("(no kubelet)".into(), String::new()),
@@ -161,7 +178,7 @@ impl RealNode {
     }
 
     /// Poll until `check` gives a value; the panic shows the context.
-    async fn until<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    pub(super) async fn until<T>(&self, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + CLUSTER_TIMEOUT;
         loop {
             if let Some(v) = check() {

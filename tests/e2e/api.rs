@@ -6,6 +6,11 @@
 //! One test keeps the stand-in API server (`tests/src/apiserver.rs`): the
 //! injected 503, 429 and 409 answers, faults the real API server cannot be
 //! made to produce on cue.
+//!
+//! The tonic test kubelet calls the host here, not the kubelet's own code: the
+//! claims are allocated by hand and reserved for no Pod (the DRA manager refuses
+//! to prepare a claim not reserved for the Pod it prepares), and the stand-in API
+//! server's faults leave no real API server to read Pods from.
 
 use crate::common::*;
 use dra_test_support::apiserver::TestApiServer;

@@ -18,6 +18,11 @@
 //! knows independently (the simulated GPUs' device numbers, the driver root,
 //! the host's binary as the attach hook). The macvlan hook is then run from
 //! the OCI spec, as runc runs it, and must move the interface into the pod.
+//!
+//! The tonic test kubelet prepares here: claims from the host's claims file,
+//! on the devices each test names (no API server, no Pods), and specs the library
+//! must refuse. The IDs the kubelet's own DRA manager hands the runtime go through
+//! the same library in tests/cluster/real_kubelet.rs (example, GPU, macvlan).
 
 use crate::common::*;
 use crate::kubelet_clients::{go_programs, skipped};

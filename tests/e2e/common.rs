@@ -48,7 +48,9 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guest-cache")
 }
 
-/// A node with the test kubelet and one running host.
+/// A node with the tonic test kubelet and one running host: for calls the
+/// kubelet's own code cannot be made to send (each user's module doc says
+/// which); see tests/src/kubelet.rs for the list.
 pub struct Node {
     pub env: HostEnv,
     pub kubelet: TestKubelet,

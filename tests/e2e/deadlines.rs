@@ -1,6 +1,10 @@
 //! The kubelet's deadline (`grpc-timeout`, 45 s) passing while a claim
 //! operation is under way: the kubelet gets DEADLINE_EXCEEDED, and the host
 //! still finishes the operation and leaves nothing locked or half-done.
+//!
+//! A raw tonic call sends the deadline, with the tonic test kubelet registering
+//! the host and checking after it: a `grpc-timeout` of 300 ms passing at a
+//! chosen moment of the guest's call; the kubelet's own code always sends 45 s.
 
 use crate::common::*;
 use dra_proto::dra::v1;

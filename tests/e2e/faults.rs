@@ -1,5 +1,9 @@
 //! Guests that loop, exhaust memory, trap or return malicious output fail
 //! only their own claim; the host keeps serving.
+//!
+//! The tonic test kubelet calls the host: one call holding a runaway or
+//! malicious claim beside a good one, each claim's own error read from the
+//! answer; the kubelet's DRA manager stops at a Pod's first claim error.
 
 use crate::common::*;
 use dra_test_support::claims::{Claim, uid};

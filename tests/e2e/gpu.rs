@@ -1,5 +1,10 @@
 //! The GPU guest on simulated NVML: inventory, whole-GPU and shared
 //! prepare, opaque config errors, and health events on the kubelet's stream.
+//!
+//! The tonic test kubelet calls the host: shares chosen by the test on a claims
+//! file, and several health streams at once (through v1 and v1alpha1) read
+//! message by message and ended by the host; the kubelet's own code opens one
+//! stream (its health cache is checked in tests/cluster/real_kubelet.rs).
 
 use crate::common::*;
 use dra_test_support::claims::{Claim, uid};

@@ -4,6 +4,11 @@
 //! escaped, and one call's answer stays under grpc-go's 4 MiB receive limit
 //! (the test kubelet's tonic client has the same default) whatever the
 //! guest's errors, without losing the good claims of the batch.
+//!
+//! The tonic test kubelet calls the host: one answer carrying 6 MB of claim
+//! errors beside a good claim, read entry by entry; the kubelet's DRA manager
+//! keeps only a Pod's first claim error (grpc-go's 4 MiB limit is checked by
+//! the grpc-go peer here).
 
 use crate::common::*;
 use dra_test_support::claims::{Claim, uid};

@@ -1,6 +1,11 @@
 //! Guest instances, seen from outside the real binary: a memory spike does
 //! not stay in the host's RSS, instances are bounded by `max_instances`, and
 //! guests that loop do not hold the threads other calls need.
+//!
+//! The tonic test kubelet calls the host: batches of spike claims in one call
+//! and concurrent calls on cue, measured against the host's RSS and
+//! threads; the kubelet's code sends one call per driver per Pod when it
+//! decides to.
 
 use crate::common::*;
 use dra_test_support::claims::{Claim, uid};

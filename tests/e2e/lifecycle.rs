@@ -1,4 +1,8 @@
 //! Metrics and logs an operator reads.
+//!
+//! The tonic test kubelet calls the host: the run has no API server (claims
+//! file), and the kubelet's code reads Pods from one; the host's gRPC metric
+//! under the kubelet's own calls is read in tests/cluster/real_kubelet.rs.
 
 use crate::common::*;
 use dra_test_support::claims::{Claim, uid};

@@ -14,6 +14,11 @@
 //! These tests need root (creating links and namespaces). Not as root they
 //! fail and say so, unless `DRA_SKIP_ROOT_TESTS=1` asks to skip them, which
 //! each skipped test prints.
+//!
+//! The tonic test kubelet calls the host: claims allocated by hand and reserved
+//! for no Pod, a `kill -9` between prepare and hook, two rolling-update hosts
+//! each called directly, and the health stream read message by message. The
+//! kubelet's own code prepares a macvlan claim in tests/cluster/.
 
 use crate::common::*;
 use dra_test_support::claims::{Claim, uid};

@@ -6,6 +6,10 @@
 //! (tests/k8s), with claims allocated by hand (`ControlPlane::put_claim`),
 //! and reads Events and the host's writes (the audit log) from the API
 //! server, and the host's metrics endpoint: where an operator looks.
+//!
+//! The tonic test kubelet calls the host: claims allocated by hand and reserved
+//! for no Pod, faked reboots, and failed operations repeated on cue to count
+//! the Events they leave; calls the kubelet's code does not send in that order.
 
 use crate::common::*;
 use dra_test_support::claims::Claim;

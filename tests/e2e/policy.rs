@@ -5,6 +5,10 @@
 //! claim's error naming the device, the field and the rule, and leaves no CDI
 //! spec and no checkpoint record. What the policy allows still works, with
 //! the device numbers the host read from the real device node.
+//!
+//! The tonic test kubelet calls the host: claims from a claims file, several
+//! hostile ones in one call, each claim's error read from the answer; the
+//! kubelet's DRA manager keeps a Pod's first claim error only.
 
 use crate::common::*;
 use dra_test_support::claims::{Claim, uid};

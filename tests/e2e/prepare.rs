@@ -1,5 +1,10 @@
 //! Prepare and unprepare through the kubelet API: answers, CDI files,
 //! idempotency, and one answer entry per claim whatever goes wrong.
+//!
+//! The tonic test kubelet calls the host: requests the kubelet's code never
+//! sends (an unprepare of an unknown claim, a batch whose claims fail each their
+//! own way, repeated and concurrent identical calls, `kill -9` between chosen
+//! calls). A Pod prepared by the kubelet's own code: tests/cluster/.
 
 use crate::common::*;
 use dra_test_support::claims::{Claim, uid};

@@ -7,6 +7,9 @@
 //! checkout (a file the SDK needs from outside itself fails here). Then the
 //! real host serves the guest it built, with the doc's config and claim, to
 //! the test kubelet. If the doc rots, this fails.
+//!
+//! The tonic test kubelet calls the host because the quick start runs without a
+//! cluster (a claims file), as `demo` does.
 
 use crate::common::*;
 use crate::manifests::validate;

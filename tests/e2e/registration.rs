@@ -1,4 +1,9 @@
 //! Registration with the kubelet, version pick, liveness, clean shutdown.
+//!
+//! The tonic test kubelet is the kubelet here: one that knows only v1beta1 (a
+//! 1.32/1.33 kubelet; the 1.37 code always knows v1) and its event log, counted
+//! exactly. Registration by the kubelet's own plugin watcher, the rolling pair
+//! included, is checked in tests/cluster/real_kubelet.rs.
 
 use crate::common::*;
 use dra_test_support::claims::{Claim, ClaimsFile, uid};

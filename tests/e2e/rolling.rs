@@ -3,6 +3,11 @@
 //! one driver from one plugin data directory. Both register, calls through
 //! either see the other's claims, none is prepared twice or lost, and the old
 //! one stopping in the middle of the load fails no call.
+//!
+//! The tonic test kubelet calls the host: calls through either of the two
+//! instances under load, and the hand-over in the middle of it; the kubelet's
+//! code calls only the newest connected instance (checked in
+//! tests/cluster/real_kubelet.rs).
 
 use crate::common::*;
 use dra_test_support::claims::{Claim, ClaimsFile, uid};

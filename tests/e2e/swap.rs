@@ -8,6 +8,10 @@
 //! `faulty_next.wasm` (0.2.0): one source, each build's CDI edits carry its
 //! version in `FAULTY_VERSION`, and each build's `unprepare` checks that the
 //! state it gets back is the claim's.
+//!
+//! The tonic test kubelet calls the host: continuous calls from several
+//! connections during swaps, each answer's build version read; the kubelet's
+//! own code under a swap is in tests/cluster/real_kubelet.rs.
 
 use crate::common::*;
 use dra_test_support::claims::{Claim, uid};

@@ -1,6 +1,8 @@
 //! The HTTP/2 level of the kubelet sockets, with frames written by hand:
 //! what no gRPC library lets a test send. (The real grpc-go and grpcio
 //! clients are in `kubelet_clients.rs`.)
+//!
+//! The tonic test kubelet only registers the host; the frames are the test's.
 
 use crate::common::*;
 use dra_test_support::host::{DriverSpec, HostEnv, http_get};

@@ -18,12 +18,35 @@
 //!   `v1.DRAResourceHealth` when advertised, else `v1alpha1`, else not at all.
 //!
 //! The kubelet's own code (its plugin manager and DRA manager at 1.37.2,
-//! [`crate::kubelet_peer`]) drives the node flows of `tests/cluster`; this
-//! stand-in stays where that code cannot go: wire-level faults (a kubelet
-//! that gives up on a call, raw HTTP/2, slow or truncated answers), the
-//! many e2e tests that need no API server, and `dra-wasm-host demo`. What the
-//! real code does that this one does not is listed in docs/operations.md
-//! ("Which kubelets were checked, and how").
+//! [`crate::kubelet_peer`]) is the kubelet of the tests in `tests/cluster`
+//! but four (listed below). This stand-in stays only where that code cannot
+//! go; each user says why in its module doc:
+//!
+//! - calls the kubelet's code never sends, or not on cue: claims not
+//!   allocated, replaced or missing, and calls during an API server outage
+//!   (`tests/cluster/main.rs`); unknown, repeated, concurrent and
+//!   partly failing batches (`tests/e2e/prepare.rs`, `faults.rs`,
+//!   `policy.rs`, `guest_text.rs`, `instances.rs`); a deadline at a chosen
+//!   moment (`deadlines.rs`); calls through either instance of a rolling
+//!   update (`rolling.rs`, `net.rs`) and during swaps under load (`swap.rs`);
+//!   a v1beta1-only kubelet (`registration.rs`); several health streams read
+//!   message by message (`gpu.rs`, `net.rs`);
+//! - claims the kubelet's DRA manager would refuse or cannot read: from the
+//!   host's claims file, or allocated by hand and reserved for no Pod
+//!   (`api.rs`, `cdi_runtime.rs`, `gpu.rs`, `lifecycle.rs`, `net.rs`,
+//!   `nodestate.rs`, `quickstart.rs`);
+//! - registration only: a host's first publication of its slices (two tests
+//!   of `tests/cluster/main.rs`), which the kubelet code's start-up wipe of
+//!   the node's slices would race with, and under raw HTTP/2 frames
+//!   (`wire.rs`);
+//! - measurements timed where the answer arrives, with load on cue
+//!   (`tests/bench/health.rs`, `memory.rs`, `net.rs`, `prepare.rs`,
+//!   `swap.rs`, `throughput.rs`): the Go peer would time itself behind its
+//!   JSON-lines pipe;
+//! - `dra-wasm-host demo` (`host/src/cli/demo.rs`): no cluster, no Go.
+//!
+//! What the real code does that this one does not is listed in
+//! docs/operations.md ("Which kubelets were checked, and how").
 
 use anyhow::{Context, Result, anyhow, bail};
 use dra_proto::dra::{v1, v1beta1};

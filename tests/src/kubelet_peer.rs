@@ -211,3 +211,21 @@ impl KubeletPeer {
         Ok(())
     }
 }
+
+/// The DRA manager's checkpoint on kubelet root `root`
+/// (`<root>/dra_manager_state`): per claim UID, its `ClaimInfoState` as the
+/// kubelet stored it, with per driver the devices of the plugin's
+/// NodePrepareResources answer (`PoolName`, `DeviceName`, `ShareID`,
+/// `RequestNames`, `CDIDeviceIDs`). A claim is there from its prepare until
+/// its unprepare.
+pub fn checkpoint(root: &Path) -> Result<BTreeMap<String, Value>> {
+    let path = root.join("dra_manager_state");
+    let file: Value = serde_json::from_slice(&std::fs::read(&path).with_context(|| path.display().to_string())?)?;
+    let data: Value = serde_json::from_str(file["Data"].as_str().context("the checkpoint has no Data")?)?;
+    Ok(data["ClaimInfoStateList"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| (c["ClaimUID"].as_str().unwrap_or_default().to_owned(), c.clone()))
+        .collect())
+}

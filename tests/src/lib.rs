@@ -5,7 +5,8 @@
 //!   manager (k8s.io/kubernetes v1.37.2, tests/peers/kubelet) driven by commands;
 //! - [`cdi::inject`]: CDI device IDs injected into an OCI spec as containerd does;
 //! - [`kubelet::TestKubelet`]: watches the registration directory and calls
-//!   plugins exactly as the kubelet does on the wire;
+//!   plugins exactly as the kubelet does on the wire, kept for calls and
+//!   faults on cue, measurements and `demo` (see its header);
 //! - [`host::HostEnv`] / [`host::HostProcess`]: a temporary node layout and
 //!   the real `dra-wasm-host` binary running in it;
 //! - [`controlplane::ControlPlane`]: the real kube-apiserver, etcd,

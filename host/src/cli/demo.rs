@@ -1,6 +1,9 @@
 //! `dra-wasm-host demo`: the real binary in node mode, in a temporary
 //! directory, driven by the in-tree test kubelet. It prints each step a
 //! kubelet and a container runtime would see.
+//!
+//! The tonic test kubelet is the demo's kubelet: it runs in-process with no
+//! cluster and no Go toolchain.
 
 use anyhow::{Context, Result, bail, ensure};
 use dra_test_support::claims::{Claim, ClaimsFile};
