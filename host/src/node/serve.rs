@@ -120,6 +120,21 @@ impl Node {
             tracing::info!(driver = %d.name, guest = %d.guest.display(), "watching the guest file for updates");
         }
         tracing::info!(driver = %d.name, prepared = driver.checkpoint().len(), "checkpoint loaded");
+        // The attach socket before registration: once the kubelet knows the
+        // driver, everything a prepared claim's hook needs is there.
+        let attach = match assembled.net {
+            Some(nd) => {
+                let socket = net::attach::socket_path(&paths.plugin_dir, self.rolling_update_uid.as_deref());
+                Some(
+                    net::attach::serve(nd, &socket).map_err(|source| StartError::AttachSocket {
+                        driver: d.name.clone(),
+                        path: socket,
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
         let metrics = &self.loader.metrics;
         let plugin = kubelet::serve(Arc::clone(&driver), &paths, Arc::clone(metrics))
             .await
@@ -151,19 +166,6 @@ impl Node {
             None => {}
         }
         let probe = liveness::Probe::of(&d.name, &paths);
-        let attach = match assembled.net {
-            Some(nd) => {
-                let socket = net::attach::socket_path(&paths.plugin_dir, self.rolling_update_uid.as_deref());
-                Some(
-                    net::attach::serve(nd, &socket).map_err(|source| StartError::AttachSocket {
-                        driver: d.name.clone(),
-                        path: socket,
-                        source,
-                    })?,
-                )
-            }
-            None => None,
-        };
         Ok(ServedDriver { plugin, probe, attach })
     }
 }
