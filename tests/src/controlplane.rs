@@ -523,6 +523,52 @@ impl ControlPlane {
     }
 }
 
+/// A request of any node's host, with when the API server received it.
+#[derive(Clone, Debug)]
+pub struct HostRequest {
+    pub node: String,
+    /// `requestReceivedTimestamp` cut to the second (`2026-12-06T08:20:01`).
+    pub second: String,
+    pub request: AuditedRequest,
+}
+
+impl ControlPlane {
+    /// Every request of every host so far (any node's bound token), from the
+    /// audit log: completed requests, and watches when they started (a watch
+    /// completes only when it ends).
+    pub fn host_requests(&self) -> Vec<HostRequest> {
+        let text = std::fs::read_to_string(self.dir.join("logs/audit.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|e| {
+                e["stage"] == "ResponseComplete" && e["verb"] != "watch"
+                    || e["stage"] == "ResponseStarted" && e["verb"] == "watch"
+            })
+            .filter_map(|e| {
+                let node = e["user"]["extra"]["authentication.kubernetes.io/node-name"][0].as_str()?;
+                let o = &e["objectRef"];
+                let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                Some(HostRequest {
+                    node: node.to_owned(),
+                    second: e["requestReceivedTimestamp"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .chars()
+                        .take(19)
+                        .collect(),
+                    request: AuditedRequest {
+                        verb: s(&e["verb"]),
+                        resource: s(&o["resource"]),
+                        subresource: s(&o["subresource"]),
+                        name: s(&o["name"]),
+                        code: e["responseStatus"]["code"].as_u64().unwrap_or_default() as u16,
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         // SAFETY: plain kill(2); up.sh stops its components and removes its directory.
