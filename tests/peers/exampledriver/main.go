@@ -58,14 +58,16 @@ func main() {
 	numDevices := flag.Int("num-devices", 8, "how many GPUs the node has")
 	kubeconfig := flag.String("kubeconfig", "", "kubeconfig of the API server")
 	driverName := flag.String("driver-name", "gpu.example.com", "the DRA driver's name")
+	qps := flag.Float64("kube-api-qps", 5, "client-side QPS limit of the API client (client-go's default, as the example driver's)")
+	burst := flag.Int("kube-api-burst", 10, "client-side burst of the API client")
 	flag.Parse()
-	if err := run(*nodeName, *cdiRoot, *registrar, *plugins, *numDevices, *kubeconfig, *driverName); err != nil {
+	if err := run(*nodeName, *cdiRoot, *registrar, *plugins, *numDevices, *kubeconfig, *driverName, float32(*qps), *burst); err != nil {
 		fmt.Fprintln(os.Stderr, "exampledriver:", err)
 		os.Exit(1)
 	}
 }
 
-func run(nodeName, cdiRoot, registrar, plugins string, numDevices int, kubeconfig, driverName string) error {
+func run(nodeName, cdiRoot, registrar, plugins string, numDevices int, kubeconfig, driverName string, qps float32, burst int) error {
 	if nodeName == "" {
 		return errors.New("--node-name is required")
 	}
@@ -73,6 +75,7 @@ func run(nodeName, cdiRoot, registrar, plugins string, numDevices int, kubeconfi
 	if err != nil {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
+	config.QPS, config.Burst = qps, burst
 	client, err := kubernetes.NewForConfig(config)
 	if err != nil {
 		return err
