@@ -7,7 +7,8 @@
 //!
 //! Run: `cargo bench --bench peers` (options after `--`: `--claims N` per
 //! driver (64), `--seconds S` per phase (5), `--rounds R` (2), `--callers
-//! LIST` (`1,4,16`), `--qps Q` (1000), `--state-dir DIR`).
+//! LIST` (`1,4,16`), `--qps Q` (1000), `--load grpc-go|tonic` (grpc-go),
+//! `--state-dir DIR`).
 //!
 //! One control plane (`tests/k8s/up.sh`, the chart installed by Helm) and one
 //! Node object. Each driver gets its own driver name, DeviceClass and the
@@ -26,10 +27,13 @@
 //! `--qps` (burst twice that) so that the drivers' own work is measured; run
 //! with `--qps 5` to see the defaults.
 //!
-//! The load: the tonic test kubelet (`dra_test_support::kubelet`), which
-//! registers each driver as the kubelet does and then dials its DRA socket,
-//! one HTTP/2 connection per caller; each caller loops prepare → unprepare
-//! over its share of the claims. Phases of the two drivers alternate at each
+//! The load: the tonic test kubelet (`dra_test_support::kubelet`) registers
+//! each driver as the kubelet does; then the grpc-go kubelet peer
+//! (`tests/peers/go`, `-load`: grpc-go 1.82.1 and the kubelet's own v1 stubs,
+//! dialing as a 1.37 kubelet does) drives its DRA socket, one connection per
+//! caller, each caller looping prepare → unprepare over its share of the
+//! claims (`--load tonic`: the same loop from the tonic client, in this
+//! process). Phases of the two drivers alternate at each
 //! concurrency (`rounds` each), so both see the same machine. CPU per pair is
 //! the driver process's user + system time from `/proc/<pid>/stat`; RSS is
 //! `VmRSS` after registration and after all phases; start → registered is
@@ -66,6 +70,7 @@ fn main() {
         .map(|c| c.trim().parse().expect("--callers: a comma-separated list of numbers"))
         .collect();
     let qps = arg("--qps", 1000.0f64);
+    let load = arg("--load", "grpc-go".to_owned());
     let state_dir = Some(PathBuf::from(arg("--state-dir", String::new())))
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
@@ -82,6 +87,17 @@ fn main() {
             println!("peers: skipped, the Go driver (tests/peers/exampledriver) cannot be built: {e}");
             return;
         }
+    };
+    let load_driver = match load.as_str() {
+        "tonic" => None,
+        "grpc-go" => match build_go_load() {
+            Ok(path) => Some(path),
+            Err(e) => {
+                println!("peers: skipped, the grpc-go kubelet peer (tests/peers/go) cannot be built: {e}");
+                return;
+            }
+        },
+        other => panic!("--load {other}: grpc-go or tonic"),
     };
     let cp = match ControlPlane::start().and_then(|cp| cp.install_chart().map(|()| cp)) {
         Ok(cp) => cp,
@@ -127,6 +143,7 @@ fn main() {
             Subject::go(&cp, &go_driver, claims, qps, theirs_claims).await,
         ];
         for s in &mut subjects {
+            s.load = load_driver.clone();
             s.phase(1, Duration::from_secs(1), None).await;
         }
         let mut results: Vec<[Phase; 2]> = callers.iter().map(|_| Default::default()).collect();
@@ -173,6 +190,23 @@ fn build_go_driver() -> Result<PathBuf, String> {
         .last()
         .map(PathBuf::from)
         .ok_or_else(|| "build.sh printed no path".to_owned())
+}
+
+/// tests/peers/go/build.sh: the grpc-go kubelet peer's path, or why not.
+fn build_go_load() -> Result<PathBuf, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/go/build.sh");
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kubelet-peer-go");
+    let run = Command::new("bash")
+        .arg(&script)
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    if !run.status.success() {
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        return Err(stderr.lines().last().unwrap_or("build.sh failed").to_owned());
+    }
+    Ok(out.join("kubelet-peer"))
 }
 
 fn device_class(driver: &str) -> String {
@@ -222,6 +256,8 @@ struct Subject {
     _kubelet: TestKubelet,
     endpoint: PathBuf,
     claims: Vec<v1::Claim>,
+    /// The grpc-go kubelet peer, or `None` for the tonic client.
+    load: Option<PathBuf>,
     registered_after: Duration,
     rss_after_start: u64,
     rss_after_load: u64,
@@ -294,6 +330,7 @@ impl Subject {
             _kubelet: kubelet,
             endpoint: plugin.endpoint,
             claims: wire_claims(&claims),
+            load: None,
             registered_after,
             rss_after_start,
             rss_after_load: 0,
@@ -347,6 +384,7 @@ impl Subject {
             _kubelet: kubelet,
             endpoint: plugin.endpoint,
             claims: wire_claims(&claims),
+            load: None,
             registered_after,
             rss_after_start,
             rss_after_load: 0,
@@ -376,6 +414,53 @@ impl Subject {
     /// `callers` connections, each looping prepare → unprepare over its
     /// share of the claims for `length`; figures added to `into`.
     async fn phase(&mut self, callers: usize, length: Duration, into: Option<&mut Phase>) {
+        if let Some(load) = &self.load {
+            let batch = self
+                .claims
+                .iter()
+                .map(|c| format!("{}/{}/{}", c.namespace, c.name, c.uid))
+                .collect::<Vec<_>>()
+                .join(",");
+            let cpu_before = process_cpu_time(self.pid()).expect("CPU time");
+            let out = tokio::process::Command::new(load)
+                .arg("-dial=new-client")
+                .arg(format!("-endpoint={}", self.endpoint.display()))
+                .arg(format!("-batch={batch}"))
+                .arg(format!("-load={callers}"))
+                .arg(format!("-seconds={}", length.as_secs_f64()))
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .expect("running the grpc-go kubelet peer");
+            let cpu = process_cpu_time(self.pid())
+                .expect("CPU time")
+                .saturating_sub(cpu_before);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{}: grpc-go load: {stdout}{}",
+                self.label,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let line: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("grpc-go load printed {stdout:?}: {e}"));
+            if let Some(into) = into {
+                let us = |key: &str| -> Vec<Duration> {
+                    line[key]
+                        .as_array()
+                        .expect("latencies")
+                        .iter()
+                        .map(|v| Duration::from_micros(v.as_u64().expect("µs")))
+                        .collect()
+                };
+                into.pairs += line["pairs"].as_u64().expect("pairs");
+                into.prepare.extend(us("prepare_us"));
+                into.unprepare.extend(us("unprepare_us"));
+                into.elapsed += Duration::from_secs_f64(line["seconds"].as_f64().expect("seconds"));
+                into.cpu += cpu;
+            }
+            return;
+        }
         let mut clients = Vec::new();
         let per = self.claims.len().div_ceil(callers);
         for chunk in self.claims.chunks(per) {
@@ -458,14 +543,15 @@ fn report(
     qps: f64,
     state_dir: &Path,
 ) {
+    let [ours, theirs] = subjects;
     println!(
-        "peers: prepare + unprepare, {claims} allocated claims per driver read from the API server \
+        "peers: prepare + unprepare ({} load), {claims} allocated claims per driver read from the API server \
          (client QPS {qps}, burst {}), {rounds} alternating phases of {seconds} s per driver and concurrency; \
          CDI on tmpfs, state in {}",
+        if ours.load.is_some() { "grpc-go" } else { "tonic" },
         (2.0 * qps) as u32,
         state_dir.display()
     );
-    let [ours, theirs] = subjects;
     for s in subjects {
         println!(
             "  {}: start → registered {:.0} ms; RSS {:.1} MiB after start, {:.1} MiB after the load",
