@@ -434,8 +434,8 @@ func runDRA(dial, endpoint, service, health string, c claim) {
 // (tests/bench/peers.rs): `callers` connections, each dialed as the kubelet
 // dials (grpc.NewClient, the v1 service), each looping v1 prepare, then
 // unprepare, of one claim at a time over its share of `claims`, for
-// `seconds`. One JSON line: pairs, seconds, and every call's latency in
-// microseconds.
+// `seconds`; a prepare that answers no CDI device ID fails it. One JSON
+// line: pairs, seconds, and every call's latency in microseconds.
 func runLoad(endpoint string, callers int, seconds float64, claims []claim) {
 	if callers < 1 || len(claims) < callers {
 		fail("new-client", "load", fmt.Errorf("-load %d with %d claims", callers, len(claims)))
@@ -469,8 +469,8 @@ func runLoad(endpoint string, callers int, seconds float64, claims []claim) {
 					}
 					t := time.Now()
 					p, err := calls.prepare(c)
-					if err == nil && (!p.found || p.err != "") {
-						err = fmt.Errorf("prepare %s: found %v, error %q", c.uid, p.found, p.err)
+					if err == nil && (!p.found || p.err != "" || len(p.cdiIDs) == 0) {
+						err = fmt.Errorf("prepare %s: found %v, error %q, CDI IDs %v", c.uid, p.found, p.err, p.cdiIDs)
 					}
 					if err != nil {
 						r.err = err
