@@ -430,6 +430,84 @@ func runDRA(dial, endpoint, service, health string, c claim) {
 	report(dial, hstep, nil, map[string]interface{}{"devices": devices})
 }
 
+// runLoad is the kubelet's load on a DRA socket for a benchmark
+// (tests/bench/peers.rs): `callers` connections, each dialed as the kubelet
+// dials (grpc.NewClient, the v1 service), each looping v1 prepare, then
+// unprepare, of one claim at a time over its share of `claims`, for
+// `seconds`; a prepare that answers no CDI device ID fails it. One JSON
+// line: pairs, seconds, and every call's latency in microseconds.
+func runLoad(endpoint string, callers int, seconds float64, claims []claim) {
+	if callers < 1 || len(claims) < callers {
+		fail("new-client", "load", fmt.Errorf("-load %d with %d claims", callers, len(claims)))
+	}
+	per := (len(claims) + callers - 1) / callers
+	type result struct {
+		prepare, unprepare []int64
+		err                error
+	}
+	var conns []*grpc.ClientConn
+	var shares [][]claim
+	for start := 0; start < len(claims); start += per {
+		conn, err := dialNewClient(endpoint)
+		if err != nil {
+			fail("new-client", "Dial", err)
+		}
+		defer conn.Close()
+		conns = append(conns, conn)
+		shares = append(shares, claims[start:min(start+per, len(claims))])
+	}
+	results := make(chan result, len(conns))
+	started := time.Now()
+	deadline := started.Add(time.Duration(seconds * float64(time.Second)))
+	for i, conn := range conns {
+		go func(calls draCalls, share []claim) {
+			var r result
+			for time.Now().Before(deadline) && r.err == nil {
+				for _, c := range share {
+					if !time.Now().Before(deadline) {
+						break
+					}
+					t := time.Now()
+					p, err := calls.prepare(c)
+					if err == nil && (!p.found || p.err != "" || len(p.cdiIDs) == 0) {
+						err = fmt.Errorf("prepare %s: found %v, error %q, CDI IDs %v", c.uid, p.found, p.err, p.cdiIDs)
+					}
+					if err != nil {
+						r.err = err
+						break
+					}
+					r.prepare = append(r.prepare, time.Since(t).Microseconds())
+					t = time.Now()
+					claimErr, found, err := calls.unprepare(c)
+					if err == nil && (!found || claimErr != "") {
+						err = fmt.Errorf("unprepare %s: found %v, error %q", c.uid, found, claimErr)
+					}
+					if err != nil {
+						r.err = err
+						break
+					}
+					r.unprepare = append(r.unprepare, time.Since(t).Microseconds())
+				}
+			}
+			results <- r
+		}(draCalls{v1: drav1.NewDRAPluginClient(conn)}, shares[i])
+	}
+	prepare, unprepare := []int64{}, []int64{}
+	for range conns {
+		r := <-results
+		if r.err != nil {
+			fail("new-client", "load", r.err)
+		}
+		prepare = append(prepare, r.prepare...)
+		unprepare = append(unprepare, r.unprepare...)
+	}
+	elapsed := time.Since(started).Seconds()
+	report("new-client", "load", nil, map[string]interface{}{
+		"callers": len(conns), "pairs": len(unprepare), "seconds": elapsed,
+		"prepare_us": prepare, "unprepare_us": unprepare,
+	})
+}
+
 func main() {
 	registration := flag.String("registration", "", "registration socket: register as the plugin watcher does")
 	dial := flag.String("dial", "", "DRA dial to run: pre-1.34 or new-client (none: registration only)")
@@ -439,6 +517,8 @@ func main() {
 	health := flag.String("health", "v1", "DRAResourceHealth service: v1 or v1alpha1")
 	claimArg := flag.String("claim", "", "the claim to prepare: namespace/name/uid")
 	batchArg := flag.String("batch", "", "instead: one v1 prepare of these claims, namespace/name/uid,...")
+	loadArg := flag.Int("load", 0, "instead: this many callers loop v1 prepare + unprepare over -batch's claims (with -endpoint)")
+	seconds := flag.Float64("seconds", 5, "with -load: for how long")
 	flag.Parse()
 	if authorityOption != "" && authorityOption != "raw" {
 		fail(*dial, "arguments", fmt.Errorf("unknown -authority %q (raw)", authorityOption))
@@ -464,6 +544,10 @@ func main() {
 		}
 		if *endpoint == "" {
 			fail(*dial, "arguments", errors.New("no -endpoint and no -registration to learn it from"))
+		}
+		if *loadArg > 0 {
+			runLoad(*endpoint, *loadArg, *seconds, claims)
+			return
 		}
 		runBatch(*dial, *endpoint, claims)
 		return

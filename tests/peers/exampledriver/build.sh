@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Builds the example-driver peer (main.go: the work of dra-example-driver's
+# kubelet plugin on kubeletplugin v0.37.2) into a cache, once per machine.
+#
+# The binary goes to a cache keyed by go.mod, go.sum, the sources and this
+# script: a second call with nothing changed builds nothing. Prints the
+# binary's path as its last line of standard output; progress goes to
+# standard error. -trimpath, as tests/k8s/build.sh builds the control plane:
+# the packages both need (client-go, apimachinery, ...) are compiled once
+# into Go's build cache.
+#
+#   DRA_EXAMPLE_DRIVER_CACHE   the cache's root (default ~/.cache/dra-wasm-host/example-driver)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+# Go 1.26 or newer (k8s.io/dynamic-resource-allocation 0.37 needs it): the machine's Go in
+# /usr/local/go, unless an older one comes first on PATH.
+go_minor() { # the minor version of the Go at $1, or 0
+    local v
+    v=$("$1" env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
+    echo "${v:-0}"
+}
+if [[ -x /usr/local/go/bin/go ]] && (($(go_minor /usr/local/go/bin/go) >= 26)); then
+    export PATH="/usr/local/go/bin:$PATH"
+fi
+if ! command -v go >/dev/null 2>&1 || (($(go_minor go) < 26)); then
+    echo "tests/peers/exampledriver/build.sh: Go 1.26 or newer is needed to build the example-driver peer; found: $(go version 2>&1)" >&2
+    exit 1
+fi
+# The machine's Go builds it; never fetch another toolchain.
+export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
+
+key=$(cat "$here/go.mod" "$here/go.sum" "$here/build.sh" "$here"/*.go | sha256sum | cut -c1-16)
+cache="${DRA_EXAMPLE_DRIVER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dra-wasm-host/example-driver}"
+bin="$cache/$key/exampledriver"
+if [[ -x $bin ]]; then
+    echo "$bin"
+    exit 0
+fi
+
+echo "tests/peers/exampledriver/build.sh: building the example-driver peer into $bin" >&2
+started=$SECONDS
+mkdir -p "$cache/$key"
+cd "$here"
+go build -mod=readonly -trimpath -ldflags "-s -w" -o "$bin.partial" .
+mv "$bin.partial" "$bin"
+# Builds for other keys are not used again.
+for old in "$cache"/*/; do
+    [[ ${old%/} == "$cache/$key" ]] || rm -rf "$old"
+done
+echo "tests/peers/exampledriver/build.sh: built in $((SECONDS - started)) s" >&2
+echo "$bin"
