@@ -21,31 +21,17 @@ set -euo pipefail
 out=${1:?usage: build.sh OUT_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
 
-export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false GO111MODULE=on
-
-# Prints the go command's minor version (1.N -> N), or nothing.
-go_minor() { "$1" env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p'; }
-
-go=
-for candidate in "$(command -v go || true)" /usr/local/go/bin/go; do
-    [[ -n $candidate && -x $candidate ]] || continue
-    minor=$(go_minor "$candidate")
-    if [[ -n $minor ]] && ((minor >= 26)); then
-        go=$candidate
-        break
-    fi
-done
-[[ -n $go ]] || {
-    echo "build.sh: no Go >= 1.26 (tried go on PATH and /usr/local/go/bin/go); install Go 1.26 or newer" >&2
-    exit 2
-}
+export GO111MODULE=on
+# Go 1.26 or newer, from tests/go.sh.
+source "$here/../../go.sh"
+need_go "the grpc-go peers"
 
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 # Go's own build cache where it has one (shared, keyed by content), else OUT_DIR's.
-[[ -n $("$go" env GOCACHE 2>/dev/null) ]] || export GOCACHE=$out/gocache
+[[ -n $(go env GOCACHE 2>/dev/null) ]] || export GOCACHE=$out/gocache
 
 cd "$here"
-"$go" build -mod=readonly -o "$out/kubelet-peer" .
-"$go" build -mod=readonly -o "$out/authority-probe" ./probe
-"$go" build -mod=readonly -o "$out/cdi-inject" ./cdi
+go build -mod=readonly -o "$out/kubelet-peer" .
+go build -mod=readonly -o "$out/authority-probe" ./probe
+go build -mod=readonly -o "$out/cdi-inject" ./cdi

@@ -13,24 +13,11 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
-# Go 1.26 or newer (k8s.io/kubernetes 1.37 needs it): the machine's Go in
-# /usr/local/go, unless an older one comes first on PATH.
-go_minor() { # the minor version of the Go at $1, or 0
-    local v
-    v=$("$1" env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
-    echo "${v:-0}"
-}
-if [[ -x /usr/local/go/bin/go ]] && (($(go_minor /usr/local/go/bin/go) >= 26)); then
-    export PATH="/usr/local/go/bin:$PATH"
-fi
-if ! command -v go >/dev/null 2>&1 || (($(go_minor go) < 26)); then
-    echo "tests/peers/kubelet/build.sh: Go 1.26 or newer is needed to build the kubelet peer; found: $(go version 2>&1)" >&2
-    exit 1
-fi
-# The machine's Go builds it; never fetch another toolchain.
-export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
+# Go 1.26 or newer, from tests/go.sh.
+source "$here/../../go.sh"
+need_go "the kubelet peer"
 
-key=$(cat "$here/go.mod" "$here/go.sum" "$here/build.sh" "$here"/*.go | sha256sum | cut -c1-16)
+key=$(cat "$here/go.mod" "$here/go.sum" "$here/build.sh" "$here/../../go.sh" "$here"/*.go | sha256sum | cut -c1-16)
 cache="${DRA_KUBELET_PEER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dra-wasm-host/kubelet-peer}"
 bin="$cache/$key/kubelet-dra"
 if [[ -x $bin ]]; then
