@@ -473,34 +473,10 @@ impl Subject {
         let label = self.label;
         let tasks: Vec<_> = clients
             .into_iter()
-            .map(|(mut client, claims)| {
-                tokio::spawn(async move {
-                    let (mut prepare, mut unprepare) = (Vec::new(), Vec::new());
-                    'calls: loop {
-                        for claim in &claims {
-                            if Instant::now() >= deadline {
-                                break 'calls;
-                            }
-                            let request = v1::NodePrepareResourcesRequest {
-                                claims: vec![claim.clone()],
-                            };
-                            let t = Instant::now();
-                            let answer = client.node_prepare_resources(request).await.expect("prepare");
-                            prepare.push(t.elapsed());
-                            let error = &answer.get_ref().claims[&claim.uid].error;
-                            assert!(error.is_empty(), "{label}: prepare: {error}");
-                            let request = v1::NodeUnprepareResourcesRequest {
-                                claims: vec![claim.clone()],
-                            };
-                            let t = Instant::now();
-                            let answer = client.node_unprepare_resources(request).await.expect("unprepare");
-                            unprepare.push(t.elapsed());
-                            let error = &answer.get_ref().claims[&claim.uid].error;
-                            assert!(error.is_empty(), "{label}: unprepare: {error}");
-                        }
-                    }
-                    (prepare, unprepare)
-                })
+            .map(|(client, claims)| {
+                tokio::spawn(dra_test_support::bench::prepare_unprepare_until(
+                    client, claims, deadline, label,
+                ))
             })
             .collect();
         let mut results = Vec::new();

@@ -264,34 +264,10 @@ impl Subject {
             .callers
             .iter()
             .map(|(client, claims)| {
-                let (mut client, claims) = (client.clone(), claims.clone());
-                tokio::spawn(async move {
-                    let (mut prepare, mut unprepare) = (Vec::new(), Vec::new());
-                    'calls: loop {
-                        for claim in &claims {
-                            if Instant::now() >= deadline {
-                                break 'calls;
-                            }
-                            let request = v1::NodePrepareResourcesRequest {
-                                claims: vec![claim.clone()],
-                            };
-                            let t = Instant::now();
-                            let answer = client.node_prepare_resources(request).await.expect("prepare");
-                            prepare.push(t.elapsed());
-                            let error = &answer.get_ref().claims[&claim.uid].error;
-                            assert!(error.is_empty(), "prepare: {error}");
-                            let request = v1::NodeUnprepareResourcesRequest {
-                                claims: vec![claim.clone()],
-                            };
-                            let t = Instant::now();
-                            let answer = client.node_unprepare_resources(request).await.expect("unprepare");
-                            unprepare.push(t.elapsed());
-                            let error = &answer.get_ref().claims[&claim.uid].error;
-                            assert!(error.is_empty(), "unprepare: {error}");
-                        }
-                    }
-                    (prepare, unprepare)
-                })
+                let (client, claims) = (client.clone(), claims.clone());
+                tokio::spawn(dra_test_support::bench::prepare_unprepare_until(
+                    client, claims, deadline, "host",
+                ))
             })
             .collect();
         let mut pairs = 0;

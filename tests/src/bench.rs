@@ -94,6 +94,45 @@ impl fmt::Display for Latencies {
     }
 }
 
+/// One kubelet caller of the throughput benches: prepare → unprepare of
+/// each of `claims` in turn over its own connection until `deadline`,
+/// every answer checked; the latencies of the prepares and of the
+/// unprepares. `label` names the driver in a failure.
+pub async fn prepare_unprepare_until(
+    mut client: dra_proto::dra::v1::dra_plugin_client::DraPluginClient<tonic::transport::Channel>,
+    claims: Vec<dra_proto::dra::v1::Claim>,
+    deadline: std::time::Instant,
+    label: &str,
+) -> (Vec<Duration>, Vec<Duration>) {
+    use dra_proto::dra::v1;
+    use std::time::Instant;
+    let (mut prepare, mut unprepare) = (Vec::new(), Vec::new());
+    'calls: loop {
+        for claim in &claims {
+            if Instant::now() >= deadline {
+                break 'calls;
+            }
+            let request = v1::NodePrepareResourcesRequest {
+                claims: vec![claim.clone()],
+            };
+            let t = Instant::now();
+            let answer = client.node_prepare_resources(request).await.expect("prepare");
+            prepare.push(t.elapsed());
+            let error = &answer.get_ref().claims[&claim.uid].error;
+            assert!(error.is_empty(), "{label}: prepare: {error}");
+            let request = v1::NodeUnprepareResourcesRequest {
+                claims: vec![claim.clone()],
+            };
+            let t = Instant::now();
+            let answer = client.node_unprepare_resources(request).await.expect("unprepare");
+            unprepare.push(t.elapsed());
+            let error = &answer.get_ref().claims[&claim.uid].error;
+            assert!(error.is_empty(), "{label}: unprepare: {error}");
+        }
+    }
+    (prepare, unprepare)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
