@@ -179,6 +179,16 @@ fn claim(
     .to_string()
 }
 
+/// A ResourceClaimTemplate with one request for a device of `class`.
+fn claim_template(namespace: &str, name: &str, class: &str) -> String {
+    json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"spec": {"devices": {"requests": [{"name": "dev", "exactly": {"deviceClassName": class}}]}}},
+    })
+    .to_string()
+}
+
 /// The claim once the scheduler has allocated it; on a timeout the panic
 /// says why the scheduler did not (the Pods' PodScheduled conditions).
 async fn allocated(cp: &ControlPlane, node: &impl Diagnose, namespace: &str, name: &str) -> Value {
@@ -762,12 +772,7 @@ async fn the_scheduler_allocates_from_our_slices_and_the_host_prepares_those_cla
     namespace(cp, ns);
     // A claim of its own and one from a template (the resourceclaim controller makes it).
     cp.apply(&claim(ns, "two-gpus", DRIVER, 2, None, None)).unwrap();
-    let template = json!({
-        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
-        "metadata": {"name": "one-gpu", "namespace": ns},
-        "spec": {"spec": {"devices": {"requests": [{"name": "dev", "exactly": {"deviceClassName": DRIVER}}]}}},
-    });
-    cp.apply(&template.to_string()).unwrap();
+    cp.apply(&claim_template(ns, "one-gpu", DRIVER)).unwrap();
     cp.apply(&pod(
         ns,
         "workload",

@@ -349,12 +349,7 @@ async fn the_kubelets_dra_manager_prepares_a_pod_across_two_drivers_of_one_host(
     namespace(cp, ns);
     cp.apply(&claim(ns, "two", DRIVER, 2, None, None)).unwrap();
     cp.apply(&claim(ns, "gpu", GPU, 1, None, None)).unwrap();
-    let template = json!({
-        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
-        "metadata": {"name": "one", "namespace": ns},
-        "spec": {"spec": {"devices": {"requests": [{"name": "dev", "exactly": {"deviceClassName": DRIVER}}]}}},
-    });
-    cp.apply(&template.to_string()).unwrap();
+    cp.apply(&claim_template(ns, "one", DRIVER)).unwrap();
     cp.apply(&pod(
         ns,
         "workload",

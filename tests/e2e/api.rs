@@ -107,7 +107,8 @@ async fn status_devices_written_beside_other_drivers_and_removed() {
     assert_eq!(status_writes(cp, &n.name, "status-claim"), 1);
 
     // A repeated prepare finds the status in place: no write.
-    node_prepares_again(&n, &claim).await;
+    let again = n.node.plugin.prepare(&[claim.reference()]).await.unwrap();
+    assert_eq!(again[&claim.uid].error, "");
     assert_eq!(status_writes(cp, &n.name, "status-claim"), 1);
 
     let errors = n.node.plugin.unprepare(&[claim.reference()]).await.unwrap();
@@ -116,11 +117,6 @@ async fn status_devices_written_beside_other_drivers_and_removed() {
     let entries = stored["status"]["devices"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "{stored}");
     assert_eq!(entries[0]["driver"], OTHER);
-}
-
-async fn node_prepares_again(n: &ClusterNode, claim: &Claim) {
-    let answer = n.node.plugin.prepare(&[claim.reference()]).await.unwrap();
-    assert_eq!(answer[&claim.uid].error, "");
 }
 
 /// Faults only the stand-in can make: 503 and 429 on the claim's GET, and a

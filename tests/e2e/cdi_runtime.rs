@@ -172,6 +172,14 @@ fn assert_applied(cdi_dir: &Path, ids: &[String], oci: &Value) {
     }
 }
 
+/// Character devices (path, major, minor) as [`device_nodes`] lists them.
+fn char_devices(nodes: &[(&str, i64, i64)]) -> Vec<(String, String, i64, i64)> {
+    nodes
+        .iter()
+        .map(|(path, major, minor)| ((*path).to_owned(), "c".to_owned(), *major, *minor))
+        .collect()
+}
+
 /// The OCI spec's device nodes as (path, type, major, minor).
 fn device_nodes(oci: &Value) -> Vec<(String, String, i64, i64)> {
     oci["linux"]["devices"]
@@ -286,16 +294,13 @@ async fn gpu_guest_claims_inject_nvidia_nodes_and_driver_mounts() {
     assert_applied(&node.env.cdi_dir, &ids, &oci);
     let mut nodes = device_nodes(&oci);
     nodes.sort();
-    let want: Vec<(String, String, i64, i64)> = [
+    let want = char_devices(&[
         ("/dev/nvidia-uvm", 510, 0),
         ("/dev/nvidia-uvm-tools", 510, 1),
         ("/dev/nvidia0", 195, 0),
         ("/dev/nvidia1", 195, 1),
         ("/dev/nvidiactl", 195, 255),
-    ]
-    .iter()
-    .map(|(p, major, minor)| ((*p).to_owned(), "c".to_owned(), *major, *minor))
-    .collect();
+    ]);
     assert_eq!(nodes, want, "each node once, with the numbers mknod gave it: {oci}");
     let libcuda = oci["mounts"]
         .as_array()
@@ -382,15 +387,12 @@ async fn gpu_base_spec_references_resolve_in_the_operators_spec() {
     assert_applied(&node.env.cdi_dir, &own, &oci);
     let mut nodes = device_nodes(&oci);
     nodes.sort();
-    let want: Vec<(String, String, i64, i64)> = [
+    let want = char_devices(&[
         ("/dev/nvidia-uvm", 510, 0),
         ("/dev/nvidia-uvm-tools", 510, 1),
         ("/dev/nvidia1", 195, 1),
         ("/dev/nvidiactl", 195, 255),
-    ]
-    .iter()
-    .map(|(p, major, minor)| ((*p).to_owned(), "c".to_owned(), *major, *minor))
-    .collect();
+    ]);
     assert_eq!(nodes, want, "gpu-1 only, numbers from the nodes: {oci}");
     assert!(
         env_has(&oci, "NVIDIA_VISIBLE_DEVICES=void"),
