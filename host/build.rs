@@ -1,5 +1,5 @@
 //! Builds the guest components in `guests/` (and the fault-injection guests in
-//! `tests/guests/`) for `wasm32-wasip2`, so that `cargo build` / `cargo test`
+//! `tests/guests/`, and the frozen 0.1 guest in `tests/guests/v0.1`) for `wasm32-wasip2`, so that `cargo build` / `cargo test`
 //! is the only step a developer needs.
 //!
 //! The guests are a separate cargo workspace. They are built by a nested
@@ -20,10 +20,40 @@ fn main() {
     let target_dir = std::env::var_os("DRA_GUEST_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_target_dir(&root).join("guests"));
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     ensure_wasm_target();
+    build_workspace(&root.join("guests"), &target_dir);
+    let out = target_dir.join("wasm32-wasip2").join("release");
+    // The 0.1 guest, built by its frozen 0.1 SDK in a workspace of its own
+    // (as a vendor's would be), lands beside the others under its own name.
+    let v0_1_target = target_dir.with_file_name("guests-v0.1");
+    build_workspace(&root.join("tests/guests/v0.1"), &v0_1_target);
+    let v0_1 = v0_1_target.join("wasm32-wasip2/release/example_driver.wasm");
+    std::fs::copy(&v0_1, out.join("example_driver_v0_1.wasm"))
+        .unwrap_or_else(|e| panic!("copying {}: {e}", v0_1.display()));
+    for guest in [
+        "example_driver.wasm",
+        "gpu_driver.wasm",
+        "macvlan_driver.wasm",
+        "faulty_driver.wasm",
+        "faulty_next.wasm",
+        "faulty_net.wasm",
+        "example_driver_v0_1.wasm",
+    ] {
+        assert!(
+            out.join(guest).is_file(),
+            "guest build did not produce {}",
+            out.join(guest).display()
+        );
+    }
+    println!("cargo:rustc-env=DRA_GUEST_DIR={}", out.display());
+}
+
+/// `cargo build --release --target wasm32-wasip2` of the guest workspace in
+/// `dir`, into `target_dir`.
+fn build_workspace(dir: &Path, target_dir: &Path) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(root.join("guests"))
+    cmd.current_dir(dir)
         .args([
             "build",
             "--release",
@@ -32,7 +62,7 @@ fn main() {
             "wasm32-wasip2",
             "--target-dir",
         ])
-        .arg(&target_dir);
+        .arg(target_dir);
     // The outer build's settings are for the host, not for wasm guests.
     for var in [
         "RUSTFLAGS",
@@ -58,22 +88,6 @@ fn main() {
              run `rustup target add wasm32-wasip2` (rust-toolchain.toml names it)."
         );
     }
-    let out = target_dir.join("wasm32-wasip2").join("release");
-    for guest in [
-        "example_driver.wasm",
-        "gpu_driver.wasm",
-        "macvlan_driver.wasm",
-        "faulty_driver.wasm",
-        "faulty_next.wasm",
-        "faulty_net.wasm",
-    ] {
-        assert!(
-            out.join(guest).is_file(),
-            "guest build did not produce {}",
-            out.join(guest).display()
-        );
-    }
-    println!("cargo:rustc-env=DRA_GUEST_DIR={}", out.display());
 }
 
 /// rustup installs the targets listed in rust-toolchain.toml only when it

@@ -183,8 +183,10 @@ mod tests {
                     capacity: vec![],
                     allow_multiple_allocations: false,
                     taints: vec![],
+                    ..Default::default()
                 })
                 .collect(),
+            shared_counters: vec![],
         }
     }
 

@@ -6,11 +6,11 @@
 //! They mirror the records of the `dra:driver` WIT package, but they are the
 //! host's: the rest of the crate names only these, and `wit` converts them to
 //! and from each supported WIT version at the guest-call boundary
-//! (`wit/v0_1/convert.rs`). A new WIT version adds conversions, not changes
+//! (`wit/v0_1/convert.rs`, `wit/v0_2/convert.rs`). A new WIT version adds conversions, not changes
 //! all over the host. The capabilities' own records live with them
 //! (`imports::nvml::types`, `imports::net::types`).
 //!
-//! Field documentation is the contract's: see `wit/driver.wit`.
+//! Field documentation is the contract's: see `wit/v0.2/driver.wit`.
 
 use crate::claim::ClaimRef;
 
@@ -73,7 +73,7 @@ pub struct Taint {
 }
 
 /// One device as published in a ResourceSlice.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Device {
     /// A DNS label, unique within its pool.
     pub name: String,
@@ -81,13 +81,72 @@ pub struct Device {
     pub capacity: Vec<Capacity>,
     pub allow_multiple_allocations: bool,
     pub taints: Vec<Taint>,
+    /// What allocating the device uses up of its pool's shared counters
+    /// (0.2; empty for 0.1 guests).
+    pub consumes_counters: Vec<CounterConsumption>,
+    /// Binding conditions (0.2).
+    pub binding: Option<BindingConditions>,
+    /// The node resources that belong to this device (0.2; empty for 0.1
+    /// guests, whose answers the policy alone judges).
+    pub node_resources: Vec<NodeResource>,
+}
+
+/// A named quantity of a counter set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counter {
+    pub name: String,
+    /// Kubernetes quantity.
+    pub value: String,
+}
+
+/// Counters several devices of a pool draw on (resource.k8s.io/v1 `CounterSet`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CounterSet {
+    pub name: String,
+    pub counters: Vec<Counter>,
+}
+
+/// How much of one counter set a device consumes when allocated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CounterConsumption {
+    pub counter_set: String,
+    pub counters: Vec<Counter>,
+}
+
+/// resource.k8s.io/v1 device binding conditions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BindingConditions {
+    pub conditions: Vec<String>,
+    pub failure_conditions: Vec<String>,
+    pub binds_to_node: bool,
+}
+
+/// A resource of the node that belongs to a device.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NodeResource {
+    /// A device node, by its path on the host.
+    DeviceNode(String),
+    /// A network interface of the host namespace, by name.
+    HostInterface(String),
+}
+
+impl std::fmt::Display for NodeResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeResource::DeviceNode(path) => write!(f, "device node {}", crate::guest_text::quoted(path)),
+            NodeResource::HostInterface(name) => write!(f, "host interface {}", crate::guest_text::quoted(name)),
+        }
+    }
 }
 
 /// A pool of devices; published as one or more ResourceSlices.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Pool {
     pub name: String,
     pub devices: Vec<Device>,
+    /// Counter sets the pool's devices consume (0.2), published in a slice
+    /// of their own.
+    pub shared_counters: Vec<CounterSet>,
 }
 
 // ---- The claim a guest prepares -----------------------------------------
@@ -236,7 +295,7 @@ pub struct DeviceStatus {
 }
 
 /// The result of preparing one allocated device.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PreparedDevice {
     pub pool: String,
     pub device: String,
@@ -245,6 +304,15 @@ pub struct PreparedDevice {
     /// IDs of devices in CDI specs the operator installed.
     pub cdi_device_ids: Vec<String>,
     pub status: Option<DeviceStatus>,
+    /// KEP-5304 device metadata for the workload (0.2).
+    pub metadata: Option<DeviceMetadata>,
+}
+
+/// KEP-5304 `DeviceMetadata` of one device, as the guest gave it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceMetadata {
+    pub attributes: Vec<Attribute>,
+    pub network_data: Option<NetworkData>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

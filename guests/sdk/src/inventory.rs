@@ -11,6 +11,7 @@ impl Pool {
         Self {
             name: name.into(),
             devices,
+            shared_counters: Vec::new(),
         }
     }
 }
@@ -33,6 +34,9 @@ impl Device {
             capacity: Vec::new(),
             allow_multiple_allocations: false,
             taints: Vec::new(),
+            consumes_counters: Vec::new(),
+            binding: None,
+            node_resources: Vec::new(),
         }
     }
 

@@ -26,6 +26,7 @@ impl fmt::Display for Error {
             }
             Reason::NotSupported => "not supported by this GPU or driver",
             Reason::NotFound => "not found",
+            Reason::InUse => "in use",
             Reason::Failed => "NVML call failed",
         };
         write!(f, "{}: {reason}", self.call)
@@ -39,6 +40,7 @@ impl From<Error> for crate::Error {
         let kind = match e.reason {
             Reason::NotAvailable | Reason::NotFound => crate::ErrorKind::Unavailable,
             Reason::NotSupported => crate::ErrorKind::Unsupported,
+            Reason::InUse => crate::ErrorKind::Busy,
             Reason::Failed => crate::ErrorKind::Internal,
         };
         crate::Error::new(kind, e.to_string())

@@ -37,6 +37,7 @@ impl PreparedDevice {
             edits: ContainerEdits::default(),
             cdi_device_ids: Vec::new(),
             status: None,
+            metadata: None,
         }
     }
 

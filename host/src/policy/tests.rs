@@ -48,6 +48,7 @@ fn device(name: &str, e: ContainerEdits) -> model::PreparedDevice {
         edits: e,
         cdi_device_ids: vec![],
         status: None,
+        metadata: None,
     }
 }
 
@@ -73,8 +74,10 @@ fn inventory(uuids: &[(&str, &str)]) -> Vec<Pool> {
                 capacity: vec![],
                 allow_multiple_allocations: false,
                 taints: vec![],
+                ..Default::default()
             })
             .collect(),
+        shared_counters: vec![],
     }]
 }
 
@@ -836,6 +839,7 @@ mod properties {
                     edits,
                     cdi_device_ids: ids,
                     status: None,
+                    metadata: None,
                 }
             })
     }

@@ -1,6 +1,9 @@
 //! The guest contract: the host's bindings of the `dra:driver` WIT package,
-//! one submodule per WIT version (today only [`v0_1`], `dra:driver@0.1.0`),
-//! and the one boundary where generated types meet the host's own.
+//! one submodule per WIT version ([`v0_1`] for `dra:driver@0.1.0`, [`v0_2`]
+//! for `dra:driver@0.2.0`), and the one boundary where generated types meet
+//! the host's own. Both versions are served side by side: a component is
+//! bound to the version its `device-driver` export names, and its imports
+//! resolve against that version's interfaces (the linker holds both).
 //!
 //! Nothing outside this module names a generated type. A guest is called
 //! through [`DriverPre`] and [`Driver`], which take and return the host's
@@ -9,9 +12,12 @@
 //! over the host-typed capability code in `imports`. Each version's
 //! `convert.rs` is the one place its records are converted. A new version
 //! is a new submodule, a new variant of [`DriverPre`] and [`Driver`], and its
-//! linking in [`add_log`] and [`add_granted`].
+//! linking in [`add_log`] and [`add_granted`]; what its records share with
+//! older versions comes from [`shared`]'s macros, written once.
 
+mod shared;
 pub mod v0_1;
+pub mod v0_2;
 
 use crate::claim::ClaimRef;
 use crate::imports::{Imports, ImportsView};
@@ -23,17 +29,42 @@ use wasmtime::{AsContext, AsContextMut};
 /// to be instantiated.
 pub enum DriverPre<T: 'static> {
     V0_1(v0_1::DriverHostPre<T>),
+    V0_2(v0_2::DriverHostPre<T>),
 }
 
+/// The versions of the contract this host serves, newest first.
+pub const VERSIONS: &[&str] = &["0.2.0", "0.1.0"];
+
 impl<T: Send + 'static> DriverPre<T> {
-    /// Check that the linked component exports a version this host serves.
+    /// Bind the linked component to the version its `device-driver` export
+    /// names (newest first); an error names the versions this host serves.
     pub fn new(pre: InstancePre<T>) -> wasmtime::Result<Self> {
-        Ok(Self::V0_1(v0_1::DriverHostPre::new(pre)?))
+        let v0_2 = match v0_2::DriverHostPre::new(pre.clone()) {
+            Ok(p) => return Ok(Self::V0_2(p)),
+            Err(e) => e,
+        };
+        match v0_1::DriverHostPre::new(pre) {
+            Ok(p) => Ok(Self::V0_1(p)),
+            Err(v0_1) => Err(wasmtime::format_err!(
+                "the component exports no version of `dra:driver/device-driver` this host serves ({}): \
+                 as 0.2: {v0_2:#}; as 0.1: {v0_1:#}",
+                VERSIONS.join(", ")
+            )),
+        }
+    }
+
+    /// The contract version the component was bound to.
+    pub fn version(&self) -> &'static str {
+        match self {
+            Self::V0_1(_) => "0.1.0",
+            Self::V0_2(_) => "0.2.0",
+        }
     }
 
     pub async fn instantiate_async(&self, store: impl AsContextMut<Data = T>) -> wasmtime::Result<Driver> {
         match self {
             Self::V0_1(pre) => Ok(Driver::V0_1(pre.instantiate_async(store).await?)),
+            Self::V0_2(pre) => Ok(Driver::V0_2(pre.instantiate_async(store).await?)),
         }
     }
 }
@@ -41,6 +72,19 @@ impl<T: Send + 'static> DriverPre<T> {
 /// One instance's `device-driver` exports, called with the host's types.
 pub enum Driver {
     V0_1(v0_1::DriverHost),
+    V0_2(v0_2::DriverHost),
+}
+
+/// The same call on whichever version's bindings `$driver` holds: the
+/// versions' export functions have the same names and the host's types
+/// convert into each version's records.
+macro_rules! each_version {
+    ($driver:expr, $b:ident => $call:expr) => {
+        match $driver {
+            Driver::V0_1($b) => $call,
+            Driver::V0_2($b) => $call,
+        }
+    };
 }
 
 /// A guest call's outcome: a trap (`Err`), or what the guest answered.
@@ -56,9 +100,7 @@ impl Driver {
         S: AsContextMut,
         <S as AsContext>::Data: Send,
     {
-        match self {
-            Self::V0_1(b) => answer(b.dra_driver_device_driver().call_init(store, &ctx.into()).await),
-        }
+        each_version!(self, b => answer(b.dra_driver_device_driver().call_init(store, &ctx.into()).await))
     }
 
     pub async fn call_inventory<S>(&self, store: S) -> Answer<Vec<Pool>>
@@ -66,14 +108,12 @@ impl Driver {
         S: AsContextMut,
         <S as AsContext>::Data: Send,
     {
-        match self {
-            Self::V0_1(b) => Ok(b
+        each_version!(self, b => Ok(b
                 .dra_driver_device_driver()
                 .call_inventory(store)
                 .await?
                 .map(|pools| pools.into_iter().map(Pool::from).collect())
-                .map_err(Into::into)),
-        }
+                .map_err(Into::into)))
     }
 
     pub async fn call_prepare<S>(&self, store: S, claim: Claim) -> Answer<PreparedClaim>
@@ -81,9 +121,7 @@ impl Driver {
         S: AsContextMut,
         <S as AsContext>::Data: Send,
     {
-        match self {
-            Self::V0_1(b) => answer(b.dra_driver_device_driver().call_prepare(store, &claim.into()).await),
-        }
+        each_version!(self, b => answer(b.dra_driver_device_driver().call_prepare(store, &claim.into()).await))
     }
 
     pub async fn call_unprepare<S>(&self, store: S, claim: &ClaimRef, state: &[u8]) -> Answer<()>
@@ -91,13 +129,11 @@ impl Driver {
         S: AsContextMut,
         <S as AsContext>::Data: Send,
     {
-        match self {
-            Self::V0_1(b) => answer(
-                b.dra_driver_device_driver()
-                    .call_unprepare(store, &claim.into(), state)
-                    .await,
-            ),
-        }
+        each_version!(self, b => answer(
+            b.dra_driver_device_driver()
+                .call_unprepare(store, &claim.into(), state)
+                .await,
+        ))
     }
 
     pub async fn call_on_event<S>(&self, store: S, event: Event) -> Answer<Vec<DeviceHealth>>
@@ -105,28 +141,29 @@ impl Driver {
         S: AsContextMut,
         <S as AsContext>::Data: Send,
     {
-        match self {
-            Self::V0_1(b) => Ok(b
+        each_version!(self, b => Ok(b
                 .dra_driver_device_driver()
                 .call_on_event(store, &event.into())
                 .await?
                 .map(|reports| reports.into_iter().map(DeviceHealth::from).collect())
-                .map_err(Into::into)),
-        }
+                .map_err(Into::into)))
     }
 }
 
-/// Link `dra:driver/log`, which every guest gets, with the imports' narrow
+/// Link `dra:driver/log` of every version, which every guest gets, with the imports' narrow
 /// view of the store.
 pub fn add_log<T: Send + 'static>(linker: &mut Linker<T>, view: fn(&mut T) -> ImportsView<'_>) -> wasmtime::Result<()> {
-    v0_1::imports::add_log(linker, view)
+    v0_1::imports::add_log(linker, view)?;
+    v0_2::imports::add_log(linker, view)
 }
 
-/// Link the capabilities the driver's configuration grants (`nvml`, `net`).
+/// Link the capabilities the driver's configuration grants (`nvml`, `net`),
+/// in every version.
 pub fn add_granted<T: Send + 'static>(
     linker: &mut Linker<T>,
     imports: &Imports,
     view: fn(&mut T) -> ImportsView<'_>,
 ) -> wasmtime::Result<()> {
-    v0_1::imports::add_granted(linker, imports, view)
+    v0_1::imports::add_granted(linker, imports, view)?;
+    v0_2::imports::add_granted(linker, imports, view)
 }

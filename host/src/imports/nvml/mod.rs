@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
-use types::{DriverFile, GpuInfo, NvmlError};
+use types::{DriverFile, GpuInfo, MigDevice, MigPlacement, MigProfile, NvmlError};
 
 /// NVML access for drivers granted `nvml`: the host config's `[nvml]`
 /// section, owned by the capability that uses it (`config` names it).
@@ -78,6 +78,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn start_events(&self, router: Arc<EventRouter>, kinds: &[GpuEventKind]) -> Result<(), NvmlError>;
     /// The kinds of event this backend can deliver.
     fn event_kinds(&self) -> &'static [GpuEventKind];
+    /// The MIG profiles of a GPU with MIG mode on (`NotSupported` otherwise).
+    fn mig_profiles(&self, gpu: u32) -> Result<Vec<MigProfile>, NvmlError>;
+    /// The MIG devices that exist on a GPU now.
+    fn mig_devices(&self, gpu: u32) -> Result<Vec<MigDevice>, NvmlError>;
+    /// Create a GPU instance at a placement and one compute instance spanning it.
+    fn create_mig_device(&self, gpu: u32, profile_id: u32, placement: MigPlacement) -> Result<MigDevice, NvmlError>;
+    /// Destroy a GPU instance and its compute instances.
+    fn destroy_mig_device(&self, gpu: u32, gpu_instance_id: u32) -> Result<(), NvmlError>;
 }
 
 /// One driver's subscription.
@@ -215,8 +223,8 @@ where
     }
 }
 
-/// What a guest's `nvml` calls do, with the host's types (the WIT adapter
-/// is `wit::v0_1::imports`).
+/// What a guest's `nvml` calls do, with the host's types (the WIT adapters
+/// are each version's `wit::v0_*::imports`).
 impl ImportsView<'_> {
     pub fn nvml_driver_version(&self) -> impl Future<Output = NvmlAnswer<String>> + Send + 'static {
         run(self, |g| g.nvml.backend.driver_version())
@@ -247,5 +255,32 @@ impl ImportsView<'_> {
             g.nvml.subscribe(&g.driver, uuids, kinds, g.events.clone())
         })
         .await
+    }
+
+    pub fn nvml_mig_profiles(&self, gpu: u32) -> impl Future<Output = NvmlAnswer<Vec<MigProfile>>> + Send + 'static {
+        run(self, move |g| g.nvml.backend.mig_profiles(gpu))
+    }
+
+    pub fn nvml_mig_devices(&self, gpu: u32) -> impl Future<Output = NvmlAnswer<Vec<MigDevice>>> + Send + 'static {
+        run(self, move |g| g.nvml.backend.mig_devices(gpu))
+    }
+
+    pub fn nvml_create_mig_device(
+        &self,
+        gpu: u32,
+        profile_id: u32,
+        placement: MigPlacement,
+    ) -> impl Future<Output = NvmlAnswer<MigDevice>> + Send + 'static {
+        run(self, move |g| {
+            g.nvml.backend.create_mig_device(gpu, profile_id, placement)
+        })
+    }
+
+    pub fn nvml_destroy_mig_device(
+        &self,
+        gpu: u32,
+        gpu_instance_id: u32,
+    ) -> impl Future<Output = NvmlAnswer<()>> + Send + 'static {
+        run(self, move |g| g.nvml.backend.destroy_mig_device(gpu, gpu_instance_id))
     }
 }

@@ -5,7 +5,7 @@
 //! only when the driver reports an event, or every few seconds to notice
 //! that the process is stopping; it never queries devices on a timer.
 
-use super::types::{DriverFile, DriverFileKind, GpuInfo, NvmlError, PciInfo};
+use super::types::{DriverFile, DriverFileKind, GpuInfo, MigDevice, MigPlacement, MigProfile, NvmlError, PciInfo};
 use super::{Backend, EventRouter};
 use crate::model::{GpuEvent, GpuEventKind};
 use nvml_wrapper::Nvml as Lib;
@@ -124,6 +124,7 @@ impl Backend for RealNvml {
             },
             minor_number: d.minor_number().map_err(map)?,
             mig_enabled,
+            numa_node: None,
         })
     }
 
@@ -134,6 +135,23 @@ impl Backend for RealNvml {
 
     fn event_kinds(&self) -> &'static [GpuEventKind] {
         KINDS
+    }
+
+    // MIG: not yet (issue 25, GPU guest on 0.2).
+    fn mig_profiles(&self, _gpu: u32) -> Result<Vec<MigProfile>, NvmlError> {
+        Err(NvmlError::NotSupported)
+    }
+
+    fn mig_devices(&self, _gpu: u32) -> Result<Vec<MigDevice>, NvmlError> {
+        Err(NvmlError::NotSupported)
+    }
+
+    fn create_mig_device(&self, _gpu: u32, _profile_id: u32, _placement: MigPlacement) -> Result<MigDevice, NvmlError> {
+        Err(NvmlError::NotSupported)
+    }
+
+    fn destroy_mig_device(&self, _gpu: u32, _gpu_instance_id: u32) -> Result<(), NvmlError> {
+        Err(NvmlError::NotSupported)
     }
 
     fn start_events(&self, router: Arc<EventRouter>, _kinds: &[GpuEventKind]) -> Result<(), NvmlError> {

@@ -16,7 +16,7 @@
 //! is answered with `{"delivered": N}` (how many drivers received it) or
 //! `{"error": "…"}`, so an injector knows when the host has the event.
 
-use super::types::{DriverFile, GpuInfo, NvmlError, PciInfo};
+use super::types::{DriverFile, GpuInfo, MigDevice, MigPlacement, MigProfile, NvmlError, PciInfo};
 use super::{Backend, EventRouter};
 use crate::model::{GpuEvent, GpuEventKind};
 use serde::Deserialize;
@@ -185,6 +185,7 @@ impl Backend for SimulatedNvml {
             },
             minor_number: g.minor_number,
             mig_enabled: g.mig_enabled,
+            numa_node: None,
         })
     }
 
@@ -197,6 +198,23 @@ impl Backend for SimulatedNvml {
 
     fn event_kinds(&self) -> &'static [GpuEventKind] {
         KINDS
+    }
+
+    // MIG: not yet (issue 25, GPU guest on 0.2).
+    fn mig_profiles(&self, _gpu: u32) -> Result<Vec<MigProfile>, NvmlError> {
+        Err(NvmlError::NotSupported)
+    }
+
+    fn mig_devices(&self, _gpu: u32) -> Result<Vec<MigDevice>, NvmlError> {
+        Err(NvmlError::NotSupported)
+    }
+
+    fn create_mig_device(&self, _gpu: u32, _profile_id: u32, _placement: MigPlacement) -> Result<MigDevice, NvmlError> {
+        Err(NvmlError::NotSupported)
+    }
+
+    fn destroy_mig_device(&self, _gpu: u32, _gpu_instance_id: u32) -> Result<(), NvmlError> {
+        Err(NvmlError::NotSupported)
     }
 
     fn start_events(&self, router: Arc<EventRouter>, _kinds: &[GpuEventKind]) -> Result<(), NvmlError> {

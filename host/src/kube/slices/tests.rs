@@ -14,6 +14,7 @@ fn dev(name: &str) -> model::Device {
         }],
         allow_multiple_allocations: false,
         taints: vec![],
+        ..Default::default()
     }
 }
 
@@ -21,6 +22,7 @@ fn pool(n: usize) -> model::Pool {
     model::Pool {
         name: "node-a".into(),
         devices: (0..n).map(|i| dev(&format!("d{i}"))).collect(),
+        shared_counters: vec![],
     }
 }
 

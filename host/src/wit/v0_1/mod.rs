@@ -7,7 +7,7 @@
 
 wasmtime::component::bindgen!({
     world: "driver-host",
-    path: "../wit",
+    path: "../wit/v0.1",
     // Inventories are compared to republish slices only when they change.
     additional_derives: [PartialEq],
     // Guest calls run on the calling task (see `instance.rs`).
@@ -17,8 +17,8 @@ wasmtime::component::bindgen!({
     // so that they can end the call when its deadline passes meanwhile.
     // `log` only formats a line.
     imports: {
-        "dra:driver/net": async | trappable,
-        "dra:driver/nvml": async | trappable,
+        "dra:driver/net@0.1.0": async | trappable,
+        "dra:driver/nvml@0.1.0": async | trappable,
     },
 });
 
