@@ -478,6 +478,7 @@ mod tests {
                     },
                     minor_number: i,
                     mig_enabled: false,
+                    numa_node: None,
                 })
                 .collect(),
             files: vec![DriverFile {

@@ -4,7 +4,10 @@
 //! WIT's; the SDK adds builders that take [`Quantity`] where the WIT has
 //! quantity strings.
 
-use crate::{Attribute, AttributeValue, Capacity, CapacityRange, Device, Pool, Quantity, RequestPolicy, Taint};
+use crate::{
+    Attribute, AttributeValue, BindingConditions, Capacity, CapacityRange, Counter, CounterConsumption, CounterSet,
+    Device, NodeResource, Pool, Quantity, RequestPolicy, Taint,
+};
 
 impl Pool {
     pub fn new(name: impl Into<String>, devices: Vec<Device>) -> Self {
@@ -14,6 +17,32 @@ impl Pool {
             shared_counters: Vec::new(),
         }
     }
+
+    /// A counter set the pool's devices draw on (at most 8 per pool): one
+    /// per partitionable device, with what it has in total. Partitions
+    /// [`consume`](Device::consumes) from it; the scheduler never
+    /// allocates more than it holds.
+    pub fn counter_set(
+        mut self,
+        name: impl Into<String>,
+        counters: impl IntoIterator<Item = (String, Quantity)>,
+    ) -> Self {
+        self.shared_counters.push(CounterSet {
+            name: name.into(),
+            counters: counters_of(counters),
+        });
+        self
+    }
+}
+
+fn counters_of(counters: impl IntoIterator<Item = (String, Quantity)>) -> Vec<Counter> {
+    counters
+        .into_iter()
+        .map(|(name, value)| Counter {
+            name,
+            value: value.into_string(),
+        })
+        .collect()
 }
 
 /// ```
@@ -80,6 +109,43 @@ impl Device {
 
     pub fn taint(mut self, taint: Taint) -> Self {
         self.taints.push(taint);
+        self
+    }
+
+    /// What allocating this device uses up of the pool's counter set
+    /// `counter_set` (at most 2 sets per device).
+    pub fn consumes(
+        mut self,
+        counter_set: impl Into<String>,
+        counters: impl IntoIterator<Item = (String, Quantity)>,
+    ) -> Self {
+        self.consumes_counters.push(CounterConsumption {
+            counter_set: counter_set.into(),
+            counters: counters_of(counters),
+        });
+        self
+    }
+
+    /// Make the scheduler wait, before binding a pod to this device's node,
+    /// until the guest reports every one of `conditions` as `True` in the
+    /// claim's device status (and give up when a failure condition is).
+    pub fn binding_conditions(mut self, binding: BindingConditions) -> Self {
+        self.binding = Some(binding);
+        self
+    }
+
+    /// Declare that the host device node `host_path` belongs to this device:
+    /// the host then refuses to hand it to a claim that was not allocated
+    /// this device (or another device declaring it: partitions share their
+    /// parent's node).
+    pub fn owns_device_node(mut self, host_path: impl Into<String>) -> Self {
+        self.node_resources.push(NodeResource::DeviceNode(host_path.into()));
+        self
+    }
+
+    /// Declare that the host network interface `name` belongs to this device.
+    pub fn owns_host_interface(mut self, name: impl Into<String>) -> Self {
+        self.node_resources.push(NodeResource::HostInterface(name.into()));
         self
     }
 }

@@ -88,10 +88,11 @@ pub mod bindings {
 // (Zed's extension API does the same): listed one by one, so that the rest
 // of the bindings stays private.
 pub use bindings::dra::driver::types::{
-    AllocatedDevice, Attribute, AttributeValue, Capacity, CapacityRange, Claim as AllocatedClaim, ClaimRef, Condition,
-    ConditionStatus, ConfigSource, ContainerEdits, Device, DeviceHealth, DeviceNode, DeviceStatus, EnvVar, Event,
-    GpuEvent, GpuEventKind, HealthStatus, Hook, HookStage, InitContext, LinkEvent, Mount, NetDevice, NetworkData,
-    OpaqueConfig, Pool, PreparedClaim, PreparedDevice, RequestPolicy, Taint, TaintEffect,
+    AllocatedDevice, Attribute, AttributeValue, BindingConditions, Capacity, CapacityRange, Claim as AllocatedClaim,
+    ClaimRef, Condition, ConditionStatus, ConfigSource, ContainerEdits, Counter, CounterConsumption, CounterSet,
+    Device, DeviceHealth, DeviceMetadata, DeviceNode, DeviceStatus, EnvVar, Event, GpuEvent, GpuEventKind,
+    HealthStatus, Hook, HookStage, InitContext, LinkEvent, Mount, NetDevice, NetworkData, NodeResource, OpaqueConfig,
+    Pool, PreparedClaim, PreparedDevice, RequestPolicy, Taint, TaintEffect,
 };
 pub use claim::{Allocation, Claim, NoParameters, ShareId};
 pub use error::{Error, ErrorKind, Result};

@@ -5,8 +5,8 @@
 //! WIT's; the SDK adds builders.
 
 use crate::{
-    Allocation, Condition, ConditionStatus, ContainerEdits, DeviceNode, DeviceStatus, EnvVar, Hook, Mount, NetDevice,
-    PreparedClaim, PreparedDevice, ShareId,
+    Allocation, Condition, ConditionStatus, ContainerEdits, DeviceMetadata, DeviceNode, DeviceStatus, EnvVar, Hook,
+    Mount, NetDevice, PreparedClaim, PreparedDevice, ShareId,
 };
 
 // A generated type: `#[derive(Default)]` cannot be added to it.
@@ -56,6 +56,43 @@ impl PreparedDevice {
 
     pub fn status(mut self, status: DeviceStatus) -> Self {
         self.status = Some(status);
+        self
+    }
+
+    /// Facts about the prepared device for the workload (KEP-5304): the
+    /// host writes them into the request's metadata file, mounted read-only
+    /// into the claim's containers.
+    pub fn metadata(mut self, metadata: DeviceMetadata) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+}
+
+/// ```
+/// use dra_driver_sdk::DeviceMetadata;
+/// let m = DeviceMetadata::default().attribute("uuid", "GPU-0");
+/// assert_eq!(m.attributes[0].name, "uuid");
+/// ```
+impl Default for DeviceMetadata {
+    fn default() -> Self {
+        Self {
+            attributes: Vec::new(),
+            network_data: None,
+        }
+    }
+}
+
+impl DeviceMetadata {
+    pub fn attribute(mut self, name: impl Into<String>, value: impl Into<crate::AttributeValue>) -> Self {
+        self.attributes.push(crate::Attribute {
+            name: name.into(),
+            value: value.into(),
+        });
+        self
+    }
+
+    pub fn network_data(mut self, data: crate::NetworkData) -> Self {
+        self.network_data = Some(data);
         self
     }
 }
