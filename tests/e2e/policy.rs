@@ -18,20 +18,23 @@ use std::path::{Path, PathBuf};
 
 const FAULTY: &str = "faulty.dra.dev";
 
-/// A device root holding one real character device node, `dev/nvidia0`
-/// (195:0, as the NVIDIA driver creates it), made with mknod(2).
+/// A device root holding two real character device nodes, `dev/nvidia0`
+/// and `dev/nvidia1` (195:0 and 195:1, as the NVIDIA driver creates them),
+/// made with mknod(2).
 fn device_root(dir: &Path) -> PathBuf {
     let root = dir.join("devroot");
     std::fs::create_dir_all(root.join("dev")).unwrap();
-    let node = std::ffi::CString::new(root.join("dev/nvidia0").to_str().unwrap()).unwrap();
-    // SAFETY: mknod(2) with a valid NUL-terminated path.
-    let rc = unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(195, 0)) };
-    assert_eq!(
-        rc,
-        0,
-        "mknod (the e2e tests run as root): {}",
-        std::io::Error::last_os_error()
-    );
+    for minor in 0..2 {
+        let node = std::ffi::CString::new(root.join(format!("dev/nvidia{minor}")).to_str().unwrap()).unwrap();
+        // SAFETY: mknod(2) with a valid NUL-terminated path.
+        let rc = unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(195, minor)) };
+        assert_eq!(
+            rc,
+            0,
+            "mknod (the e2e tests run as root): {}",
+            std::io::Error::last_os_error()
+        );
+    }
     root
 }
 
@@ -106,6 +109,12 @@ async fn hostile_container_edits_are_refused_naming_device_field_and_rule() {
         (claim("cdi-all", 8), ["nvidia.com/gpu=all", "allow_all", "cdi_devices"]),
         (claim("cdi-other", 9), ["FAULTY-1", "uuid", "cdi_devices"]),
         (claim("bigspec", 10), ["CDI spec", "bytes", "max_cdi_spec_bytes"]),
+        // A node the policy allows, but the inventory declares for dev-1,
+        // which this claim (dev-0) was not allocated.
+        (
+            claim("devnode-steal", 14),
+            ["/dev/nvidia1", "\"faulty\"/\"dev-1\"", "ownership"],
+        ),
     ];
     let allowed = [claim("devnode-plain", 11), claim("mount-ro", 12), claim("cdi-own", 13)];
     let all: Vec<Claim> = refused.iter().map(|(c, _)| c.clone()).chain(allowed.clone()).collect();
@@ -155,6 +164,7 @@ async fn hostile_container_edits_are_refused_naming_device_field_and_rule() {
         "mount_options",
         "cdi_devices",
         "max_cdi_spec_bytes",
+        "ownership",
     ] {
         assert!(
             text.contains(&format!(

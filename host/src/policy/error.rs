@@ -26,6 +26,9 @@ pub enum Rule {
     NetHostInterfaces,
     CdiDevices,
     MaxCdiSpecBytes,
+    /// A node resource the inventory declares for a device the claim was
+    /// not allocated (0.2 guests; `ownership`).
+    Ownership,
 }
 
 impl Rule {
@@ -46,6 +49,7 @@ impl Rule {
             Rule::NetHostInterfaces => "net_host_interfaces",
             Rule::CdiDevices => "cdi_devices",
             Rule::MaxCdiSpecBytes => "max_cdi_spec_bytes",
+            Rule::Ownership => "ownership",
         }
     }
 }

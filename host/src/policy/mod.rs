@@ -41,6 +41,7 @@
 mod check;
 mod devices;
 mod error;
+mod ownership;
 mod paths;
 mod status;
 #[cfg(test)]

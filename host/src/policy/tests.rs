@@ -1108,3 +1108,186 @@ fn a_host_created_link_goes_only_to_the_claim_it_was_created_for() {
     let e = p.check_claim_links("u", &hooked("dwhofu"), |_| None).unwrap_err();
     assert!(e.to_string().contains("not a link the host created"), "{e}");
 }
+
+mod ownership {
+    //! dra:driver@0.2 inventories declare the node resources of each device;
+    //! a claim gets only those of the devices allocated to it. Device nodes
+    //! are real ones made with mknod(2) under a temporary device root
+    //! (root only, like the e2e GPU tests).
+    use super::*;
+
+    /// `/dev/nvidia0` (195:0), `/dev/nvidia1` (195:1) and `/dev/other1`, a
+    /// second path to 195:1.
+    fn gpu_root() -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("dev")).unwrap();
+        for (name, minor) in [("nvidia0", 0), ("nvidia1", 1), ("other1", 1)] {
+            let path = std::ffi::CString::new(root.path().join("dev").join(name).into_os_string().into_encoded_bytes())
+                .unwrap();
+            // SAFETY: mknod(2) with a valid NUL-terminated path.
+            let rc = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(195, minor)) };
+            assert_eq!(rc, 0, "mknod {name} (needs root): {}", std::io::Error::last_os_error());
+        }
+        root
+    }
+
+    /// GPUs `d` (owns /dev/nvidia0) and `e` (owns /dev/nvidia1) and `d-half`,
+    /// a partition of `d` sharing its node; `eth2` belongs to `e`.
+    fn owned_inventory() -> Vec<Pool> {
+        let mut pools = inventory(&[("d", "UUID-D"), ("e", "UUID-E"), ("d-half", "UUID-D")]);
+        let owns = [
+            vec![NodeResource::DeviceNode("/dev/nvidia0".into())],
+            vec![
+                NodeResource::DeviceNode("/dev/nvidia1".into()),
+                NodeResource::HostInterface("eth2".into()),
+            ],
+            vec![NodeResource::DeviceNode("/dev/nvidia0".into())],
+        ];
+        for (d, owns) in pools[0].devices.iter_mut().zip(owns) {
+            d.node_resources = owns;
+        }
+        pools
+    }
+
+    fn claim_of(device: &str) -> Claim {
+        Claim {
+            devices: vec![allocated(device)],
+            ..claim()
+        }
+    }
+
+    fn answer(device: &str, e: ContainerEdits) -> PreparedClaim {
+        PreparedClaim {
+            devices: vec![model::PreparedDevice {
+                pool: "p".into(),
+                device: device.into(),
+                edits: e,
+                ..Default::default()
+            }],
+            state: vec![],
+        }
+    }
+
+    fn the_policy(root: &std::path::Path) -> Policy {
+        policy(&format!(
+            "device_nodes = [\"/dev/nvidia[0-9]*\", \"/dev/other*\"]\nallow_net_devices = true\n\
+             net_host_interfaces = [\"eth*\"]\ndevice_root = {root:?}"
+        ))
+    }
+
+    fn nodes(paths: &[&str]) -> ContainerEdits {
+        ContainerEdits {
+            device_nodes: paths.iter().map(|p| node(p)).collect(),
+            ..edits()
+        }
+    }
+
+    #[test]
+    fn another_devices_node_is_refused_naming_both_devices() {
+        let root = gpu_root();
+        let p = the_policy(root.path());
+        let err = p
+            .check(
+                &claim_of("d"),
+                &owned_inventory(),
+                &HashMap::new(),
+                &mut answer("d", nodes(&["/dev/nvidia1"])),
+            )
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(&err, PolicyError::Refused { rule: Rule::Ownership, device, .. } if device == "d"),
+            "{err:?}"
+        );
+        assert!(
+            text.contains("device p/d: deviceNodes[0] \"/dev/nvidia1\"") && text.contains("\"p\"/\"e\""),
+            "names the prepared device and the owner: {text}"
+        );
+        assert!(text.contains("not allocated to this claim"), "{text}");
+    }
+
+    #[test]
+    fn another_path_to_the_same_device_is_refused_too() {
+        let root = gpu_root();
+        let p = the_policy(root.path());
+        let err = p
+            .check(
+                &claim_of("d"),
+                &owned_inventory(),
+                &HashMap::new(),
+                &mut answer("d", nodes(&["/dev/other1"])),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("\"p\"/\"e\""), "{err}");
+    }
+
+    #[test]
+    fn own_and_shared_and_undeclared_nodes_pass() {
+        let root = gpu_root();
+        let p = the_policy(root.path());
+        for (device, paths) in [
+            ("d", &["/dev/nvidia0"][..]),
+            // A partition gets its parent's node, which both declare.
+            ("d-half", &["/dev/nvidia0"]),
+            ("e", &["/dev/nvidia1", "/dev/other1"]),
+        ] {
+            let mut out = answer(device, nodes(paths));
+            p.check(&claim_of(device), &owned_inventory(), &HashMap::new(), &mut out)
+                .unwrap_or_else(|e| panic!("{device} {paths:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn another_devices_host_interface_is_refused() {
+        let root = gpu_root();
+        let p = the_policy(root.path());
+        let moved = |iface: &str| ContainerEdits {
+            net_devices: vec![NetDevice {
+                host_interface_name: iface.into(),
+                name: "net1".into(),
+            }],
+            ..edits()
+        };
+        let err = p
+            .check(
+                &claim_of("d"),
+                &owned_inventory(),
+                &HashMap::new(),
+                &mut answer("d", moved("eth2")),
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("netDevices[0] \"eth2\"") && err.to_string().contains("\"p\"/\"e\""),
+            "{err}"
+        );
+        // Undeclared interfaces are the path rules' business, as before.
+        p.check(
+            &claim_of("d"),
+            &owned_inventory(),
+            &HashMap::new(),
+            &mut answer("d", moved("eth3")),
+        )
+        .unwrap();
+        p.check(
+            &claim_of("e"),
+            &owned_inventory(),
+            &HashMap::new(),
+            &mut answer("e", moved("eth2")),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn without_declarations_the_policy_alone_judges_as_for_0_1_guests() {
+        let root = gpu_root();
+        let p = the_policy(root.path());
+        let undeclared = inventory(&[("d", "UUID-D"), ("e", "UUID-E")]);
+        p.check(
+            &claim_of("d"),
+            &undeclared,
+            &HashMap::new(),
+            &mut answer("d", nodes(&["/dev/nvidia1"])),
+        )
+        .expect("a 0.1 inventory declares nothing: only the path rules apply");
+    }
+}

@@ -13,6 +13,7 @@
 //! | `devnode-plain`        | `/dev/nvidia0` with no type or numbers (the host fills them in)      |
 //! | `devnode-missing`      | `/dev/nvidia9`, which the test node does not have                    |
 //! | `devnode-ctl`          | `/dev/nvidiactl`, outside a policy naming only `/dev/nvidia[0-9]*`   |
+//! | `devnode-steal`        | the next device's node, `/dev/nvidia<index + 1>`, which the inventory declares for that device |
 //! | `mount-overlay`        | a mount of the allowed `/run/nvidia/driver` as `overlay`, `lowerdir=/` |
 //! | `mount-devtmpfs`       | a mount of the allowed `/run/nvidia/driver/dev` as `devtmpfs`        |
 //! | `mount-rw`             | a read-write bind of the allowed `/run/nvidia/driver/lib`            |
@@ -33,7 +34,8 @@
 //! | `invalid`    | `Dev-Upper` (uppercase), a 64-character name, `dev-0` again, `many-attributes` (100 attributes), `big-value` (a 1 MB attribute value) |
 //!
 //! Every device carries the attribute `uuid` = `FAULTY-<index>`, for the CDI
-//! reference rule.
+//! reference rule, and declares that it owns `/dev/nvidia<index>` (0.2
+//! node resources), for the ownership rule.
 
 use dra_driver_sdk::log::{Level, log};
 use dra_driver_sdk::{Device, DeviceNode, EnvVar, Error, Mount, NetDevice, PreparedDevice, Result};
@@ -46,7 +48,9 @@ pub fn uuid(index: u32) -> String {
 /// `device` (`dev-<index>`) with the attributes every device of the
 /// inventory carries.
 pub fn with_attributes(device: Device, index: u32) -> Device {
-    device.attribute("uuid", uuid(index))
+    device
+        .attribute("uuid", uuid(index))
+        .owns_device_node(format!("/dev/nvidia{index}"))
 }
 
 /// The devices an inventory attack adds after the valid ones.
@@ -102,6 +106,9 @@ pub fn prepare(name: &str, devices: &mut [PreparedDevice]) -> Result<()> {
         edits.device_nodes.push(DeviceNode::new("/dev/nvidia9"));
     } else if name.starts_with("devnode-ctl") {
         edits.device_nodes.push(DeviceNode::new("/dev/nvidiactl"));
+    } else if name.starts_with("devnode-steal") {
+        let next = index(&first.device) + 1;
+        edits.device_nodes.push(DeviceNode::new(format!("/dev/nvidia{next}")));
     } else if name.starts_with("mount-overlay") {
         edits
             .mounts
