@@ -93,10 +93,14 @@ fn the_guests_configmap_limit_counts_decoded_bytes() {
 }
 
 /// The slices the host published, as the real API server (tests/k8s)
-/// accepted and stores them, also pass the upstream schema.
+/// accepted and stores them, also pass the upstream schema; and the 0.2
+/// fields (shared counters in a slice of their own, counter consumption,
+/// binding conditions) are stored, not dropped as a server without the
+/// features would drop them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_resource_slices_are_valid_kubernetes_1_37() {
     const GPU: &str = "gpu.dra.dev";
+    const PARTS: &str = "parts.dra.dev";
     let cp = control_plane().await;
     let mut events = PathBuf::new();
     let n = cluster_node(cp, "e2e-schema", |env| {
@@ -109,6 +113,8 @@ async fn published_resource_slices_are_valid_kubernetes_1_37() {
             DriverSpec::new(GPU, &guest("gpu_driver.wasm"))
                 .extra("grants = [\"nvml\"]\ntaint_unhealthy = true\n")
                 .config("sharing = {}\ncdi = { mode = \"base-spec\", kind = \"nvidia.com/gpu\" }"),
+            // A partitionable card (0.2): counters, consumption, binding conditions.
+            DriverSpec::new(PARTS, &guest("faulty_driver.wasm")).config("devices = 1\ninventory = \"partitioned\""),
         ];
         let tables = format!("[nvml.simulated]\ngpus = {gpus_file:?}\nevents_socket = {events:?}\n");
         (drivers, tables)
@@ -119,16 +125,52 @@ async fn published_resource_slices_are_valid_kubernetes_1_37() {
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let slices = loop {
-        let s: Vec<_> = [DRIVER, GPU].iter().flat_map(|d| slices_of(cp, d, &n.name)).collect();
+        let s: Vec<_> = [DRIVER, GPU, PARTS]
+            .iter()
+            .flat_map(|d| slices_of(cp, d, &n.name))
+            .collect();
         let tainted = s
             .iter()
             .any(|x| x["spec"]["driver"] == GPU && x["spec"]["devices"][1]["taints"].is_array());
-        if s.len() == 3 && tainted {
+        if s.len() == 5 && tainted {
             break s;
         }
         assert!(Instant::now() < deadline, "slices: {s:#?}\n{}", n.node.host.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let parts: Vec<&serde_json::Value> = slices.iter().filter(|s| s["spec"]["driver"] == PARTS).collect();
+    let counters = parts
+        .iter()
+        .find(|s| s["spec"]["sharedCounters"].is_array())
+        .unwrap_or_else(|| panic!("a slice with the shared counters, stored: {parts:#?}"));
+    assert!(
+        counters["spec"]["devices"].is_null(),
+        "counters in a slice of their own"
+    );
+    assert_eq!(counters["spec"]["sharedCounters"][0]["name"], "card-0");
+    assert_eq!(
+        counters["spec"]["sharedCounters"][0]["counters"]["memory"]["value"],
+        "8Gi"
+    );
+    let devices = parts
+        .iter()
+        .find(|s| s["spec"]["devices"].is_array())
+        .expect("a slice with the devices");
+    let half = devices["spec"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "card-0-half-1")
+        .unwrap_or_else(|| panic!("{devices:#}"));
+    assert_eq!(half["consumesCounters"][0]["counterSet"], "card-0");
+    assert_eq!(half["consumesCounters"][0]["counters"]["memory"]["value"], "4Gi");
+    assert_eq!(half["bindingConditions"], serde_json::json!(["example.com/attached"]));
+    assert_eq!(
+        half["bindingFailureConditions"],
+        serde_json::json!(["example.com/failed"])
+    );
+    assert_eq!(half["bindsToNode"], true);
+
     let dir = tempfile::tempdir().unwrap();
     let files: Vec<PathBuf> = slices
         .iter()

@@ -27,18 +27,21 @@
 //! | `longerror`            | nothing: prepare fails with a 1,000,048-character message holding a newline, a forged log line and ANSI escapes |
 //! | `forgelog`             | nothing: logs a line holding a newline, a forged log line and ANSI escapes, then prepares normally |
 //!
-//! Inventory attacks, chosen by the config's `inventory`:
+//! Inventory attacks, and the 0.2 inventory features, chosen by the config's `inventory`:
 //!
 //! | `inventory`  | besides the valid devices `dev-0` … it publishes                     |
 //! |--------------|----------------------------------------------------------------------|
 //! | `invalid`    | `Dev-Upper` (uppercase), a 64-character name, `dev-0` again, `many-attributes` (100 attributes), `big-value` (a 1 MB attribute value) |
+//! | `partitioned` | a counter set `card-0` (`memory` 8Gi, `slices` 2) with `card-0` consuming all of it and `card-0-half-0`, `card-0-half-1` consuming half each; `card-0-half-1` has binding conditions (`example.com/attached`, failure `example.com/failed`, binds to node) |
 //!
 //! Every device carries the attribute `uuid` = `FAULTY-<index>`, for the CDI
 //! reference rule, and declares that it owns `/dev/nvidia<index>` (0.2
 //! node resources), for the ownership rule.
 
 use dra_driver_sdk::log::{Level, log};
-use dra_driver_sdk::{Device, DeviceNode, EnvVar, Error, Mount, NetDevice, PreparedDevice, Result};
+use dra_driver_sdk::{
+    BindingConditions, Device, DeviceNode, EnvVar, Error, Mount, NetDevice, Pool, PreparedDevice, Quantity, Result,
+};
 
 /// The `uuid` attribute of device `dev-<index>`.
 pub fn uuid(index: u32) -> String {
@@ -53,19 +56,44 @@ pub fn with_attributes(device: Device, index: u32) -> Device {
         .owns_device_node(format!("/dev/nvidia{index}"))
 }
 
-/// The devices an inventory attack adds after the valid ones.
-pub fn inventory(mode: Option<&str>) -> Result<Vec<Device>> {
+/// The pool `faulty`: the valid `devices`, then what the inventory mode adds.
+pub fn pool(mode: Option<&str>, mut devices: Vec<Device>) -> Result<Pool> {
     match mode {
-        None => Ok(vec![]),
-        Some("invalid") => Ok(vec![
+        None => {}
+        Some("invalid") => devices.extend([
             Device::new("Dev-Upper"),
             Device::new("d".repeat(64)),
             Device::new("dev-0"),
             (0..100i64).fold(Device::new("many-attributes"), |d, i| d.attribute(format!("a{i}"), i)),
             Device::new("big-value").attribute("blob", "v".repeat(1_000_000)),
         ]),
-        Some(other) => Err(Error::invalid_config(format!("unknown inventory attack {other:?}"))),
+        Some("partitioned") => {
+            let half = || {
+                [
+                    ("memory".to_owned(), Quantity::binary(4 << 30)),
+                    ("slices".to_owned(), Quantity::parse("1").expect("a quantity")),
+                ]
+            };
+            let whole = [
+                ("memory".to_owned(), Quantity::binary(8 << 30)),
+                ("slices".to_owned(), Quantity::parse("2").expect("a quantity")),
+            ];
+            devices.extend([
+                Device::new("card-0").consumes("card-0", whole.clone()),
+                Device::new("card-0-half-0").consumes("card-0", half()),
+                Device::new("card-0-half-1")
+                    .consumes("card-0", half())
+                    .binding_conditions(BindingConditions {
+                        conditions: vec!["example.com/attached".into()],
+                        failure_conditions: vec!["example.com/failed".into()],
+                        binds_to_node: true,
+                    }),
+            ]);
+            return Ok(Pool::new("faulty", devices).counter_set("card-0", whole));
+        }
+        Some(other) => return Err(Error::invalid_config(format!("unknown inventory mode {other:?}"))),
     }
+    Ok(Pool::new("faulty", devices))
 }
 
 /// The host path every mount attack starts from (the policy allows it).

@@ -131,11 +131,10 @@ impl Driver for Faulty {
             Some("inventory-loop") => spin(),
             _ => {}
         }
-        let mut devices: Vec<Device> = (0..self.devices)
+        let devices: Vec<Device> = (0..self.devices)
             .map(|i| attacks::with_attributes(Device::new(format!("dev-{i}")), i))
             .collect();
-        devices.extend(attacks::inventory(self.inventory.as_deref())?);
-        Ok(vec![Pool::new("faulty", devices)])
+        Ok(vec![attacks::pool(self.inventory.as_deref(), devices)?])
     }
 
     fn prepare(&self, claim: Claim<IgnoredAny>) -> Result<PreparedClaim> {
