@@ -66,6 +66,8 @@ struct GuestInfoLabels {
     guest: String,
     version: String,
     digest: String,
+    /// The `dra:driver` version the guest was built against (`0.1.0`, `0.2.0`).
+    contract: &'static str,
 }
 
 /// Every metric the host exports.
@@ -244,7 +246,7 @@ impl Metrics {
         let guest_info = Family::default();
         registry.register(
             "guest_info",
-            "The guest component serving each driver",
+            "The guest component serving each driver, with the dra:driver version it was built against",
             guest_info.clone(),
         );
         let health_changes = Family::default();
@@ -423,12 +425,18 @@ impl Metrics {
             .set(i64::from(registered));
     }
 
-    pub fn set_guest_info(&self, driver: &str, guest: &str, version: &str, digest: &str) {
+    pub fn set_guest_info(
+        &self,
+        driver: &str,
+        guest: &crate::state::checkpoint::GuestIdentity,
+        contract: &'static str,
+    ) {
         let labels = GuestInfoLabels {
             driver: driver.to_owned(),
-            guest: guest.to_owned(),
-            version: version.to_owned(),
-            digest: digest.to_owned(),
+            guest: guest.name.clone(),
+            version: guest.version.clone(),
+            digest: guest.digest.clone(),
+            contract,
         };
         // One series per driver: forget the previous component's.
         let mut current = self.guest_info_current.lock().unwrap_or_else(|p| p.into_inner());

@@ -42,6 +42,9 @@ async fn metrics_count_claims_and_guest_calls() {
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
+    // The example guest is built against dra:driver@0.2.0.
+    let info = text.lines().find(|l| l.starts_with("dra_host_guest_info{")).unwrap();
+    assert!(info.contains("contract=\"0.2.0\""), "{info}");
     // Logs carry the claim UID on the prepare span.
     assert!(node.host.log().contains(&uid(5)), "{}", node.host.log());
 }

@@ -147,6 +147,13 @@ pub struct LoadedGuest {
 /// heap can fragment or leak across calls.
 const MAX_CALLS_PER_INSTANCE: u64 = 10_000;
 
+impl LoadedGuest {
+    /// The `dra:driver` version the component was bound to, e.g. `0.2.0`.
+    pub(crate) fn contract(&self) -> &'static str {
+        self.pre.version()
+    }
+}
+
 /// Why an instance was not returned to the pool after a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Retire {

@@ -228,6 +228,11 @@ impl Guest {
         identity(&self.current.load())
     }
 
+    /// The `dra:driver` version the current component was bound to.
+    pub fn contract(&self) -> &'static str {
+        self.current.load().contract()
+    }
+
     pub async fn inventory(&self) -> Result<Vec<model::Pool>, GuestError> {
         self.call(Export::Inventory, async |b, store| b.call_inventory(store).await)
             .await
