@@ -154,12 +154,39 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(spread)
 }
 
-/// A token bucket: `burst` tokens, refilled at `qps` per second.
+/// A token bucket: `burst` tokens, refilled at `qps` per second, served
+/// first come, first served.
+///
+/// As golang.org/x/time/rate's `Reserve` (client-go's limiter): a caller
+/// takes its token when it arrives, the count going below zero when the
+/// bucket is empty, and sleeps until the refill has paid for it. The n-th
+/// caller to find the bucket empty goes n/qps after it ran dry, in arrival
+/// order, whatever order the runtime then wakes the sleepers in. (Waking the
+/// waiters to race for each token let the runtime's wake order and late
+/// arrivals decide, so one caller could lose round after round: issue 26.)
+///
+/// A caller dropped before its time (its request cancelled) gives its token
+/// back only if no one has reserved after it; otherwise its slot goes unused
+/// and those behind keep theirs, never later than they were given. This is
+/// what Go's `Reservation.Cancel` does: handing the slot to the next arrival
+/// would put two requests in one slot (the rate held only on average), and
+/// moving everyone behind up a slot would need waking each of them. The cost
+/// is at most one slot per cancelled caller.
 #[derive(Debug)]
 pub struct RateLimiter {
     qps: f64,
     burst: f64,
-    state: Mutex<(f64, Clock)>,
+    state: Mutex<Bucket>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// Below zero: owed to the callers waiting.
+    tokens: f64,
+    /// When `tokens` was counted.
+    at: Clock,
+    /// Callers that have waited, the last of them numbered this.
+    reserved: u64,
 }
 
 impl RateLimiter {
@@ -168,25 +195,63 @@ impl RateLimiter {
         Self {
             qps,
             burst,
-            state: Mutex::new((burst, Clock::now())),
+            state: Mutex::new(Bucket {
+                tokens: burst,
+                at: Clock::now(),
+                reserved: 0,
+            }),
         }
     }
 
-    /// Wait for a token.
+    /// The bucket, refilled up to now.
+    fn bucket(&self, now: Clock) -> std::sync::MutexGuard<'_, Bucket> {
+        let mut b = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.qps).min(self.burst);
+        b.at = now;
+        b
+    }
+
+    /// Wait for a token: at once if the bucket has one, else until the
+    /// refill reaches this caller, after every caller that arrived before it.
     pub async fn acquire(&self) {
-        loop {
-            let wait = {
-                let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                let now = Clock::now();
-                s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.qps).min(self.burst);
-                s.1 = now;
-                if s.0 >= 1.0 {
-                    s.0 -= 1.0;
-                    return;
-                }
-                Duration::from_secs_f64((1.0 - s.0) / self.qps)
-            };
-            tokio::time::sleep(wait).await;
+        let now = Clock::now();
+        let (slot, number) = {
+            let mut b = self.bucket(now);
+            b.tokens -= 1.0;
+            if b.tokens >= 0.0 {
+                return;
+            }
+            b.reserved += 1;
+            (now + Duration::from_secs_f64(-b.tokens / self.qps), b.reserved)
+        };
+        let _reservation = Reservation {
+            limiter: self,
+            slot,
+            number,
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+/// A caller waiting for its slot; dropped before it, the token goes back if
+/// no one reserved after it (see [`RateLimiter`]).
+struct Reservation<'a> {
+    limiter: &'a RateLimiter,
+    slot: Clock,
+    number: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let now = Clock::now();
+        if now >= self.slot {
+            return; // used (or as good as)
+        }
+        let mut b = self.limiter.bucket(now);
+        if b.reserved == self.number {
+            b.tokens = (b.tokens + 1.0).min(self.limiter.burst);
+            // The one before is the last again, and may give back in turn.
+            b.reserved -= 1;
         }
     }
 }
@@ -194,6 +259,7 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::pin::Pin;
 
     #[tokio::test(start_paused = true)]
     async fn bucket_allows_a_burst_then_the_rate() {
@@ -208,6 +274,130 @@ mod tests {
         }
         // 10 more tokens at 10/s take about a second.
         assert!(start.elapsed() >= Duration::from_millis(900), "{:?}", start.elapsed());
+    }
+
+    /// The order in which [`drive`] polls the callers already waiting at
+    /// each millisecond; a runtime may run woken tasks in any order (tokio's
+    /// multi-threaded one, for one, may run the most recently woken first).
+    #[derive(Clone, Copy, Debug)]
+    enum Wake {
+        OldestFirst,
+        NewestFirst,
+    }
+
+    type Waiting<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
+
+    /// Callers of `l.acquire()`, the k-th arriving `arrivals[k]` ms after
+    /// the start (ascending; arrival is the first poll), and the k-th given
+    /// up (dropped) at `cancel[k]` ms if still waiting. Each millisecond of
+    /// paused time polls the waiting callers in `wake` order, then the new
+    /// arrivals. Returns (caller, admission time after the start) in
+    /// admission order.
+    async fn drive(l: &RateLimiter, arrivals: &[u64], cancel: &[Option<u64>], wake: Wake) -> Vec<(usize, Duration)> {
+        let start = Clock::now();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut waiting: Vec<(usize, Waiting<'_>)> = Vec::new();
+        let mut admitted = Vec::new();
+        let mut next = 0;
+        for ms in 0.. {
+            waiting.retain(|(k, _)| cancel.get(*k).copied().flatten() != Some(ms));
+            let mut order: Vec<usize> = (0..waiting.len()).collect();
+            if let Wake::NewestFirst = wake {
+                order.reverse();
+            }
+            while next < arrivals.len() && arrivals[next] == ms {
+                waiting.push((next, Box::pin(l.acquire())));
+                order.push(waiting.len() - 1);
+                next += 1;
+            }
+            let mut done = Vec::new();
+            for i in order {
+                if waiting[i].1.as_mut().poll(&mut cx).is_ready() {
+                    admitted.push((waiting[i].0, start.elapsed()));
+                    done.push(i);
+                }
+            }
+            done.sort_unstable();
+            for i in done.into_iter().rev() {
+                drop(waiting.remove(i));
+            }
+            if waiting.is_empty() && next == arrivals.len() {
+                break;
+            }
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        admitted
+    }
+
+    /// When the (k+1)-th caller may go at `q` and `b` from a full bucket,
+    /// all arriving at once: after k+1-b refills.
+    fn slot(k: usize, q: f64, b: u32) -> Duration {
+        Duration::from_secs_f64((k as f64 + 1.0 - f64::from(b)).max(0.0) / q)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_are_admitted_in_arrival_order_each_by_its_slot() {
+        const N: usize = 25;
+        for (q, b) in [(5.0, 10), (3.0, 4), (7.0, 1)] {
+            for gap in [0, 10, 37] {
+                for wake in [Wake::OldestFirst, Wake::NewestFirst] {
+                    let arrivals: Vec<u64> = (0..N as u64).map(|k| k * gap).collect();
+                    let l = RateLimiter::new(q, b);
+                    let admitted = drive(&l, &arrivals, &[], wake).await;
+                    let case = format!("qps {q}, burst {b}, a caller every {gap} ms, {wake:?}");
+                    let order: Vec<usize> = admitted.iter().map(|a| a.0).collect();
+                    assert_eq!(order, (0..N).collect::<Vec<_>>(), "{case}: admission order");
+                    for &(k, at) in &admitted {
+                        let arrived = Duration::from_millis(arrivals[k]);
+                        let bound = slot(k, q, b).max(arrived) + Duration::from_millis(1);
+                        assert!(
+                            at <= bound,
+                            "{case}: caller {k} (arrived {arrived:?}) admitted at {at:?}, after {bound:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_burst_is_back_after_idle_and_no_more() {
+        let l = RateLimiter::new(5.0, 10);
+        // Drain it: 10 at once, then 5 more at 200 ms apart.
+        let admitted = drive(&l, &[0; 15], &[], Wake::OldestFirst).await;
+        assert_eq!(admitted.last().unwrap().1, Duration::from_secs(1));
+        // A minute idle refills 10 tokens, not 300.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let admitted = drive(&l, &[0; 12], &[], Wake::OldestFirst).await;
+        let times: Vec<u64> = admitted.iter().map(|a| a.1.as_millis() as u64).collect();
+        assert_eq!(times, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 200, 400]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_given_up_does_not_delay_those_behind_it() {
+        let ms = |a: &[(usize, Duration)]| a.iter().map(|&(k, t)| (k, t.as_millis() as u64)).collect::<Vec<_>>();
+        // At 5/s with a burst of 1, callers 1..=4 arriving at once hold the
+        // slots 200, 400, 600 and 800 ms. Caller 2 gives up at 100 ms: 3
+        // and 4 keep their slots, and 5, arriving later, queues behind 4
+        // (the slot given up in the middle of the queue goes unused).
+        let l = RateLimiter::new(5.0, 1);
+        let admitted = drive(&l, &[0, 0, 0, 0, 0, 150], &[None, None, Some(100)], Wake::NewestFirst).await;
+        assert_eq!(ms(&admitted), [(0, 0), (1, 200), (3, 600), (4, 800), (5, 1000)]);
+        // The last one in the queue giving up hands its slot back: 5 takes it.
+        let l = RateLimiter::new(5.0, 1);
+        let admitted = drive(
+            &l,
+            &[0, 0, 0, 0, 0, 150],
+            &[None, None, None, None, Some(100)],
+            Wake::NewestFirst,
+        )
+        .await;
+        assert_eq!(ms(&admitted), [(0, 0), (1, 200), (2, 400), (3, 600), (5, 800)]);
+        // As do several from the back, one after another.
+        let l = RateLimiter::new(5.0, 1);
+        let cancel = [None, None, None, Some(100), Some(50)];
+        let admitted = drive(&l, &[0, 0, 0, 0, 0, 150], &cancel, Wake::NewestFirst).await;
+        assert_eq!(ms(&admitted), [(0, 0), (1, 200), (2, 400), (5, 600)]);
     }
 
     #[test]
