@@ -9,7 +9,7 @@
 //! the checkpoint after kill -9 (`prepare.rs`). Here: both builds publish the
 //! same inventory to the real API server (tests/k8s), a hot swap from one to
 //! the other and back leaves every claim unpreparable by the build that
-//! follows.
+//! follows, and `guest inspect` / `guest validate` name the contract version.
 //!
 //! The tonic test kubelet calls the host (a claims file), as in the flows
 //! these repeat.
@@ -173,5 +173,121 @@ async fn claims_outlive_a_hot_swap_between_contract_versions_both_ways() {
         assert!(!node.cdi_spec_path(&after.uid).exists(), "{what}");
         // Only the claims whose state was rewritten are left.
         assert_eq!(checkpoint_records(&node.checkpoint_dir()), refused, "{what}");
+    }
+}
+
+/// A component exporting an empty instance named
+/// `dra:driver/device-driver@{version}`: to the host, a guest built against
+/// that version of the contract.
+fn component_exporting(version: &str) -> Vec<u8> {
+    let name = format!("dra:driver/device-driver@{version}");
+    // One instance, made of inline exports: none.
+    let instances = [1u8, 1, 0];
+    // One export: a plain name, of instance 0, with no type ascription.
+    let mut exports = vec![1u8, 0, name.len() as u8];
+    exports.extend_from_slice(name.as_bytes());
+    exports.extend_from_slice(&[5, 0, 0]);
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    for (id, body) in [(5u8, &instances[..]), (11, &exports[..])] {
+        component.push(id);
+        component.push(body.len() as u8);
+        component.extend_from_slice(body);
+    }
+    component
+}
+
+fn run(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(binary())
+        .args(args)
+        .output()
+        .expect("run the binary")
+}
+
+/// `guest inspect` names the contract a component exports, served or not
+/// (a version this host does not serve is named, with the ones it does);
+/// `guest validate` names the one the loaded guest is bound to.
+#[test]
+fn guest_inspect_and_validate_name_the_contract_version() {
+    let env = HostEnv::new(&cache_dir()).unwrap();
+    for (file, version) in [(EXAMPLE_V0_1, "0.1.0"), (EXAMPLE, "0.2.0")] {
+        let path = guest(file);
+        let out = run(&["guest".as_ref(), "inspect".as_ref(), path.as_ref()]);
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["contract"], format!("dra:driver@{version}"), "{file}: {v}");
+        assert_eq!(v["witVersion"], version, "{file}");
+        assert_eq!(
+            v["sdkVersion"], version,
+            "{file}: built with the SDK of the same version"
+        );
+        assert_eq!(v["compatible"], true, "{file}");
+
+        env.write_config(&[DriverSpec::new(DRIVER, &path).config("devices = 1")], "")
+            .unwrap();
+        let out = run(&[
+            "guest".as_ref(),
+            "validate".as_ref(),
+            "--config".as_ref(),
+            env.config_path.as_ref(),
+        ]);
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            v[DRIVER]["guest"]["contract"],
+            format!("dra:driver@{version}"),
+            "{file}: {v}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let newer = dir.path().join("newer.wasm");
+    std::fs::write(&newer, component_exporting("0.3.0")).unwrap();
+    let out = run(&["guest".as_ref(), "inspect".as_ref(), newer.as_ref()]);
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["contract"], "dra:driver@0.3.0", "{v}");
+    assert_eq!(v["compatible"], false);
+    let problem = v["problem"].as_str().unwrap();
+    assert!(
+        problem.contains("exports `dra:driver/device-driver@0.3.0`, a version this host does not serve")
+            && problem.contains("it serves 0.2.0, 0.1.0"),
+        "{problem}"
+    );
+}
+
+/// Loading a guest of an unserved version (`guest validate FILE`, as `run`
+/// and a hot swap load it) fails naming its version and the served ones; a
+/// component with no `device-driver` export at all says so.
+#[test]
+fn a_guest_of_a_contract_version_this_host_does_not_serve_is_refused_naming_the_served_ones() {
+    let env = HostEnv::new(&cache_dir()).unwrap();
+    env.write_config(&[DriverSpec::new(DRIVER, &guest(EXAMPLE)).config("devices = 1")], "")
+        .unwrap();
+    let config = env.config_path.as_os_str();
+    let cases = [
+        (component_exporting("0.3.0"), "exports `dra:driver/device-driver@0.3.0`"),
+        (
+            b"\0asm\x0d\0\x01\0".to_vec(),
+            "exports no `dra:driver/device-driver` interface",
+        ),
+    ];
+    for (component, expected) in cases {
+        let file = env.dir().join("candidate.wasm");
+        std::fs::write(&file, component).unwrap();
+        let out = run(&[
+            "guest".as_ref(),
+            "validate".as_ref(),
+            file.as_ref(),
+            "--config".as_ref(),
+            config,
+        ]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("does not implement a supported dra:driver version")
+                && stderr.contains(expected)
+                && stderr.contains("0.2.0, 0.1.0"),
+            "{stderr}"
+        );
     }
 }

@@ -374,6 +374,11 @@ impl LoadedGuest {
         GuestError::Trap { export, message }
     }
 
+    /// The `dra:driver` version the component is bound to, e.g. `0.2.0`.
+    pub fn contract_version(&self) -> &'static str {
+        self.pre.version()
+    }
+
     /// Instances currently idle in the pool.
     pub fn idle_instances(&self) -> usize {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()

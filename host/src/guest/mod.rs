@@ -228,6 +228,11 @@ impl Guest {
         identity(&self.current.load())
     }
 
+    /// The `dra:driver` version the current component is bound to, e.g. `0.2.0`.
+    pub fn contract_version(&self) -> &'static str {
+        self.current.load().contract_version()
+    }
+
     pub async fn inventory(&self) -> Result<Vec<model::Pool>, GuestError> {
         self.call(Export::Inventory, async |b, store| b.call_inventory(store).await)
             .await
