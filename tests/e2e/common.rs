@@ -11,6 +11,12 @@ pub const DRIVER: &str = "example.dra.dev";
 pub const POOL: &str = "test-node";
 pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The example guest built with today's SDK: `dra:driver@0.2.0`.
+pub const EXAMPLE: &str = "example_driver.wasm";
+/// The same driver built with the frozen 0.1 SDK (tests/guests/v0.1):
+/// `dra:driver@0.1.0`, as a vendor's guest built before 0.2 is.
+pub const EXAMPLE_V0_1: &str = "example_driver_v0_1.wasm";
+
 /// How long the whole suite may run before the watchdog ends it.
 const SUITE_LIMIT: Duration = Duration::from_secs(15 * 60);
 
@@ -65,7 +71,13 @@ pub struct Node {
 impl Node {
     /// The example guest with `devices` simulated devices.
     pub async fn example(devices: u32) -> Node {
-        let spec = DriverSpec::new(DRIVER, &guest("example_driver.wasm")).config(&format!("devices = {devices}"));
+        Node::example_build(EXAMPLE, devices).await
+    }
+
+    /// One build of the example guest ([`EXAMPLE`], [`EXAMPLE_V0_1`]) with
+    /// `devices` simulated devices.
+    pub async fn example_build(file: &str, devices: u32) -> Node {
+        let spec = DriverSpec::new(DRIVER, &guest(file)).config(&format!("devices = {devices}"));
         Node::start(vec![spec], "").await
     }
 
@@ -133,6 +145,24 @@ pub fn checkpoint_records(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// The claim record in a checkpoint file, unwrapped from its envelope.
+pub fn read_record(path: &Path) -> serde_json::Value {
+    let envelope: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(envelope["kind"], "DraWasmHostClaimCheckpoint", "{envelope}");
+    envelope["claim"].clone()
+}
+
+/// Write `record` for `driver` into a checkpoint file, in a well-formed
+/// envelope (its checksum matches): what a host would have written.
+pub fn write_record(path: &Path, driver: &str, record: &serde_json::Value) {
+    let raw = serde_json::to_string(record).unwrap();
+    let envelope = format!(
+        r#"{{"kind":"DraWasmHostClaimCheckpoint","version":1,"driver":"{driver}","checksum":{},"claim":{raw}}}"#,
+        crc32fast::hash(raw.as_bytes())
+    );
+    std::fs::write(path, envelope).unwrap();
 }
 
 /// Wait (at most 20 s) until `check` gives a value; the panic names `what`

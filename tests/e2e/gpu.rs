@@ -333,7 +333,7 @@ async fn gpu_guest_without_the_nvml_grant_is_refused_at_load() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("imports dra:driver/nvml@0.1.0"), "{err}");
+    assert!(err.contains("imports dra:driver/nvml@0.2.0"), "{err}");
     assert!(err.contains("add \"nvml\" to the driver's grants"), "{err}");
 }
 

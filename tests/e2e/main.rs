@@ -23,4 +23,5 @@ mod quickstart;
 mod registration;
 mod rolling;
 mod swap;
+mod versions;
 mod wire;

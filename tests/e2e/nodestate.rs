@@ -149,13 +149,6 @@ fn record_path(node: &Node, driver: &str, claim_uid: &str) -> PathBuf {
     checkpoint_dir(node, driver).join(format!("{claim_uid}.json"))
 }
 
-/// The checkpoint record of a claim, unwrapped from its envelope.
-fn record(path: &Path) -> Value {
-    let envelope: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    assert_eq!(envelope["kind"], "DraWasmHostClaimCheckpoint", "{envelope}");
-    envelope["claim"].clone()
-}
-
 /// Check Events the host created against the upstream 1.37 schema.
 fn validate_events(events: &[Value]) {
     let dir = tempfile::tempdir().unwrap();
@@ -270,7 +263,7 @@ async fn unreadable_checkpoint_records_are_quarantined_and_the_rest_is_served() 
     // empty state and removes the CDI spec.
     let answer = n.node.plugin.prepare(&[refs[1].clone()]).await.unwrap();
     assert_eq!(answer[&uid(1)], before[&uid(1)]);
-    assert_eq!(record(&path(1))["claim"]["uid"], uid(1));
+    assert_eq!(read_record(&path(1))["claim"]["uid"], uid(1));
     let spec = n.node.cdi_spec_path(&uid(5));
     assert!(spec.exists(), "the CDI spec prepared before is still there");
     let errors = n.node.plugin.unprepare(&[refs[5].clone()]).await.unwrap();
@@ -330,7 +323,7 @@ async fn after_a_reboot_every_claim_is_prepared_again_before_the_socket_is_serve
     assert!(spec.contains("GPU_DEVICE_2_SHARING_STRATEGY=TimeSlicing"), "{spec}");
     assert!(n.node.cdi_spec_path(&kept.uid).exists());
     for u in [&kept.uid, &gone.uid] {
-        assert_eq!(record(&record_path(&n.node, DRIVER, u))["bootId"], "boot-2");
+        assert_eq!(read_record(&record_path(&n.node, DRIVER, u))["bootId"], "boot-2");
     }
     let event = eventually("a ClaimsRePrepared event", &n.node, || {
         n.events_with_reason("ClaimsRePrepared").pop()
@@ -376,7 +369,7 @@ async fn a_failed_re_prepare_is_reported_and_tried_again() {
     assert!(event["message"].as_str().unwrap().contains(&uid), "{event}");
     // The old record is kept (unprepare still has the guest's state)...
     let path = record_path(&n.node, FAULTY, &uid);
-    assert_eq!(record(&path)["bootId"], "boot-1");
+    assert_eq!(read_record(&path)["bootId"], "boot-1");
     // ...its pre-reboot CDI spec is not put back for containers to use...
     let spec = n.node.env.cdi_dir.join(format!("k8s.{FAULTY}-device_{}.json", uid));
     assert!(!spec.exists(), "stale CDI spec restored");
@@ -389,7 +382,7 @@ async fn a_failed_re_prepare_is_reported_and_tried_again() {
     assert!(spec.exists(), "written by the re-prepare");
     let ok = format!("dra_host_claims_reprepared_total{{driver=\"{FAULTY}\",result=\"ok\"}}");
     assert_eq!(sample(&n.metrics().await, &ok), Some(1.0));
-    assert_eq!(record(&path)["bootId"], "boot-2");
+    assert_eq!(read_record(&path)["bootId"], "boot-2");
     let answer = n.node.plugin.prepare(&[claim.reference()]).await.unwrap();
     assert_eq!(answer, before);
 }
@@ -662,14 +655,9 @@ async fn a_failed_unprepare_leaves_an_event_on_the_claim() {
     // A well-formed record (valid checksum) whose guest state is not this
     // claim's: the faulty guest's unprepare refuses it.
     let path = record_path(&n.node, FAULTY, &uid);
-    let mut claim_record = record(&path);
+    let mut claim_record = read_record(&path);
     claim_record["state"] = Value::from(base64::engine::general_purpose::STANDARD.encode("another claim's state"));
-    let raw = serde_json::to_string(&claim_record).unwrap();
-    let envelope = format!(
-        r#"{{"kind":"DraWasmHostClaimCheckpoint","version":1,"driver":"{FAULTY}","checksum":{},"claim":{raw}}}"#,
-        crc32fast::hash(raw.as_bytes())
-    );
-    std::fs::write(&path, envelope).unwrap();
+    write_record(&path, FAULTY, &claim_record);
     n.node.restart().await;
 
     let errors = n.node.plugin.unprepare(&[claim.reference()]).await.unwrap();

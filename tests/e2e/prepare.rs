@@ -16,7 +16,17 @@ fn cdi_id(claim_uid: &str, device: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepare_writes_cdi_spec_and_unprepare_removes_it() {
-    let mut node = Node::example(4).await;
+    prepare_and_unprepare(EXAMPLE).await;
+}
+
+/// The same with the example guest built against `dra:driver@0.1.0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_writes_cdi_spec_and_unprepare_removes_it_with_the_0_1_guest() {
+    prepare_and_unprepare(EXAMPLE_V0_1).await;
+}
+
+async fn prepare_and_unprepare(build: &str) {
+    let mut node = Node::example_build(build, 4).await;
     let claim = Claim::new("default", "one", &uid(10))
         .device(DRIVER, POOL, "gpu-0", "gpu/small")
         .device(DRIVER, POOL, "gpu-2", "gpu/small")
@@ -178,7 +188,17 @@ async fn every_requested_claim_gets_an_answer_entry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_between_prepare_and_unprepare_then_restart() {
-    let mut node = Node::example(2).await;
+    crash_and_restart_between_prepare_and_unprepare(EXAMPLE).await;
+}
+
+/// The same with the example guest built against `dra:driver@0.1.0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_prepare_and_unprepare_then_restart_with_the_0_1_guest() {
+    crash_and_restart_between_prepare_and_unprepare(EXAMPLE_V0_1).await;
+}
+
+async fn crash_and_restart_between_prepare_and_unprepare(build: &str) {
+    let mut node = Node::example_build(build, 2).await;
     let claim = Claim::new("default", "survivor", &uid(42)).device(DRIVER, POOL, "gpu-1", "gpu");
     node.claims.put(std::slice::from_ref(&claim)).unwrap();
     let before = node.plugin.prepare(&[claim.reference()]).await.unwrap();

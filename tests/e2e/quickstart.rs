@@ -194,6 +194,7 @@ async fn the_quick_start_works_as_written() {
     // What the doc's commands printed.
     let inspect: Value = serde_json::from_str(&outputs["inspect"]).unwrap();
     assert_eq!(inspect["world"], "driver", "{inspect:#}");
+    assert_eq!(inspect["contract"], "dra:driver@0.2.0", "{inspect:#}");
     assert_eq!(inspect["grantsNeeded"], json!([]));
     assert_eq!(inspect["compatible"], true);
     assert!(inspect["sdkVersion"].is_string(), "{inspect:#}");

@@ -13,7 +13,17 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_with_v1_first_and_an_absolute_endpoint() {
-    let node = Node::example(2).await;
+    registers_with_v1_first(EXAMPLE).await;
+}
+
+/// The same with the example guest built against `dra:driver@0.1.0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_with_v1_first_and_an_absolute_endpoint_with_the_0_1_guest() {
+    registers_with_v1_first(EXAMPLE_V0_1).await;
+}
+
+async fn registers_with_v1_first(build: &str) {
+    let node = Node::example_build(build, 2).await;
     assert_eq!(node.plugin.service, Service::V1, "a 1.34+ kubelet picks v1");
     assert_eq!(
         node.plugin.supported_versions,

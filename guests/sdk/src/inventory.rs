@@ -21,7 +21,25 @@ impl Pool {
     /// A counter set the pool's devices draw on (at most 8 per pool): one
     /// per partitionable device, with what it has in total. Partitions
     /// [`consume`](Device::consumes) from it; the scheduler never
-    /// allocates more than it holds.
+    /// allocates more than it holds. (`dra:driver@0.2.0`; the example in
+    /// docs/guest-authoring.md.)
+    ///
+    /// ```
+    /// use dra_driver_sdk::{Device, NodeResource, Pool, Quantity};
+    /// let node = "node-a";
+    /// let gpu = Device::new("gpu-0")
+    ///     .consumes("gpu-0", [("memory".to_owned(), Quantity::binary(80 << 30))])
+    ///     .owns_device_node("/dev/nvidia0");
+    /// let half = Device::new("gpu-0-half")
+    ///     .consumes("gpu-0", [("memory".to_owned(), Quantity::binary(40 << 30))])
+    ///     .owns_device_node("/dev/nvidia0");
+    /// let pool = Pool::new(node, vec![gpu, half])
+    ///     .counter_set("gpu-0", [("memory".to_owned(), Quantity::binary(80 << 30))]);
+    /// assert_eq!(pool.shared_counters[0].counters[0].value, "80Gi");
+    /// assert_eq!(pool.devices[1].consumes_counters[0].counter_set, "gpu-0");
+    /// assert_eq!(pool.devices[1].consumes_counters[0].counters[0].value, "40Gi");
+    /// assert_eq!(pool.devices[1].node_resources, [NodeResource::DeviceNode("/dev/nvidia0".into())]);
+    /// ```
     pub fn counter_set(
         mut self,
         name: impl Into<String>,
@@ -129,6 +147,16 @@ impl Device {
     /// Make the scheduler wait, before binding a pod to this device's node,
     /// until the guest reports every one of `conditions` as `True` in the
     /// claim's device status (and give up when a failure condition is).
+    ///
+    /// ```
+    /// use dra_driver_sdk::{BindingConditions, Device};
+    /// let fabric = Device::new("fabric-0").binding_conditions(BindingConditions {
+    ///     conditions: vec!["FabricAttached".into()],
+    ///     failure_conditions: vec!["FabricFailed".into()],
+    ///     binds_to_node: true,
+    /// });
+    /// assert!(fabric.binding.unwrap().binds_to_node);
+    /// ```
     pub fn binding_conditions(mut self, binding: BindingConditions) -> Self {
         self.binding = Some(binding);
         self
@@ -144,6 +172,12 @@ impl Device {
     }
 
     /// Declare that the host network interface `name` belongs to this device.
+    ///
+    /// ```
+    /// use dra_driver_sdk::{Device, NodeResource};
+    /// let nic = Device::new("nic-0").owns_host_interface("eth2");
+    /// assert_eq!(nic.node_resources, [NodeResource::HostInterface("eth2".into())]);
+    /// ```
     pub fn owns_host_interface(mut self, name: impl Into<String>) -> Self {
         self.node_resources.push(NodeResource::HostInterface(name.into()));
         self

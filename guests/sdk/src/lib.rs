@@ -36,8 +36,10 @@
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2` (crate type
 //! `cdylib`); test its logic natively with [`Instance`]. The WIT contract
-//! (`wit/driver.wit`, package `dra:driver@0.1.0`) is generated into this
-//! crate only; a driver never sees it.
+//! (package `dra:driver@0.2.0`, the repository's `wit/v0.2/driver.wit`) is
+//! generated into this crate only; a driver never sees it. A component built
+//! with this SDK exports `dra:driver/device-driver@0.2.0`; hosts that serve
+//! 0.2 load it (`dra-wasm-host guest inspect` shows the version).
 //!
 //! Host capabilities beyond logging are features, each one a capability the
 //! operator must grant the driver: `nvml` (module `nvml`, GPUs) and `net`
@@ -68,8 +70,8 @@ pub mod state;
 mod export;
 
 /// Generated from the crate's copy of the host's WIT (`wit/driver.wit`,
-/// inside the crate so that it can be published; a host test keeps it
-/// identical to the repository's `wit/`), for the union world `driver-host`: a
+/// inside the crate so that it can be published; `tests/wit.rs` keeps it
+/// identical to the repository's `wit/v0.2/driver.wit`), for the union world `driver-host`: a
 /// component imports only what it calls (the component linker drops the
 /// rest), and the `nvml` and `net` features decide what a driver can call.
 /// Private: drivers use the re-exports below.

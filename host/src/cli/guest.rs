@@ -52,7 +52,10 @@ pub(crate) async fn validate(config_path: &Path, only: Option<&str>, file: Optio
         out.insert(
             d.name.clone(),
             serde_json::json!({
-                "guest": { "name": id.name, "version": id.version, "digest": id.digest },
+                "guest": {
+                    "name": id.name, "version": id.version, "digest": id.digest,
+                    "contract": format!("dra:driver@{}", guest.contract_version()),
+                },
                 "loadMs": report.duration.as_millis() as u64,
                 "cache": format!("{:?}", report.cache),
                 "pools": pools,

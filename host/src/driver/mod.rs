@@ -174,7 +174,7 @@ impl Driver {
         } = parts;
         metrics.set_prepared_claims(&name, checkpoint.len());
         let id = guest.identity();
-        metrics.set_guest_info(&name, &id, guest.contract());
+        metrics.set_guest_info(&name, &id, guest.contract_version());
         let driver = Self {
             name,
             guest,

@@ -47,7 +47,8 @@ impl Driver {
                 let took = started.elapsed();
                 self.metrics.guest_swap(&self.name, "swapped");
                 self.metrics.guest_swap_duration(&self.name, took);
-                self.metrics.set_guest_info(&self.name, &to, self.guest.contract());
+                self.metrics
+                    .set_guest_info(&self.name, &to, self.guest.contract_version());
                 let republished = self.set_inventory(report.inventory);
                 tracing::info!(
                     driver = %self.name,
@@ -112,7 +113,8 @@ impl Driver {
             last_error,
         } = rollback;
         self.metrics.guest_swap(&self.name, "rolled_back");
-        self.metrics.set_guest_info(&self.name, &to, self.guest.contract());
+        self.metrics
+            .set_guest_info(&self.name, &to, self.guest.contract_version());
         tracing::error!(
             driver = %self.name, failed.version = %from.version, failed.digest = %from.digest,
             restored.version = %to.version, restored.digest = %to.digest,

@@ -3,14 +3,11 @@
 use super::error::GuestError;
 use super::{PACKAGE, StoreState, check_import, digest};
 use crate::imports::{Grant, Imports};
-use crate::wit::DriverPre;
+use crate::wit::{DriverPre, exported_versions};
 use serde::Serialize;
 use std::path::Path;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
-
-/// The export every guest implements.
-const DRIVER_EXPORT: &str = "dra:driver/device-driver";
 
 /// The custom section the guest SDK's `export_driver!` writes into every
 /// component built with it: the SDK's version, as UTF-8 text. A section of
@@ -30,7 +27,11 @@ pub struct Inspection {
     pub sha256: String,
     /// `driver`, `gpu-driver` or `net-driver`: the smallest world covering its imports.
     pub world: String,
-    /// The `dra:driver` package version it implements, e.g. `0.1.0`.
+    /// The contract it exports, e.g. `dra:driver@0.2.0`: the version this
+    /// host binds it to, or, when it cannot be served, the newest version of
+    /// `dra:driver/device-driver` it exports. Absent when it exports none.
+    pub contract: Option<String>,
+    /// The version part of [`Self::contract`], e.g. `0.2.0`.
     pub wit_version: Option<String>,
     /// The version of the guest SDK (`dra-driver-sdk`) it was built with;
     /// absent for a guest written without the SDK.
@@ -78,10 +79,7 @@ pub fn inspect(engine: &Engine, path: &Path) -> Result<Inspection, GuestError> {
         (false, true) => "net-driver",
         (true, true) => "driver-host (imports both nvml and net: not a guest world)",
     };
-    let wit_version = exports
-        .iter()
-        .find_map(|e| e.strip_prefix(DRIVER_EXPORT)?.strip_prefix('@').map(str::to_owned));
-
+    let mut bound = None;
     // Link as `run` would, with exactly the grants it needs.
     let granted = Imports::for_inspection(&grants);
     let problem = (|| -> Result<(), GuestError> {
@@ -100,17 +98,22 @@ pub fn inspect(engine: &Engine, path: &Path) -> Result<Inspection, GuestError> {
             source: e.into(),
         };
         let pre = linker.instantiate_pre(&component).map_err(incompatible)?;
-        DriverPre::<StoreState>::new(pre).map_err(incompatible)?;
+        bound = Some(DriverPre::<StoreState>::new(pre).map_err(incompatible)?.version());
         Ok(())
     })()
     .err()
     .map(|e| crate::error::chain(&e));
+    let wit_version = match bound {
+        Some(v) => Some(v.to_owned()),
+        None => newest(exported_versions(&component).into_iter().flatten()),
+    };
 
     Ok(Inspection {
         path: path.display().to_string(),
         size_bytes: bytes.len(),
         sha256: digest(&bytes),
         world: world.to_owned(),
+        contract: wit_version.as_ref().map(|v| format!("dra:driver@{v}")),
         wit_version,
         sdk_version: sdk_version(&bytes),
         grants_needed: grants.iter().map(|g| g.as_str()).collect(),
@@ -121,6 +124,12 @@ pub fn inspect(engine: &Engine, path: &Path) -> Result<Inspection, GuestError> {
         // base64 in the ConfigMap's binaryData.
         fits_configmap: bytes.len().div_ceil(3) * 4 <= 1 << 20,
     })
+}
+
+/// The newest of `versions` (`major.minor.patch`; others sort first).
+fn newest(versions: impl Iterator<Item = String>) -> Option<String> {
+    let key = |v: &String| -> Vec<u64> { v.split('.').map(|n| n.parse().unwrap_or(0)).collect() };
+    versions.max_by_key(key)
 }
 
 /// The SDK version recorded in [`SDK_SECTION`], in the component or any
@@ -163,6 +172,13 @@ mod tests {
         component.push(module.len() as u8);
         component.extend_from_slice(module);
         component
+    }
+
+    #[test]
+    fn the_newest_version_is_compared_by_number() {
+        let versions = ["0.9.0", "0.10.0", "0.2.1"].map(str::to_owned);
+        assert_eq!(newest(versions.into_iter()).as_deref(), Some("0.10.0"));
+        assert_eq!(newest(std::iter::empty()), None);
     }
 
     #[test]

@@ -147,13 +147,6 @@ pub struct LoadedGuest {
 /// heap can fragment or leak across calls.
 const MAX_CALLS_PER_INSTANCE: u64 = 10_000;
 
-impl LoadedGuest {
-    /// The `dra:driver` version the component was bound to, e.g. `0.2.0`.
-    pub(crate) fn contract(&self) -> &'static str {
-        self.pre.version()
-    }
-}
-
 /// Why an instance was not returned to the pool after a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Retire {
@@ -379,6 +372,11 @@ impl LoadedGuest {
             "guest trap details"
         );
         GuestError::Trap { export, message }
+    }
+
+    /// The `dra:driver` version the component is bound to, e.g. `0.2.0`.
+    pub fn contract_version(&self) -> &'static str {
+        self.pre.version()
     }
 
     /// Instances currently idle in the pool.

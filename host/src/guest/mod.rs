@@ -228,9 +228,9 @@ impl Guest {
         identity(&self.current.load())
     }
 
-    /// The `dra:driver` version the current component was bound to.
-    pub fn contract(&self) -> &'static str {
-        self.current.load().contract()
+    /// The `dra:driver` version the current component is bound to, e.g. `0.2.0`.
+    pub fn contract_version(&self) -> &'static str {
+        self.current.load().contract_version()
     }
 
     pub async fn inventory(&self) -> Result<Vec<model::Pool>, GuestError> {

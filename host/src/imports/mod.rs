@@ -1,6 +1,7 @@
 //! The capabilities a guest may be granted, as host code with host types:
-//! `log`, `nvml`, `net`. Their WIT host traits are thin adapters in
-//! `wit/v0_1/imports.rs`, which also links them.
+//! `log`, `nvml`, `net`. Their WIT host traits are thin adapters, one set
+//! per contract version (`wit/v0_1/imports.rs`, `wit/v0_2/imports.rs`, what
+//! they share written once in `wit/shared.rs`), which also link them.
 //!
 //! `log` is granted to every guest. `nvml` and `net` are capabilities an
 //! operator grants per driver in the host config; a guest that imports one it
@@ -156,7 +157,7 @@ pub struct DeadlinePassed;
 /// What the imports see of a guest's store during a call: their own state
 /// and the call's scope, never the rest of the store (limits, instance).
 /// The capability calls (`nvml_*`, `net_*`) and the WIT host traits
-/// (`wit::v0_1::imports`) are implemented for this view, so that the imports
+/// (`wit::v0_1::imports`, `wit::v0_2::imports`) are implemented for this view, so that the imports
 /// do not depend on the guest runtime that owns the store.
 pub struct ImportsView<'a> {
     pub imports: &'a Imports,

@@ -22,7 +22,7 @@ pub mod v0_2;
 use crate::claim::ClaimRef;
 use crate::imports::{Imports, ImportsView};
 use crate::model::{Claim, DeviceHealth, DriverError, DriverInfo, Event, InitContext, Pool, PreparedClaim};
-use wasmtime::component::{InstancePre, Linker};
+use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{AsContext, AsContextMut};
 
 /// A component linked against one supported version of the contract, ready
@@ -35,22 +35,64 @@ pub enum DriverPre<T: 'static> {
 /// The versions of the contract this host serves, newest first.
 pub const VERSIONS: &[&str] = &["0.2.0", "0.1.0"];
 
+/// The interface every guest exports, without its version.
+pub const DRIVER_EXPORT: &str = "dra:driver/device-driver";
+
+/// The versions of [`DRIVER_EXPORT`] a component exports, in its export
+/// order (`None`: exported without a version).
+pub fn exported_versions(component: &Component) -> Vec<Option<String>> {
+    component
+        .component_type()
+        .exports(component.engine())
+        .filter_map(|(name, _)| match name.strip_prefix(DRIVER_EXPORT)? {
+            "" => Some(None),
+            rest => Some(Some(rest.strip_prefix('@')?.to_owned())),
+        })
+        .collect()
+}
+
 impl<T: Send + 'static> DriverPre<T> {
     /// Bind the linked component to the version its `device-driver` export
-    /// names (newest first); an error names the versions this host serves.
+    /// names (newest first). An error says which `device-driver` the
+    /// component exports, if any, and names the versions this host serves.
     pub fn new(pre: InstancePre<T>) -> wasmtime::Result<Self> {
         let v0_2 = match v0_2::DriverHostPre::new(pre.clone()) {
             Ok(p) => return Ok(Self::V0_2(p)),
             Err(e) => e,
         };
-        match v0_1::DriverHostPre::new(pre) {
-            Ok(p) => Ok(Self::V0_1(p)),
-            Err(v0_1) => Err(wasmtime::format_err!(
-                "the component exports no version of `dra:driver/device-driver` this host serves ({}): \
-                 as 0.2: {v0_2:#}; as 0.1: {v0_1:#}",
-                VERSIONS.join(", ")
-            )),
-        }
+        let v0_1 = match v0_1::DriverHostPre::new(pre.clone()) {
+            Ok(p) => return Ok(Self::V0_1(p)),
+            Err(e) => e,
+        };
+        let served = VERSIONS.join(", ");
+        let exported = exported_versions(pre.component());
+        // A served version that did not bind: its functions differ from this
+        // host's (a pre-release of that version, or a hand-written WIT).
+        let mismatch = [("0.2.0", &v0_2), ("0.1.0", &v0_1)]
+            .into_iter()
+            .find(|(v, _)| exported.iter().any(|e| e.as_deref() == Some(*v)));
+        Err(match (mismatch, exported.is_empty()) {
+            (Some((version, why)), _) => {
+                wasmtime::format_err!("the component's `{DRIVER_EXPORT}@{version}` does not match this host's: {why:#}")
+            }
+            (None, true) => wasmtime::format_err!(
+                "the component exports no `{DRIVER_EXPORT}` interface (this host serves versions {served})"
+            ),
+            (None, false) => {
+                let names: Vec<String> = exported
+                    .iter()
+                    .map(|v| match v {
+                        Some(v) => format!("`{DRIVER_EXPORT}@{v}`"),
+                        None => format!("`{DRIVER_EXPORT}` without a version"),
+                    })
+                    .collect();
+                wasmtime::format_err!(
+                    "the component exports {}, a version this host does not serve (it serves {served}): \
+                     build it with an SDK of a served version, or run a host that serves its version",
+                    names.join(" and ")
+                )
+            }
+        })
     }
 
     /// The contract version the component was bound to.

@@ -1,7 +1,7 @@
 //! What a guest's `net` calls do, with the host's types, and their
 //! authorisation: every call acts for the driver's grant, and only for the
-//! claim of the call ([`ImportsView::claim`]). The WIT adapter is
-//! `wit::v0_1::imports`.
+//! claim of the call ([`ImportsView::claim`]). The WIT adapters are in
+//! `wit::shared` (`net` is the same in every contract version).
 
 use super::types::{AddressRequest, Attachment, Link, Macvlan, NetError};
 use super::*;

@@ -24,7 +24,7 @@
 //! |---|---|
 //! | `ops.rs` | [`NetDriver`]: one driver's network operations on its links and addresses |
 //! | `registry.rs` | [`Net`]: the process-wide registry of drivers granted `net`, and the link monitor |
-//! | `host.rs` | the guest's `net` calls (`ImportsView::net_*`) and their authorisation (the claim of the call); the WIT adapter is `wit/v0_1/imports.rs` |
+//! | `host.rs` | the guest's `net` calls (`ImportsView::net_*`) and their authorisation (the claim of the call); the WIT adapter is `wit/shared.rs` (the same in every contract version) |
 //! | `types.rs` | the capability's records: links, macvlans, address requests, attachments, `NetError` |
 
 pub mod attach;

@@ -1,7 +1,7 @@
 //! The `net` capability's own records: what a guest asks of it and what it
-//! answers, as the host keeps them (`wit/v0_1/convert.rs` converts them at
-//! the guest-call boundary). Field documentation is the contract's: see the
-//! `net` interface in `wit/driver.wit`.
+//! answers, as the host keeps them (`wit/shared.rs` converts them at the
+//! guest-call boundary, for every contract version). Field documentation is the contract's: see the
+//! `net` interface in `wit/v0.1/driver.wit` and `wit/v0.2/driver.wit`.
 
 /// A link visible to a guest: a granted parent or one it created.
 #[derive(Clone, Debug, PartialEq, Eq)]
