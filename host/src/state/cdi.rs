@@ -74,13 +74,18 @@ impl CdiWriter {
         Self::with_prefix(dir, driver, "metadata", format!("{driver}_metadata_"))
     }
 
-    fn with_prefix(dir: &Path, vendor: &str, class: &str, file_prefix: String) -> Result<Self, CdiError> {
-        let writer = Self {
+    /// A writer whose kind is not checked, for removals by name only.
+    pub(super) fn unchecked(dir: &Path, vendor: &str, class: &str, file_prefix: String) -> Self {
+        Self {
             dir: dir.to_owned(),
             vendor: vendor.to_owned(),
             class: class.to_owned(),
             file_prefix,
-        };
+        }
+    }
+
+    fn with_prefix(dir: &Path, vendor: &str, class: &str, file_prefix: String) -> Result<Self, CdiError> {
+        let writer = Self::unchecked(dir, vendor, class, file_prefix);
         // Validate the kind once, with a probe spec, so that a bad config
         // fails at start rather than at the first prepare.
         let probe = model::ContainerEdits {

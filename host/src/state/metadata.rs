@@ -69,14 +69,29 @@ pub struct MetadataWriter {
     root: PathBuf,
     driver: String,
     cdi: CdiWriter,
+    /// Why the driver's name cannot be a CDI vendor (a DNS subdomain may
+    /// start with a digit, a vendor may not): then no metadata can be
+    /// written, and a claim with some fails; the driver still starts.
+    unusable: Option<String>,
 }
 
 impl MetadataWriter {
     pub fn new(plugin_dir: &Path, cdi_dir: &Path, driver: &str) -> Result<Self, CdiError> {
+        let (cdi, unusable) = match CdiWriter::for_metadata(cdi_dir, driver) {
+            Ok(cdi) => (cdi, None),
+            Err(CdiError::Kind { kind, message }) => (
+                // Never writes: `build` refuses first. Its name keeps the
+                // paths the same for removals.
+                CdiWriter::unchecked(cdi_dir, driver, "metadata", format!("{driver}_metadata_")),
+                Some(format!("CDI kind {kind:?} is invalid: {message}")),
+            ),
+            Err(e) => return Err(e),
+        };
         Ok(Self {
             root: plugin_dir.join(SUBDIR),
             driver: driver.to_owned(),
-            cdi: CdiWriter::for_metadata(cdi_dir, driver)?,
+            cdi,
+            unusable,
         })
     }
 
@@ -124,6 +139,9 @@ impl MetadataWriter {
         request_ref: &str,
         devices: &[MetadataDevice<'_>],
     ) -> Result<RecordedMetadata, CdiError> {
+        if let Some(why) = &self.unusable {
+            return Err(CdiError::Metadata(why.clone()));
+        }
         if !is_dns_label(request) {
             return Err(CdiError::Metadata(format!(
                 "request name {request:?} is not a DNS label"
@@ -429,7 +447,7 @@ impl serde_json::ser::Formatter for GoFormatter<'_> {
     fn write_string_fragment<W: ?Sized + io::Write>(&mut self, w: &mut W, fragment: &str) -> io::Result<()> {
         let mut rest = fragment;
         while let Some(i) = rest.find(['<', '>', '&', '\u{2028}', '\u{2029}']) {
-            w.write_all(rest[..i].as_bytes())?;
+            w.write_all(&rest.as_bytes()[..i])?;
             let c = rest[i..].chars().next().expect("a match");
             write!(w, "\\u{:04x}", c as u32)?;
             rest = &rest[i + c.len_utf8()..];

@@ -316,6 +316,27 @@ fn removal_spares_a_newer_claim_of_the_same_name_and_named_requests_only() {
     assert!(!d.writer.spec_path(&new, "nic").exists());
 }
 
+/// A driver name that is a DNS subdomain but not a CDI vendor (a digit
+/// first): the driver starts, a claim with metadata fails with the reason.
+#[test]
+fn a_driver_name_that_cannot_be_a_cdi_vendor_fails_only_claims_with_metadata() {
+    let d = dirs();
+    let writer = MetadataWriter::new(&d.plugin, &d.cdi, "3d.example.com").unwrap();
+    let c = claim(UID);
+    let mc = MetadataClaim {
+        reference: &c,
+        pod_claim_name: None,
+    };
+    let none = [MetadataDevice {
+        pool: "p",
+        device: "d",
+        metadata: None,
+    }];
+    let e = writer.build(mc, "gpu", "gpu", &none).unwrap_err();
+    assert!(e.to_string().contains("\"3d.example.com/metadata\" is invalid"), "{e}");
+    assert_eq!(writer.remove_claim(&c).unwrap(), 0);
+}
+
 #[test]
 fn leftover_temporary_spec_files_are_removed_at_start() {
     let d = dirs();
