@@ -560,3 +560,209 @@ async fn a_spec_the_library_refuses_or_skips_fails_by_name() {
     assert!(err.contains(&unknown), "{err}");
     runtime_spec(&node.env.cdi_dir, &ids, &node.host.log()).await;
 }
+
+/// The metadata file of a request on the host, where the host writes it.
+fn metadata_file(node: &Node, namespace: &str, claim: &str, request: &str) -> PathBuf {
+    node.env
+        .kubelet_root
+        .join("plugins")
+        .join(DRIVER)
+        .join("dra-device-metadata")
+        .join(format!("{namespace}_{claim}"))
+        .join(request)
+        .join("metadata.json")
+}
+
+/// What the workload's Go code (k8s.io/dynamic-resource-allocation
+/// devicemetadata) reads from a metadata file: decoded as v1beta1 from a
+/// stream of v1beta1 then v1alpha1, valid, and byte for byte what the Go
+/// helper's encoder writes for the same content. Returns the decoded object.
+async fn decoded_metadata(file: &Path, context: &str) -> Value {
+    let go = go_programs().await;
+    let file = file.to_owned();
+    let report = tokio::task::spawn_blocking(move || cdi::decode_metadata(&go.metadata_decode, &file))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("the devicemetadata package did not decode the file: {e}\n{context}"));
+    assert_eq!(report["decodedVersion"], "metadata.resource.k8s.io/v1beta1", "{report}");
+    assert_eq!(
+        report["streamVersions"],
+        json!(["metadata.resource.k8s.io/v1beta1", "metadata.resource.k8s.io/v1alpha1"]),
+        "{report}"
+    );
+    assert_eq!(report["validationError"], "", "{report}");
+    assert_eq!(report["reencodedIdentical"], true, "{report}");
+    report["decoded"].clone()
+}
+
+/// The mount of `destination` in an OCI spec: (source, options).
+fn mount_at(oci: &Value, destination: &str) -> (String, Value) {
+    let m = oci["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["destination"] == destination)
+        .unwrap_or_else(|| panic!("no mount at {destination}: {}", oci["mounts"]));
+    (m["source"].as_str().unwrap().to_owned(), m["options"].clone())
+}
+
+/// KEP-5304 device metadata (issue 25): the example guest returns each
+/// prepared device's published attributes as metadata. The host answers one
+/// `<driver>/metadata` CDI ID per request (on its first device); the CDI
+/// library injects a read-only bind mount of the host's file at the upstream
+/// container path (by claim name, or by the pod's claim name for a claim
+/// made from a template); the upstream Go decoder reads the file as the Go
+/// helper writes it. The files are restored within a boot, written again by
+/// the re-prepare after a reboot, removed on unprepare, and removed on an
+/// unprepare the checkpoint does not know (a crash before its commit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_metadata_is_mounted_and_decoded_by_the_upstream_go_code() {
+    if skipped("cdi_runtime::device_metadata_is_mounted_and_decoded_by_the_upstream_go_code") {
+        return;
+    }
+    let mut env = HostEnv::new(&cache_dir()).unwrap();
+    let boot_file = env.dir().join("boot_id");
+    std::fs::write(&boot_file, "boot-1\n").unwrap();
+    env.env
+        .push(("DRA_TEST_BOOT_ID_FILE".into(), boot_file.display().to_string()));
+    let spec = DriverSpec::new(DRIVER, &guest("example_driver.wasm")).config("devices = 4\ndeviceMetadata = true");
+    let mut node = Node::start_in(env, vec![spec], "", "").await;
+    let direct = Claim::new("default", "direct", &uid(1))
+        .device(DRIVER, POOL, "gpu-0", "gpu")
+        .device(DRIVER, POOL, "gpu-2", "gpu");
+    let templated = Claim::new("default", "pod-a-gpus-x7k2q", &uid(2))
+        .from_template("gpus")
+        .device(DRIVER, POOL, "gpu-3", "gpu");
+    node.claims.put(&[direct.clone(), templated.clone()]).unwrap();
+    let refs = [direct.reference(), templated.reference()];
+    let answer = node.plugin.prepare(&refs).await.unwrap();
+    for u in [uid(1), uid(2)] {
+        assert_eq!(answer[&u].error, "", "{}", node.host.log());
+    }
+
+    // One metadata ID per request, on its first device, after the device's own.
+    let metadata_id = |u: &str| format!("{DRIVER}/metadata={u}_gpu");
+    let ids_per_device =
+        |u: &str| -> Vec<Vec<String>> { answer[u].devices.iter().map(|d| d.cdi_device_ids.clone()).collect() };
+    let direct_ids = ids_per_device(&uid(1));
+    assert_eq!(direct_ids.len(), 2, "{direct_ids:?}");
+    assert_eq!(direct_ids[0].len(), 2, "{direct_ids:?}");
+    assert_eq!(direct_ids[0][1], metadata_id(&uid(1)), "{direct_ids:?}");
+    assert_eq!(direct_ids[1].len(), 1, "only the first device: {direct_ids:?}");
+    assert_eq!(ids_per_device(&uid(2))[0][1], metadata_id(&uid(2)));
+    let ids: Vec<String> = [ids_of(&answer[&uid(1)]), ids_of(&answer[&uid(2)])].concat();
+
+    // What the workload's Go code reads.
+    let direct_file = metadata_file(&node, "default", "direct", "gpu");
+    let decoded = decoded_metadata(&direct_file, &node.host.log()).await;
+    assert_eq!(decoded["name"], "direct", "{decoded}");
+    assert_eq!(decoded["namespace"], "default", "{decoded}");
+    assert_eq!(decoded["uid"], uid(1).as_str(), "{decoded}");
+    assert_eq!(decoded["generation"], 1, "{decoded}");
+    assert!(decoded["PodClaimName"].is_null(), "{decoded}");
+    let requests = decoded["Requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 1, "{decoded}");
+    assert_eq!(requests[0]["Name"], "gpu");
+    let devices = requests[0]["Devices"].as_array().unwrap();
+    let names: Vec<&str> = devices.iter().map(|d| d["Name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["gpu-0", "gpu-2"], "allocation order: {decoded}");
+    for (d, index) in devices.iter().zip([0, 2]) {
+        assert_eq!(d["Driver"], DRIVER, "{d}");
+        assert_eq!(d["Pool"], POOL, "{d}");
+        let a = &d["Attributes"];
+        assert_eq!(a["index"], json!({"int": index}), "{d}");
+        assert_eq!(a["driverVersion"], json!({"version": "1.0.0"}), "{d}");
+        assert_eq!(a["model"], json!({"string": "LATEST-GPU-MODEL"}), "{d}");
+        assert!(a["uuid"]["string"].as_str().unwrap().starts_with("GPU-"), "{d}");
+        assert_eq!(a.as_object().unwrap().len(), 4, "the published attributes: {d}");
+        assert!(d["NetworkData"].is_null(), "{d}");
+    }
+    assert_ne!(devices[0]["Attributes"]["uuid"], devices[1]["Attributes"]["uuid"]);
+    let templated_file = metadata_file(&node, "default", "pod-a-gpus-x7k2q", "gpu");
+    let decoded = decoded_metadata(&templated_file, &node.host.log()).await;
+    assert_eq!(decoded["PodClaimName"], "gpus", "{decoded}");
+    assert_eq!(decoded["name"], "pod-a-gpus-x7k2q", "{decoded}");
+
+    // What the runtime mounts, and where.
+    let container = "/var/run/kubernetes.io/dra-device-attributes";
+    let direct_path = format!("{container}/resourceclaims/direct/gpu/{DRIVER}-metadata.json");
+    let templated_path = format!("{container}/resourceclaimtemplates/gpus/gpu/{DRIVER}-metadata.json");
+    let check_mounts = |oci: &Value| {
+        for (path, file) in [(&direct_path, &direct_file), (&templated_path, &templated_file)] {
+            let (source, options) = mount_at(oci, path);
+            assert_eq!(PathBuf::from(source), *file, "{path}");
+            assert_eq!(options, json!(["ro", "bind"]), "{path}");
+        }
+    };
+    let oci = runtime_spec(&node.env.cdi_dir, &ids, &node.host.log()).await;
+    assert_applied(&node.env.cdi_dir, &ids, &oci);
+    check_mounts(&oci);
+    let spec_file = node.env.cdi_dir.join(format!("{DRIVER}_metadata_{}_gpu.json", uid(1)));
+    assert!(spec_file.is_file(), "the helper's spec file name");
+
+    // Within a boot, files lost (a wiped CDI directory, a deleted file) are
+    // restored from the checkpoint; the guest is not asked again.
+    node.host.terminate(std::time::Duration::from_secs(20)).unwrap();
+    std::fs::remove_file(&spec_file).unwrap();
+    std::fs::remove_file(&templated_file).unwrap();
+    node.restart().await;
+    assert_eq!(node.plugin.prepare(&refs).await.unwrap(), answer);
+    decoded_metadata(&templated_file, &node.host.log()).await;
+    check_mounts(&runtime_spec(&node.env.cdi_dir, &ids, &node.host.log()).await);
+
+    // A reboot: a new boot ID, the CDI directory (a tmpfs) empty, and a
+    // file left stale. The re-prepare writes them all again.
+    node.host.terminate(std::time::Duration::from_secs(20)).unwrap();
+    std::fs::write(&boot_file, "boot-2\n").unwrap();
+    for entry in std::fs::read_dir(&node.env.cdi_dir).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    std::fs::write(&direct_file, "stale").unwrap();
+    node.restart().await;
+    let log = node.host.log();
+    assert!(log.contains("re-prepared after a reboot"), "{log}");
+    assert_eq!(decoded_metadata(&direct_file, &log).await["uid"], uid(1).as_str());
+    assert_eq!(node.plugin.prepare(&refs).await.unwrap(), answer);
+    check_mounts(&runtime_spec(&node.env.cdi_dir, &ids, &node.host.log()).await);
+
+    // Unprepare removes a claim's files, its directory and its spec.
+    let unprepared = node.plugin.unprepare(&[templated.reference()]).await.unwrap();
+    assert_eq!(unprepared[&uid(2)], "", "{}", node.host.log());
+    let metadata_dir = direct_file
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned();
+    assert!(!metadata_dir.join("default_pod-a-gpus-x7k2q").exists());
+    let specs = |node: &Node| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&node.env.cdi_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("_metadata_"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(specs(&node), [format!("{DRIVER}_metadata_{}_gpu.json", uid(1))]);
+
+    // A claim prepared but never recorded (a crash before the checkpoint
+    // commit; here its record removed while the host is down): its unprepare
+    // removes what was written all the same.
+    node.host.terminate(std::time::Duration::from_secs(20)).unwrap();
+    std::fs::remove_file(node.checkpoint_dir().join(format!("{}.json", uid(1)))).unwrap();
+    node.restart().await;
+    let unprepared = node.plugin.unprepare(&[direct.reference()]).await.unwrap();
+    assert_eq!(unprepared[&uid(1)], "", "{}", node.host.log());
+    assert!(!metadata_dir.join("default_direct").exists(), "{}", node.host.log());
+    assert_eq!(specs(&node), Vec::<String>::new());
+    assert!(
+        node.host
+            .log()
+            .contains("removed device metadata left without a checkpoint record"),
+        "{}",
+        node.host.log()
+    );
+}

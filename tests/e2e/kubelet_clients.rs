@@ -70,6 +70,8 @@ pub(crate) struct GoPrograms {
     probe: PathBuf,
     /// The container runtime's CDI injection (tests/e2e/cdi_runtime.rs).
     pub(crate) cdi_inject: PathBuf,
+    /// A workload's decoding of a device metadata file (tests/e2e/cdi_runtime.rs).
+    pub(crate) metadata_decode: PathBuf,
 }
 
 /// The grpc-go programs, built once per test run.
@@ -98,6 +100,7 @@ pub(crate) async fn go_programs() -> GoPrograms {
                     peer: out.join("kubelet-peer"),
                     probe: out.join("authority-probe"),
                     cdi_inject: out.join("cdi-inject"),
+                    metadata_decode: out.join("metadata-decode"),
                 })
             })
             .clone()

@@ -1,5 +1,7 @@
 //! The container runtime's CDI injection (`cdi-inject`, tests/peers/go/cdi:
-//! tags.cncf.io/container-device-interface as containerd uses it).
+//! tags.cncf.io/container-device-interface as containerd uses it), and a
+//! workload's reading of the device metadata file a CDI spec mounts
+//! (`metadata-decode`, tests/peers/go/metadata).
 
 use serde_json::Value;
 use std::path::Path;
@@ -32,4 +34,24 @@ pub fn inject_from(program: &Path, cdi_dirs: &[&Path], ids: &[String]) -> Result
         ));
     }
     serde_json::from_slice(&out.stdout).map_err(|e| format!("cdi-inject printed no OCI spec: {e}"))
+}
+
+/// What `program` (metadata-decode: k8s.io/dynamic-resource-allocation's
+/// devicemetadata package) decodes from the device metadata file `file`: its
+/// report (`decodedVersion`, `validationError`, `streamVersions`,
+/// `reencodedIdentical`, `decoded`); Err: what the package refused.
+pub fn decode_metadata(program: &Path, file: &Path) -> Result<Value, String> {
+    let out = std::process::Command::new(program)
+        .arg(file)
+        .output()
+        .map_err(|e| format!("running {}: {e}", program.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} ({}): {}",
+            program.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("metadata-decode printed no report: {e}"))
 }

@@ -13,6 +13,7 @@ pub struct Claim {
     results: Vec<Value>,
     configs: Vec<Value>,
     allocated: bool,
+    annotations: Vec<(String, String)>,
 }
 
 impl Claim {
@@ -24,7 +25,17 @@ impl Claim {
             results: vec![],
             configs: vec![],
             allocated: true,
+            annotations: vec![],
         }
+    }
+
+    /// Made from a ResourceClaimTemplate for the pod's claim `name`: the
+    /// `resource.kubernetes.io/pod-claim-name` annotation the ResourceClaim
+    /// controller sets.
+    pub fn from_template(mut self, pod_claim_name: &str) -> Self {
+        self.annotations
+            .push(("resource.kubernetes.io/pod-claim-name".into(), pod_claim_name.into()));
+        self
     }
 
     /// Add an allocated device (an entry of `status.allocation.devices.results`).
@@ -78,6 +89,9 @@ impl Claim {
             "metadata": { "namespace": self.namespace, "name": self.name, "uid": self.uid },
             "spec": { "devices": { "requests": [] } },
         });
+        if !self.annotations.is_empty() {
+            claim["metadata"]["annotations"] = self.annotations.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        }
         if self.allocated {
             claim["status"] =
                 json!({ "allocation": { "devices": { "results": self.results, "config": self.configs } } });
@@ -107,12 +121,15 @@ impl Claim {
                     "deviceClassName": class, "allocationMode": "ExactCount", "count": count } })
             })
             .collect();
-        let object = json!({
+        let mut object = json!({
             "apiVersion": "resource.k8s.io/v1",
             "kind": "ResourceClaim",
             "metadata": { "namespace": self.namespace, "name": self.name },
             "spec": { "devices": { "requests": requests } },
         });
+        if !self.annotations.is_empty() {
+            object["metadata"]["annotations"] = self.annotations.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        }
         let status = self.allocated.then(|| {
             json!({ "allocation": {
                 "devices": { "results": self.results, "config": self.configs },

@@ -5,11 +5,13 @@
 //! It simulates GPUs the way the upstream `dra-example-driver` does: a
 //! configurable number of identical devices named `gpu-0`, `gpu-1`, ...,
 //! prepared by handing the container environment variables (and, when
-//! configured, a device node).
+//! configured, a device node). With `deviceMetadata = true` each prepared
+//! device also carries its published attributes as KEP-5304 device metadata,
+//! which the host writes to a file mounted into the claim's containers.
 
 use dra_driver_sdk::{
-    AttributeValue, Claim, ClaimRef, ContainerEdits, Device, DeviceNode, Driver, Error, InitContext, Pool,
-    PreparedClaim, PreparedDevice, Quantity, Result, state,
+    AttributeValue, Claim, ClaimRef, ContainerEdits, Device, DeviceMetadata, DeviceNode, Driver, Error, InitContext,
+    Pool, PreparedClaim, PreparedDevice, Quantity, Result, state,
 };
 use serde::Deserialize;
 
@@ -32,6 +34,11 @@ pub struct Config {
     /// `/dev/example-gpu-N` backed by this host path (e.g. `/dev/null`).
     #[serde(default)]
     pub device_node_host_path: Option<String>,
+    /// When set, each prepared device carries its published attributes as
+    /// device metadata (KEP-5304), as a vendor's driver would. Off by
+    /// default: it adds a file and a CDI spec per request to every claim.
+    #[serde(default)]
+    pub device_metadata: bool,
 }
 
 fn default_devices() -> u32 {
@@ -141,12 +148,11 @@ impl Driver for ExampleDriver {
     fn inventory(&self) -> Result<Vec<Pool>> {
         let devices = (0..self.config.devices)
             .map(|index| {
-                // Attributes in name order, as every earlier build published them.
-                Device::new(format!("gpu-{index}"))
-                    .attribute("driverVersion", AttributeValue::version(DRIVER_VERSION))
-                    .attribute("index", index)
-                    .attribute("model", self.config.model.as_str())
-                    .attribute("uuid", self.uuid(index))
+                self.attributes(index)
+                    .into_iter()
+                    .fold(Device::new(format!("gpu-{index}")), |d, (name, value)| {
+                        d.attribute(name, value)
+                    })
                     .capacity("memory", self.memory.clone())
             })
             .collect();
@@ -192,7 +198,15 @@ impl Driver for ExampleDriver {
             if let Some(host) = &self.config.device_node_host_path {
                 edits = edits.device_node(DeviceNode::new(format!("/dev/example-gpu-{index}")).host_path(host));
             }
-            devices.push(PreparedDevice::new(alloc).edits(edits));
+            let mut prepared = PreparedDevice::new(alloc).edits(edits);
+            if self.config.device_metadata {
+                let metadata = self
+                    .attributes(index)
+                    .into_iter()
+                    .fold(DeviceMetadata::default(), |m, (name, value)| m.attribute(name, value));
+                prepared = prepared.metadata(metadata);
+            }
+            devices.push(prepared);
         }
         let state = state::encode(&State {
             version: STATE_VERSION,
@@ -224,6 +238,17 @@ impl Driver for ExampleDriver {
 }
 
 impl ExampleDriver {
+    /// A device's attributes, in name order, as every earlier build
+    /// published them.
+    fn attributes(&self, index: u32) -> [(&'static str, AttributeValue); 4] {
+        [
+            ("driverVersion", AttributeValue::version(DRIVER_VERSION)),
+            ("index", index.into()),
+            ("model", self.config.model.as_str().into()),
+            ("uuid", self.uuid(index).into()),
+        ]
+    }
+
     /// A stable UUID-shaped identifier per (node, index), as a real GPU has.
     fn uuid(&self, index: u32) -> String {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -359,5 +384,18 @@ mod tests {
         assert_eq!(node.path, "/dev/example-gpu-3");
         assert_eq!(node.host_path.as_deref(), Some("/dev/null"));
         assert_eq!(node.permissions.as_deref(), Some("rw"));
+    }
+
+    /// Device metadata, when configured: the device's published attributes.
+    #[test]
+    fn device_metadata_when_configured_is_the_published_attributes() {
+        let p = driver("{}").prepare(claim()).unwrap();
+        assert_eq!(p.devices[0].metadata, None, "off by default");
+        let d = driver(r#"{"deviceMetadata": true}"#);
+        let p = d.prepare(claim()).unwrap();
+        let metadata = p.devices[0].metadata.as_ref().expect("metadata");
+        let published = d.inventory().unwrap()[0].devices[3].attributes.clone();
+        assert_eq!(metadata.attributes, published);
+        assert_eq!(metadata.network_data, None);
     }
 }

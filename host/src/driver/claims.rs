@@ -109,11 +109,10 @@ impl Driver {
         let recorded = self.checkpoint.get(&c.uid);
         match &recorded {
             Some(record) if !self.before_this_boot(record) => {
-                if let Some(spec) = &record.cdi_spec
-                    && !self.cdi.exists(&c.uid)
-                {
-                    tracing::warn!("CDI spec of a prepared claim was missing; restored it from the checkpoint");
-                    self.cdi.write(&c.uid, spec)?;
+                if self.restore_files(record)? {
+                    tracing::warn!(
+                        "CDI spec or device metadata of a prepared claim was missing; restored it from the checkpoint"
+                    );
                 }
                 if !record.device_status.is_empty() {
                     // Cheap when the API server already has it (a read, no write).
@@ -138,7 +137,10 @@ impl Driver {
         }
         let (mut prepared, identity) = self.guest.prepare(driver_claim.claim.clone()).await?;
 
-        match self.commit_prepared(c, &driver_claim, &mut prepared, identity).await {
+        match self
+            .commit_prepared(c, &driver_claim, &mut prepared, identity, recorded.as_ref())
+            .await
+        {
             Ok((devices, status)) => {
                 // Prepared and durable. Should writing the status fail, the
                 // kubelet retries and the repeated prepare writes it again.
@@ -181,14 +183,16 @@ impl Driver {
         }
     }
 
-    /// Check (and complete) the guest's answer, write the CDI spec and the
-    /// checkpoint.
+    /// Check (and complete) the guest's answer, write the CDI spec, the
+    /// device metadata and the checkpoint. `previous`: the claim's record
+    /// from an earlier boot, whose metadata files the new answer replaces.
     async fn commit_prepared(
         &self,
         c: &ClaimRef,
         driver_claim: &crate::kube::DriverClaim,
         prepared: &mut model::PreparedClaim,
         guest: crate::state::checkpoint::GuestIdentity,
+        previous: Option<&ClaimRecord>,
     ) -> Result<
         (
             Vec<PreparedDevice>,
@@ -246,6 +250,22 @@ impl Driver {
             });
         }
 
+        let metadata = self.device_metadata(c, driver_claim, &by_key)?;
+        // Each request's metadata device on the request's first device, as
+        // the Go helper answers.
+        for m in &metadata {
+            if let Some(d) = devices.iter_mut().find(|d| d.request_names.contains(&m.request)) {
+                d.cdi_device_ids.push(self.metadata.device_id(&c.uid, &m.request));
+            }
+        }
+        // Requests whose metadata an earlier boot's answer had and this one has not.
+        let stale: Vec<String> = previous
+            .into_iter()
+            .flat_map(|r| &r.metadata)
+            .filter(|old| !metadata.iter().any(|m| m.request == old.request))
+            .map(|old| old.request.clone())
+            .collect();
+
         let cdi_spec = if spec_devices.is_empty() {
             None
         } else {
@@ -288,24 +308,76 @@ impl Driver {
             device_status: device_status.iter().map(Into::into).collect(),
             boot_id: self.boot_id.clone(),
             allocation: Some(driver_claim.to_recorded()),
+            metadata,
         };
-        let (cdi, checkpoint) = (Arc::clone(&self.cdi), Arc::clone(&self.checkpoint));
+        let (cdi, metadata, checkpoint) = (
+            Arc::clone(&self.cdi),
+            Arc::clone(&self.metadata),
+            Arc::clone(&self.checkpoint),
+        );
         let uid = c.uid.clone();
         durably(move || {
             if let Some(spec) = &record.cdi_spec {
                 cdi.write(&uid, spec)?;
             }
-            if let Err(e) = checkpoint.commit(record) {
+            let claim = record.claim.clone();
+            let written = metadata
+                .remove_requests(&claim, stale.iter().map(String::as_str))
+                .and_then(|_| record.metadata.iter().try_for_each(|m| metadata.write(&claim, m)))
+                .map_err(OperationError::from)
+                .and_then(|()| checkpoint.commit(record).map_err(OperationError::from));
+            if let Err(e) = written {
                 if let Err(undo) = cdi.remove(&uid) {
                     tracing::error!(error = %Chain(&undo), "could not remove the CDI spec after a failed checkpoint commit");
                 }
-                return Err(e.into());
+                if let Err(undo) = metadata.remove_claim(&claim) {
+                    tracing::error!(error = %Chain(&undo), "could not remove the device metadata after a failed checkpoint commit");
+                }
+                return Err(e);
             }
             Ok(())
         })
         .await?;
         self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
         Ok((devices, device_status))
+    }
+
+    /// The device metadata files of a claim (KEP-5304): one per request of
+    /// which some device has metadata, with all of the request's devices in
+    /// allocation order.
+    fn device_metadata(
+        &self,
+        c: &ClaimRef,
+        driver_claim: &crate::kube::DriverClaim,
+        by_key: &HashMap<(&str, &str, Option<&str>), &model::PreparedDevice>,
+    ) -> Result<Vec<crate::state::checkpoint::RecordedMetadata>, OperationError> {
+        use crate::state::metadata::{MetadataClaim, MetadataDevice};
+        // (request, request as allocated, devices)
+        let mut requests: Vec<(&str, &str, Vec<MetadataDevice<'_>>)> = Vec::new();
+        for (alloc, request) in driver_claim.claim.devices.iter().zip(&driver_claim.request_names) {
+            let key = (alloc.pool.as_str(), alloc.device.as_str(), alloc.share_id.as_deref());
+            let Some(p) = by_key.get(&key) else { continue };
+            let device = MetadataDevice {
+                pool: &alloc.pool,
+                device: &alloc.device,
+                metadata: p.metadata.as_ref(),
+            };
+            match requests.iter_mut().find(|(r, _, _)| r == request) {
+                Some((_, _, devices)) => devices.push(device),
+                None => requests.push((request, &alloc.request, vec![device])),
+            }
+        }
+        let claim = MetadataClaim {
+            reference: c,
+            pod_claim_name: driver_claim.pod_claim_name.as_deref(),
+        };
+        let mut out = Vec::new();
+        for (request, request_ref, devices) in &requests {
+            if devices.iter().any(|d| d.metadata.is_some()) {
+                out.push(self.metadata.build(claim, request, request_ref, devices)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Which claim each link the host created for this driver belongs to
@@ -333,10 +405,18 @@ impl Driver {
         match self.checkpoint.get(&c.uid) {
             Some(record) => {
                 self.guest.unprepare(guest_ref, record.state).await?;
-                let (cdi, checkpoint, uid) = (Arc::clone(&self.cdi), Arc::clone(&self.checkpoint), c.uid.clone());
+                let (cdi, metadata, checkpoint) = (
+                    Arc::clone(&self.cdi),
+                    Arc::clone(&self.metadata),
+                    Arc::clone(&self.checkpoint),
+                );
+                let claim = c.clone();
                 durably(move || {
-                    cdi.remove(&uid)?;
-                    checkpoint.remove(&uid)?;
+                    cdi.remove(&claim.uid)?;
+                    // All of the claim's, not only what the record names: a
+                    // crash may have left others.
+                    metadata.remove_claim(&claim)?;
+                    checkpoint.remove(&claim.uid)?;
                     Ok(())
                 })
                 .await?;
@@ -353,11 +433,16 @@ impl Driver {
                 // Unknown claim: already unprepared, or prepared by a guest
                 // whose result never reached the checkpoint (a crash in
                 // between). Let the guest clean up by claim, and remove a CDI
-                // spec a crash may have left behind.
+                // spec and device metadata a crash may have left behind.
                 self.guest.unprepare(guest_ref, Vec::new()).await?;
-                let (cdi, uid) = (Arc::clone(&self.cdi), c.uid.clone());
-                if durably(move || cdi.remove(&uid).map_err(OperationError::from)).await? {
+                let (cdi, metadata, claim) = (Arc::clone(&self.cdi), Arc::clone(&self.metadata), c.clone());
+                let (spec, requests) =
+                    durably(move || Ok((cdi.remove(&claim.uid)?, metadata.remove_claim(&claim)?))).await?;
+                if spec {
                     tracing::info!("removed a CDI spec left without a checkpoint record");
+                }
+                if requests > 0 {
+                    tracing::info!(requests, "removed device metadata left without a checkpoint record");
                 }
             }
         }

@@ -8,15 +8,17 @@
 //! 3. guest `prepare` under a deadline;
 //! 4. check the result against the allocation and the policy (which also
 //!    fills in device nodes' numbers from the node and bounds the spec);
-//! 5. write the claim's CDI spec (durable), then commit the checkpoint
-//!    (durable); on failure undo what was done, guest included;
-//! 6. answer CDI device IDs.
+//! 5. write the claim's CDI spec and its device metadata files with their
+//!    CDI specs (durable, [`crate::state::metadata`]), then commit the
+//!    checkpoint (durable); on failure undo what was done, guest included;
+//! 6. answer CDI device IDs (a request's metadata ID on its first device).
 //!
 //! Unprepare: guest `unprepare` with the checkpointed state → remove the CDI
-//! spec → remove the checkpoint record. A claim the checkpoint does not know
-//! still gets a guest `unprepare` with empty state, so that a guest can clean
-//! up after a crash between its `prepare` and our checkpoint commit (or after
-//! its record was quarantined as unreadable).
+//! spec and the device metadata → remove the checkpoint record. A claim the
+//! checkpoint does not know still gets a guest `unprepare` with empty state,
+//! so that a guest can clean up after a crash between its `prepare` and our
+//! checkpoint commit (or after its record was quarantined as unreadable), and
+//! its CDI spec and metadata files are removed all the same.
 //!
 //! Reboots: each record carries the boot ID it was prepared in. A record from
 //! an earlier boot describes device-side state that is gone, so it is never
@@ -69,6 +71,7 @@ use crate::model;
 use crate::policy::{Policy, PolicyError};
 use crate::state::cdi::{self, CdiError, CdiWriter, SpecDevice};
 use crate::state::checkpoint::{Checkpoint, CheckpointError, ClaimRecord};
+use crate::state::metadata::MetadataWriter;
 use crate::state::serialize::SerializeLock;
 use futures_util::future::join_all;
 use std::collections::HashMap;
@@ -118,6 +121,8 @@ pub struct Driver {
     /// Shared with the blocking threads that write the claims' files
     /// ([`durably`]).
     cdi: Arc<CdiWriter>,
+    /// The claims' device metadata files and their CDI specs; shared as `cdi`.
+    metadata: Arc<MetadataWriter>,
     checkpoint: Arc<Checkpoint>,
     policy: Policy,
     health: Arc<Health>,
@@ -137,6 +142,7 @@ pub struct DriverParts {
     pub guest: Guest,
     pub claims: Arc<dyn ClaimSource>,
     pub cdi: CdiWriter,
+    pub metadata: MetadataWriter,
     pub checkpoint: Checkpoint,
     pub policy: Policy,
     pub health: Arc<Health>,
@@ -162,6 +168,7 @@ impl Driver {
             guest,
             claims,
             cdi,
+            metadata,
             checkpoint,
             policy,
             health,
@@ -180,6 +187,7 @@ impl Driver {
             guest,
             claims,
             cdi: Arc::new(cdi),
+            metadata: Arc::new(metadata),
             checkpoint: Arc::new(checkpoint),
             policy,
             health,
@@ -242,23 +250,54 @@ impl Driver {
         result
     }
 
-    /// Rewrite CDI specs of checkpointed claims that the CDI directory lost
-    /// (it is a tmpfs on most nodes, emptied by a reboot). Returns how many.
+    /// Where the driver writes its claims' device metadata.
+    pub fn metadata(&self) -> &MetadataWriter {
+        &self.metadata
+    }
+
+    /// Rewrite CDI specs (and device metadata files with their specs) of
+    /// checkpointed claims that the CDI directory lost (it is a tmpfs on most
+    /// nodes, emptied by a reboot). Returns for how many claims.
     pub fn restore_cdi_specs(&self) -> Result<usize, CdiError> {
         let mut restored = 0;
         for record in self.checkpoint.records() {
-            if let Some(spec) = &record.cdi_spec
-                && !self.cdi.exists(&record.claim.uid)
-            {
-                if self.before_this_boot(&record) {
+            if self.before_this_boot(&record) {
+                if self.files_missing(&record) {
                     // Its re-prepare failed: the spec describes devices as
                     // they were before the reboot. A container must fail to
                     // start (unresolvable CDI device) rather than get them.
                     tracing::warn!(driver = %self.name, claim.uid = %record.claim.uid, "not restoring the CDI spec of a claim prepared before the reboot and not prepared again");
-                    continue;
                 }
-                self.cdi.write(&record.claim.uid, spec)?;
+                continue;
+            }
+            if self.restore_files(&record)? {
                 restored += 1;
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Whether a file the record describes (CDI spec, device metadata file
+    /// or its spec) is missing.
+    fn files_missing(&self, record: &ClaimRecord) -> bool {
+        (record.cdi_spec.is_some() && !self.cdi.exists(&record.claim.uid))
+            || record.metadata.iter().any(|m| !self.metadata.exists(&record.claim, m))
+    }
+
+    /// Write again, from the record, the files of a prepared claim that are
+    /// missing; whether there were any.
+    fn restore_files(&self, record: &ClaimRecord) -> Result<bool, CdiError> {
+        let mut restored = false;
+        if let Some(spec) = &record.cdi_spec
+            && !self.cdi.exists(&record.claim.uid)
+        {
+            self.cdi.write(&record.claim.uid, spec)?;
+            restored = true;
+        }
+        for m in &record.metadata {
+            if !self.metadata.exists(&record.claim, m) {
+                self.metadata.write(&record.claim, m)?;
+                restored = true;
             }
         }
         Ok(restored)

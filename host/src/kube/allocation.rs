@@ -34,6 +34,10 @@ pub struct DriverClaim {
     /// For each entry of `claim.devices`: the request names as the kubelet
     /// expects them in the answer (subrequest stripped).
     pub request_names: Vec<String>,
+    /// The claim's `resource.kubernetes.io/pod-claim-name` annotation (a
+    /// claim made from a template): where the device metadata is mounted.
+    /// Host-side only; guests do not see it.
+    pub pod_claim_name: Option<String>,
 }
 
 impl DriverClaim {
@@ -67,6 +71,7 @@ impl DriverClaim {
                     parameters: c.parameters.clone(),
                 })
                 .collect(),
+            pod_claim_name: self.pod_claim_name.clone(),
         }
     }
 
@@ -104,6 +109,7 @@ impl DriverClaim {
         }
         Ok(DriverClaim {
             request_names: devices.iter().map(|d| request_name(&d.request)).collect(),
+            pod_claim_name: recorded.pod_claim_name.clone(),
             claim: model::Claim {
                 reference: claim.clone(),
                 devices,
@@ -210,6 +216,12 @@ pub fn claim_for_driver(claim: &ResourceClaim, expected: &ClaimRef, driver: &str
             configs: configs.into_iter().map(|(_, c)| c).collect(),
         },
         request_names,
+        pod_claim_name: claim
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::state::metadata::POD_CLAIM_NAME_ANNOTATION))
+            .cloned(),
     })
 }
 
@@ -270,12 +282,29 @@ mod tests {
         let again = DriverClaim::from_recorded(&r("u1"), &dc.to_recorded()).unwrap();
         assert_eq!(again.claim, dc.claim);
         assert_eq!(again.request_names, dc.request_names);
+        assert_eq!(again.pod_claim_name, None);
         let mut bad = dc.to_recorded();
         bad.configs[0].source = "Elsewhere".into();
         assert!(matches!(
             DriverClaim::from_recorded(&r("u1"), &bad),
             Err(ClaimError::Invalid { .. })
         ));
+    }
+
+    /// A claim made from a template carries the pod's name for it, kept in
+    /// the recorded allocation.
+    #[test]
+    fn the_pod_claim_name_annotation_is_kept() {
+        let mut c = claim_json("u1");
+        c.metadata.annotations = Some(
+            [("resource.kubernetes.io/pod-claim-name".to_owned(), "gpus".to_owned())]
+                .into_iter()
+                .collect(),
+        );
+        let dc = claim_for_driver(&c, &r("u1"), "ours.example.com").unwrap();
+        assert_eq!(dc.pod_claim_name.as_deref(), Some("gpus"));
+        let again = DriverClaim::from_recorded(&r("u1"), &dc.to_recorded()).unwrap();
+        assert_eq!(again.pod_claim_name.as_deref(), Some("gpus"));
     }
 
     #[test]

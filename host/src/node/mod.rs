@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::model;
 use crate::state::cdi::CdiWriter;
 use crate::state::checkpoint::Checkpoint;
+use crate::state::metadata::MetadataWriter;
 use crate::state::serialize::SerializeLock;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -265,7 +266,7 @@ impl Node {
         }
         let (events_tx, events_rx) = mpsc::channel(nvml::EVENT_QUEUE);
         let (driver, spec) = self
-            .load_driver(d, checkpoint, net_driver.as_ref(), serialize, &events_tx)
+            .load_driver(d, paths, checkpoint, net_driver.as_ref(), serialize, &events_tx)
             .await?;
         let events = match delivery {
             EventDelivery::Served => {
@@ -315,6 +316,7 @@ impl Node {
     async fn load_driver(
         &self,
         d: &DriverConfig,
+        paths: &PluginPaths,
         checkpoint: Checkpoint,
         net_driver: Option<&Arc<net::NetDriver>>,
         serialize: Option<SerializeLock>,
@@ -324,6 +326,11 @@ impl Node {
             driver: d.name.clone(),
             source,
         })?;
+        let metadata =
+            MetadataWriter::new(&paths.plugin_dir, &self.cdi_dir, &d.name).map_err(|source| StartError::Cdi {
+                driver: d.name.clone(),
+                source,
+            })?;
         let (guest, report, spec) = self.loader.load(d, events).await?;
         let mut policy = d.policy.clone();
         if let Some(nd) = net_driver {
@@ -354,6 +361,7 @@ impl Node {
             guest,
             claims: Arc::clone(&self.claims),
             cdi,
+            metadata,
             checkpoint,
             policy,
             health,

@@ -12,6 +12,11 @@
 //! is `<claim UID>_<device>[_<share ID>]`. `_` appears in neither UIDs nor
 //! DNS-label device names, so names of different claims can never collide,
 //! and a UID is never reused by the API server, so a name is never reused.
+//!
+//! The same writer writes the device metadata specs (`super::metadata`), with
+//! the Go kubeletplugin helper's names: kind `<driver>/metadata`, one file per
+//! request `<driver>_metadata_<claim UID>_<request>.json`, device
+//! `<claim UID>_<request>` ([`CdiWriter::for_metadata`]).
 
 use super::fsutil;
 use crate::model;
@@ -30,6 +35,12 @@ pub enum CdiError {
     Invalid(String),
     #[error("writing CDI spec {}", path.display())]
     Write { path: PathBuf, source: io::Error },
+    /// A device metadata file (`super::metadata`) could not be written or removed.
+    #[error("device metadata file {}", path.display())]
+    MetadataFile { path: PathBuf, source: io::Error },
+    /// The guest's device metadata cannot be written as the format requires.
+    #[error("device metadata: {0}")]
+    Metadata(String),
 }
 
 /// A device of a claim's spec: its CDI name and what the container gets.
@@ -45,15 +56,36 @@ pub struct CdiWriter {
     dir: PathBuf,
     vendor: String,
     class: String,
+    /// What every spec file name of this writer starts with; the rest is
+    /// `<key>.json`.
+    file_prefix: String,
 }
 
 impl CdiWriter {
+    /// The writer of a driver's claim specs, kind `<vendor>/<class>`.
     pub fn new(dir: &Path, vendor: &str, class: &str) -> Result<Self, CdiError> {
-        let writer = Self {
+        Self::with_prefix(dir, vendor, class, format!("{vendor}-{class}_"))
+    }
+
+    /// The writer of a driver's device metadata specs: kind
+    /// `<driver>/metadata`, files `<driver>_metadata_<claim UID>_<request>.json`,
+    /// as the Go kubeletplugin helper names them.
+    pub fn for_metadata(dir: &Path, driver: &str) -> Result<Self, CdiError> {
+        Self::with_prefix(dir, driver, "metadata", format!("{driver}_metadata_"))
+    }
+
+    /// A writer whose kind is not checked, for removals by name only.
+    pub(super) fn unchecked(dir: &Path, vendor: &str, class: &str, file_prefix: String) -> Self {
+        Self {
             dir: dir.to_owned(),
             vendor: vendor.to_owned(),
             class: class.to_owned(),
-        };
+            file_prefix,
+        }
+    }
+
+    fn with_prefix(dir: &Path, vendor: &str, class: &str, file_prefix: String) -> Result<Self, CdiError> {
+        let writer = Self::unchecked(dir, vendor, class, file_prefix);
         // Validate the kind once, with a probe spec, so that a bad config
         // fails at start rather than at the first prepare.
         let probe = model::ContainerEdits {
@@ -79,8 +111,8 @@ impl CdiWriter {
             dir: dir.to_owned(),
             source,
         })?;
-        let prefix = format!("{vendor}-{class}_");
-        fsutil::remove_stale_temp_files(dir, |t| t.starts_with(&prefix)).map_err(|source| CdiError::Dir {
+        let prefix = &writer.file_prefix;
+        fsutil::remove_stale_temp_files(dir, |t| t.starts_with(prefix.as_str())).map_err(|source| CdiError::Dir {
             dir: dir.to_owned(),
             source,
         })?;
@@ -104,9 +136,10 @@ impl CdiWriter {
         format!("{}/{}={device_name}", self.vendor, self.class)
     }
 
-    pub fn spec_path(&self, claim_uid: &str) -> PathBuf {
-        self.dir
-            .join(format!("{}-{}_{claim_uid}.json", self.vendor, self.class))
+    /// The spec file of `key`: a claim UID for claim specs,
+    /// `<claim UID>_<request>` for metadata specs.
+    pub fn spec_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{}{key}.json", self.file_prefix))
     }
 
     /// Build and validate a spec; returns its JSON text.
@@ -125,20 +158,20 @@ impl CdiWriter {
         Ok(doc.to_string())
     }
 
-    /// Durably write a claim's spec.
-    pub fn write(&self, claim_uid: &str, spec_json: &str) -> Result<(), CdiError> {
-        let path = self.spec_path(claim_uid);
+    /// Durably write the spec of `key` (see [`CdiWriter::spec_path`]).
+    pub fn write(&self, key: &str, spec_json: &str) -> Result<(), CdiError> {
+        let path = self.spec_path(key);
         fsutil::write_atomic(&path, spec_json.as_bytes(), 0o644).map_err(|source| CdiError::Write { path, source })
     }
 
     /// Whether a claim's spec file is present.
-    pub fn exists(&self, claim_uid: &str) -> bool {
-        self.spec_path(claim_uid).is_file()
+    pub fn exists(&self, key: &str) -> bool {
+        self.spec_path(key).is_file()
     }
 
     /// Remove a claim's spec; `false` when there was none.
-    pub fn remove(&self, claim_uid: &str) -> Result<bool, CdiError> {
-        let path = self.spec_path(claim_uid);
+    pub fn remove(&self, key: &str) -> Result<bool, CdiError> {
+        let path = self.spec_path(key);
         fsutil::remove_durable(&path).map_err(|source| CdiError::Write { path, source })
     }
 }

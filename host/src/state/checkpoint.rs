@@ -28,7 +28,8 @@
 //! and the allocation it was prepared from, so that after a reboot (device
 //! state gone, checkpoint kept) the claim can be prepared again even when the
 //! ResourceClaim cannot be fetched. Both fields are optional and ignored by
-//! older hosts: the format version stays 1.
+//! older hosts: the format version stays 1. So is the device metadata
+//! written for the claim (restored like the CDI spec).
 
 use super::fsutil;
 use crate::claim::{ClaimRef, PreparedDevice};
@@ -84,6 +85,24 @@ pub struct ClaimRecord {
     /// cannot be fetched. Absent in records of older hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocation: Option<RecordedAllocation>,
+    /// The KEP-5304 device metadata written for the claim, one entry per
+    /// request with metadata (`state::metadata`), kept so that the files can
+    /// be restored like the CDI spec. Absent in records of older hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metadata: Vec<RecordedMetadata>,
+}
+
+/// The device metadata of one request of a claim, as written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedMetadata {
+    /// The request (subrequest stripped): the file's directory and the CDI
+    /// device's name.
+    pub request: String,
+    /// The metadata file's content (a JSON stream).
+    pub file: String,
+    /// The CDI spec that mounts it.
+    pub cdi_spec: String,
 }
 
 /// The guest's view of a claim's allocation, as recorded at prepare time.
@@ -92,6 +111,10 @@ pub struct ClaimRecord {
 pub struct RecordedAllocation {
     pub devices: Vec<RecordedDevice>,
     pub configs: Vec<RecordedConfig>,
+    /// The claim's `resource.kubernetes.io/pod-claim-name` annotation (a
+    /// claim made from a template), for the device metadata's paths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_claim_name: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

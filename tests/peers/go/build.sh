@@ -3,7 +3,10 @@
 # probe that records what clients send (probe/main.go) into
 # OUT_DIR/authority-probe, and the container runtime's CDI injection
 # (cdi/main.go, tags.cncf.io/container-device-interface as containerd 2.x
-# and CRI-O use it) into OUT_DIR/cdi-inject.
+# and CRI-O use it) into OUT_DIR/cdi-inject, and a workload's decoding of a
+# KEP-5304 device metadata file (metadata/main.go,
+# k8s.io/dynamic-resource-allocation/devicemetadata v0.37.2) into
+# OUT_DIR/metadata-decode.
 #
 # A Go module (go.mod, go.sum): grpc-go 1.82.1, protobuf-go and
 # golang.org/x/net at the versions k8s.io/kubernetes v1.37.2 requires, and
@@ -35,3 +38,4 @@ cd "$here"
 go build -mod=readonly -o "$out/kubelet-peer" .
 go build -mod=readonly -o "$out/authority-probe" ./probe
 go build -mod=readonly -o "$out/cdi-inject" ./cdi
+go build -mod=readonly -o "$out/metadata-decode" ./metadata

@@ -6,6 +6,8 @@
 // tags.cncf.io/container-device-interface (cdi/) is the newest release the
 // proxy serves, v1.1.2; its specs-go v1.1.x is the one k8s.io/kubernetes
 // v1.37.2 requires, and runtime-spec v1.3.0 is the kubelet's too.
+// k8s.io/dynamic-resource-allocation v0.37.2 (metadata/) is the same release's
+// staging module: its devicemetadata package decodes KEP-5304 metadata files.
 module github.com/dra-wasm-host/tests/peers/go
 
 go 1.26.0
@@ -15,6 +17,8 @@ require (
 	golang.org/x/net v0.57.0
 	google.golang.org/grpc v1.82.1
 	google.golang.org/protobuf v1.36.12-0.20260120151049-f2248ac996af
+	k8s.io/apimachinery v0.37.2
+	k8s.io/dynamic-resource-allocation v0.37.2
 	k8s.io/kubelet v0.37.2
 	tags.cncf.io/container-device-interface v1.1.2
 )
@@ -32,10 +36,14 @@ require (
 	golang.org/x/sys v0.47.0 // indirect
 	golang.org/x/text v0.40.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260526163538-3dc84a4a5aaa // indirect
-	k8s.io/apimachinery v0.37.2 // indirect
+	gopkg.in/inf.v0 v0.9.1 // indirect
+	k8s.io/api v0.37.2 // indirect
 	k8s.io/klog/v2 v2.140.0 // indirect
 	k8s.io/kube-openapi v0.0.0-20260721132016-d427ff9ee9ad // indirect
+	k8s.io/utils v0.0.0-20260626114624-be93311217bd // indirect
 	sigs.k8s.io/json v0.0.0-20250730193827-2d320260d730 // indirect
+	sigs.k8s.io/randfill v1.0.0 // indirect
 	sigs.k8s.io/structured-merge-diff/v6 v6.4.2 // indirect
+	sigs.k8s.io/yaml v1.6.0 // indirect
 	tags.cncf.io/container-device-interface/specs-go v1.1.1 // indirect
 )

@@ -129,6 +129,12 @@ fn bench() -> Bench {
             guest,
             claims: Arc::clone(&claims) as Arc<dyn ClaimSource>,
             cdi: CdiWriter::new(&root.path().join("cdi"), "k8s.example.dra.dev", "device").expect("cdi"),
+            metadata: crate::state::metadata::MetadataWriter::new(
+                &root.path().join("plugin"),
+                &root.path().join("cdi"),
+                DRIVER,
+            )
+            .expect("metadata"),
             checkpoint: Checkpoint::open(&root.path().join("claims"), DRIVER).expect("checkpoint"),
             policy: Policy::default(),
             health: Arc::new(Health::new(DRIVER, Arc::clone(&metrics))),

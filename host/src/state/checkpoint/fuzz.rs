@@ -59,7 +59,13 @@ fn allocation() -> impl Strategy<Value = RecordedAllocation> {
         requests,
         parameters,
     });
-    (vec(device, 0..4), vec(config, 0..3)).prop_map(|(devices, configs)| RecordedAllocation { devices, configs })
+    (vec(device, 0..4), vec(config, 0..3), proptest::option::of(text())).prop_map(
+        |(devices, configs, pod_claim_name)| RecordedAllocation {
+            devices,
+            configs,
+            pod_claim_name,
+        },
+    )
 }
 
 pub(super) fn record() -> impl Strategy<Value = ClaimRecord> {
@@ -84,18 +90,29 @@ pub(super) fn record() -> impl Strategy<Value = ClaimRecord> {
         status,
         proptest::option::of(text()),
         proptest::option::of(allocation()),
+        vec(
+            (text(), text(), text()).prop_map(|(request, file, cdi_spec)| RecordedMetadata {
+                request,
+                file,
+                cdi_spec,
+            }),
+            0..2,
+        ),
     )
         .prop_map(
-            |(claim, devices, cdi_spec, state, guest, prepared_at, device_status, boot_id, allocation)| ClaimRecord {
-                claim,
-                devices,
-                cdi_spec,
-                state,
-                guest,
-                prepared_at,
-                device_status,
-                boot_id,
-                allocation,
+            |(claim, devices, cdi_spec, state, guest, prepared_at, device_status, boot_id, allocation, metadata)| {
+                ClaimRecord {
+                    claim,
+                    devices,
+                    cdi_spec,
+                    state,
+                    guest,
+                    prepared_at,
+                    device_status,
+                    boot_id,
+                    allocation,
+                    metadata,
+                }
             },
         )
 }

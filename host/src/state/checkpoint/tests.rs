@@ -25,6 +25,7 @@ fn record(uid: &str) -> ClaimRecord {
         device_status: vec![],
         boot_id: None,
         allocation: None,
+        metadata: vec![],
     }
 }
 
@@ -154,7 +155,13 @@ fn decode_is_the_inverse_of_encode() {
             requests: vec![],
             parameters: "{}".into(),
         }],
+        pod_claim_name: Some("gpus".into()),
     });
+    r.metadata = vec![RecordedMetadata {
+        request: "gpu".into(),
+        file: "{}\n".into(),
+        cdi_spec: "{}".into(),
+    }];
     let bytes = encode_record(&r, "drv").unwrap();
     assert_eq!(decode_record(&bytes, "drv", Some("u1")).unwrap(), r);
     assert_eq!(decode_record(&bytes, "drv", None).unwrap(), r);
