@@ -368,22 +368,12 @@ fn binding(b: &model::BindingConditions) -> Result<(), String> {
     Ok(())
 }
 
-fn device(
-    d: &model::Device,
-    extra: &[&HostTaint],
-    counter_sets: &[resource::CounterSet],
-) -> Result<resource::Device, String> {
-    if !is_dns_label(&d.name) {
-        return Err("the name is not a DNS label (lower-case letters, digits, '-', at most 63)".into());
-    }
-    let total = d.attributes.len() + d.capacity.len();
-    if total > MAX_ATTRIBUTES_AND_CAPACITIES {
-        return Err(format!(
-            "{total} attributes and capacities; at most {MAX_ATTRIBUTES_AND_CAPACITIES} are allowed"
-        ));
-    }
+/// Device attributes as the API server checks them (names, value lengths,
+/// versions, no name twice), converted: for a slice's devices and for the
+/// device metadata a guest returns (KEP-5304 uses the same type).
+pub fn attributes(attrs: &[model::Attribute]) -> Result<BTreeMap<String, resource::DeviceAttribute>, String> {
     let mut attributes = BTreeMap::new();
-    for a in &d.attributes {
+    for a in attrs {
         check_qualified_name(&a.name).map_err(|r| format!("attribute {}: {r}", quoted(&a.name)))?;
         let mut v = resource::DeviceAttribute::default();
         match &a.value {
@@ -414,6 +404,24 @@ fn device(
             return Err(format!("attribute {} listed twice", quoted(&a.name)));
         }
     }
+    Ok(attributes)
+}
+
+fn device(
+    d: &model::Device,
+    extra: &[&HostTaint],
+    counter_sets: &[resource::CounterSet],
+) -> Result<resource::Device, String> {
+    if !is_dns_label(&d.name) {
+        return Err("the name is not a DNS label (lower-case letters, digits, '-', at most 63)".into());
+    }
+    let total = d.attributes.len() + d.capacity.len();
+    if total > MAX_ATTRIBUTES_AND_CAPACITIES {
+        return Err(format!(
+            "{total} attributes and capacities; at most {MAX_ATTRIBUTES_AND_CAPACITIES} are allowed"
+        ));
+    }
+    let attributes = attributes(&d.attributes)?;
     let mut capacity = BTreeMap::new();
     for c in &d.capacity {
         check_qualified_name(&c.name).map_err(|r| format!("capacity {}: {r}", quoted(&c.name)))?;

@@ -2,7 +2,7 @@
 //! device, edit, reference and size (the module docs list what is bounded),
 //! each refusal naming the field and the [`Rule`] that refused it.
 
-use super::status::check_status;
+use super::status::{check_metadata, check_status};
 use super::*;
 
 /// A refusal of one field: the rule and the reason.
@@ -181,6 +181,9 @@ impl Policy {
         self.check_cdi_ids(&d.cdi_device_ids, inventory, &pool, &device)?;
         if let Some(status) = &d.status {
             check_status(status).or_else(|(rule, reason)| refuse("status", rule, reason))?;
+        }
+        if let Some(metadata) = &d.metadata {
+            check_metadata(metadata).or_else(|(rule, reason)| refuse("metadata", rule, reason))?;
         }
         Ok(())
     }

@@ -356,5 +356,7 @@ pub mod bounds {
     pub const IPS: usize = 16;
     pub const INTERFACE_NAME_BYTES: usize = 256;
     pub const HARDWARE_ADDRESS_BYTES: usize = 128;
+    /// KEP-5304 `Device.attributes` (`maxProperties=32` in v1beta1).
+    pub const METADATA_ATTRIBUTES: usize = 32;
     pub const CONDITION_MESSAGE_BYTES: usize = 32 << 10;
 }

@@ -1,5 +1,6 @@
-//! The check of a prepared device's `status.devices` entry: conditions,
-//! free-form data and network data, sizes and formats.
+//! The check of a prepared device's `status.devices` entry (conditions,
+//! free-form data and network data, sizes and formats) and of its KEP-5304
+//! device metadata (attributes, network data), which workloads read.
 
 use super::check::is_cidr;
 use super::*;
@@ -61,26 +62,55 @@ pub(super) fn check_status(s: &model::DeviceStatus) -> Result<(), (Rule, String)
             .map_err(|e| (Rule::Format, format!("status data is not JSON: {e}")))?;
     }
     if let Some(n) = &s.network_data {
-        if n.ips.len() > bounds::IPS {
-            return Err(bounds_err("IP addresses", n.ips.len(), bounds::IPS));
+        check_network_data(n)?;
+    }
+    Ok(())
+}
+
+/// Device metadata: at most [`bounds::METADATA_ATTRIBUTES`] attributes,
+/// each as a ResourceSlice would take it, and network data as in a status.
+pub(super) fn check_metadata(m: &model::DeviceMetadata) -> Result<(), (Rule, String)> {
+    if m.attributes.len() > bounds::METADATA_ATTRIBUTES {
+        return Err((
+            Rule::Bounds,
+            format!(
+                "{} metadata attributes; at most {} are allowed",
+                m.attributes.len(),
+                bounds::METADATA_ATTRIBUTES
+            ),
+        ));
+    }
+    crate::kube::slices::attributes(&m.attributes).map_err(|why| (Rule::Format, format!("metadata {why}")))?;
+    if let Some(n) = &m.network_data {
+        check_network_data(n)?;
+    }
+    Ok(())
+}
+
+/// `NetworkDeviceData`: sizes, CIDR addresses, none twice.
+fn check_network_data(n: &model::NetworkData) -> Result<(), (Rule, String)> {
+    if n.ips.len() > bounds::IPS {
+        return Err((
+            Rule::Bounds,
+            format!("{} IP addresses; at most {} are allowed", n.ips.len(), bounds::IPS),
+        ));
+    }
+    if n.interface_name.len() > bounds::INTERFACE_NAME_BYTES {
+        return Err((Rule::Bounds, "network interface name is too long".into()));
+    }
+    if n.hardware_address.len() > bounds::HARDWARE_ADDRESS_BYTES {
+        return Err((Rule::Bounds, "hardware address is too long".into()));
+    }
+    let mut seen = HashSet::new();
+    for ip in &n.ips {
+        if !is_cidr(ip) {
+            return Err((
+                Rule::Format,
+                format!("{} is not an IP address in CIDR form", quoted(ip)),
+            ));
         }
-        if n.interface_name.len() > bounds::INTERFACE_NAME_BYTES {
-            return Err((Rule::Bounds, "network interface name is too long".into()));
-        }
-        if n.hardware_address.len() > bounds::HARDWARE_ADDRESS_BYTES {
-            return Err((Rule::Bounds, "hardware address is too long".into()));
-        }
-        let mut seen = HashSet::new();
-        for ip in &n.ips {
-            if !is_cidr(ip) {
-                return Err((
-                    Rule::Format,
-                    format!("{} is not an IP address in CIDR form", quoted(ip)),
-                ));
-            }
-            if !seen.insert(ip) {
-                return Err((Rule::Format, format!("IP address {ip} is listed twice")));
-            }
+        if !seen.insert(ip) {
+            return Err((Rule::Format, format!("IP address {ip} is listed twice")));
         }
     }
     Ok(())

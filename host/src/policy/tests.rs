@@ -1291,3 +1291,77 @@ mod ownership {
         .expect("a 0.1 inventory declares nothing: only the path rules apply");
     }
 }
+
+/// KEP-5304 metadata is the workload's to read: bounded and formed like a
+/// ResourceSlice's attributes and a status's network data.
+#[test]
+fn device_metadata_is_bounded_and_well_formed() {
+    let p = policy("");
+    let with = |m: DeviceMetadata| {
+        let mut out = prepared(edits());
+        out.devices[0].metadata = Some(m);
+        check(&p, &mut out)
+    };
+    let attr = |name: &str, value: AttributeValue| Attribute {
+        name: name.into(),
+        value,
+    };
+    with(DeviceMetadata {
+        attributes: vec![
+            attr("uuid", AttributeValue::Text("GPU-0".into())),
+            attr("example.com/index", AttributeValue::Integer(0)),
+        ],
+        network_data: Some(NetworkData {
+            interface_name: "net1".into(),
+            ips: vec!["192.0.2.5/24".into()],
+            hardware_address: "02:42:ac:11:00:02".into(),
+        }),
+    })
+    .expect("a valid metadata");
+    let refused = |m: DeviceMetadata, needle: &str| {
+        let e = with(m).unwrap_err().to_string();
+        assert!(e.contains("device p/d: metadata") && e.contains(needle), "{needle}: {e}");
+    };
+    refused(
+        DeviceMetadata {
+            attributes: (0..33).map(|i| attr(&format!("a{i}"), AttributeValue::Integer(i))).collect(),
+            network_data: None,
+        },
+        "33 metadata attributes; at most 32",
+    );
+    refused(
+        DeviceMetadata {
+            attributes: vec![attr("bad name", AttributeValue::Boolean(true))],
+            network_data: None,
+        },
+        "attribute \"bad name\"",
+    );
+    refused(
+        DeviceMetadata {
+            attributes: vec![attr("long", AttributeValue::Text("x".repeat(65)))],
+            network_data: None,
+        },
+        "longer than 64",
+    );
+    refused(
+        DeviceMetadata {
+            attributes: vec![
+                attr("twice", AttributeValue::Integer(1)),
+                attr("twice", AttributeValue::Integer(2)),
+            ],
+            network_data: None,
+        },
+        "listed twice",
+    );
+    refused(
+        DeviceMetadata {
+            attributes: vec![],
+            network_data: Some(NetworkData {
+                interface_name: "net1".into(),
+                ips: vec!["not-an-ip".into()],
+                hardware_address: String::new(),
+            }),
+        },
+        "not an IP address",
+    );
+}
