@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use dra_wasm_host::config::Config;
 use dra_wasm_host::guest::{CompileCache, Runtime};
 use dra_wasm_host::imports::nvml;
-use dra_wasm_host::kube::slices::{Desired, desired_pools};
+use dra_wasm_host::kube::slices::{Desired, DesiredSlice, desired_pools};
 use dra_wasm_host::metrics::Metrics;
 use dra_wasm_host::model;
 use dra_wasm_host::node::GuestLoader;
@@ -35,7 +35,19 @@ pub(crate) async fn validate(config_path: &Path, only: Option<&str>, file: Optio
         let pools: Vec<_> = desired
             .pools
             .iter()
-            .map(|p| serde_json::json!({ "name": p.name, "devices": p.slices.concat() }))
+            .map(|p| {
+                let counters: Vec<_> = p
+                    .slices
+                    .iter()
+                    .filter_map(|s| match s {
+                        DesiredSlice::Counters(c) => Some(c),
+                        DesiredSlice::Devices(_) => None,
+                    })
+                    .flatten()
+                    .collect();
+                let devices: Vec<_> = p.devices().collect();
+                serde_json::json!({ "name": p.name, "sharedCounters": counters, "devices": devices })
+            })
             .collect();
         out.insert(
             d.name.clone(),

@@ -21,7 +21,7 @@
 
 use super::client::{ApiClient, status_code};
 use super::events::{EventRecorder, EventType};
-use super::slices::{Desired, DesiredPool, HostTaint, SliceError, desired_pools};
+use super::slices::{Desired, DesiredPool, DesiredSlice, HostTaint, SliceError, desired_pools};
 use crate::health::{Snapshot, Status};
 use crate::metrics::Metrics;
 use crate::model;
@@ -296,8 +296,8 @@ impl Publisher {
             self.delete(s, writes).await?;
         }
         let n = pool.slices.len();
-        for (index, devices) in pool.slices.iter().enumerate() {
-            let spec = self.spec(pool, devices, plan.generation);
+        for (index, slice) in pool.slices.iter().enumerate() {
+            let spec = self.spec(pool, slice, plan.generation);
             match &plan.matched[index] {
                 Some(existing) if !plan.rewrite_all && same_spec(&existing.spec, &spec) => {}
                 Some(existing) => {
@@ -382,13 +382,8 @@ impl Publisher {
         }
     }
 
-    fn spec(
-        &self,
-        pool: &DesiredPool,
-        devices: &[k8s_openapi::api::resource::v1::Device],
-        generation: i64,
-    ) -> ResourceSliceSpec {
-        super::slices::spec(&self.driver, &self.node, pool, devices, generation)
+    fn spec(&self, pool: &DesiredPool, slice: &DesiredSlice, generation: i64) -> ResourceSliceSpec {
+        super::slices::spec(&self.driver, &self.node, pool, slice, generation)
     }
 
     /// Watch our slices from `rv` until something changes: ours (drift), or
@@ -471,11 +466,20 @@ fn plan(pool: &DesiredPool, mut existing: Vec<ResourceSlice>) -> Plan {
     let changed = matched
         .iter()
         .zip(&pool.slices)
-        .filter(|(m, devices)| {
+        .filter(|(m, slice)| {
             m.as_ref().is_some_and(|s| {
                 let mut want = s.spec.clone();
                 want.pool.resource_slice_count = n as i64;
-                want.devices = (!devices.is_empty()).then(|| devices.to_vec());
+                match slice {
+                    DesiredSlice::Devices(d) => {
+                        want.devices = (!d.is_empty()).then(|| d.clone());
+                        want.shared_counters = None;
+                    }
+                    DesiredSlice::Counters(c) => {
+                        want.devices = None;
+                        want.shared_counters = Some(c.clone());
+                    }
+                }
                 !same_spec(&s.spec, &want)
             })
         })

@@ -25,6 +25,14 @@ pub const MAX_ATTRIBUTES_AND_CAPACITIES: usize = 32;
 pub const MAX_VALUE_LENGTH: usize = 64;
 /// `DeviceTaintsMaxLength`.
 pub const MAX_TAINTS: usize = 16;
+/// `ResourceSliceMaxCounterSets`.
+pub const MAX_COUNTER_SETS: usize = 8;
+/// `ResourceSliceMaxCountersPerCounterSet`, and per counter consumption.
+pub const MAX_COUNTERS: usize = 32;
+/// `ResourceSliceMaxDeviceCounterConsumptionsPerDevice`.
+pub const MAX_CONSUMPTIONS: usize = 2;
+/// `BindingConditionsMaxSize`, `BindingFailureConditionsMaxSize`.
+pub const MAX_BINDING_CONDITIONS: usize = 4;
 
 /// A pool or device of the inventory the API server would refuse. Names
 /// are the guest's, quoted, bounded and escaped.
@@ -69,7 +77,32 @@ pub struct HostTaint {
 #[derive(Clone, Debug, PartialEq)]
 pub struct DesiredPool {
     pub name: String,
-    pub slices: Vec<Vec<resource::Device>>,
+    pub slices: Vec<DesiredSlice>,
+}
+
+/// One slice of a pool: devices, or the pool's shared counters, which the
+/// API server takes only in a slice of their own (1.35+).
+#[derive(Clone, Debug, PartialEq)]
+pub enum DesiredSlice {
+    Devices(Vec<resource::Device>),
+    Counters(Vec<resource::CounterSet>),
+}
+
+impl DesiredSlice {
+    /// The devices of a device slice (none in a counter slice).
+    pub fn devices(&self) -> &[resource::Device] {
+        match self {
+            DesiredSlice::Devices(d) => d,
+            DesiredSlice::Counters(_) => &[],
+        }
+    }
+}
+
+impl DesiredPool {
+    /// Every device of the pool, across its slices.
+    pub fn devices(&self) -> impl Iterator<Item = &resource::Device> {
+        self.slices.iter().flat_map(DesiredSlice::devices)
+    }
 }
 
 /// What an inventory is published as, and what of it cannot be.
@@ -109,6 +142,13 @@ pub fn desired_pools(pools: &[model::Pool], taints: &[HostTaint]) -> Desired {
             out.invalid.push(refuse_pool("listed twice in the inventory"));
             continue;
         }
+        let counter_sets = match counter_sets(&pool.shared_counters) {
+            Ok(sets) => sets,
+            Err(reason) => {
+                out.invalid.push(refuse_pool(&reason));
+                continue;
+            }
+        };
         let mut seen = HashSet::new();
         let mut devices = Vec::with_capacity(pool.devices.len());
         for d in &pool.devices {
@@ -127,14 +167,24 @@ pub fn desired_pools(pools: &[model::Pool], taints: &[HostTaint]) -> Desired {
                 .iter()
                 .filter(|t| t.pool == pool.name && t.device == d.name)
                 .collect();
-            match device(d, &extra) {
+            match device(d, &extra, &counter_sets) {
                 Ok(converted) => devices.push(converted),
                 Err(reason) => out.invalid.push(refuse(reason)),
             }
         }
+        // The counters in slice 0, then the devices (none when there are
+        // none: the counter slice already makes the pool non-empty). A pool
+        // without counters keeps the layout it always had.
+        let mut slices = Vec::new();
+        if !counter_sets.is_empty() {
+            slices.push(DesiredSlice::Counters(counter_sets));
+        }
+        if slices.is_empty() || !devices.is_empty() {
+            slices.extend(split(devices).into_iter().map(DesiredSlice::Devices));
+        }
         out.pools.push(DesiredPool {
             name: pool.name.clone(),
-            slices: split(devices),
+            slices,
         });
     }
     out
@@ -146,9 +196,13 @@ pub fn spec(
     driver: &str,
     node: &str,
     pool: &DesiredPool,
-    devices: &[resource::Device],
+    slice: &DesiredSlice,
     generation: i64,
 ) -> resource::ResourceSliceSpec {
+    let (devices, shared_counters) = match slice {
+        DesiredSlice::Devices(d) => ((!d.is_empty()).then(|| d.clone()), None),
+        DesiredSlice::Counters(c) => (None, Some(c.clone())),
+    };
     resource::ResourceSliceSpec {
         driver: driver.to_owned(),
         node_name: Some(node.to_owned()),
@@ -157,18 +211,23 @@ pub fn spec(
             generation,
             resource_slice_count: pool.slices.len() as i64,
         },
-        devices: (!devices.is_empty()).then(|| devices.to_vec()),
+        devices,
+        shared_counters,
         ..Default::default()
     }
 }
 
-/// Greedy split: a slice holds 128 devices, or 64 once it holds a tainted one.
+/// Greedy split: a slice holds 128 devices, or 64 once it holds a tainted
+/// one or one that consumes counters.
 /// An empty pool is still published as one empty slice ("empty pool" is not "no pool").
 fn split(devices: Vec<resource::Device>) -> Vec<Vec<resource::Device>> {
     let mut slices = Vec::new();
     let mut current: Vec<resource::Device> = Vec::new();
     for d in devices {
-        let tainted = current.iter().chain(std::iter::once(&d)).any(|x| x.taints.is_some());
+        let tainted = current
+            .iter()
+            .chain(std::iter::once(&d))
+            .any(|x| x.taints.is_some() || x.consumes_counters.is_some());
         let limit = if tainted { MAX_DEVICES_WITH_TAINTS } else { MAX_DEVICES };
         if current.len() + 1 > limit {
             slices.push(std::mem::take(&mut current));
@@ -179,7 +238,141 @@ fn split(devices: Vec<resource::Device>) -> Vec<Vec<resource::Device>> {
     slices
 }
 
-fn device(d: &model::Device, extra: &[&HostTaint]) -> Result<resource::Device, String> {
+/// A pool's counter sets as the API server takes them, or why it would
+/// refuse them (and with them, the pool: its devices consume them).
+fn counter_sets(sets: &[model::CounterSet]) -> Result<Vec<resource::CounterSet>, String> {
+    if sets.len() > MAX_COUNTER_SETS {
+        return Err(format!(
+            "{} shared counter sets; at most {MAX_COUNTER_SETS} are allowed",
+            sets.len()
+        ));
+    }
+    let mut out: Vec<resource::CounterSet> = Vec::with_capacity(sets.len());
+    for set in sets {
+        let what = format!("counter set {}", quoted(&set.name));
+        if !is_dns_label(&set.name) {
+            return Err(format!("{what}: the name is not a DNS label"));
+        }
+        if out.iter().any(|s| s.name == set.name) {
+            return Err(format!("{what} listed twice"));
+        }
+        out.push(resource::CounterSet {
+            name: set.name.clone(),
+            counters: counters(&set.counters).map_err(|r| format!("{what}: {r}"))?,
+        });
+    }
+    Ok(out)
+}
+
+/// Counters by name, checked: at least one, at most 32, DNS-label names,
+/// quantities.
+fn counters(counters: &[model::Counter]) -> Result<BTreeMap<String, resource::Counter>, String> {
+    if counters.is_empty() {
+        return Err("no counters".into());
+    }
+    if counters.len() > MAX_COUNTERS {
+        return Err(format!(
+            "{} counters; at most {MAX_COUNTERS} are allowed",
+            counters.len()
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for c in counters {
+        if !is_dns_label(&c.name) {
+            return Err(format!("counter {}: the name is not a DNS label", quoted(&c.name)));
+        }
+        if !is_quantity(&c.value) {
+            return Err(format!(
+                "counter {}: {} is not a quantity",
+                quoted(&c.name),
+                quoted(&c.value)
+            ));
+        }
+        let counter = resource::Counter {
+            value: Quantity(c.value.clone()),
+        };
+        if out.insert(c.name.clone(), counter).is_some() {
+            return Err(format!("counter {} listed twice", quoted(&c.name)));
+        }
+    }
+    Ok(out)
+}
+
+/// What a device consumes, checked against its pool's counter sets (the
+/// check the upstream publisher makes because the API server cannot: each
+/// set and counter named must exist in the pool).
+fn consumption(
+    consumes: &[model::CounterConsumption],
+    sets: &[resource::CounterSet],
+) -> Result<Option<Vec<resource::DeviceCounterConsumption>>, String> {
+    if consumes.is_empty() {
+        return Ok(None);
+    }
+    if consumes.len() > MAX_CONSUMPTIONS {
+        return Err(format!(
+            "consumes {} counter sets; at most {MAX_CONSUMPTIONS} are allowed",
+            consumes.len()
+        ));
+    }
+    let mut out: Vec<resource::DeviceCounterConsumption> = Vec::with_capacity(consumes.len());
+    for c in consumes {
+        let what = format!("consumption of counter set {}", quoted(&c.counter_set));
+        let Some(set) = sets.iter().find(|s| s.name == c.counter_set) else {
+            return Err(format!("{what}: the pool has no such counter set"));
+        };
+        if out.iter().any(|o| o.counter_set == c.counter_set) {
+            return Err(format!("{what} listed twice"));
+        }
+        let counters = counters(&c.counters).map_err(|r| format!("{what}: {r}"))?;
+        if let Some(unknown) = counters.keys().find(|name| !set.counters.contains_key(*name)) {
+            return Err(format!("{what}: the set has no counter {}", quoted(unknown)));
+        }
+        out.push(resource::DeviceCounterConsumption {
+            counter_set: c.counter_set.clone(),
+            counters,
+            ..Default::default()
+        });
+    }
+    Ok(Some(out))
+}
+
+/// Binding conditions as the API server checks them: at most 4 of each,
+/// label names, no duplicates, no condition in both lists.
+fn binding(b: &model::BindingConditions) -> Result<(), String> {
+    for (field, list) in [
+        ("bindingConditions", &b.conditions),
+        ("bindingFailureConditions", &b.failure_conditions),
+    ] {
+        if list.len() > MAX_BINDING_CONDITIONS {
+            return Err(format!(
+                "{} {field}; at most {MAX_BINDING_CONDITIONS} are allowed",
+                list.len()
+            ));
+        }
+        let mut seen = HashSet::new();
+        for c in list {
+            if !is_label_name(c) {
+                return Err(format!("{field}: {} is not a label name", quoted(c)));
+            }
+            if !seen.insert(c) {
+                return Err(format!("{field}: {} listed twice", quoted(c)));
+            }
+        }
+    }
+    if let Some(both) = b.failure_conditions.iter().find(|c| b.conditions.contains(c)) {
+        return Err(format!(
+            "{} is both a binding condition and a binding failure condition",
+            quoted(both)
+        ));
+    }
+    Ok(())
+}
+
+fn device(
+    d: &model::Device,
+    extra: &[&HostTaint],
+    counter_sets: &[resource::CounterSet],
+) -> Result<resource::Device, String> {
     if !is_dns_label(&d.name) {
         return Err("the name is not a DNS label (lower-case letters, digits, '-', at most 63)".into());
     }
@@ -317,12 +510,21 @@ fn device(d: &model::Device, extra: &[&HostTaint]) -> Result<resource::Device, S
             ));
         }
     }
+    let consumes_counters = consumption(&d.consumes_counters, counter_sets)?;
+    if let Some(b) = &d.binding {
+        binding(b)?;
+    }
+    let list = |l: &Vec<String>| (!l.is_empty()).then(|| l.clone());
     Ok(resource::Device {
         name: d.name.clone(),
         attributes: (!attributes.is_empty()).then_some(attributes),
         capacity: (!capacity.is_empty()).then_some(capacity),
         allow_multiple_allocations: d.allow_multiple_allocations.then_some(true),
         taints: (!taints.is_empty()).then_some(taints),
+        consumes_counters,
+        binding_conditions: d.binding.as_ref().and_then(|b| list(&b.conditions)),
+        binding_failure_conditions: d.binding.as_ref().and_then(|b| list(&b.failure_conditions)),
+        binds_to_node: d.binding.as_ref().and_then(|b| b.binds_to_node.then_some(true)),
         ..Default::default()
     })
 }
@@ -358,6 +560,17 @@ fn check_qualified_name(s: &str) -> Result<(), &'static str> {
     } else {
         Err("not a C identifier (≤ 32) optionally prefixed by a DNS subdomain and '/'")
     }
+}
+
+/// A label name (`metav1validation.ValidateLabelName`): an optional DNS
+/// subdomain prefix and '/', then at most 63 alphanumerics, '-', '_', '.',
+/// alphanumeric at both ends.
+fn is_label_name(s: &str) -> bool {
+    let (prefix, name) = match s.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    prefix.is_none_or(is_dns_subdomain) && !name.is_empty() && is_label_value(name)
 }
 
 /// DNS subdomains separated by '/', at most 253 characters.

@@ -31,7 +31,10 @@ fn stored(name: &str, generation: i64, count: i64, devices: &[&str]) -> Resource
 fn desired(slices: &[&[&str]]) -> DesiredPool {
     DesiredPool {
         name: "p".into(),
-        slices: slices.iter().map(|s| s.iter().map(|d| device(d)).collect()).collect(),
+        slices: slices
+            .iter()
+            .map(|s| DesiredSlice::Devices(s.iter().map(|d| device(d)).collect()))
+            .collect(),
     }
 }
 
