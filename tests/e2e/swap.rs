@@ -461,7 +461,7 @@ async fn guest_inspect_and_validate_a_candidate() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["world"], "gpu-driver");
-    assert_eq!(v["witVersion"], "0.1.0");
+    assert_eq!(v["witVersion"], "0.2.0");
     assert_eq!(v["grantsNeeded"], serde_json::json!(["nvml"]));
     assert_eq!(v["compatible"], true);
     assert_eq!(v["fitsConfigmap"], true);
@@ -471,7 +471,7 @@ async fn guest_inspect_and_validate_a_candidate() {
         v["exports"]
             .as_array()
             .unwrap()
-            .contains(&serde_json::json!("dra:driver/device-driver@0.1.0"))
+            .contains(&serde_json::json!("dra:driver/device-driver@0.2.0"))
     );
 
     let dir = tempfile::tempdir().unwrap();
