@@ -1006,15 +1006,15 @@ async fn two_claims_share_one_gpu_through_consumable_capacity() {
     }
 }
 
-/// A claim for one MIG partition of profile `profile` (any placement).
+/// A claim for one MIG partition of profile `profile` (any placement), of
+/// the class of MIG partitions (tests/cluster/values.yaml).
 fn mig_claim(namespace: &str, name: &str, profile: &str) -> String {
-    let expression =
-        format!("'profile' in device.attributes['{GPU}'] && device.attributes['{GPU}'].profile == '{profile}'");
+    let expression = format!("device.attributes['{GPU}'].profile == '{profile}'");
     json!({
         "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"devices": {"requests": [{"name": "mig", "exactly": {
-            "deviceClassName": GPU,
+            "deviceClassName": format!("mig.{GPU}"),
             "selectors": [{"cel": {"expression": expression}}],
         }}]}},
     })
