@@ -1006,6 +1006,128 @@ async fn two_claims_share_one_gpu_through_consumable_capacity() {
     }
 }
 
+/// A claim for one MIG partition of profile `profile` (any placement), of
+/// the class of MIG partitions (tests/cluster/values.yaml).
+fn mig_claim(namespace: &str, name: &str, profile: &str) -> String {
+    let expression = format!("device.attributes['{GPU}'].profile == '{profile}'");
+    json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"devices": {"requests": [{"name": "mig", "exactly": {
+            "deviceClassName": format!("mig.{GPU}"),
+            "selectors": [{"cel": {"expression": expression}}],
+        }}]}},
+    })
+    .to_string()
+}
+
+/// One simulated H100 with MIG mode on: the real scheduler allocates its
+/// partitions from our slices by their counters. A 4g.40gb (memory slices
+/// 0-3) and a 3g.40gb (only placeable at 4-7 then) both fit; a 1g.10gb
+/// on top would exceed the GPU's memory slices and is not allocated. The
+/// kubelet's DRA manager prepares the two, each getting the MIG device
+/// prepare made; unprepare destroys them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_allocates_mig_partitions_within_the_gpus_counters() {
+    if !need_root("the_scheduler_allocates_mig_partitions_within_the_gpus_counters") {
+        return;
+    }
+    let cp = control_plane().await;
+    let n = RealNode::start(cp, "cp-mig", |env| {
+        let sim = gpus::Simulated::with(env.dir(), 1, |_| json!({"migEnabled": true})).unwrap();
+        let spec = DriverSpec::new(GPU, &guest("gpu_driver.wasm")).extra(&sim.driver_toml);
+        (vec![spec], sim.tables)
+    })
+    .await;
+    // The counters, in a slice of their own, and the partitions consuming them.
+    let counters = until("the GPU's counter set in a slice", &n, CLUSTER_TIMEOUT, || {
+        slices_of(cp, GPU, &n.name)
+            .into_iter()
+            .find_map(|s| s["spec"]["sharedCounters"].as_array().cloned())
+    })
+    .await;
+    assert_eq!(counters[0]["name"], "gpu-0", "{counters:?}");
+    assert_eq!(counters[0]["counters"].as_object().unwrap().len(), 9);
+    let devices = until("the GPU's partitions in a slice", &n, CLUSTER_TIMEOUT, || {
+        let all: Vec<Value> = slices_of(cp, GPU, &n.name)
+            .into_iter()
+            .flat_map(|s| s["spec"]["devices"].as_array().cloned().unwrap_or_default())
+            .collect();
+        (all.len() == 19).then_some(all)
+    })
+    .await;
+    let part = devices.iter().find(|d| d["name"] == "gpu-0-mig-1g10gb-3").unwrap();
+    assert_eq!(part["consumesCounters"][0]["counterSet"], "gpu-0", "{part}");
+
+    let ns = "cp-mig";
+    namespace(cp, ns);
+    for (name, profile) in [("four", "4g.40gb"), ("three", "3g.40gb")] {
+        cp.apply(&mig_claim(ns, name, profile)).unwrap();
+        cp.apply(&pod(ns, name, &n.name, &[("gpu", "resourceClaimName", name)]))
+            .unwrap();
+    }
+    let four = allocated(cp, &n, ns, "four").await;
+    let three = allocated(cp, &n, ns, "three").await;
+    assert_eq!(results(&four)[0].2, "gpu-0-mig-4g40gb-0");
+    assert_eq!(results(&three)[0].2, "gpu-0-mig-3g40gb-4", "the placement left");
+
+    // Every memory slice is taken: one more partition exceeds the counters.
+    cp.apply(&mig_claim(ns, "one-more", "1g.10gb")).unwrap();
+    cp.apply(&pod(
+        ns,
+        "one-more",
+        &n.name,
+        &[("gpu", "resourceClaimName", "one-more")],
+    ))
+    .unwrap();
+    until(
+        "the scheduler to find one-more unschedulable",
+        &n,
+        CLUSTER_TIMEOUT,
+        || {
+            let p = cp.get(&["pod", "one-more", "-n", ns]).ok()?;
+            let c = p["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "PodScheduled")?
+                .clone();
+            (c["status"] == "False" && c["reason"] == "Unschedulable").then_some(())
+        },
+    )
+    .await;
+    let one_more = cp.get(&["resourceclaim", "one-more", "-n", ns]).unwrap();
+    assert!(one_more["status"]["allocation"].is_null(), "{one_more}");
+
+    // Prepared by the kubelet's DRA manager: each gets a MIG device of its own.
+    let mut uuids = Vec::new();
+    for (pod, claim) in [("four", &four), ("three", &three)] {
+        n.kubelet()
+            .prepare(ns, pod)
+            .await
+            .unwrap_or_else(|e| panic!("PrepareResources of {pod}: {e:#}\n{}", n.context()));
+        let uid = claim["metadata"]["uid"].as_str().unwrap();
+        let spec_path = n.env.cdi_dir.join(format!("k8s.{GPU}-device_{uid}.json"));
+        let spec: Value = serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+        let env = &spec["devices"][0]["containerEdits"]["env"];
+        let uuid = env
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|e| e.as_str()?.split_once("_UUID=MIG-").map(|(_, u)| u.to_owned()))
+            .unwrap_or_else(|| panic!("no MIG UUID for {pod}: {env}"));
+        uuids.push(uuid);
+    }
+    assert_ne!(uuids[0], uuids[1]);
+    for pod in ["four", "three"] {
+        n.kubelet()
+            .unprepare(ns, pod)
+            .await
+            .unwrap_or_else(|e| panic!("UnprepareResources of {pod}: {e:#}\n{}", n.context()));
+    }
+    let destroyed = n.host.log().matches("simulated MIG device destroyed").count();
+    assert_eq!(destroyed, 2, "{}", n.context());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unhealthy_gpu_is_tainted_and_the_scheduler_leaves_it_alone() {
     if !need_root("an_unhealthy_gpu_is_tainted_and_the_scheduler_leaves_it_alone") {

@@ -1,5 +1,7 @@
 //! The GPU guest on simulated NVML: inventory, whole-GPU and shared
-//! prepare, opaque config errors, and health events on the kubelet's stream.
+//! prepare, opaque config errors, health events on the kubelet's stream,
+//! and MIG partitions (counters in the inventory, MIG devices made at
+//! prepare and destroyed at unprepare).
 //!
 //! The tonic test kubelet calls the host: shares chosen by the test on a claims
 //! file, and several health streams at once (through v1 and v1alpha1) read
@@ -32,6 +34,19 @@ async fn gpu_node(n: u32) -> GpuNode {
     let spec = DriverSpec::new(GPU, &guest("gpu_driver.wasm"))
         .extra(&sim.driver_toml)
         .config("sharing = { defaultMemory = \"5Gi\", memoryStep = \"5Gi\" }");
+    let node = Node::start_in(env, vec![spec], "", &sim.tables).await;
+    GpuNode {
+        node,
+        events: sim.events,
+    }
+}
+
+/// A node with `n` simulated H100s, the GPUs file keys `extra(i)` adds to
+/// each (MIG mode, NUMA node, a busy GPU), GPUs not shared.
+async fn gpu_node_with(n: u32, extra: impl Fn(u32) -> Value) -> GpuNode {
+    let env = HostEnv::new(&cache_dir()).unwrap();
+    let sim = gpus::Simulated::with(env.dir(), n, extra).unwrap();
+    let spec = DriverSpec::new(GPU, &guest("gpu_driver.wasm")).extra(&sim.driver_toml);
     let node = Node::start_in(env, vec![spec], "", &sim.tables).await;
     GpuNode {
         node,
@@ -357,4 +372,132 @@ async fn real_nvml_backend_without_a_driver_fails_only_the_gpu_driver() {
         // The example driver is served all the same.
         assert!(node.plugin.prepare(&[]).await.is_ok());
     }
+}
+
+/// `guest validate` of a node whose GPU 0 has MIG mode on: GPU 0's counter
+/// set, its partitions consuming the memory slices of their placement, and
+/// the NUMA node the simulated NVML reports as the standard attribute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mig_inventory_has_counters_and_a_device_per_placement() {
+    let g = gpu_node_with(2, |i| serde_json::json!({ "migEnabled": i == 0, "numaNode": i })).await;
+    let out = std::process::Command::new(binary())
+        .args(["guest", "validate", "--config"])
+        .arg(&g.node.env.config_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pool = &v[GPU]["pools"][0];
+    let sets = pool["sharedCounters"].as_array().unwrap();
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    assert_eq!(sets[0]["name"], "gpu-0");
+    let counters = sets[0]["counters"].as_object().unwrap();
+    assert_eq!(counters.len(), 9, "8 memory slices and the compute slices");
+    assert_eq!(counters["memory-slice-7"]["value"], "1");
+    assert_eq!(counters["compute-slices"]["value"], "7");
+    let devices = pool["devices"].as_array().unwrap();
+    let names: Vec<&str> = devices.iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 1 + 18 + 1, "{names:?}");
+    let dev = |name: &str| devices.iter().find(|d| d["name"] == name).unwrap();
+    let part = dev("gpu-0-mig-2g20gb-4");
+    assert_eq!(part["attributes"]["profile"]["string"], "2g.20gb");
+    assert_eq!(part["attributes"]["parentUUID"]["string"], gpus::uuid(0));
+    assert_eq!(part["attributes"]["resource.kubernetes.io/numaNode"]["int"], 0);
+    let used = &part["consumesCounters"][0];
+    assert_eq!(used["counterSet"], "gpu-0");
+    let used: Vec<&String> = used["counters"].as_object().unwrap().keys().collect();
+    assert_eq!(used, ["compute-slices", "memory-slice-4", "memory-slice-5"]);
+    assert_eq!(
+        dev("gpu-0")["consumesCounters"][0]["counters"]
+            .as_object()
+            .unwrap()
+            .len(),
+        9,
+        "the full GPU takes every counter"
+    );
+    assert_eq!(dev("gpu-1")["attributes"]["resource.kubernetes.io/numaNode"]["int"], 1);
+    assert!(dev("gpu-1")["consumesCounters"].is_null());
+}
+
+fn device_nodes(edits: &Value) -> Vec<(String, i64)> {
+    edits["deviceNodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["path"].as_str().unwrap().to_owned(), n["minor"].as_i64().unwrap()))
+        .collect()
+}
+
+/// Preparing a partition makes its MIG device on the (simulated) GPU and
+/// hands the container its capability nodes; while it exists, a partition
+/// overlapping it cannot be made (the error names the device); unprepare
+/// destroys it, after which the overlapping one can be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mig_partition_prepare_makes_and_unprepare_destroys_the_instance() {
+    let mut g = gpu_node_with(1, |_| serde_json::json!({ "migEnabled": true })).await;
+    let big = Claim::new("ml", "big", &uid(1)).device(GPU, "test-node", "gpu-0-mig-3g40gb-0", "gpu");
+    let small = Claim::new("ml", "small", &uid(2)).device(GPU, "test-node", "gpu-0-mig-1g10gb-2", "gpu");
+    g.node.claims.put(&[big.clone(), small.clone()]).unwrap();
+
+    let answer = g.node.plugin.prepare(&[big.reference()]).await.unwrap();
+    assert_eq!(answer[&uid(1)].error, "", "{}", g.node.host.log());
+    let edits = &spec_of(&g.node, &uid(1))["devices"][0]["containerEdits"];
+    // GPU instance 1 (the first made), compute instance 0.
+    assert_eq!(
+        device_nodes(edits),
+        [
+            ("/dev/nvidia0".to_owned(), 0),
+            ("/dev/nvidiactl".to_owned(), 255),
+            ("/dev/nvidia-uvm".to_owned(), 0),
+            ("/dev/nvidia-uvm-tools".to_owned(), 1),
+            ("/dev/nvidia-caps/nvidia-cap12".to_owned(), 12),
+            ("/dev/nvidia-caps/nvidia-cap13".to_owned(), 13),
+        ]
+    );
+    let env: Vec<&str> = edits["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        env.iter().any(|e| e.starts_with("DRA_GPU_0_MIG_0_UUID=MIG-")),
+        "{env:?}"
+    );
+    assert!(env.contains(&"DRA_GPU_0_MIG_0_PROFILE=3g.40gb"), "{env:?}");
+
+    // The 3g.40gb at slices 0-3 is there: a 1g.10gb at slice 2 cannot be made.
+    let answer = g.node.plugin.prepare(&[small.reference()]).await.unwrap();
+    let error = &answer[&uid(2)].error;
+    assert!(error.contains("gpu-0-mig-1g10gb-2"), "{error}");
+    assert!(error.contains("in use"), "{error}");
+
+    assert_eq!(g.node.plugin.unprepare(&[big.reference()]).await.unwrap()[&uid(1)], "");
+    assert!(g.node.host.log().contains("simulated MIG device destroyed"));
+    let answer = g.node.plugin.prepare(&[small.reference()]).await.unwrap();
+    assert_eq!(answer[&uid(2)].error, "", "slices 0-3 are free again");
+    assert_eq!(
+        g.node.plugin.unprepare(&[small.reference()]).await.unwrap()[&uid(2)],
+        ""
+    );
+}
+
+/// A GPU the simulated NVML marks busy: prepare fails with a clear reason
+/// naming the device, and nothing is left prepared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mig_creation_on_a_busy_gpu_fails_prepare_naming_the_device() {
+    let mut g = gpu_node_with(1, |_| serde_json::json!({ "migEnabled": true, "migBusy": true })).await;
+    let claim = Claim::new("ml", "mig", &uid(1)).device(GPU, "test-node", "gpu-0-mig-7g80gb-0", "gpu");
+    g.node.claims.put(std::slice::from_ref(&claim)).unwrap();
+    let answer = g.node.plugin.prepare(&[claim.reference()]).await.unwrap();
+    let error = &answer[&uid(1)].error;
+    assert!(error.contains("\"gpu-0-mig-7g80gb-0\" (MIG 7g.80gb)"), "{error}");
+    assert!(error.contains("the GPU is busy"), "{error}");
+    assert!(
+        !g.node
+            .env
+            .cdi_dir
+            .join(format!("k8s.{GPU}-device_{}.json", uid(1)))
+            .exists()
+    );
 }

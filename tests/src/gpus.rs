@@ -15,9 +15,16 @@ pub fn uuid(index: u32) -> String {
 
 /// Write a GPUs file describing `n` H100s.
 pub fn write_gpus_file(path: &Path, n: u32) -> Result<()> {
+    write_gpus_file_with(path, n, |_| json!({}))
+}
+
+/// Write a GPUs file describing `n` H100s, each with the keys `extra(i)`
+/// adds (e.g. `{"migEnabled": true, "numaNode": 1}`; the simulated NVML's
+/// module documentation lists them).
+pub fn write_gpus_file_with(path: &Path, n: u32, extra: impl Fn(u32) -> Value) -> Result<()> {
     let gpus: Vec<Value> = (0..n)
         .map(|i| {
-            json!({
+            let mut gpu = json!({
                 "uuid": uuid(i),
                 "productName": "NVIDIA H100 80GB HBM3",
                 "brand": "Nvidia",
@@ -26,7 +33,11 @@ pub fn write_gpus_file(path: &Path, n: u32) -> Result<()> {
                 "memoryTotalBytes": 85_520_809_984u64,
                 "pciBusId": format!("00000000:{:02X}:00.0", 0x19 + i),
                 "minorNumber": i,
-            })
+            });
+            if let (Some(gpu), Value::Object(extra)) = (gpu.as_object_mut(), extra(i)) {
+                gpu.extend(extra);
+            }
+            gpu
         })
         .collect();
     let doc = json!({ "driverVersion": DRIVER_VERSION, "cudaDriverVersion": [13, 0], "gpus": gpus });
@@ -68,6 +79,27 @@ pub fn write_device_root(root: &Path, n: u32) -> Result<()> {
     Ok(())
 }
 
+/// The MIG capability device nodes `/dev/nvidia-caps/nvidia-capN` the
+/// simulated NVML hands out for GPU minor `minor` (GPU instances 1 to 14,
+/// compute instance 0), made under `root/dev` (root only), as the NVIDIA
+/// driver numbers them (its `/proc/driver/nvidia-caps/mig-minors`).
+pub fn write_mig_cap_nodes(root: &Path, minor: u32) -> Result<()> {
+    let caps = root.join("dev/nvidia-caps");
+    std::fs::create_dir_all(&caps)?;
+    for gi in 1..15 {
+        let first = 3 + minor * 15 * 9 + gi * 9;
+        for n in [first, first + 1] {
+            let path = std::ffi::CString::new(caps.join(format!("nvidia-cap{n}")).to_string_lossy().into_owned())?;
+            // SAFETY: mknod(2) with a valid NUL-terminated path.
+            let rc = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o444, libc::makedev(509, n)) };
+            if rc != 0 {
+                bail!("mknod nvidia-cap{n} (needs root): {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The policy of a GPU driver whose device nodes are under `device_root`
 /// and whose user-space files are under `driver_root` (the worked NVIDIA
 /// example of docs/operations.md, with test paths).
@@ -75,7 +107,7 @@ pub fn policy_toml(device_root: &Path, driver_root: &Path) -> String {
     format!(
         "[drivers.policy]\n\
          device_root = {device_root:?}\n\
-         device_nodes = [\"/dev/nvidia[0-9]*\", \"/dev/nvidiactl\", \"/dev/nvidia-uvm\", \"/dev/nvidia-uvm-tools\"]\n\
+         device_nodes = [\"/dev/nvidia[0-9]*\", \"/dev/nvidiactl\", \"/dev/nvidia-uvm\", \"/dev/nvidia-uvm-tools\", \"/dev/nvidia-caps/nvidia-cap[0-9]*\"]\n\
          mount_host_paths = [\"{}/**\"]\n",
         driver_root.display()
     )
@@ -95,12 +127,21 @@ pub struct Simulated {
 
 impl Simulated {
     pub fn new(dir: &Path, n: u32) -> Result<Self> {
+        Self::with(dir, n, |_| json!({}))
+    }
+
+    /// `n` simulated H100s, each with the GPUs file keys `extra(i)` adds;
+    /// MIG capability nodes for those with `migEnabled`.
+    pub fn with(dir: &Path, n: u32, extra: impl Fn(u32) -> Value) -> Result<Self> {
         let gpus_file = dir.join("gpus.json");
-        write_gpus_file(&gpus_file, n)?;
+        write_gpus_file_with(&gpus_file, n, &extra)?;
         let driver_root = dir.join("driver-root");
         write_driver_root(&driver_root)?;
         let device_root = dir.join("device-root");
         write_device_root(&device_root, n)?;
+        for i in (0..n).filter(|&i| extra(i)["migEnabled"] == json!(true)) {
+            write_mig_cap_nodes(&device_root, i)?;
+        }
         let events = dir.join("nvml-events.sock");
         Ok(Self {
             tables: format!(

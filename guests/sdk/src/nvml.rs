@@ -8,7 +8,9 @@
 use crate::GpuEventKind;
 use std::fmt;
 
-pub use crate::bindings::dra::driver::nvml::{DriverFile, DriverFileKind, GpuInfo, NvmlError as Reason, PciInfo};
+pub use crate::bindings::dra::driver::nvml::{
+    DriverFile, DriverFileKind, GpuInfo, MigDevice, MigPlacement, MigProfile, NvmlError as Reason, PciInfo,
+};
 
 /// An NVML call that failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +80,45 @@ pub fn subscribe(uuids: &[String], kinds: &[GpuEventKind]) -> Result<(), Error> 
     imp::subscribe(uuids, kinds).map_err(|reason| fail("subscribing to GPU events", reason))
 }
 
+/// The MIG GPU instance profiles of GPU `gpu`, with where each can be
+/// placed (`NotSupported` when its MIG mode is off).
+pub fn mig_profiles(gpu: u32) -> Result<Vec<MigProfile>, Error> {
+    imp::mig_profiles(gpu).map_err(|reason| fail(&format!("MIG profiles of GPU {gpu}"), reason))
+}
+
+/// The MIG devices (GPU instances with their compute instance) that exist
+/// on GPU `gpu` now.
+pub fn mig_devices(gpu: u32) -> Result<Vec<MigDevice>, Error> {
+    imp::mig_devices(gpu).map_err(|reason| fail(&format!("MIG devices of GPU {gpu}"), reason))
+}
+
+/// Create a GPU instance of profile `profile_id` at `placement` on GPU
+/// `gpu`, with one compute instance spanning it. `InUse` when the placement
+/// overlaps an existing instance or the GPU is busy.
+pub fn create_mig_device(gpu: u32, profile_id: u32, placement: MigPlacement) -> Result<MigDevice, Error> {
+    imp::create_mig_device(gpu, profile_id, placement).map_err(|reason| {
+        fail(
+            &format!(
+                "creating a MIG device of profile {profile_id} at memory slices {}..{} of GPU {gpu}",
+                placement.start,
+                placement.start + placement.size
+            ),
+            reason,
+        )
+    })
+}
+
+/// Destroy GPU instance `gpu_instance_id` of GPU `gpu` and its compute
+/// instances. `NotFound` when it is already gone.
+pub fn destroy_mig_device(gpu: u32, gpu_instance_id: u32) -> Result<(), Error> {
+    imp::destroy_mig_device(gpu, gpu_instance_id).map_err(|reason| {
+        fail(
+            &format!("destroying MIG GPU instance {gpu_instance_id} of GPU {gpu}"),
+            reason,
+        )
+    })
+}
+
 fn fail(call: &str, reason: Reason) -> Error {
     Error {
         call: call.to_owned(),
@@ -88,13 +129,14 @@ fn fail(call: &str, reason: Reason) -> Error {
 #[cfg(target_arch = "wasm32")]
 mod imp {
     pub use crate::bindings::dra::driver::nvml::{
-        cuda_driver_version, device_count, device_info, driver_files, driver_version, subscribe,
+        create_mig_device, cuda_driver_version, destroy_mig_device, device_count, device_info, driver_files,
+        driver_version, mig_devices, mig_profiles, subscribe,
     };
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 mod imp {
-    use super::{DriverFile, GpuInfo, Reason};
+    use super::{DriverFile, GpuInfo, MigDevice, MigPlacement, MigProfile, Reason};
     use crate::GpuEventKind;
 
     pub fn driver_version() -> Result<String, Reason> {
@@ -120,6 +162,22 @@ mod imp {
     pub fn subscribe(_: &[String], _: &[GpuEventKind]) -> Result<(), Reason> {
         Err(Reason::NotAvailable)
     }
+
+    pub fn mig_profiles(_: u32) -> Result<Vec<MigProfile>, Reason> {
+        Err(Reason::NotAvailable)
+    }
+
+    pub fn mig_devices(_: u32) -> Result<Vec<MigDevice>, Reason> {
+        Err(Reason::NotAvailable)
+    }
+
+    pub fn create_mig_device(_: u32, _: u32, _: MigPlacement) -> Result<MigDevice, Reason> {
+        Err(Reason::NotAvailable)
+    }
+
+    pub fn destroy_mig_device(_: u32, _: u32) -> Result<(), Reason> {
+        Err(Reason::NotAvailable)
+    }
 }
 
 #[cfg(test)]
@@ -141,5 +199,18 @@ mod tests {
                 "GPU 3: not supported by this GPU or driver"
             )
         );
+        let e: crate::Error = create_mig_device(1, 19, MigPlacement { start: 3, size: 1 })
+            .unwrap_err()
+            .into();
+        assert!(
+            e.message
+                .starts_with("creating a MIG device of profile 19 at memory slices 3..4 of GPU 1: "),
+            "{e}"
+        );
+        let e: crate::Error = fail("x", Reason::InUse).into();
+        assert_eq!((e.kind, e.message.as_str()), (crate::ErrorKind::Busy, "x: in use"));
+        assert_eq!(destroy_mig_device(0, 2).unwrap_err().reason, Reason::NotAvailable);
+        assert_eq!(mig_profiles(0).unwrap_err().call, "MIG profiles of GPU 0");
+        assert_eq!(mig_devices(0).unwrap_err().call, "MIG devices of GPU 0");
     }
 }

@@ -4,6 +4,11 @@
 //! every GPU's critical events (Xid, double- and single-bit ECC). It wakes
 //! only when the driver reports an event, or every few seconds to notice
 //! that the process is stopping; it never queries devices on a timer.
+//!
+//! MIG: nvml-wrapper 0.13 wraps MIG mode and MIG device handles but not GPU
+//! or compute instances, so [`mig`] calls those few functions of
+//! nvml-wrapper-sys on the wrapper's loaded library, each `unsafe` block a
+//! single call with pointers to locals.
 
 use super::types::{DriverFile, DriverFileKind, GpuInfo, MigDevice, MigPlacement, MigProfile, NvmlError, PciInfo};
 use super::{Backend, EventRouter};
@@ -69,6 +74,12 @@ impl RealNvml {
 fn map(e: LibError) -> NvmlError {
     match e {
         LibError::NotSupported => NvmlError::NotSupported,
+        LibError::InUse => NvmlError::InUse,
+        LibError::UnexpectedVariant(code)
+            if code == nvml_wrapper_sys::bindings::nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_RESOURCES =>
+        {
+            NvmlError::InUse
+        }
         LibError::NotFound | LibError::InvalidArg => NvmlError::NotFound,
         LibError::LibloadingError(_)
         | LibError::LibraryNotFound
@@ -101,6 +112,7 @@ impl Backend for RealNvml {
         let d = self.lib()?.device_by_index(index).map_err(map)?;
         let cc = d.cuda_compute_capability().map_err(map)?;
         let pci = d.pci_info().map_err(map)?;
+        let numa_node = numa_node(Path::new(SYSFS_PCI), &pci.bus_id);
         let mig_enabled = match d.mig_mode() {
             Ok(m) => m.current == 1,
             Err(LibError::NotSupported) => false,
@@ -123,8 +135,8 @@ impl Backend for RealNvml {
                 subsystem_id: pci.pci_sub_system_id.unwrap_or(0),
             },
             minor_number: d.minor_number().map_err(map)?,
+            numa_node,
             mig_enabled,
-            numa_node: None,
         })
     }
 
@@ -137,21 +149,32 @@ impl Backend for RealNvml {
         KINDS
     }
 
-    // MIG: not yet (issue 25, GPU guest on 0.2).
-    fn mig_profiles(&self, _gpu: u32) -> Result<Vec<MigProfile>, NvmlError> {
-        Err(NvmlError::NotSupported)
+    fn mig_profiles(&self, gpu: u32) -> Result<Vec<MigProfile>, NvmlError> {
+        let lib = self.lib()?;
+        let d = lib.device_by_index(gpu).map_err(map)?;
+        mig::profiles(lib, &d)
     }
 
-    fn mig_devices(&self, _gpu: u32) -> Result<Vec<MigDevice>, NvmlError> {
-        Err(NvmlError::NotSupported)
+    fn mig_devices(&self, gpu: u32) -> Result<Vec<MigDevice>, NvmlError> {
+        let lib = self.lib()?;
+        let d = lib.device_by_index(gpu).map_err(map)?;
+        mig::devices(lib, &d, gpu)
     }
 
-    fn create_mig_device(&self, _gpu: u32, _profile_id: u32, _placement: MigPlacement) -> Result<MigDevice, NvmlError> {
-        Err(NvmlError::NotSupported)
+    fn create_mig_device(&self, gpu: u32, profile_id: u32, placement: MigPlacement) -> Result<MigDevice, NvmlError> {
+        let lib = self.lib()?;
+        let d = lib.device_by_index(gpu).map_err(map)?;
+        let gi = mig::create(lib, &d, profile_id, placement)?;
+        mig::devices(lib, &d, gpu)?
+            .into_iter()
+            .find(|m| m.gpu_instance_id == gi)
+            .ok_or(NvmlError::Failed)
     }
 
-    fn destroy_mig_device(&self, _gpu: u32, _gpu_instance_id: u32) -> Result<(), NvmlError> {
-        Err(NvmlError::NotSupported)
+    fn destroy_mig_device(&self, gpu: u32, gpu_instance_id: u32) -> Result<(), NvmlError> {
+        let lib = self.lib()?;
+        let d = lib.device_by_index(gpu).map_err(map)?;
+        mig::destroy(lib, &d, gpu_instance_id)
     }
 
     fn start_events(&self, router: Arc<EventRouter>, _kinds: &[GpuEventKind]) -> Result<(), NvmlError> {
@@ -215,6 +238,320 @@ fn event_loop(set: nvml_wrapper::event::EventSet<'static>, router: Arc<EventRout
                 return;
             }
         }
+    }
+}
+
+const SYSFS_PCI: &str = "/sys/bus/pci/devices";
+
+/// NVML's bus ID (`00000000:3B:00.0`, an 8-digit domain) as the kernel
+/// names the PCI device (`0000:3b:00.0`).
+fn sysfs_pci_address(bus_id: &str) -> Option<String> {
+    let (domain, rest) = bus_id.split_once(':')?;
+    let domain = u32::from_str_radix(domain, 16).ok()?;
+    if rest.len() != 7 || !rest.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
+        return None;
+    }
+    Some(format!("{domain:04x}:{}", rest.to_ascii_lowercase()))
+}
+
+/// The NUMA node of the GPU's PCI device from sysfs (`-1`: none).
+fn numa_node(sysfs_pci: &Path, bus_id: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(sysfs_pci.join(sysfs_pci_address(bus_id)?).join("numa_node")).ok()?;
+    u32::try_from(text.trim().parse::<i64>().ok()?).ok()
+}
+
+/// The minor of `/dev/nvidia-caps/nvidia-capN` from a capability's `access`
+/// file (`DeviceFileMinor: N`).
+fn cap_minor(access: &str) -> Option<u32> {
+    access
+        .lines()
+        .find_map(|l| l.strip_prefix("DeviceFileMinor:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// The device nodes of a MIG device: its GPU instance's and compute
+/// instance's capabilities under `/proc/driver/nvidia/capabilities`.
+fn mig_cap_nodes(capabilities: &Path, gpu_minor: u32, gi: u32, ci: u32) -> Vec<String> {
+    let gi_dir = capabilities.join(format!("gpu{gpu_minor}/mig/gi{gi}"));
+    [gi_dir.join("access"), gi_dir.join(format!("ci{ci}/access"))]
+        .iter()
+        .filter_map(|f| cap_minor(&std::fs::read_to_string(f).ok()?))
+        .map(|n| format!("/dev/nvidia-caps/nvidia-cap{n}"))
+        .collect()
+}
+
+/// GPU and compute instances through the raw library.
+mod mig {
+    use super::{LibError, MigDevice, MigPlacement, MigProfile, NvmlError, map};
+    use nvml_wrapper::{Device, Nvml as Lib};
+    use nvml_wrapper_sys::bindings as sys;
+    use std::path::Path;
+
+    const CAPABILITIES: &str = "/proc/driver/nvidia/capabilities";
+
+    fn check(ret: sys::nvmlReturn_t) -> Result<(), NvmlError> {
+        nvml_wrapper::error::nvml_try(ret).map_err(map)
+    }
+
+    /// `MIG 1g.10gb` as `1g.10gb`.
+    fn profile_name(raw: &[std::os::raw::c_char]) -> String {
+        let bytes: Vec<u8> = raw.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        let name = String::from_utf8_lossy(&bytes);
+        name.strip_prefix("MIG ").unwrap_or(&name).to_owned()
+    }
+
+    /// Every GPU instance profile the GPU has (NVML's profile indexes
+    /// 0..NVML_GPU_INSTANCE_PROFILE_COUNT; those it does not support are skipped).
+    fn profile_infos(lib: &Lib, d: &Device<'_>) -> Result<Vec<sys::nvmlGpuInstanceProfileInfo_v2_t>, NvmlError> {
+        let mut infos = Vec::new();
+        for index in 0..sys::NVML_GPU_INSTANCE_PROFILE_COUNT {
+            // SAFETY: all-zero is a valid value of this plain C struct.
+            let mut info: sys::nvmlGpuInstanceProfileInfo_v2_t = unsafe { std::mem::zeroed() };
+            // NVML_STRUCT_VERSION(GpuInstanceProfileInfo, 2).
+            info.version = std::mem::size_of::<sys::nvmlGpuInstanceProfileInfo_v2_t>() as u32 | (2 << 24);
+            // SAFETY: a device handle of this library, a pointer to a local.
+            let ret = unsafe {
+                lib.lib()
+                    .nvmlDeviceGetGpuInstanceProfileInfoV(d.handle(), index, &mut info)
+            };
+            match check(ret) {
+                Ok(()) => infos.push(info),
+                Err(NvmlError::NotSupported | NvmlError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(infos)
+    }
+
+    fn placements(lib: &Lib, d: &Device<'_>, profile_id: u32) -> Result<Vec<MigPlacement>, NvmlError> {
+        let mut count = 0;
+        // SAFETY: a null buffer asks for the count only.
+        check(unsafe {
+            lib.lib().nvmlDeviceGetGpuInstancePossiblePlacements_v2(
+                d.handle(),
+                profile_id,
+                std::ptr::null_mut(),
+                &mut count,
+            )
+        })?;
+        let mut buf = vec![sys::nvmlGpuInstancePlacement_t { start: 0, size: 0 }; count as usize];
+        // SAFETY: `buf` holds `count` placements.
+        check(unsafe {
+            lib.lib().nvmlDeviceGetGpuInstancePossiblePlacements_v2(
+                d.handle(),
+                profile_id,
+                buf.as_mut_ptr(),
+                &mut count,
+            )
+        })?;
+        buf.truncate(count as usize);
+        Ok(buf
+            .iter()
+            .map(|p| MigPlacement {
+                start: p.start,
+                size: p.size,
+            })
+            .collect())
+    }
+
+    pub(super) fn profiles(lib: &Lib, d: &Device<'_>) -> Result<Vec<MigProfile>, NvmlError> {
+        mig_on(d)?;
+        profile_infos(lib, d)?
+            .into_iter()
+            .map(|p| {
+                Ok(MigProfile {
+                    id: p.id,
+                    name: profile_name(&p.name),
+                    slice_count: p.sliceCount,
+                    memory_bytes: p.memorySizeMB << 20,
+                    multiprocessors: p.multiprocessorCount,
+                    placements: placements(lib, d, p.id)?,
+                })
+            })
+            .collect()
+    }
+
+    fn mig_on(d: &Device<'_>) -> Result<(), NvmlError> {
+        match d.mig_mode() {
+            Ok(m) if m.current == 1 => Ok(()),
+            Ok(_) | Err(LibError::NotSupported) => Err(NvmlError::NotSupported),
+            Err(e) => Err(map(e)),
+        }
+    }
+
+    /// The GPU instances of one profile.
+    fn instances(
+        lib: &Lib,
+        d: &Device<'_>,
+        p: &sys::nvmlGpuInstanceProfileInfo_v2_t,
+    ) -> Result<Vec<sys::nvmlGpuInstance_t>, NvmlError> {
+        let mut buf = vec![std::ptr::null_mut(); p.instanceCount.max(1) as usize];
+        let mut count = 0;
+        // SAFETY: `buf` holds as many handles as the profile can have instances.
+        check(unsafe {
+            lib.lib()
+                .nvmlDeviceGetGpuInstances(d.handle(), p.id, buf.as_mut_ptr(), &mut count)
+        })?;
+        buf.truncate(count as usize);
+        Ok(buf)
+    }
+
+    pub(super) fn devices(lib: &Lib, d: &Device<'_>, gpu: u32) -> Result<Vec<MigDevice>, NvmlError> {
+        mig_on(d)?;
+        let minor = d.minor_number().map_err(map)?;
+        // (GPU instance, compute instance) -> UUID, from the MIG device handles.
+        let mut uuids = std::collections::HashMap::new();
+        let max = {
+            let mut n = 0;
+            // SAFETY: a pointer to a local.
+            check(unsafe { lib.lib().nvmlDeviceGetMaxMigDeviceCount(d.handle(), &mut n) })?;
+            n
+        };
+        for i in 0..max {
+            let m = match d.mig_device_by_index(i) {
+                Ok(m) => m,
+                Err(LibError::NotFound | LibError::InvalidArg) => continue,
+                Err(e) => return Err(map(e)),
+            };
+            let (mut gi, mut ci) = (0, 0);
+            // SAFETY: a MIG device handle of this library, pointers to locals.
+            check(unsafe { lib.lib().nvmlDeviceGetGpuInstanceId(m.handle(), &mut gi) })?;
+            // SAFETY: as above.
+            check(unsafe { lib.lib().nvmlDeviceGetComputeInstanceId(m.handle(), &mut ci) })?;
+            uuids.insert(gi, (ci, m.uuid().map_err(map)?));
+        }
+        let mut out = Vec::new();
+        for p in profile_infos(lib, d)? {
+            for gi in instances(lib, d, &p)? {
+                // SAFETY: all-zero is a valid value of this plain C struct.
+                let mut info: sys::nvmlGpuInstanceInfo_t = unsafe { std::mem::zeroed() };
+                // SAFETY: a GPU instance handle NVML just returned, a pointer to a local.
+                check(unsafe { lib.lib().nvmlGpuInstanceGetInfo(gi, &mut info) })?;
+                // A GPU instance without a compute instance is not usable: left out.
+                let Some((ci, uuid)) = uuids.get(&info.id).cloned() else {
+                    continue;
+                };
+                out.push(MigDevice {
+                    gpu,
+                    gpu_instance_id: info.id,
+                    compute_instance_id: ci,
+                    profile_id: info.profileId,
+                    placement: MigPlacement {
+                        start: info.placement.start,
+                        size: info.placement.size,
+                    },
+                    uuid,
+                    device_nodes: super::mig_cap_nodes(Path::new(CAPABILITIES), minor, info.id, ci),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The compute instance profile spanning a whole GPU instance of `slices`.
+    fn full_compute_profile(lib: &Lib, gi: sys::nvmlGpuInstance_t, slices: u32) -> Result<u32, NvmlError> {
+        for index in (0..sys::NVML_COMPUTE_INSTANCE_PROFILE_COUNT).rev() {
+            // SAFETY: all-zero is a valid value of this plain C struct.
+            let mut info: sys::nvmlComputeInstanceProfileInfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: a GPU instance handle of this library, a pointer to a local.
+            let ret = unsafe {
+                lib.lib().nvmlGpuInstanceGetComputeInstanceProfileInfo(
+                    gi,
+                    index,
+                    sys::NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
+                    &mut info,
+                )
+            };
+            if check(ret).is_ok() && info.sliceCount == slices {
+                return Ok(info.id);
+            }
+        }
+        Err(NvmlError::NotSupported)
+    }
+
+    /// A GPU instance at `placement` with one compute instance spanning it;
+    /// returns the GPU instance's ID.
+    pub(super) fn create(
+        lib: &Lib,
+        d: &Device<'_>,
+        profile_id: u32,
+        placement: MigPlacement,
+    ) -> Result<u32, NvmlError> {
+        mig_on(d)?;
+        let profile = profile_infos(lib, d)?
+            .into_iter()
+            .find(|p| p.id == profile_id)
+            .ok_or(NvmlError::NotFound)?;
+        let at = sys::nvmlGpuInstancePlacement_t {
+            start: placement.start,
+            size: placement.size,
+        };
+        let mut gi = std::ptr::null_mut();
+        // SAFETY: a device handle of this library, pointers to locals.
+        check(unsafe {
+            lib.lib()
+                .nvmlDeviceCreateGpuInstanceWithPlacement(d.handle(), profile_id, &at, &mut gi)
+        })?;
+        let made = full_compute_profile(lib, gi, profile.sliceCount).and_then(|ci_profile| {
+            let mut ci = std::ptr::null_mut();
+            // SAFETY: the GPU instance just created, a pointer to a local.
+            check(unsafe { lib.lib().nvmlGpuInstanceCreateComputeInstance(gi, ci_profile, &mut ci) })
+        });
+        // SAFETY: all-zero is a valid value of this plain C struct.
+        let mut info: sys::nvmlGpuInstanceInfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: the GPU instance just created, a pointer to a local.
+        let id = check(unsafe { lib.lib().nvmlGpuInstanceGetInfo(gi, &mut info) }).map(|()| info.id);
+        if let Err(e) = made.and(id.map(|_| ())) {
+            // No half-made instance left behind.
+            // SAFETY: the GPU instance just created, no compute instance in it.
+            let _ = unsafe { lib.lib().nvmlGpuInstanceDestroy(gi) };
+            return Err(e);
+        }
+        id
+    }
+
+    /// Destroy a GPU instance's compute instances, then the GPU instance.
+    pub(super) fn destroy(lib: &Lib, d: &Device<'_>, gpu_instance_id: u32) -> Result<(), NvmlError> {
+        mig_on(d)?;
+        let mut gi = std::ptr::null_mut();
+        // SAFETY: a device handle of this library, a pointer to a local.
+        match check(unsafe {
+            lib.lib()
+                .nvmlDeviceGetGpuInstanceById(d.handle(), gpu_instance_id, &mut gi)
+        }) {
+            Ok(()) => {}
+            Err(NvmlError::NotFound) => return Err(NvmlError::NotFound),
+            Err(e) => return Err(e),
+        }
+        for index in 0..sys::NVML_COMPUTE_INSTANCE_PROFILE_COUNT {
+            // SAFETY: all-zero is a valid value of this plain C struct.
+            let mut info: sys::nvmlComputeInstanceProfileInfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: a GPU instance handle of this library, a pointer to a local.
+            let ret = unsafe {
+                lib.lib().nvmlGpuInstanceGetComputeInstanceProfileInfo(
+                    gi,
+                    index,
+                    sys::NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
+                    &mut info,
+                )
+            };
+            if check(ret).is_err() {
+                continue;
+            }
+            let mut cis = vec![std::ptr::null_mut(); info.instanceCount.max(1) as usize];
+            let mut count = 0;
+            // SAFETY: `cis` holds as many handles as the profile can have instances.
+            check(unsafe {
+                lib.lib()
+                    .nvmlGpuInstanceGetComputeInstances(gi, info.id, cis.as_mut_ptr(), &mut count)
+            })?;
+            for &ci in cis.iter().take(count as usize) {
+                // SAFETY: a compute instance handle NVML just returned.
+                check(unsafe { lib.lib().nvmlComputeInstanceDestroy(ci) })?;
+            }
+        }
+        // SAFETY: a GPU instance handle of this library, its compute instances gone.
+        check(unsafe { lib.lib().nvmlGpuInstanceDestroy(gi) })
     }
 }
 
@@ -335,6 +672,46 @@ mod tests {
         std::fs::create_dir_all(&lib32).unwrap();
         std::fs::write(lib32.join("libnvidia-ml.so.1"), b"").unwrap();
         assert_eq!(nvml_library(root.path()), Some(lib.join("libnvidia-ml.so.1")));
+    }
+
+    #[test]
+    fn numa_node_from_sysfs() {
+        assert_eq!(sysfs_pci_address("00000000:3B:00.0").as_deref(), Some("0000:3b:00.0"));
+        assert_eq!(
+            sysfs_pci_address("00010000:C1:00.0").as_deref(),
+            Some("10000:c1:00.0"),
+            "a VMD domain"
+        );
+        assert_eq!(sysfs_pci_address("0000:3b:00.0").as_deref(), Some("0000:3b:00.0"));
+        assert_eq!(sysfs_pci_address("../../etc"), None);
+        assert_eq!(sysfs_pci_address("00000000:3B/../x"), None);
+        let sys = tempfile::tempdir().unwrap();
+        for (dev, node) in [("0000:3b:00.0", "1\n"), ("0000:19:00.0", "-1\n")] {
+            std::fs::create_dir_all(sys.path().join(dev)).unwrap();
+            std::fs::write(sys.path().join(dev).join("numa_node"), node).unwrap();
+        }
+        assert_eq!(numa_node(sys.path(), "00000000:3B:00.0"), Some(1));
+        assert_eq!(numa_node(sys.path(), "00000000:19:00.0"), None, "-1: no NUMA node");
+        assert_eq!(numa_node(sys.path(), "00000000:AA:00.0"), None, "no such device");
+    }
+
+    #[test]
+    fn mig_device_nodes_from_capability_files() {
+        assert_eq!(
+            cap_minor("DeviceFileMinor: 12\nDeviceFileMode: 292\nDeviceFileModify: 1\n"),
+            Some(12)
+        );
+        assert_eq!(cap_minor("garbage"), None);
+        let caps = tempfile::tempdir().unwrap();
+        let gi = caps.path().join("gpu1/mig/gi2");
+        std::fs::create_dir_all(gi.join("ci0")).unwrap();
+        std::fs::write(gi.join("access"), "DeviceFileMinor: 156\nDeviceFileMode: 292\n").unwrap();
+        std::fs::write(gi.join("ci0/access"), "DeviceFileMinor: 157\n").unwrap();
+        assert_eq!(
+            mig_cap_nodes(caps.path(), 1, 2, 0),
+            ["/dev/nvidia-caps/nvidia-cap156", "/dev/nvidia-caps/nvidia-cap157"]
+        );
+        assert!(mig_cap_nodes(caps.path(), 1, 3, 0).is_empty());
     }
 
     #[test]
