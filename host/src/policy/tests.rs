@@ -1320,11 +1320,16 @@ fn device_metadata_is_bounded_and_well_formed() {
     .expect("a valid metadata");
     let refused = |m: DeviceMetadata, needle: &str| {
         let e = with(m).unwrap_err().to_string();
-        assert!(e.contains("device p/d: metadata") && e.contains(needle), "{needle}: {e}");
+        assert!(
+            e.contains("device p/d: metadata") && e.contains(needle),
+            "{needle}: {e}"
+        );
     };
     refused(
         DeviceMetadata {
-            attributes: (0..33).map(|i| attr(&format!("a{i}"), AttributeValue::Integer(i))).collect(),
+            attributes: (0..33)
+                .map(|i| attr(&format!("a{i}"), AttributeValue::Integer(i)))
+                .collect(),
             network_data: None,
         },
         "33 metadata attributes; at most 32",
