@@ -189,6 +189,22 @@ fn claim_template(namespace: &str, name: &str, class: &str) -> String {
     .to_string()
 }
 
+/// Wait until the scheduler has found the Pod unschedulable (its
+/// PodScheduled condition False, reason Unschedulable).
+async fn unschedulable(cp: &ControlPlane, node: &impl Diagnose, namespace: &str, pod: &str) {
+    let what = format!("the scheduler to find {namespace}/{pod} unschedulable");
+    until(&what, node, CLUSTER_TIMEOUT, || {
+        let p = cp.get(&["pod", pod, "-n", namespace]).ok()?;
+        let c = p["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "PodScheduled")?
+            .clone();
+        (c["status"] == "False" && c["reason"] == "Unschedulable").then_some(())
+    })
+    .await;
+}
+
 /// The claim once the scheduler has allocated it; on a timeout the panic
 /// says why the scheduler did not (the Pods' PodScheduled conditions).
 async fn allocated(cp: &ControlPlane, node: &impl Diagnose, namespace: &str, name: &str) -> Value {
@@ -1080,21 +1096,7 @@ async fn the_scheduler_allocates_mig_partitions_within_the_gpus_counters() {
         &[("gpu", "resourceClaimName", "one-more")],
     ))
     .unwrap();
-    until(
-        "the scheduler to find one-more unschedulable",
-        &n,
-        CLUSTER_TIMEOUT,
-        || {
-            let p = cp.get(&["pod", "one-more", "-n", ns]).ok()?;
-            let c = p["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .find(|c| c["type"] == "PodScheduled")?
-                .clone();
-            (c["status"] == "False" && c["reason"] == "Unschedulable").then_some(())
-        },
-    )
-    .await;
+    unschedulable(cp, &n, ns, "one-more").await;
     let one_more = cp.get(&["resourceclaim", "one-more", "-n", ns]).unwrap();
     assert!(one_more["status"]["allocation"].is_null(), "{one_more}");
 
@@ -1168,21 +1170,7 @@ async fn an_unhealthy_gpu_is_tainted_and_the_scheduler_leaves_it_alone() {
     cp.apply(&claim(ns, "both", GPU, 2, None, None)).unwrap();
     cp.apply(&pod(ns, "both", &n.name, &[("gpu", "resourceClaimName", "both")]))
         .unwrap();
-    until(
-        "the scheduler to find the pod unschedulable",
-        &n,
-        CLUSTER_TIMEOUT,
-        || {
-            let p = cp.get(&["pod", "both", "-n", ns]).ok()?;
-            let c = p["status"]["conditions"]
-                .as_array()?
-                .iter()
-                .find(|c| c["type"] == "PodScheduled")?
-                .clone();
-            (c["status"] == "False" && c["reason"] == "Unschedulable").then_some(())
-        },
-    )
-    .await;
+    unschedulable(cp, &n, ns, "both").await;
     let both = cp.get(&["resourceclaim", "both", "-n", ns]).unwrap();
     assert!(both["status"]["allocation"].is_null(), "{both}");
     // ... and one GPU is the healthy one.

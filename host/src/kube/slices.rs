@@ -537,7 +537,9 @@ fn device(
     })
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// An RFC 1123 label: device, counter and request names, and what may name
+/// a directory or a CDI device.
+pub(crate) fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

@@ -142,14 +142,14 @@ impl MetadataWriter {
         if let Some(why) = &self.unusable {
             return Err(CdiError::Metadata(why.clone()));
         }
-        if !is_dns_label(request) {
+        if !crate::kube::slices::is_dns_label(request) {
             return Err(CdiError::Metadata(format!(
                 "request name {request:?} is not a DNS label"
             )));
         }
         if let Some(pod_claim) = claim.pod_claim_name
             && !pod_claim.is_empty()
-            && !is_dns_label(pod_claim)
+            && !crate::kube::slices::is_dns_label(pod_claim)
         {
             return Err(CdiError::Metadata(format!(
                 "the claim's {POD_CLAIM_NAME_ANNOTATION} annotation {pod_claim:?} is not a DNS label"
@@ -332,17 +332,6 @@ fn file_uid(path: &Path) -> Option<String> {
 /// `<claim UID>_<request>`: the CDI device name and spec file key.
 fn spec_key(claim_uid: &str, request: &str) -> String {
     format!("{claim_uid}_{request}")
-}
-
-/// An RFC 1123 label: what request and pod claim names are, and what may
-/// name a directory and a CDI device here.
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 // The JSON shapes, fields in the Go types' order (encoding/json writes them

@@ -628,7 +628,35 @@ macro_rules! common_nvml_methods {
     };
 }
 
-pub(crate) use {common_host_traits, common_nvml_methods};
+/// A version's `add_log` and `add_granted`: link its `log`, and the
+/// capabilities the driver's configuration grants, against the imports'
+/// narrow view of the store. Expects `log`, `nvml` and `net` in scope.
+macro_rules! linking {
+    () => {
+        pub(crate) fn add_log<T: Send + 'static>(
+            linker: &mut wasmtime::component::Linker<T>,
+            view: fn(&mut T) -> crate::imports::ImportsView<'_>,
+        ) -> wasmtime::Result<()> {
+            log::add_to_linker::<T, crate::wit::shared::Imported>(linker, view)
+        }
+
+        pub(crate) fn add_granted<T: Send + 'static>(
+            linker: &mut wasmtime::component::Linker<T>,
+            imports: &crate::imports::Imports,
+            view: fn(&mut T) -> crate::imports::ImportsView<'_>,
+        ) -> wasmtime::Result<()> {
+            if imports.grants(crate::imports::Grant::Nvml) {
+                nvml::add_to_linker::<T, crate::wit::shared::Imported>(linker, view)?;
+            }
+            if imports.grants(crate::imports::Grant::Net) {
+                net::add_to_linker::<T, crate::wit::shared::Imported>(linker, view)?;
+            }
+            Ok(())
+        }
+    };
+}
+
+pub(crate) use {common_host_traits, common_nvml_methods, linking};
 
 /// A host call's outcome in a version's records.
 pub(crate) fn answer<T, U: From<T>, E, F: From<E>>(

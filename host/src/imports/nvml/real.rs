@@ -450,23 +450,33 @@ mod mig {
 
     /// The compute instance profile spanning a whole GPU instance of `slices`.
     fn full_compute_profile(lib: &Lib, gi: sys::nvmlGpuInstance_t, slices: u32) -> Result<u32, NvmlError> {
-        for index in (0..sys::NVML_COMPUTE_INSTANCE_PROFILE_COUNT).rev() {
-            // SAFETY: all-zero is a valid value of this plain C struct.
-            let mut info: sys::nvmlComputeInstanceProfileInfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: a GPU instance handle of this library, a pointer to a local.
-            let ret = unsafe {
-                lib.lib().nvmlGpuInstanceGetComputeInstanceProfileInfo(
-                    gi,
-                    index,
-                    sys::NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
-                    &mut info,
-                )
-            };
-            if check(ret).is_ok() && info.sliceCount == slices {
-                return Ok(info.id);
-            }
-        }
-        Err(NvmlError::NotSupported)
+        (0..sys::NVML_COMPUTE_INSTANCE_PROFILE_COUNT)
+            .rev()
+            .filter_map(|index| compute_profile(lib, gi, index))
+            .find(|info| info.sliceCount == slices)
+            .map(|info| info.id)
+            .ok_or(NvmlError::NotSupported)
+    }
+
+    /// The compute instance profile `index` of a GPU instance (shared
+    /// engines), or `None` when the GPU instance has no such profile.
+    fn compute_profile(
+        lib: &Lib,
+        gi: sys::nvmlGpuInstance_t,
+        index: u32,
+    ) -> Option<sys::nvmlComputeInstanceProfileInfo_t> {
+        // SAFETY: all-zero is a valid value of this plain C struct.
+        let mut info: sys::nvmlComputeInstanceProfileInfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a GPU instance handle of this library, a pointer to a local.
+        let ret = unsafe {
+            lib.lib().nvmlGpuInstanceGetComputeInstanceProfileInfo(
+                gi,
+                index,
+                sys::NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
+                &mut info,
+            )
+        };
+        check(ret).ok().map(|()| info)
     }
 
     /// A GPU instance at `placement` with one compute instance spanning it;
@@ -524,20 +534,9 @@ mod mig {
             Err(e) => return Err(e),
         }
         for index in 0..sys::NVML_COMPUTE_INSTANCE_PROFILE_COUNT {
-            // SAFETY: all-zero is a valid value of this plain C struct.
-            let mut info: sys::nvmlComputeInstanceProfileInfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: a GPU instance handle of this library, a pointer to a local.
-            let ret = unsafe {
-                lib.lib().nvmlGpuInstanceGetComputeInstanceProfileInfo(
-                    gi,
-                    index,
-                    sys::NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
-                    &mut info,
-                )
-            };
-            if check(ret).is_err() {
+            let Some(info) = compute_profile(lib, gi, index) else {
                 continue;
-            }
+            };
             let mut cis = vec![std::ptr::null_mut(); info.instanceCount.max(1) as usize];
             let mut count = 0;
             // SAFETY: `cis` holds as many handles as the profile can have instances.

@@ -6,9 +6,8 @@
 //! never the whole store. What 0.1 has too is shared with it (`wit::shared`); MIG is new.
 
 use super::dra::driver::{log, net, nvml, types};
-use crate::imports::{Grant, Imports, ImportsView};
-use crate::wit::shared::{Imported, answer};
-use wasmtime::component::Linker;
+use crate::imports::ImportsView;
+use crate::wit::shared::answer;
 
 crate::wit::shared::common_host_traits!();
 
@@ -49,23 +48,4 @@ impl nvml::Host for ImportsView<'_> {
     }
 }
 
-pub(crate) fn add_log<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    view: fn(&mut T) -> ImportsView<'_>,
-) -> wasmtime::Result<()> {
-    log::add_to_linker::<T, Imported>(linker, view)
-}
-
-pub(crate) fn add_granted<T: Send + 'static>(
-    linker: &mut Linker<T>,
-    imports: &Imports,
-    view: fn(&mut T) -> ImportsView<'_>,
-) -> wasmtime::Result<()> {
-    if imports.grants(Grant::Nvml) {
-        nvml::add_to_linker::<T, Imported>(linker, view)?;
-    }
-    if imports.grants(Grant::Net) {
-        net::add_to_linker::<T, Imported>(linker, view)?;
-    }
-    Ok(())
-}
+crate::wit::shared::linking!();
