@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod policy;
+pub mod resource_rules;
 pub mod state;
 pub mod wit;
 

@@ -80,7 +80,7 @@ pub(super) fn check_metadata(m: &model::DeviceMetadata) -> Result<(), (Rule, Str
             ),
         ));
     }
-    crate::kube::slices::attributes(&m.attributes).map_err(|why| (Rule::Format, format!("metadata {why}")))?;
+    crate::resource_rules::attributes(&m.attributes).map_err(|why| (Rule::Format, format!("metadata {why}")))?;
     if let Some(n) = &m.network_data {
         check_network_data(n)?;
     }

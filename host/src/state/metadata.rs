@@ -142,14 +142,14 @@ impl MetadataWriter {
         if let Some(why) = &self.unusable {
             return Err(CdiError::Metadata(why.clone()));
         }
-        if !crate::kube::slices::is_dns_label(request) {
+        if !crate::resource_rules::is_dns_label(request) {
             return Err(CdiError::Metadata(format!(
                 "request name {request:?} is not a DNS label"
             )));
         }
         if let Some(pod_claim) = claim.pod_claim_name
             && !pod_claim.is_empty()
-            && !crate::kube::slices::is_dns_label(pod_claim)
+            && !crate::resource_rules::is_dns_label(pod_claim)
         {
             return Err(CdiError::Metadata(format!(
                 "the claim's {POD_CLAIM_NAME_ANNOTATION} annotation {pod_claim:?} is not a DNS label"
