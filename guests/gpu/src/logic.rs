@@ -335,8 +335,13 @@ impl GpuDriver {
         let mut devices = Vec::with_capacity(claim.devices.len());
         let mut state = Vec::with_capacity(claim.devices.len());
         for a in &claim.devices {
-            if let Some(p) = self.partitions.get(&a.device) {
-                let (device, s) = self.prepare_partition(a, p, created)?;
+            let partition = self
+                .partitions
+                .get(&a.device)
+                .cloned()
+                .or_else(|| self.whole_gpu_partition(&a.device));
+            if let Some(p) = partition {
+                let (device, s) = self.prepare_partition(a, &p, created)?;
                 devices.push(device);
                 state.push(s);
                 continue;

@@ -109,6 +109,29 @@ pub fn partition_counters(profile: &MigProfile, placement: MigPlacement) -> Vec<
 }
 
 impl GpuDriver {
+    /// The whole of a GPU in MIG mode, as the partition that spans it (the
+    /// profile placed at slice 0 over every memory slice: 7g.80gb on an
+    /// H100). With MIG mode on, CUDA sees a GPU only through its MIG
+    /// devices, so preparing the whole GPU makes that one. Only in mounts
+    /// mode: in base-spec mode the whole GPU is the operator's spec's
+    /// device, as before.
+    pub(super) fn whole_gpu_partition(&self, device: &str) -> Option<Partition> {
+        if !matches!(self.config.cdi, CdiMode::Mounts) {
+            return None;
+        }
+        let gpu = self.gpu(device).filter(|g| g.mig_enabled)?;
+        let profiles = self.node.mig.get(&gpu.index)?;
+        let slices = memory_slices(profiles);
+        profiles.iter().find_map(|profile| {
+            let placement = *profile.placements.iter().find(|p| p.start == 0 && p.size == slices)?;
+            Some(Partition {
+                gpu: gpu.index,
+                profile: profile.clone(),
+                placement,
+            })
+        })
+    }
+
     /// A MIG partition: its profile at one placement, drawing on its GPU's
     /// counter set.
     pub(super) fn partition_device(&self, name: &str, g: &GpuInfo, p: &Partition) -> Device {

@@ -495,3 +495,32 @@ fn xids_map_to_health() {
         .unwrap();
     assert_eq!(ecc[0].status, HealthStatus::Unhealthy);
 }
+
+/// With MIG mode on, CUDA sees a GPU only through MIG devices: the whole
+/// GPU is prepared as the instance spanning it (7g.80gb on an H100).
+#[test]
+fn the_whole_of_a_mig_gpu_is_prepared_as_the_instance_spanning_it() {
+    let fake = Arc::new(FakeMig::default());
+    let d = mig_driver(2, &[1], Arc::clone(&fake));
+    let claim = mig_claim("uid-1", &["gpu-1"]);
+    let p = prepare(&d, claim.clone()).unwrap();
+    let made = fake.devices(1).unwrap();
+    assert_eq!(made.len(), 1);
+    assert_eq!(
+        (made[0].profile_id, made[0].placement.start, made[0].placement.size),
+        (0, 0, 8),
+        "7g.80gb over all 8 memory slices"
+    );
+    assert!(has_env(&p.devices[0], "DRA_GPU_1_MIG_0_UUID", &made[0].uuid));
+    d.unprepare(&claim.ref_, &p.state).unwrap();
+    assert!(fake.devices(1).unwrap().is_empty(), "destroyed at unprepare");
+
+    // A GPU without MIG mode is prepared as before: no MIG device.
+    let plain = prepare(&d, mig_claim("uid-2", &["gpu-0"])).unwrap();
+    assert!(has_env(
+        &plain.devices[0],
+        "DRA_GPU_0_UUID",
+        "GPU-00000000-0000-0000-0000-000000000000"
+    ));
+    assert!(fake.devices(0).unwrap().is_empty());
+}
