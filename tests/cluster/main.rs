@@ -931,7 +931,34 @@ async fn the_gpu_examples_device_classes_select_an_h100() {
     let cp = control_plane().await;
     let example = helm::chart_dir().join("examples/gpu.yaml");
     let rendered = helm::template(&["-f", example.to_str().unwrap()]).unwrap();
-    let classes = helm::all_of(&rendered, "DeviceClass");
+    let all = helm::all_of(&rendered, "DeviceClass");
+    // The MIG class selects partitions, which a GPU without MIG mode has
+    // none of: the scheduler test of MIG allocates through the same class
+    // (tests/cluster/values.yaml holds it, checked equal here).
+    let (mig, classes): (Vec<_>, Vec<_>) = all.into_iter().partition(|c| {
+        c["spec"]["selectors"][0]["cel"]["expression"]
+            .as_str()
+            .is_some_and(|e| e.contains("'mig'"))
+    });
+    let tested: Value = helm::yaml_to_json(
+        &std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/cluster/values.yaml"))
+            .unwrap(),
+    )
+    .unwrap()
+    .remove(0);
+    let tested_mig = tested["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|h| h["drivers"].as_array().into_iter().flatten())
+        .flat_map(|d| d["deviceClasses"].as_array().into_iter().flatten())
+        .find(|c| c["name"] == "mig.gpu.example.com")
+        .expect("the cluster values' MIG class");
+    assert_eq!(mig.len(), 1, "{mig:?}");
+    assert_eq!(
+        mig[0]["spec"]["selectors"][0]["cel"]["expression"], tested_mig["expression"],
+        "the example's MIG class is the one the MIG scheduler test allocates through"
+    );
     assert!(classes.len() >= 2, "{classes:?}");
     let n = RealNode::start(cp, "cp-h100", |env| {
         let (spec, sim) = gpu_driver(env.dir(), 1);
