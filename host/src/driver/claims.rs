@@ -208,7 +208,13 @@ impl Driver {
             HashMap::new()
         };
         self.policy
-            .check(&driver_claim.claim, &inventory, &link_owners, prepared)
+            .check(
+                &driver_claim.claim,
+                &inventory,
+                &self.owners.load(),
+                &link_owners,
+                prepared,
+            )
             .map_err(|e| self.rejected(e))?;
         let prepared = &*prepared;
 

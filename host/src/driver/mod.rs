@@ -129,6 +129,9 @@ pub struct Driver {
     metrics: Arc<Metrics>,
     locks: ClaimLocks,
     inventory: tokio::sync::watch::Sender<Arc<Vec<model::Pool>>>,
+    /// Who owns the node resources the inventory declares: built with each
+    /// new inventory, read by every answer's policy check.
+    owners: arc_swap::ArcSwap<crate::policy::Ownership>,
     serialize: Option<SerializeLock>,
     events: Option<EventRecorder>,
     boot_id: Option<String>,
@@ -189,6 +192,7 @@ impl Driver {
             cdi: Arc::new(cdi),
             metadata: Arc::new(metadata),
             checkpoint: Arc::new(checkpoint),
+            owners: arc_swap::ArcSwap::from_pointee(policy.ownership(&inventory)),
             policy,
             health,
             metrics,

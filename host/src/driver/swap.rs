@@ -152,6 +152,7 @@ impl Driver {
             if **current == pools {
                 false
             } else {
+                self.owners.store(Arc::new(self.policy.ownership(&pools)));
                 *current = Arc::new(pools);
                 true
             }

@@ -20,19 +20,21 @@ impl Policy {
     /// point for an answer: its devices and edits, then the host links it
     /// hands the claim's containers. `inventory` is the driver's published
     /// inventory (for references to operator CDI devices by an attribute of
-    /// the allocated device, and for the node resources each device owns:
-    /// `ownership.rs`); `link_owners` names the claim each link the
+    /// the allocated device); `owners`, who owns the node resources it
+    /// declares ([`Policy::ownership`] of the same inventory, built when it
+    /// was published); `link_owners` names the claim each link the
     /// host created for this driver belongs to (see
     /// [`Policy::host_links`]: needed only when the answer names one).
     pub fn check(
         &self,
         claim: &model::Claim,
         inventory: &[model::Pool],
+        owners: &Ownership,
         link_owners: &HashMap<String, String>,
         prepared: &mut model::PreparedClaim,
     ) -> Result<(), PolicyError> {
         self.check_devices(claim, inventory, prepared)?;
-        self.check_ownership(claim, inventory, prepared)?;
+        self.check_ownership(claim, owners, prepared)?;
         self.check_claim_links(&claim.reference.uid, prepared, |link| link_owners.get(link).cloned())
     }
 

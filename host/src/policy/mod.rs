@@ -51,6 +51,7 @@ use check::check_kind;
 pub use check::is_valid_share_id;
 pub use devices::{HostDevice, NodeKind};
 pub use error::{PolicyError, Rule};
+pub use ownership::Ownership;
 pub use paths::PathRule;
 
 use crate::claim::is_safe_uid;

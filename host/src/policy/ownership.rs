@@ -19,75 +19,73 @@ use super::devices::{self, HostDevice};
 use super::*;
 
 /// A device of the inventory: (pool, device).
-type DeviceKey<'a> = (&'a str, &'a str);
+type DeviceKey = (String, String);
 
-/// The declared owners of each node resource of an inventory.
-#[derive(Default)]
-struct Owners<'a> {
-    by_path: HashMap<&'a str, Vec<DeviceKey<'a>>>,
-    by_node: HashMap<HostDevice, Vec<DeviceKey<'a>>>,
-    by_interface: HashMap<&'a str, Vec<DeviceKey<'a>>>,
+/// Who owns each node resource an inventory declares. Built once per
+/// inventory, when a guest publishes one ([`Policy::ownership`]), not per
+/// answer: it reads the declared device nodes from the node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ownership {
+    by_path: HashMap<String, Vec<DeviceKey>>,
+    by_node: HashMap<HostDevice, Vec<DeviceKey>>,
+    by_interface: HashMap<String, Vec<DeviceKey>>,
 }
 
-impl<'a> Owners<'a> {
-    /// `None` when the inventory declares nothing (every 0.1 inventory):
-    /// nothing to check, nothing read from the node.
-    fn of(inventory: &'a [model::Pool], device_root: &std::path::Path) -> Option<Self> {
-        let mut owners = Owners::default();
-        let mut declared = false;
+impl Ownership {
+    /// Nothing declared (every 0.1 inventory): nothing to check.
+    pub fn is_empty(&self) -> bool {
+        self.by_path.is_empty() && self.by_interface.is_empty()
+    }
+}
+
+impl Policy {
+    /// The owners of `inventory`'s declared node resources. Each declared
+    /// device node is looked up once (the partitions of a GPU share it); one
+    /// missing on this node owns only its path.
+    pub fn ownership(&self, inventory: &[model::Pool]) -> Ownership {
+        let mut owners = Ownership::default();
         for pool in inventory {
             for d in &pool.devices {
                 for r in &d.node_resources {
-                    declared = true;
-                    let key = (pool.name.as_str(), d.name.as_str());
+                    let key = (pool.name.clone(), d.name.clone());
                     match r {
                         model::NodeResource::DeviceNode(path) => {
-                            owners.by_path.entry(path.as_str()).or_default().push(key);
+                            owners.by_path.entry(path.clone()).or_default().push(key);
                         }
                         model::NodeResource::HostInterface(name) => {
-                            owners.by_interface.entry(name.as_str()).or_default().push(key);
+                            owners.by_interface.entry(name.clone()).or_default().push(key);
                         }
                     }
                 }
             }
         }
-        if !declared {
-            return None;
-        }
-        // One lookup per declared path (the partitions of a GPU share it). A
-        // declared node missing on this node owns only its path.
         for (path, keys) in &owners.by_path {
-            if let Ok(node) = devices::lookup(device_root, path) {
-                owners.by_node.entry(node).or_default().extend(keys.iter().copied());
+            if let Ok(node) = devices::lookup(&self.device_root, path) {
+                owners.by_node.entry(node).or_default().extend(keys.iter().cloned());
             }
         }
-        Some(owners)
+        owners
     }
-}
 
-impl Policy {
     /// Refuse an answer that hands the claim a node resource declared only
     /// by devices not allocated to it. Runs after the edits were checked,
     /// so device nodes carry the type and numbers read from the node.
     pub(super) fn check_ownership(
         &self,
         claim: &model::Claim,
-        inventory: &[model::Pool],
+        owners: &Ownership,
         prepared: &model::PreparedClaim,
     ) -> Result<(), PolicyError> {
-        let Some(owners) = Owners::of(inventory, &self.device_root) else {
+        if owners.is_empty() {
             return Ok(());
-        };
-        let allocated: HashSet<DeviceKey<'_>> = claim
-            .devices
-            .iter()
-            .map(|d| (d.pool.as_str(), d.device.as_str()))
-            .collect();
-        let judge = |d: &model::PreparedDevice, field: String, owners: Vec<DeviceKey<'_>>| {
-            if owners.is_empty() || owners.iter().any(|o| allocated.contains(o)) {
+        }
+        let allocated =
+            |(pool, device): &&DeviceKey| claim.devices.iter().any(|a| a.pool == *pool && a.device == *device);
+        let judge = |d: &model::PreparedDevice, field: String, found: Vec<&DeviceKey>| {
+            if found.is_empty() || found.iter().any(allocated) {
                 return Ok(());
             }
-            let named: Vec<String> = owners
+            let named: Vec<String> = found
                 .iter()
                 .map(|(pool, device)| format!("{}/{}", quoted(pool), quoted(device)))
                 .collect();
@@ -102,33 +100,23 @@ impl Policy {
                 ),
             })
         };
+        let interface = |name: &str| owners.by_interface.get(name).into_iter().flatten().collect();
         for d in &prepared.devices {
             for (i, n) in d.edits.device_nodes.iter().enumerate() {
                 let host = n.host_path.as_deref().unwrap_or(&n.path);
-                let mut found: Vec<DeviceKey<'_>> = owners.by_path.get(host).cloned().unwrap_or_default();
-                if let Some(node) = as_host_device(n) {
-                    found.extend(owners.by_node.get(&node).into_iter().flatten().copied());
-                }
+                let by_node = as_host_device(n).and_then(|node| owners.by_node.get(&node));
+                let found = owners.by_path.get(host).into_iter().chain(by_node).flatten().collect();
                 judge(d, format!("deviceNodes[{i}] {}", quoted(host)), found)?;
             }
             for (i, n) in d.edits.net_devices.iter().enumerate() {
-                let found = owners.by_interface.get(n.host_interface_name.as_str()).cloned();
-                judge(
-                    d,
-                    format!("netDevices[{i}] {}", quoted(&n.host_interface_name)),
-                    found.unwrap_or_default(),
-                )?;
+                let field = format!("netDevices[{i}] {}", quoted(&n.host_interface_name));
+                judge(d, field, interface(&n.host_interface_name))?;
             }
             for (i, h) in d.edits.hooks.iter().enumerate() {
                 let Some(link) = self.attach_hook.as_ref().and_then(|a| a.link(h)) else {
                     continue;
                 };
-                let found = owners.by_interface.get(link).cloned();
-                judge(
-                    d,
-                    format!("hooks[{i}] --link {}", quoted(link)),
-                    found.unwrap_or_default(),
-                )?;
+                judge(d, format!("hooks[{i}] --link {}", quoted(link)), interface(link))?;
             }
         }
         Ok(())

@@ -115,6 +115,12 @@ fn check(p: &Policy, out: &mut PreparedClaim) -> Result<(), PolicyError> {
     p.check_devices(&claim(), &inventory(&[("d", "UUID-D"), ("e", "UUID-E")]), out)
 }
 
+/// The whole check, as the driver makes it: ownership from the same
+/// inventory, no host links.
+fn check_with(p: &Policy, claim: &Claim, inventory: &[Pool], out: &mut PreparedClaim) -> Result<(), PolicyError> {
+    p.check(claim, inventory, &p.ownership(inventory), &HashMap::new(), out)
+}
+
 /// The refusal's rule and text.
 fn refused(p: &Policy, e: ContainerEdits) -> (Rule, String) {
     let err = check(p, &mut prepared(e)).unwrap_err();
@@ -440,19 +446,16 @@ fn references_to_operator_cdi_devices_name_the_allocated_device_only() {
     let all = policy("cdi_devices = [{ kind = \"nvidia.com/gpu\", name_attribute = \"uuid\", allow_all = true }]");
     check(&all, &mut with("nvidia.com/gpu=all")).unwrap();
     // A uuid two devices publish names neither alone.
-    let e = p
-        .check(
-            &claim(),
-            &inventory(&[("d", "UUID-D"), ("e", "UUID-D")]),
-            &HashMap::new(),
-            &mut with("nvidia.com/gpu=UUID-D"),
-        )
-        .unwrap_err();
+    let e = check_with(
+        &p,
+        &claim(),
+        &inventory(&[("d", "UUID-D"), ("e", "UUID-D")]),
+        &mut with("nvidia.com/gpu=UUID-D"),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("published by 2 devices"), "{e}");
     // No such attribute in the inventory: nothing to check the name against.
-    let e = p
-        .check(&claim(), &[], &HashMap::new(), &mut with("nvidia.com/gpu=UUID-D"))
-        .unwrap_err();
+    let e = check_with(&p, &claim(), &[], &mut with("nvidia.com/gpu=UUID-D")).unwrap_err();
     assert!(e.to_string().contains("no \"uuid\" attribute"), "{e}");
 }
 
@@ -981,7 +984,7 @@ mod properties {
         for _ in 0..2000 {
             let (devices, allow_net) = strategy.new_tree(&mut runner).unwrap().current();
             let mut out = PreparedClaim { devices, state: vec![] };
-            match the_policy(allow_net).check(&the_claim(), &the_inventory(), &HashMap::new(), &mut out) {
+            match check_with(&the_policy(allow_net), &the_claim(), &the_inventory(), &mut out) {
                 Ok(()) => accepted += 1,
                 Err(e) => *refused.entry(e.rule().as_str()).or_default() += 1,
             }
@@ -1010,7 +1013,7 @@ mod properties {
         fn accepted_outputs_are_inside_the_policy(devices in prepared_devices(), allow_net in any::<bool>()) {
             let p = the_policy(allow_net);
             let mut out = PreparedClaim { devices, state: vec![] };
-            if p.check(&the_claim(), &the_inventory(), &HashMap::new(), &mut out).is_ok() {
+            if check_with(&p, &the_claim(), &the_inventory(), &mut out).is_ok() {
                 prop_assert_eq!(inside(&out, allow_net), Ok(()));
             }
         }
@@ -1039,7 +1042,7 @@ mod properties {
             }
             let mut out = PreparedClaim { devices: vec![d, device("e", edits)], state: vec![] };
             let p = the_policy(false);
-            prop_assert_eq!(p.check(&the_claim(), &the_inventory(), &HashMap::new(), &mut out), Ok(()));
+            prop_assert_eq!(check_with(&p, &the_claim(), &the_inventory(), &mut out), Ok(()));
             prop_assert_eq!(inside(&out, false), Ok(()));
         }
     }
@@ -1186,14 +1189,13 @@ mod ownership {
     fn another_devices_node_is_refused_naming_both_devices() {
         let root = gpu_root();
         let p = the_policy(root.path());
-        let err = p
-            .check(
-                &claim_of("d"),
-                &owned_inventory(),
-                &HashMap::new(),
-                &mut answer("d", nodes(&["/dev/nvidia1"])),
-            )
-            .unwrap_err();
+        let err = check_with(
+            &p,
+            &claim_of("d"),
+            &owned_inventory(),
+            &mut answer("d", nodes(&["/dev/nvidia1"])),
+        )
+        .unwrap_err();
         let text = err.to_string();
         assert!(
             matches!(&err, PolicyError::Refused { rule: Rule::Ownership, device, .. } if device == "d"),
@@ -1210,14 +1212,13 @@ mod ownership {
     fn another_path_to_the_same_device_is_refused_too() {
         let root = gpu_root();
         let p = the_policy(root.path());
-        let err = p
-            .check(
-                &claim_of("d"),
-                &owned_inventory(),
-                &HashMap::new(),
-                &mut answer("d", nodes(&["/dev/other1"])),
-            )
-            .unwrap_err();
+        let err = check_with(
+            &p,
+            &claim_of("d"),
+            &owned_inventory(),
+            &mut answer("d", nodes(&["/dev/other1"])),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("\"p\"/\"e\""), "{err}");
     }
 
@@ -1232,7 +1233,7 @@ mod ownership {
             ("e", &["/dev/nvidia1", "/dev/other1"]),
         ] {
             let mut out = answer(device, nodes(paths));
-            p.check(&claim_of(device), &owned_inventory(), &HashMap::new(), &mut out)
+            check_with(&p, &claim_of(device), &owned_inventory(), &mut out)
                 .unwrap_or_else(|e| panic!("{device} {paths:?}: {e}"));
         }
     }
@@ -1248,33 +1249,14 @@ mod ownership {
             }],
             ..edits()
         };
-        let err = p
-            .check(
-                &claim_of("d"),
-                &owned_inventory(),
-                &HashMap::new(),
-                &mut answer("d", moved("eth2")),
-            )
-            .unwrap_err();
+        let err = check_with(&p, &claim_of("d"), &owned_inventory(), &mut answer("d", moved("eth2"))).unwrap_err();
         assert!(
             err.to_string().contains("netDevices[0] \"eth2\"") && err.to_string().contains("\"p\"/\"e\""),
             "{err}"
         );
         // Undeclared interfaces are the path rules' business, as before.
-        p.check(
-            &claim_of("d"),
-            &owned_inventory(),
-            &HashMap::new(),
-            &mut answer("d", moved("eth3")),
-        )
-        .unwrap();
-        p.check(
-            &claim_of("e"),
-            &owned_inventory(),
-            &HashMap::new(),
-            &mut answer("e", moved("eth2")),
-        )
-        .unwrap();
+        check_with(&p, &claim_of("d"), &owned_inventory(), &mut answer("d", moved("eth3"))).unwrap();
+        check_with(&p, &claim_of("e"), &owned_inventory(), &mut answer("e", moved("eth2"))).unwrap();
     }
 
     #[test]
@@ -1282,10 +1264,10 @@ mod ownership {
         let root = gpu_root();
         let p = the_policy(root.path());
         let undeclared = inventory(&[("d", "UUID-D"), ("e", "UUID-E")]);
-        p.check(
+        check_with(
+            &p,
             &claim_of("d"),
             &undeclared,
-            &HashMap::new(),
             &mut answer("d", nodes(&["/dev/nvidia1"])),
         )
         .expect("a 0.1 inventory declares nothing: only the path rules apply");
