@@ -5,6 +5,7 @@
 
 use serde_json::Value;
 use std::path::Path;
+use std::process::Command;
 
 /// The OCI runtime spec of a container given the CDI devices `ids`, as
 /// `program` (cdi-inject) injects them from the spec directory `cdi_dir`;
@@ -17,23 +18,12 @@ pub fn inject(program: &Path, cdi_dir: &Path, ids: &[String]) -> Result<Value, S
 /// precedence (later ones win), as a runtime configured with `/etc/cdi` and
 /// `/var/run/cdi` reads both.
 pub fn inject_from(program: &Path, cdi_dirs: &[&Path], ids: &[String]) -> Result<Value, String> {
-    let mut cmd = std::process::Command::new(program);
+    let mut cmd = Command::new(program);
     for dir in cdi_dirs {
         cmd.arg("-spec-dir").arg(dir);
     }
-    let out = cmd
-        .args(ids)
-        .output()
-        .map_err(|e| format!("running {}: {e}", program.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} ({}): {}",
-            program.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("cdi-inject printed no OCI spec: {e}"))
+    cmd.args(ids);
+    json_of(cmd, "an OCI spec")
 }
 
 /// What `program` (metadata-decode: k8s.io/dynamic-resource-allocation's
@@ -41,17 +31,22 @@ pub fn inject_from(program: &Path, cdi_dirs: &[&Path], ids: &[String]) -> Result
 /// report (`decodedVersion`, `validationError`, `streamVersions`,
 /// `reencodedIdentical`, `decoded`); Err: what the package refused.
 pub fn decode_metadata(program: &Path, file: &Path) -> Result<Value, String> {
-    let out = std::process::Command::new(program)
-        .arg(file)
-        .output()
-        .map_err(|e| format!("running {}: {e}", program.display()))?;
+    let mut cmd = Command::new(program);
+    cmd.arg(file);
+    json_of(cmd, "a report")
+}
+
+/// The JSON a peer program prints (`what` it should be); Err: its exit
+/// status and standard error.
+fn json_of(mut cmd: Command, what: &str) -> Result<Value, String> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().map_err(|e| format!("running {program}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "{} ({}): {}",
-            program.display(),
+            "{program} ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("metadata-decode printed no report: {e}"))
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("{program} printed no {what}: {e}"))
 }

@@ -490,6 +490,19 @@ pub struct AuditedRequest {
 }
 
 impl AuditedRequest {
+    /// The request an audit log entry records.
+    fn of(e: &Value) -> Self {
+        let o = &e["objectRef"];
+        let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        Self {
+            verb: s(&e["verb"]),
+            resource: s(&o["resource"]),
+            subresource: s(&o["subresource"]),
+            name: s(&o["name"]),
+            code: e["responseStatus"]["code"].as_u64().unwrap_or_default() as u16,
+        }
+    }
+
     pub fn is_write(&self) -> bool {
         matches!(
             self.verb.as_str(),
@@ -508,17 +521,7 @@ impl ControlPlane {
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
             .filter(|e| e["stage"] == "ResponseComplete")
             .filter(|e| e["user"]["extra"]["authentication.kubernetes.io/node-name"][0] == node)
-            .map(|e| {
-                let o = &e["objectRef"];
-                let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-                AuditedRequest {
-                    verb: s(&e["verb"]),
-                    resource: s(&o["resource"]),
-                    subresource: s(&o["subresource"]),
-                    name: s(&o["name"]),
-                    code: e["responseStatus"]["code"].as_u64().unwrap_or_default() as u16,
-                }
-            })
+            .map(|e| AuditedRequest::of(&e))
             .collect()
     }
 }
@@ -546,8 +549,6 @@ impl ControlPlane {
             })
             .filter_map(|e| {
                 let node = e["user"]["extra"]["authentication.kubernetes.io/node-name"][0].as_str()?;
-                let o = &e["objectRef"];
-                let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
                 Some(HostRequest {
                     node: node.to_owned(),
                     second: e["requestReceivedTimestamp"]
@@ -556,13 +557,7 @@ impl ControlPlane {
                         .chars()
                         .take(19)
                         .collect(),
-                    request: AuditedRequest {
-                        verb: s(&e["verb"]),
-                        resource: s(&o["resource"]),
-                        subresource: s(&o["subresource"]),
-                        name: s(&o["name"]),
-                        code: e["responseStatus"]["code"].as_u64().unwrap_or_default() as u16,
-                    },
+                    request: AuditedRequest::of(&e),
                 })
             })
             .collect()

@@ -6,6 +6,11 @@
 //! record that changes in a new version moves out of here into each
 //! version's `convert.rs`.
 
+/// A list converted element by element.
+pub(crate) fn vec<A, B: From<A>>(v: Vec<A>) -> Vec<B> {
+    v.into_iter().map(B::from).collect()
+}
+
 /// `From` conversions between the host's types and a version's records that
 /// are the same in every version. Expects in scope: `types`, `log`, `nvml`,
 /// `net` (the version's generated modules), `model`, `ClaimRef`, `Level`,

@@ -9,10 +9,7 @@ use crate::imports::log::Level;
 use crate::imports::net::types as host_net;
 use crate::imports::nvml::types as host_nvml;
 use crate::model;
-
-fn vec<A, B: From<A>>(v: Vec<A>) -> Vec<B> {
-    v.into_iter().map(B::from).collect()
-}
+use crate::wit::shared::vec;
 
 crate::wit::shared::common_conversions!();
 
