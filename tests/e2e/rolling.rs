@@ -340,3 +340,79 @@ async fn the_probe_command_checks_only_its_own_pods_sockets() {
     let (ok, text) = probe(Some(NEW_UID));
     assert!(ok, "{text}\n{}", new.log());
 }
+
+/// In rolling-update mode a prepare reads its ResourceClaim from the API
+/// server before it takes the node-wide lock: while the other pod holds the
+/// lock, the claim's GET is already done (the real API server's audit log
+/// has it), and nothing is prepared; once the lock is free the call
+/// completes. Before, the GET waited behind the lock, so every call's API
+/// round trip was part of the time the other pod's calls queued for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepare_reads_its_claim_while_the_other_pod_holds_the_node_lock() {
+    use std::os::fd::AsRawFd;
+    let cp = control_plane().await;
+    let node = "e2e-rolling-fetch-ahead";
+    cp.create_node(node).unwrap();
+    let mut env = HostEnv::new(&cache_dir()).unwrap();
+    env.node_name = node.to_owned();
+    let kubeconfig = cp.host_kubeconfig(node, &env.dir().join("kubeconfig")).unwrap();
+    env.use_kubeconfig(&kubeconfig);
+    env.write_config(
+        &[DriverSpec::new(DRIVER, &guest("example_driver.wasm")).config("devices = 2")],
+        "",
+    )
+    .unwrap();
+    let kubelet = TestKubelet::start(&env.kubelet_root).unwrap();
+    let host = env
+        .start_with_args(&binary(), &["--rolling-update-uid", NEW_UID])
+        .unwrap();
+    let plugin = kubelet.wait_for_plugin(DRIVER, START_TIMEOUT).await.unwrap();
+    let claim = Claim::new("e2e-rolling", "fetched-ahead", "").device(DRIVER, node, "gpu-1", "gpu");
+    let claim = cp.put_claim(&claim, node).unwrap();
+    let spec = env.cdi_dir.join(format!("k8s.{DRIVER}-device_{}.json", claim.uid));
+    let claim_gets = || {
+        cp.requests_of(node)
+            .iter()
+            .filter(|r| r.verb == "get" && r.resource == "resourceclaims" && r.name == "fetched-ahead")
+            .count()
+    };
+    assert_eq!(claim_gets(), 0);
+
+    // The other pod holds the node-wide lock.
+    let lock_path = env.kubelet_root.join("plugins").join(DRIVER).join("serialize.lock");
+    let other_pod = std::fs::File::open(&lock_path).unwrap();
+    // SAFETY: flock on a descriptor `other_pod` keeps open.
+    assert_eq!(
+        unsafe { libc::flock(other_pod.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let call = tokio::spawn({
+        let plugin = plugin.clone();
+        let reference = claim.reference();
+        async move { plugin.prepare(&[reference]).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while claim_gets() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the prepare did not read its claim while the other pod held the lock\nhost log:\n{}",
+            host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!call.is_finished(), "the call waits for the lock");
+    assert!(!spec.exists(), "nothing is prepared while the other pod holds the lock");
+
+    // SAFETY: as above.
+    unsafe { libc::flock(other_pod.as_raw_fd(), libc::LOCK_UN) };
+    let answer = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .expect("the call completes once the lock is free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer[&claim.uid].error, "", "host log:\n{}", host.log());
+    assert_eq!(answer[&claim.uid].devices.len(), 1);
+    assert!(spec.exists());
+    assert_eq!(claim_gets(), 1, "read once, not again under the lock");
+}

@@ -27,13 +27,40 @@ const UNPREPARE: Call = Call {
 
 impl Driver {
     /// Prepare claims; one result per distinct claim UID.
+    ///
+    /// Each claim is read from the API server before the call takes the
+    /// node-wide lock of a rolling update ([`Self::fetch_ahead`]), so the lock
+    /// is held for the local work only, not for API round trips: one call's
+    /// GETs overlap with another call's guest and file work instead of
+    /// queueing behind them.
     pub async fn prepare(&self, claims: Vec<ClaimRef>) -> Vec<(String, Result<Vec<PreparedDevice>, OperationError>)> {
-        self.each_claim(&PREPARE, claims, |c| async move {
-            let span = tracing::info_span!("prepare", driver = %self.name, claim.uid = %c.uid, claim.namespace = %c.namespace, claim.name = %c.name);
+        let claims: Vec<(ClaimRef, tracing::Span)> = dedup(claims)
+            .into_iter()
+            .map(|c| {
+                let span = tracing::info_span!("prepare", driver = %self.name, claim.uid = %c.uid, claim.namespace = %c.namespace, claim.name = %c.name);
+                (c, span)
+            })
+            .collect();
+        let fetched = join_all(
+            claims
+                .iter()
+                .map(|(c, span)| self.fetch_ahead(c).instrument(span.clone())),
+        )
+        .await;
+        let claims = claims
+            .into_iter()
+            .zip(fetched)
+            .map(|((c, span), fetched)| (c, (span, fetched)))
+            .collect();
+        self.each_claim(&PREPARE, claims, |c, (span, fetched)| async move {
             let started = Instant::now();
-            let result = self.prepare_one(&c).instrument(span.clone()).await;
+            let result = self.prepare_one(&c, fetched).instrument(span.clone()).await;
             span.in_scope(|| match &result {
-                Ok(devices) => tracing::info!(devices = devices.len(), took_us = started.elapsed().as_micros() as u64, "claim prepared"),
+                Ok(devices) => tracing::info!(
+                    devices = devices.len(),
+                    took_us = started.elapsed().as_micros() as u64,
+                    "claim prepared"
+                ),
                 Err(e) => tracing::warn!(error = %Chain(e), "claim prepare failed"),
             });
             (c, result)
@@ -43,7 +70,8 @@ impl Driver {
 
     /// Unprepare claims; one result per distinct claim UID.
     pub async fn unprepare(&self, claims: Vec<ClaimRef>) -> Vec<(String, Result<(), OperationError>)> {
-        self.each_claim(&UNPREPARE, claims, |c| async move {
+        let claims = dedup(claims).into_iter().map(|c| (c, ())).collect();
+        self.each_claim(&UNPREPARE, claims, |c, ()| async move {
             let span = tracing::info_span!("unprepare", driver = %self.name, claim.uid = %c.uid, claim.namespace = %c.namespace, claim.name = %c.name);
             let started = Instant::now();
             let result = self.unprepare_one(&c).instrument(span.clone()).await;
@@ -56,21 +84,50 @@ impl Driver {
         .await
     }
 
+    /// The claim's part for this driver, read from the API server ahead of
+    /// the locks, unless the checkpoint (as last read) says it is prepared in
+    /// this boot and will be answered from there (`None`; a claim whose
+    /// record turns out gone under the lock is read then).
+    ///
+    /// Safe to read early: the kubelet prepares a claim only once it is
+    /// allocated and reserved for the pod, and an allocation cannot change
+    /// while the claim is reserved; a claim deleted and created again under
+    /// the same name in between has another UID, which
+    /// [`claim_for_driver`] refuses.
+    async fn fetch_ahead(&self, c: &ClaimRef) -> Option<Result<DriverClaim, OperationError>> {
+        if validate_ref(c).is_err() {
+            return None; // prepare_one reports it
+        }
+        if let Some(record) = self.checkpoint.get(&c.uid)
+            && !self.before_this_boot(&record)
+        {
+            return None;
+        }
+        Some(self.fetch(c).await)
+    }
+
+    /// The claim from the API server (or the claims file), this driver's part of it.
+    async fn fetch(&self, c: &ClaimRef) -> Result<DriverClaim, OperationError> {
+        match self.claims.get(&c.namespace, &c.name).await {
+            Ok(object) => claim_for_driver(&object, c, &self.name).map_err(OperationError::from),
+            Err(e) => Err(OperationError::from(e)),
+        }
+    }
+
     /// One kubelet call: its claims once each, serialized with the other
     /// pod of a rolling update, run concurrently by `one` (which logs under
     /// the claim's span); each timed in the metrics, and each failure an
     /// Event on its claim.
-    async fn each_claim<T, F, Fut>(
+    async fn each_claim<P, T, F, Fut>(
         &self,
         call: &Call,
-        claims: Vec<ClaimRef>,
+        claims: Vec<(ClaimRef, P)>,
         one: F,
     ) -> Vec<(String, Result<T, OperationError>)>
     where
-        F: Fn(ClaimRef) -> Fut,
+        F: Fn(ClaimRef, P) -> Fut,
         Fut: std::future::Future<Output = (ClaimRef, Result<T, OperationError>)>,
     {
-        let claims = dedup(claims);
         if claims.is_empty() {
             // The liveness probe's call: answered without waiting for the
             // node-wide lock another pod of a rolling update may hold.
@@ -81,13 +138,13 @@ impl Driver {
             Err(e) => {
                 return claims
                     .into_iter()
-                    .map(|c| (c.uid, Err(OperationError::Serialize(Arc::clone(&e)))))
+                    .map(|(c, _)| (c.uid, Err(OperationError::Serialize(Arc::clone(&e)))))
                     .collect();
             }
         };
-        join_all(claims.into_iter().map(|c| {
+        join_all(claims.into_iter().map(|(c, ahead)| {
             let started = Instant::now();
-            let run = one(c);
+            let run = one(c, ahead);
             async move {
                 let (c, result) = run.await;
                 self.metrics
@@ -101,7 +158,13 @@ impl Driver {
         .await
     }
 
-    pub(super) async fn prepare_one(&self, c: &ClaimRef) -> Result<Vec<PreparedDevice>, OperationError> {
+    /// Prepare one claim; `fetched`: the claim as [`Self::fetch_ahead`] read
+    /// it, if it did.
+    pub(super) async fn prepare_one(
+        &self,
+        c: &ClaimRef,
+        fetched: Option<Result<DriverClaim, OperationError>>,
+    ) -> Result<Vec<PreparedDevice>, OperationError> {
         validate_ref(c)?;
         let _operation = ClaimOperation::start();
         let _lock = self.locks.lock(&c.uid).await;
@@ -131,7 +194,11 @@ impl Driver {
             None => {}
         }
 
-        let driver_claim = self.driver_claim(c, recorded.as_ref()).await?;
+        let fetched = match fetched {
+            Some(fetched) => fetched,
+            None => self.fetch(c).await,
+        };
+        let driver_claim = self.driver_claim(c, fetched, recorded.as_ref())?;
         if driver_claim.claim.devices.is_empty() {
             return Ok(Vec::new());
         }
@@ -163,15 +230,16 @@ impl Driver {
         }
     }
 
-    /// This driver's part of the claim, from the API server (or the claims
-    /// file). A claim prepared before a reboot whose object cannot be used
-    /// now (API server unreachable, object gone or replaced while its pod
-    /// still runs) is prepared from the allocation recorded with it.
-    async fn driver_claim(&self, c: &ClaimRef, recorded: Option<&ClaimRecord>) -> Result<DriverClaim, OperationError> {
-        let fetched = match self.claims.get(&c.namespace, &c.name).await {
-            Ok(object) => claim_for_driver(&object, c, &self.name).map_err(OperationError::from),
-            Err(e) => Err(OperationError::from(e)),
-        };
+    /// This driver's part of the claim as fetched. A claim prepared before a
+    /// reboot whose object cannot be used now (API server unreachable, object
+    /// gone or replaced while its pod still runs) is prepared from the
+    /// allocation recorded with it.
+    fn driver_claim(
+        &self,
+        c: &ClaimRef,
+        fetched: Result<DriverClaim, OperationError>,
+        recorded: Option<&ClaimRecord>,
+    ) -> Result<DriverClaim, OperationError> {
         let fallback = recorded.and_then(|r| r.allocation.as_ref());
         match (fetched, fallback) {
             (Ok(claim), _) => Ok(claim),

@@ -43,7 +43,7 @@ impl Driver {
         for record in stale {
             let c = record.claim.clone();
             let span = tracing::info_span!("reprepare", driver = %self.name, claim.uid = %c.uid, claim.namespace = %c.namespace, claim.name = %c.name);
-            let result = self.prepare_one(&c).instrument(span.clone()).await;
+            let result = self.prepare_one(&c, None).instrument(span.clone()).await;
             self.metrics.claim_reprepared(&self.name, result.is_ok());
             span.in_scope(|| match &result {
                 Ok(devices) if *devices != record.devices => tracing::warn!(
