@@ -254,13 +254,21 @@ pub struct Quarantined {
     pub detail: String,
 }
 
+/// A record in memory, with the bytes its file holds (padding trimmed), so
+/// that [`Checkpoint::reload`] decodes only the files that changed.
+#[derive(Debug)]
+struct Held {
+    record: ClaimRecord,
+    bytes: Vec<u8>,
+}
+
 /// The prepared claims of one driver, in memory and on disk.
 #[derive(Debug)]
 pub struct Checkpoint {
     driver: String,
     /// The checkpoint directory's files.
     files: fsutil::Recycler,
-    claims: Mutex<HashMap<String, ClaimRecord>>,
+    claims: Mutex<HashMap<String, Held>>,
     /// Quarantined since the last [`Checkpoint::take_quarantined`].
     quarantined: Mutex<Vec<Quarantined>>,
 }
@@ -278,7 +286,7 @@ impl Checkpoint {
             tracing::info!(path = %path.display(), "removed an unfinished checkpoint write left by a crash");
         }
         let files = fsutil::Recycler::open(dir, 0o600).map_err(dir_err)?;
-        let (claims, quarantined) = load_dir(dir, driver)?;
+        let (claims, quarantined) = load_dir(dir, driver, &mut HashMap::new())?;
         Ok(Self {
             driver: driver.to_owned(),
             files,
@@ -297,9 +305,15 @@ impl Checkpoint {
     /// rolling update another host process commits and removes records in
     /// the same directory; this is called under the serialization lock
     /// (see [`super::serialize`]) before each claim operation.
+    ///
+    /// Every file is read (the other process may be an earlier release,
+    /// which leaves no other trace of its changes than the files), but only
+    /// those whose bytes differ from the record in memory are decoded.
     pub fn reload(&self) -> Result<(), CheckpointError> {
-        let (claims, quarantined) = load_dir(self.files.dir(), &self.driver)?;
-        *self.lock() = claims;
+        let mut claims = self.lock();
+        let (fresh, quarantined) = load_dir(self.files.dir(), &self.driver, &mut claims)?;
+        *claims = fresh;
+        drop(claims);
         self.quarantined
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -312,7 +326,7 @@ impl Checkpoint {
     }
 
     pub fn get(&self, uid: &str) -> Option<ClaimRecord> {
-        self.lock().get(uid).cloned()
+        self.lock().get(uid).map(|h| h.record.clone())
     }
 
     pub fn len(&self) -> usize {
@@ -325,7 +339,7 @@ impl Checkpoint {
 
     /// Every checkpointed claim (a snapshot).
     pub fn records(&self) -> Vec<ClaimRecord> {
-        self.lock().values().cloned().collect()
+        self.lock().values().map(|h| h.record.clone()).collect()
     }
 
     /// Durably record a prepared claim, replacing any earlier record.
@@ -337,7 +351,7 @@ impl Checkpoint {
         };
         let bytes = encode_record(&record, &self.driver).map_err(|e| io_err(io::Error::other(e)))?;
         self.files.write(&name, &bytes).map_err(io_err)?;
-        self.lock().insert(record.claim.uid.clone(), record);
+        self.lock().insert(record.claim.uid.clone(), Held { record, bytes });
         Ok(())
     }
 
@@ -348,10 +362,10 @@ impl Checkpoint {
             path: self.files.dir().join(&name),
             source,
         })?;
-        Ok(self.lock().remove(uid))
+        Ok(self.lock().remove(uid).map(|h| h.record))
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, ClaimRecord>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Held>> {
         // A panic while holding this lock cannot leave the map half-updated
         // (each update is a single insert/remove), so poisoning is ignored.
         self.claims.lock().unwrap_or_else(|p| p.into_inner())
@@ -367,7 +381,13 @@ fn file_name(uid: &str) -> Result<String, CheckpointError> {
 }
 
 /// Every usable record in `dir`, and the unusable ones, quarantined.
-fn load_dir(dir: &Path, driver: &str) -> Result<(HashMap<String, ClaimRecord>, Vec<Quarantined>), CheckpointError> {
+/// Every record in `dir`; a record whose file holds the bytes of its entry
+/// in `known` is taken from there (and removed from it) instead of decoded.
+fn load_dir(
+    dir: &Path,
+    driver: &str,
+    known: &mut HashMap<String, Held>,
+) -> Result<(HashMap<String, Held>, Vec<Quarantined>), CheckpointError> {
     let dir_err = |source| CheckpointError::Dir {
         dir: dir.to_owned(),
         source,
@@ -384,13 +404,20 @@ fn load_dir(dir: &Path, driver: &str) -> Result<(HashMap<String, ClaimRecord>, V
             continue;
         }
         let (reason, detail) = match std::fs::read(&path) {
-            Ok(bytes) => match decode_record(&bytes, driver, Some(uid)) {
-                Ok(record) => {
-                    claims.insert(uid.to_owned(), record);
+            Ok(mut bytes) => {
+                bytes.truncate(bytes.trim_ascii_end().len());
+                if let Some(held) = known.remove(uid).filter(|h| h.bytes == bytes) {
+                    claims.insert(uid.to_owned(), held);
                     continue;
                 }
-                Err(e) => (e.reason(), e.to_string()),
-            },
+                match decode_record(&bytes, driver, Some(uid)) {
+                    Ok(record) => {
+                        claims.insert(uid.to_owned(), Held { record, bytes });
+                        continue;
+                    }
+                    Err(e) => (e.reason(), e.to_string()),
+                }
+            }
             // Removed by the other host process between listing and reading.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => ("unreadable", format!("cannot be read: {e}")),
@@ -440,6 +467,9 @@ fn quarantine(dir: &Path, path: &Path, name: &str) -> io::Result<PathBuf> {
 /// claim's (the file's name). A pure function of its input: no I/O, and no
 /// input makes it panic.
 pub fn decode_record(bytes: &[u8], driver: &str, uid: Option<&str>) -> Result<ClaimRecord, DecodeError> {
+    // The padding to whole blocks (see `fsutil::Recycler`): JSON allows it,
+    // but the parser would step through it byte by byte.
+    let bytes = bytes.trim_ascii_end();
     if bytes.is_empty() {
         return Err(DecodeError::Corrupt("the file is empty".into()));
     }

@@ -83,9 +83,17 @@ impl SerializeLock {
     /// so if this future is dropped while it waits, the guard it ends up
     /// with is dropped too and the lock released; an abandoned wait never
     /// leaves the other pod locked out.
+    ///
+    /// A free file lock (the other pod idle, or no other pod) is taken
+    /// without leaving the async worker; only a held one is waited for on a
+    /// blocking thread.
     pub async fn acquire(&self) -> Result<SerializeGuard, SerializeError> {
         let local = Arc::clone(&self.local).lock_owned().await;
         let file = Arc::clone(&self.file);
+        // SAFETY: flock on a descriptor the Arc keeps open.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(SerializeGuard { file, _local: local });
+        }
         let result = tokio::task::spawn_blocking(move || {
             loop {
                 // SAFETY: flock on a descriptor the Arc keeps open.

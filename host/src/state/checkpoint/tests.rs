@@ -38,7 +38,8 @@ fn a_removed_claims_record_is_kept_as_a_spare_that_no_load_reads() {
     assert_eq!(bytes.len() % 4096, 0, "padded to whole blocks");
     assert!(bytes.ends_with(b" "));
     // Every decoder this project shipped parses the whole file with
-    // serde_json::from_slice, as this one does: the padding is whitespace.
+    // serde_json::from_slice (this one trims the padding first): the padding
+    // is whitespace, which JSON allows after the value.
     assert_eq!(decode_record(&bytes, "drv", Some("u1")).unwrap(), record("u1"));
 
     assert_eq!(cp.remove("u1").unwrap(), Some(record("u1")));
@@ -247,4 +248,51 @@ fn unsafe_uids_are_refused() {
         CheckpointError::BadUid(_)
     ));
     assert!(matches!(cp.remove(".hidden").unwrap_err(), CheckpointError::BadUid(_)));
+}
+
+/// Two processes of a rolling update on one directory: a reload decodes only
+/// the files whose bytes changed, and sees every change the other made: a
+/// record written again for the same claim (here into the very file its
+/// earlier record was removed to), a claim added, one removed, one broken.
+#[test]
+fn a_reload_sees_every_change_the_other_process_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = Checkpoint::open(dir.path(), "drv").unwrap();
+    let theirs = Checkpoint::open(dir.path(), "drv").unwrap();
+    let with_state = |uid: &str, state: &[u8]| ClaimRecord {
+        state: state.to_vec(),
+        ..record(uid)
+    };
+    theirs.commit(with_state("u1", &[1])).unwrap();
+    theirs.commit(with_state("u2", &[1])).unwrap();
+    ours.reload().unwrap();
+    assert_eq!(ours.get("u1").unwrap().state, [1]);
+    let inode = |uid: &str| {
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(dir.path().join(format!("{uid}.json"))).unwrap())
+    };
+    let first = inode("u1");
+
+    theirs.remove("u1").unwrap();
+    theirs.commit(with_state("u1", &[2])).unwrap();
+    assert_eq!(inode("u1"), first, "the spare the removal left is reused");
+    theirs.commit(with_state("u3", &[3])).unwrap();
+    theirs.remove("u2").unwrap();
+    ours.reload().unwrap();
+    assert_eq!(
+        ours.get("u1").unwrap().state,
+        [2],
+        "the record written again is read again"
+    );
+    assert_eq!(ours.get("u3").unwrap().state, [3]);
+    assert!(ours.get("u2").is_none());
+    assert_eq!(ours.len(), 2);
+
+    // Unchanged files are taken from memory, changed ones checked as at open.
+    std::fs::write(dir.path().join("u3.json"), b"{ not json").unwrap();
+    ours.reload().unwrap();
+    assert!(ours.get("u3").is_none());
+    let quarantined = ours.take_quarantined();
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].reason, "corrupt");
+    assert_eq!(ours.get("u1").unwrap().state, [2]);
 }
