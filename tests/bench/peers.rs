@@ -8,7 +8,8 @@
 //! Run: `cargo bench --bench peers` (options after `--`: `--claims N` per
 //! driver (64), `--seconds S` per phase (5), `--rounds R` (2), `--callers
 //! LIST` (`1,4,16`), `--qps Q` (1000), `--load grpc-go|tonic` (grpc-go),
-//! `--state-dir DIR`).
+//! `--state-dir DIR`, `--rolling-update true|false` (true), `--host PATH`: another build of the
+//! host's binary, for a figure of an earlier commit beside the same peer).
 //!
 //! One control plane (`tests/k8s/up.sh`, the chart installed by Helm) and one
 //! Node object. Each driver gets its own driver name, DeviceClass and the
@@ -18,7 +19,11 @@
 //! example driver's chart gives it its own ServiceAccount). Both write CDI
 //! specs to a tmpfs (`/dev/shm`, as `/var/run/cdi` is on nodes) and their
 //! checkpoint to the same file system (`--state-dir`, default the target
-//! directory).
+//! directory). The host runs as the chart deploys it by default
+//! (`rollingUpdate.seamless: true`: `--rolling-update-uid`, so each kubelet
+//! call takes the node-wide lock a second pod would share), and the Go
+//! helper serializes its calls by default: both then run one kubelet call at
+//! a time. `--rolling-update false` runs the host without the lock.
 //!
 //! Each prepare reads its claim from the API server, through a client-side
 //! rate limit in both drivers (client-go's token bucket in the Go driver, the
@@ -71,6 +76,10 @@ fn main() {
         .collect();
     let qps = arg("--qps", 1000.0f64);
     let load = arg("--load", "grpc-go".to_owned());
+    let rolling_update = arg("--rolling-update", true);
+    let host_binary = Some(PathBuf::from(arg("--host", String::new())))
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dra-wasm-host")));
     let state_dir = Some(PathBuf::from(arg("--state-dir", String::new())))
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
@@ -139,7 +148,7 @@ fn main() {
         .expect("tokio runtime");
     rt.block_on(async {
         let mut subjects = [
-            Subject::host(&cp, claims, qps, ours_claims).await,
+            Subject::host(&cp, &host_binary, claims, qps, rolling_update, ours_claims).await,
             Subject::go(&cp, &go_driver, claims, qps, theirs_claims).await,
         ];
         for s in &mut subjects {
@@ -165,6 +174,7 @@ fn main() {
             seconds,
             qps,
             &state_dir,
+            rolling_update,
         );
         for s in &mut subjects {
             s.stop();
@@ -279,9 +289,15 @@ const KNOWN: [&str; 2] = [services::DRA_PLUGIN_V1, services::DRA_PLUGIN_V1BETA1]
 impl Subject {
     /// The host with the example guest, started once to compile the guest
     /// into the cache, then again for the measured start.
-    async fn host(cp: &ControlPlane, devices: usize, qps: f64, claims: Vec<Claim>) -> Subject {
+    async fn host(
+        cp: &ControlPlane,
+        binary: &Path,
+        devices: usize,
+        qps: f64,
+        rolling_update: bool,
+        claims: Vec<Claim>,
+    ) -> Subject {
         let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-guest-cache");
-        let binary = PathBuf::from(env!("CARGO_BIN_EXE_dra-wasm-host"));
         let cdi = tempfile::tempdir_in("/dev/shm").expect("tmpfs");
         let start = |cdi: &Path| {
             let mut env = HostEnv::new(&cache).expect("node layout");
@@ -306,7 +322,7 @@ impl Subject {
         // The priming start: the guest compiled into the cache.
         {
             let (env, kubelet) = start(cdi.path());
-            let mut host = env.start(&binary).expect("host");
+            let mut host = env.start(binary).expect("host");
             kubelet
                 .wait_for_plugin(OURS, Duration::from_secs(300))
                 .await
@@ -314,8 +330,14 @@ impl Subject {
             host.terminate(Duration::from_secs(20)).expect("clean stop");
         }
         let (env, kubelet) = start(cdi.path());
+        // As the chart's DaemonSet passes it, the pod's UID.
+        let args: &[&str] = if rolling_update {
+            &["--rolling-update-uid", "3c0f5a8e-2b1d-4e6f-9a7c-5d4e3f2a1b0c"]
+        } else {
+            &[]
+        };
         let t = Instant::now();
-        let host = env.start(&binary).expect("host");
+        let host = env.start_with_args(binary, args).expect("host");
         let plugin = kubelet
             .wait_for_plugin(OURS, Duration::from_secs(120))
             .await
@@ -518,15 +540,21 @@ fn report(
     seconds: u64,
     qps: f64,
     state_dir: &Path,
+    rolling_update: bool,
 ) {
     let [ours, theirs] = subjects;
     println!(
         "peers: prepare + unprepare ({} load), {claims} allocated claims per driver read from the API server \
          (client QPS {qps}, burst {}), {rounds} alternating phases of {seconds} s per driver and concurrency; \
-         CDI on tmpfs, state in {}",
+         CDI on tmpfs, state in {}; the host {}",
         if ours.load.is_some() { "grpc-go" } else { "tonic" },
         (2.0 * qps) as u32,
-        state_dir.display()
+        state_dir.display(),
+        if rolling_update {
+            "in rolling-update mode (calls under the node-wide lock, as the chart runs it)"
+        } else {
+            "without the rolling-update lock"
+        }
     );
     for s in subjects {
         println!(
