@@ -170,11 +170,19 @@ fn main() {
             &subjects,
             &callers,
             &results,
-            [claims, rounds],
-            seconds,
-            qps,
-            &state_dir,
-            rolling_update,
+            &format!(
+                "{claims} allocated claims per driver read from the API server (client QPS {qps}, burst {}), \
+                 {rounds} alternating phases of {seconds} s per driver and concurrency; CDI on tmpfs, state in {}; \
+                 the host {} ({})",
+                (2.0 * qps) as u32,
+                state_dir.display(),
+                if rolling_update {
+                    "in rolling-update mode (calls under the node-wide lock, as the chart runs it)"
+                } else {
+                    "without the rolling-update lock"
+                },
+                host_binary.display(),
+            ),
         );
         for s in &mut subjects {
             s.stop();
@@ -532,29 +540,11 @@ impl Drop for Subject {
     }
 }
 
-fn report(
-    subjects: &[Subject; 2],
-    callers: &[usize],
-    results: &[[Phase; 2]],
-    [claims, rounds]: [usize; 2],
-    seconds: u64,
-    qps: f64,
-    state_dir: &Path,
-    rolling_update: bool,
-) {
+fn report(subjects: &[Subject; 2], callers: &[usize], results: &[[Phase; 2]], setup: &str) {
     let [ours, theirs] = subjects;
     println!(
-        "peers: prepare + unprepare ({} load), {claims} allocated claims per driver read from the API server \
-         (client QPS {qps}, burst {}), {rounds} alternating phases of {seconds} s per driver and concurrency; \
-         CDI on tmpfs, state in {}; the host {}",
+        "peers: prepare + unprepare ({} load), {setup}",
         if ours.load.is_some() { "grpc-go" } else { "tonic" },
-        (2.0 * qps) as u32,
-        state_dir.display(),
-        if rolling_update {
-            "in rolling-update mode (calls under the node-wide lock, as the chart runs it)"
-        } else {
-            "without the rolling-update lock"
-        }
     );
     for s in subjects {
         println!(
