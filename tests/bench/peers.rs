@@ -18,8 +18,11 @@
 //! its DaemonSet pod; the Go driver with the admin's kubeconfig, as the
 //! example driver's chart gives it its own ServiceAccount). Both write CDI
 //! specs to a tmpfs (`/dev/shm`, as `/var/run/cdi` is on nodes) and their
-//! checkpoint to the same file system (`--state-dir`, default the target
-//! directory). The host runs as the chart deploys it by default
+//! checkpoint to the same file system (`--state-dir`, default `/var/tmp`, a
+//! disk: short enough that the DRA socket a rolling-update pod names after
+//! its UID, `<dir>/dra-host-XXXXXX/kubelet/plugins/<driver>/dra-<UID>.sock`,
+//! stays under the 108 bytes of a Unix socket path, which a checkout's
+//! target directory may not). The host runs as the chart deploys it by default
 //! (`rollingUpdate.seamless: true`: `--rolling-update-uid`, so each kubelet
 //! call takes the node-wide lock a second pod would share), and the Go
 //! helper serializes its calls by default: both then run one kubelet call at
@@ -82,7 +85,7 @@ fn main() {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dra-wasm-host")));
     let state_dir = Some(PathBuf::from(arg("--state-dir", String::new())))
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
     // SAFETY: set before any thread or process starts; HostEnv's temporary
     // directories follow it.
     unsafe {

@@ -4,7 +4,8 @@
 //! Prepare of one claim:
 //! 1. already in the checkpoint → answer the stored devices (restoring the
 //!    CDI spec if the CDI directory lost it): prepare is idempotent;
-//! 2. fetch the ResourceClaim, check UID and allocation, keep our devices;
+//! 2. the ResourceClaim, read from the API server before the call takes
+//!    its locks: check UID and allocation, keep our devices;
 //! 3. guest `prepare` under a deadline;
 //! 4. check the result against the allocation and the policy (which also
 //!    fills in device nodes' numbers from the node and bounds the spec);
@@ -36,7 +37,9 @@
 //! Different claims proceed concurrently; calls for the same claim are
 //! serialized by a per-claim lock. In rolling-update mode each kubelet call
 //! also runs under the node-wide serialization lock shared with the other
-//! host process, after re-reading the checkpoint (see [`crate::state::serialize`]).
+//! host process, after re-reading the checkpoint (see [`crate::state::serialize`]);
+//! its claims were read from the API server before, so no API round trip is
+//! part of the time the lock is held.
 //!
 //! Guest updates: [`Driver::run_guest_updates`] replaces the guest when its
 //! file changes (load and self-test off the request path, then one pointer
