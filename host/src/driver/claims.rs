@@ -3,6 +3,7 @@
 
 use super::disk::{ClaimOperation, durably};
 use super::*;
+use std::time::Duration;
 
 /// What differs between the kubelet's two calls, for [`Driver::each_claim`].
 struct Call {
@@ -41,24 +42,25 @@ impl Driver {
                 (c, span)
             })
             .collect();
-        let fetched = join_all(
-            claims
-                .iter()
-                .map(|(c, span)| self.fetch_ahead(c).instrument(span.clone())),
-        )
+        let fetched = join_all(claims.iter().map(|(c, span)| async move {
+            let started = Instant::now();
+            let fetched = self.fetch_ahead(c).instrument(span.clone()).await;
+            (fetched, started.elapsed())
+        }))
         .await;
         let claims = claims
             .into_iter()
             .zip(fetched)
-            .map(|((c, span), fetched)| (c, (span, fetched)))
+            .map(|((c, span), (fetched, took))| (c, took, (span, fetched, took)))
             .collect();
-        self.each_claim(&PREPARE, claims, |c, (span, fetched)| async move {
+        self.each_claim(&PREPARE, claims, |c, (span, fetched, ahead)| async move {
             let started = Instant::now();
             let result = self.prepare_one(&c, fetched).instrument(span.clone()).await;
+            let took = ahead + started.elapsed();
             span.in_scope(|| match &result {
                 Ok(devices) => tracing::info!(
                     devices = devices.len(),
-                    took_us = started.elapsed().as_micros() as u64,
+                    took_us = took.as_micros() as u64,
                     "claim prepared"
                 ),
                 Err(e) => tracing::warn!(error = %Chain(e), "claim prepare failed"),
@@ -70,7 +72,7 @@ impl Driver {
 
     /// Unprepare claims; one result per distinct claim UID.
     pub async fn unprepare(&self, claims: Vec<ClaimRef>) -> Vec<(String, Result<(), OperationError>)> {
-        let claims = dedup(claims).into_iter().map(|c| (c, ())).collect();
+        let claims = dedup(claims).into_iter().map(|c| (c, Duration::ZERO, ())).collect();
         self.each_claim(&UNPREPARE, claims, |c, ()| async move {
             let span = tracing::info_span!("unprepare", driver = %self.name, claim.uid = %c.uid, claim.namespace = %c.namespace, claim.name = %c.name);
             let started = Instant::now();
@@ -116,12 +118,13 @@ impl Driver {
 
     /// One kubelet call: its claims once each, serialized with the other
     /// pod of a rolling update, run concurrently by `one` (which logs under
-    /// the claim's span); each timed in the metrics, and each failure an
-    /// Event on its claim.
+    /// the claim's span); each timed in the metrics (with the time already
+    /// spent on it before the lock, the read ahead of a prepare; not the wait
+    /// for the lock), and each failure an Event on its claim.
     async fn each_claim<P, T, F, Fut>(
         &self,
         call: &Call,
-        claims: Vec<(ClaimRef, P)>,
+        claims: Vec<(ClaimRef, Duration, P)>,
         one: F,
     ) -> Vec<(String, Result<T, OperationError>)>
     where
@@ -138,17 +141,17 @@ impl Driver {
             Err(e) => {
                 return claims
                     .into_iter()
-                    .map(|(c, _)| (c.uid, Err(OperationError::Serialize(Arc::clone(&e)))))
+                    .map(|(c, _, _)| (c.uid, Err(OperationError::Serialize(Arc::clone(&e)))))
                     .collect();
             }
         };
-        join_all(claims.into_iter().map(|(c, ahead)| {
+        join_all(claims.into_iter().map(|(c, before, payload)| {
             let started = Instant::now();
-            let run = one(c, ahead);
+            let run = one(c, payload);
             async move {
                 let (c, result) = run.await;
                 self.metrics
-                    .claim_operation(&self.name, call.operation, result.is_ok(), started.elapsed());
+                    .claim_operation(&self.name, call.operation, result.is_ok(), before + started.elapsed());
                 if let Err(e) = &result {
                     self.claim_failed(&c, call.method, call.reason, e);
                 }
