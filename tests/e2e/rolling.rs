@@ -416,3 +416,70 @@ async fn a_prepare_reads_its_claim_while_the_other_pod_holds_the_node_lock() {
     assert!(spec.exists());
     assert_eq!(claim_gets(), 1, "read once, not again under the lock");
 }
+
+/// After a reboot both pods of an unfinished rolling update start again on
+/// the same checkpoint. Re-preparing the claims of the earlier boot is claim
+/// work like the kubelet's calls: under the node-wide lock, after reading
+/// what the other pod may already have re-prepared. While the other pod
+/// holds the lock nothing is re-prepared (and nothing served); once it lets
+/// go, the claim is prepared again and the host registers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reboot_claims_are_prepared_again_under_the_node_lock() {
+    use std::os::fd::AsRawFd;
+    let mut env = HostEnv::new(&cache_dir()).unwrap();
+    let boot_file = env.dir().join("boot_id");
+    std::fs::write(&boot_file, "boot-1\n").unwrap();
+    env.env
+        .push(("DRA_TEST_BOOT_ID_FILE".into(), boot_file.display().to_string()));
+    let mut claims = ClaimsFile::new(&env.claims_path).unwrap();
+    env.write_config(
+        &[DriverSpec::new(DRIVER, &guest("example_driver.wasm")).config("devices = 2")],
+        "",
+    )
+    .unwrap();
+    let kubelet = TestKubelet::start(&env.kubelet_root).unwrap();
+    let args = ["--rolling-update-uid", NEW_UID];
+    let mut host = env.start_with_args(&binary(), &args).unwrap();
+    let plugin = kubelet.wait_for_plugin(DRIVER, START_TIMEOUT).await.unwrap();
+    let claim = Claim::new("default", "rebooted", &uid(951)).device(DRIVER, POOL, "gpu-1", "gpu");
+    claims.put(std::slice::from_ref(&claim)).unwrap();
+    let answer = plugin.prepare(&[claim.reference()]).await.unwrap();
+    assert_eq!(answer[&uid(951)].error, "");
+    host.terminate(Duration::from_secs(20)).unwrap();
+    let plugin_dir = env.kubelet_root.join("plugins").join(DRIVER);
+    let record = plugin_dir.join("claims").join(format!("{}.json", uid(951)));
+    assert_eq!(read_record(&record)["bootId"], "boot-1");
+
+    // The node reboots; the other pod holds the lock as this one starts.
+    std::fs::write(&boot_file, "boot-2\n").unwrap();
+    let other_pod = std::fs::File::open(plugin_dir.join("serialize.lock")).unwrap();
+    // SAFETY: flock on a descriptor `other_pod` keeps open.
+    assert_eq!(
+        unsafe { libc::flock(other_pod.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let host = env.start_with_args(&binary(), &args).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        read_record(&record)["bootId"],
+        "boot-1",
+        "re-prepared while the other pod held the lock\nhost log:\n{}",
+        host.log()
+    );
+    assert!(
+        !host.log().contains("claims re-prepared after a reboot"),
+        "{}",
+        host.log()
+    );
+
+    // SAFETY: as above.
+    unsafe { libc::flock(other_pod.as_raw_fd(), libc::LOCK_UN) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read_record(&record)["bootId"] != "boot-2" {
+        assert!(Instant::now() < deadline, "not re-prepared\nhost log:\n{}", host.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let plugin = kubelet.wait_for_plugin(DRIVER, START_TIMEOUT).await.unwrap();
+    let again = plugin.prepare(&[claim.reference()]).await.unwrap();
+    assert_eq!(again[&uid(951)], answer[&uid(951)], "answered from the checkpoint");
+}
