@@ -311,17 +311,19 @@ impl Driver {
     }
 
     /// Rolling-update mode: take the node-wide lock and re-read the
-    /// checkpoint under it. Otherwise nothing.
-    async fn serialize(
-        &self,
-    ) -> Result<Option<crate::state::serialize::SerializeGuard>, Arc<dyn std::error::Error + Send + Sync>> {
+    /// checkpoint under it (only when its directory changed). Otherwise nothing.
+    async fn serialize(&self) -> Result<Option<Serialized>, Arc<dyn std::error::Error + Send + Sync>> {
         let Some(lock) = &self.serialize else { return Ok(None) };
         let shared = |e: Box<dyn std::error::Error + Send + Sync>| Arc::from(e);
         let guard = lock.acquire().await.map_err(|e| shared(e.into()))?;
-        self.checkpoint.reload().map_err(|e| shared(e.into()))?;
-        self.report_quarantined();
-        self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
-        Ok(Some(guard))
+        if self.checkpoint.reload().map_err(|e| shared(e.into()))? {
+            self.report_quarantined();
+            self.metrics.set_prepared_claims(&self.name, self.checkpoint.len());
+        }
+        Ok(Some(Serialized {
+            checkpoint: Arc::clone(&self.checkpoint),
+            _guard: guard,
+        }))
     }
 
     /// A claim operation failed: a Warning Event on the ResourceClaim with
@@ -413,5 +415,22 @@ impl ClaimLocks {
             }
         };
         lock.lock_owned().await
+    }
+}
+
+/// The node-wide lock, held for one kubelet call. Released, it first lets
+/// the checkpoint forget the changes the call made to its directory
+/// ([`Checkpoint::settle`]: while the lock is held they are all this
+/// process's own), so that the next call reads the directory only if the
+/// other pod changed it in between.
+pub(super) struct Serialized {
+    checkpoint: Arc<Checkpoint>,
+    _guard: crate::state::serialize::SerializeGuard,
+}
+
+impl Drop for Serialized {
+    fn drop(&mut self) {
+        // Before `_guard` lets go of the lock (fields drop after this).
+        self.checkpoint.settle();
     }
 }

@@ -250,6 +250,12 @@ impl Node {
             None => None,
         };
         let checkpoint = Checkpoint::open(&paths.plugin_dir.join("claims"), &d.name)?;
+        if guard.is_some()
+            && let Err(e) = checkpoint.watch_for_changes()
+        {
+            // Correct without it, only slower: every call reads the directory.
+            tracing::warn!(driver = %d.name, error = %e, "cannot watch the checkpoint directory for the other pod's changes (inotify); every claim operation reads it");
+        }
         let net_driver = self.loader.caps.net.as_ref().and_then(|n| n.driver(&d.name)).cloned();
         if let Some(nd) = &net_driver {
             // Under the same lock as the checkpoint: links and addresses of

@@ -38,7 +38,7 @@ use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 const KIND: &str = "DraWasmHostClaimCheckpoint";
 const FORMAT_VERSION: u32 = 1;
@@ -271,6 +271,9 @@ pub struct Checkpoint {
     claims: Mutex<HashMap<String, Held>>,
     /// Quarantined since the last [`Checkpoint::take_quarantined`].
     quarantined: Mutex<Vec<Quarantined>>,
+    /// Set in rolling-update mode: tells [`Checkpoint::reload`] whether the
+    /// directory changed at all ([`watch`]).
+    watch: OnceLock<watch::DirWatch>,
 }
 
 impl Checkpoint {
@@ -292,6 +295,7 @@ impl Checkpoint {
             files,
             claims: Mutex::new(claims),
             quarantined: Mutex::new(quarantined),
+            watch: OnceLock::new(),
         })
     }
 
@@ -306,10 +310,22 @@ impl Checkpoint {
     /// the same directory; this is called under the serialization lock
     /// (see [`super::serialize`]) before each claim operation.
     ///
-    /// Every file is read (the other process may be an earlier release,
-    /// which leaves no other trace of its changes than the files), but only
-    /// those whose bytes differ from the record in memory are decoded.
-    pub fn reload(&self) -> Result<(), CheckpointError> {
+    /// With [`Checkpoint::watch_for_changes`], nothing is read when the
+    /// directory has not changed since the last [`Checkpoint::settle`].
+    /// Otherwise every file is read (the other process may be an earlier
+    /// release: its changes show in the files and the directory's events,
+    /// nowhere else), but only those whose bytes differ from the record in
+    /// memory are decoded. Returns whether the directory was read.
+    pub fn reload(&self) -> Result<bool, CheckpointError> {
+        if let Some(watch) = self.watch.get() {
+            match watch.changed() {
+                Ok(false) => return Ok(false),
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::warn!(dir = %self.files.dir().display(), error = %e, "could not read the checkpoint directory's change events; reading the directory")
+                }
+            }
+        }
         let mut claims = self.lock();
         let (fresh, quarantined) = load_dir(self.files.dir(), &self.driver, &mut claims)?;
         *claims = fresh;
@@ -318,7 +334,28 @@ impl Checkpoint {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(quarantined);
+        Ok(true)
+    }
+
+    /// Watch the directory for changes from now on, so that
+    /// [`Checkpoint::reload`] reads it only when something changed. For
+    /// rolling-update mode: call it under the node-wide lock, right after
+    /// [`Checkpoint::open`], and call [`Checkpoint::settle`] at the end of
+    /// every stretch of holding the lock.
+    pub fn watch_for_changes(&self) -> io::Result<()> {
+        let watch = watch::DirWatch::new(self.files.dir())?;
+        let _ = self.watch.set(watch);
         Ok(())
+    }
+
+    /// Forget the directory's changes made so far. Only while holding the
+    /// node-wide lock, at the end of a call: every change then is this
+    /// process's own (see [`watch`]), already in memory.
+    pub fn settle(&self) {
+        if let Some(watch) = self.watch.get() {
+            // An error leaves the events queued: the next reload reads the directory.
+            let _ = watch.changed();
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -540,6 +577,8 @@ mod base64_bytes {
         STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
     }
 }
+
+mod watch;
 
 #[cfg(test)]
 mod tests;

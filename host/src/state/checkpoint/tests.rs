@@ -296,3 +296,41 @@ fn a_reload_sees_every_change_the_other_process_made() {
     assert_eq!(quarantined[0].reason, "corrupt");
     assert_eq!(ours.get("u1").unwrap().state, [2]);
 }
+
+/// With the directory watched (rolling-update mode), a reload reads nothing
+/// when no one changed the directory since the last settle, and reads it when
+/// the other process (here a second `Checkpoint` on the directory, as an
+/// earlier release without a watch would be) committed, removed or broke a
+/// record in between, or when this process's own changes were not settled.
+#[test]
+fn a_watched_reload_reads_the_directory_only_after_a_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = Checkpoint::open(dir.path(), "drv").unwrap();
+    ours.watch_for_changes().unwrap();
+    let theirs = Checkpoint::open(dir.path(), "drv").unwrap();
+
+    assert!(!ours.reload().unwrap(), "nothing changed since the watch began");
+    theirs.commit(record("u1")).unwrap();
+    assert!(ours.reload().unwrap(), "the other's commit");
+    assert_eq!(ours.get("u1").unwrap(), record("u1"));
+    assert!(!ours.reload().unwrap());
+
+    // Our own call: its changes are settled before the lock is released.
+    ours.commit(record("u2")).unwrap();
+    ours.settle();
+    assert!(!ours.reload().unwrap(), "our own settled changes");
+    // Not settled (a call cut short): read again, which is merely slower.
+    ours.remove("u2").unwrap();
+    assert!(ours.reload().unwrap());
+    assert!(ours.get("u2").is_none());
+
+    theirs.remove("u1").unwrap();
+    assert!(ours.reload().unwrap(), "the other's removal");
+    assert!(ours.is_empty());
+
+    std::fs::write(dir.path().join("u3.json"), b"{").unwrap();
+    assert!(ours.reload().unwrap(), "a file written in place");
+    assert_eq!(ours.take_quarantined().len(), 1);
+    ours.settle();
+    assert!(!ours.reload().unwrap(), "the quarantine move was ours");
+}
