@@ -51,9 +51,9 @@ impl Driver {
         let claims = claims
             .into_iter()
             .zip(fetched)
-            .map(|((c, span), (fetched, took))| (c, took, (span, fetched, took)))
+            .map(|((c, span), (fetched, took))| (c, took, (span, fetched)))
             .collect();
-        self.each_claim(&PREPARE, claims, |c, (span, fetched, ahead)| async move {
+        self.each_claim(&PREPARE, claims, |c, ahead, (span, fetched)| async move {
             let started = Instant::now();
             let result = self.prepare_one(&c, fetched).instrument(span.clone()).await;
             let took = ahead + started.elapsed();
@@ -73,7 +73,7 @@ impl Driver {
     /// Unprepare claims; one result per distinct claim UID.
     pub async fn unprepare(&self, claims: Vec<ClaimRef>) -> Vec<(String, Result<(), OperationError>)> {
         let claims = dedup(claims).into_iter().map(|c| (c, Duration::ZERO, ())).collect();
-        self.each_claim(&UNPREPARE, claims, |c, ()| async move {
+        self.each_claim(&UNPREPARE, claims, |c, _, ()| async move {
             let span = tracing::info_span!("unprepare", driver = %self.name, claim.uid = %c.uid, claim.namespace = %c.namespace, claim.name = %c.name);
             let started = Instant::now();
             let result = self.unprepare_one(&c).instrument(span.clone()).await;
@@ -100,8 +100,8 @@ impl Driver {
         if validate_ref(c).is_err() {
             return None; // prepare_one reports it
         }
-        if let Some(record) = self.checkpoint.get(&c.uid)
-            && !self.before_this_boot(&record)
+        if let Some(boot_id) = self.checkpoint.boot_id(&c.uid)
+            && !self.is_earlier_boot(boot_id.as_deref())
         {
             return None;
         }
@@ -119,8 +119,9 @@ impl Driver {
     /// One kubelet call: its claims once each, serialized with the other
     /// pod of a rolling update, run concurrently by `one` (which logs under
     /// the claim's span); each timed in the metrics (with the time already
-    /// spent on it before the lock, the read ahead of a prepare; not the wait
-    /// for the lock), and each failure an Event on its claim.
+    /// spent on it before the lock, the read ahead of a prepare, which `one`
+    /// is given too; not the wait for the lock), and each failure an Event on
+    /// its claim.
     async fn each_claim<P, T, F, Fut>(
         &self,
         call: &Call,
@@ -128,7 +129,7 @@ impl Driver {
         one: F,
     ) -> Vec<(String, Result<T, OperationError>)>
     where
-        F: Fn(ClaimRef, P) -> Fut,
+        F: Fn(ClaimRef, Duration, P) -> Fut,
         Fut: std::future::Future<Output = (ClaimRef, Result<T, OperationError>)>,
     {
         if claims.is_empty() {
@@ -147,7 +148,7 @@ impl Driver {
         };
         join_all(claims.into_iter().map(|(c, before, payload)| {
             let started = Instant::now();
-            let run = one(c, payload);
+            let run = one(c, before, payload);
             async move {
                 let (c, result) = run.await;
                 self.metrics

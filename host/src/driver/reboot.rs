@@ -16,7 +16,12 @@ pub struct RebootReport {
 impl Driver {
     /// Whether `record` was prepared in an earlier boot of this node.
     pub(super) fn before_this_boot(&self, record: &ClaimRecord) -> bool {
-        matches!((&record.boot_id, &self.boot_id), (Some(then), Some(now)) if then != now)
+        self.is_earlier_boot(record.boot_id.as_deref())
+    }
+
+    /// Whether a record written in boot `then` is from an earlier boot.
+    pub(super) fn is_earlier_boot(&self, then: Option<&str>) -> bool {
+        matches!((then, self.boot_id.as_deref()), (Some(then), Some(now)) if then != now)
     }
 
     /// After a reboot: prepare again every claim prepared in an earlier boot

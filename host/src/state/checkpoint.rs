@@ -362,6 +362,12 @@ impl Checkpoint {
         self.files.dir()
     }
 
+    /// The boot ID a claim's record was written in (`Some(None)`: a record
+    /// without one), without copying the record.
+    pub fn boot_id(&self, uid: &str) -> Option<Option<String>> {
+        self.lock().get(uid).map(|h| h.record.boot_id.clone())
+    }
+
     pub fn get(&self, uid: &str) -> Option<ClaimRecord> {
         self.lock().get(uid).map(|h| h.record.clone())
     }
