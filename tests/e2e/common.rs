@@ -224,16 +224,46 @@ pub struct ClusterNode {
 /// pod would be (a token bound to a Pod on that Node); `setup` prepares the
 /// host's environment (files in its directory, metrics) and returns its
 /// drivers and extra top-level config tables.
-pub async fn cluster_node(
-    cp: &ControlPlane,
-    name: &str,
-    setup: impl FnOnce(&mut HostEnv) -> (Vec<DriverSpec>, String),
-) -> ClusterNode {
+/// A Node object `name` and a host environment for it, with the chart's
+/// credentials for that node: (environment, Node UID, kubeconfig).
+pub fn cluster_env(cp: &ControlPlane, name: &str) -> (HostEnv, String, PathBuf) {
     let node_uid = cp.create_node(name).unwrap();
     let mut env = HostEnv::new(&cache_dir()).unwrap();
     env.node_name = name.to_owned();
     let kubeconfig = cp.host_kubeconfig(name, &env.dir().join("kubeconfig")).unwrap();
     env.use_kubeconfig(&kubeconfig);
+    (env, node_uid, kubeconfig)
+}
+
+/// The other pod of a rolling update, as far as the node-wide lock goes: its
+/// own open file description of `<plugin dir>/serialize.lock`.
+pub struct OtherPod(std::fs::File);
+
+impl OtherPod {
+    pub fn open(plugin_dir: &Path) -> Self {
+        Self(std::fs::File::open(plugin_dir.join("serialize.lock")).unwrap())
+    }
+
+    /// Take the lock without waiting; false when the host holds it.
+    pub fn try_lock(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor `self` keeps open.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    }
+
+    pub fn unlock(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as above.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+pub async fn cluster_node(
+    cp: &ControlPlane,
+    name: &str,
+    setup: impl FnOnce(&mut HostEnv) -> (Vec<DriverSpec>, String),
+) -> ClusterNode {
+    let (mut env, node_uid, kubeconfig) = cluster_env(cp, name);
     let (drivers, tables) = setup(&mut env);
     let node = Node::start_in(env, drivers, "", &tables).await;
     ClusterNode {

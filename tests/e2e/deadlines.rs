@@ -11,16 +11,9 @@ use dra_proto::dra::v1;
 use dra_test_support::claims::{Claim, ClaimsFile, uid};
 use dra_test_support::host::{DriverSpec, HostEnv};
 use dra_test_support::kubelet::TestKubelet;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 const POD_UID: &str = "5f8e8a31-3a5c-4d4e-9d2b-0c7a9f3e1b22";
-
-/// Try to take an exclusive `flock` without waiting.
-fn try_lock(file: &std::fs::File) -> bool {
-    // SAFETY: flock on a descriptor `file` keeps open.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepare_whose_deadline_passes_still_completes_and_releases_the_node_lock() {
@@ -43,9 +36,8 @@ async fn a_prepare_whose_deadline_passes_still_completes_and_releases_the_node_l
     let spec = env.cdi_dir.join(format!("k8s.{DRIVER}-device_{}.json", uid(901)));
 
     // The other pod holds the lock while this call waits for it.
-    let lock_path = env.kubelet_root.join("plugins").join(DRIVER).join("serialize.lock");
-    let other_pod = std::fs::File::open(&lock_path).unwrap();
-    assert!(try_lock(&other_pod), "the lock is free before the call");
+    let other_pod = OtherPod::open(&env.kubelet_root.join("plugins").join(DRIVER));
+    assert!(other_pod.try_lock(), "the lock is free before the call");
     let channel = dra_proto::connect_uds(&plugin.endpoint).await.unwrap();
     let mut client = v1::dra_plugin_client::DraPluginClient::new(channel);
     let mut request = tonic::Request::new(v1::NodePrepareResourcesRequest {
@@ -64,8 +56,7 @@ async fn a_prepare_whose_deadline_passes_still_completes_and_releases_the_node_l
     assert!(!spec.exists(), "nothing is prepared while the other pod holds the lock");
 
     // The other pod lets go: the call the kubelet gave up on completes.
-    // SAFETY: flock on a descriptor `other_pod` keeps open.
-    unsafe { libc::flock(other_pod.as_raw_fd(), libc::LOCK_UN) };
+    other_pod.unlock();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !spec.exists() {
         assert!(
@@ -77,15 +68,14 @@ async fn a_prepare_whose_deadline_passes_still_completes_and_releases_the_node_l
     }
     // And the host released the node lock afterwards: the other pod can take it.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !try_lock(&other_pod) {
+    while !other_pod.try_lock() {
         assert!(
             std::time::Instant::now() < deadline,
             "the host kept the node-wide lock after the call; the other pod would wait forever"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // SAFETY: as above.
-    unsafe { libc::flock(other_pod.as_raw_fd(), libc::LOCK_UN) };
+    other_pod.unlock();
 
     // The kubelet's retry is answered from the checkpoint.
     let answer = plugin.prepare(&[claim.reference()]).await.unwrap();

@@ -349,14 +349,9 @@ async fn the_probe_command_checks_only_its_own_pods_sockets() {
 /// round trip was part of the time the other pod's calls queued for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepare_reads_its_claim_while_the_other_pod_holds_the_node_lock() {
-    use std::os::fd::AsRawFd;
     let cp = control_plane().await;
     let node = "e2e-rolling-fetch-ahead";
-    cp.create_node(node).unwrap();
-    let mut env = HostEnv::new(&cache_dir()).unwrap();
-    env.node_name = node.to_owned();
-    let kubeconfig = cp.host_kubeconfig(node, &env.dir().join("kubeconfig")).unwrap();
-    env.use_kubeconfig(&kubeconfig);
+    let (env, _, _) = cluster_env(cp, node);
     env.write_config(
         &[DriverSpec::new(DRIVER, &guest("example_driver.wasm")).config("devices = 2")],
         "",
@@ -379,13 +374,8 @@ async fn a_prepare_reads_its_claim_while_the_other_pod_holds_the_node_lock() {
     assert_eq!(claim_gets(), 0);
 
     // The other pod holds the node-wide lock.
-    let lock_path = env.kubelet_root.join("plugins").join(DRIVER).join("serialize.lock");
-    let other_pod = std::fs::File::open(&lock_path).unwrap();
-    // SAFETY: flock on a descriptor `other_pod` keeps open.
-    assert_eq!(
-        unsafe { libc::flock(other_pod.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-        0
-    );
+    let other_pod = OtherPod::open(&env.kubelet_root.join("plugins").join(DRIVER));
+    assert!(other_pod.try_lock(), "the lock is free before the call");
     let call = tokio::spawn({
         let plugin = plugin.clone();
         let reference = claim.reference();
@@ -404,8 +394,7 @@ async fn a_prepare_reads_its_claim_while_the_other_pod_holds_the_node_lock() {
     assert!(!call.is_finished(), "the call waits for the lock");
     assert!(!spec.exists(), "nothing is prepared while the other pod holds the lock");
 
-    // SAFETY: as above.
-    unsafe { libc::flock(other_pod.as_raw_fd(), libc::LOCK_UN) };
+    other_pod.unlock();
     let answer = tokio::time::timeout(Duration::from_secs(20), call)
         .await
         .expect("the call completes once the lock is free")
@@ -425,7 +414,6 @@ async fn a_prepare_reads_its_claim_while_the_other_pod_holds_the_node_lock() {
 /// go, the claim is prepared again and the host registers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_reboot_claims_are_prepared_again_under_the_node_lock() {
-    use std::os::fd::AsRawFd;
     let mut env = HostEnv::new(&cache_dir()).unwrap();
     let boot_file = env.dir().join("boot_id");
     std::fs::write(&boot_file, "boot-1\n").unwrap();
@@ -452,12 +440,8 @@ async fn after_a_reboot_claims_are_prepared_again_under_the_node_lock() {
 
     // The node reboots; the other pod holds the lock as this one starts.
     std::fs::write(&boot_file, "boot-2\n").unwrap();
-    let other_pod = std::fs::File::open(plugin_dir.join("serialize.lock")).unwrap();
-    // SAFETY: flock on a descriptor `other_pod` keeps open.
-    assert_eq!(
-        unsafe { libc::flock(other_pod.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-        0
-    );
+    let other_pod = OtherPod::open(&plugin_dir);
+    assert!(other_pod.try_lock(), "the lock is free before the start");
     let host = env.start_with_args(&binary(), &args).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -472,8 +456,7 @@ async fn after_a_reboot_claims_are_prepared_again_under_the_node_lock() {
         host.log()
     );
 
-    // SAFETY: as above.
-    unsafe { libc::flock(other_pod.as_raw_fd(), libc::LOCK_UN) };
+    other_pod.unlock();
     let deadline = Instant::now() + Duration::from_secs(30);
     while read_record(&record)["bootId"] != "boot-2" {
         assert!(Instant::now() < deadline, "not re-prepared\nhost log:\n{}", host.log());
